@@ -1,0 +1,69 @@
+"""``eastkd extract``: run a teacher once over a dataset into a store."""
+
+from __future__ import annotations
+
+import click
+
+from eastkd.cli.options import parse_key_values
+
+
+@click.command("extract", context_settings={"show_default": True})
+@click.argument("dataset")
+@click.argument("store")
+@click.option("--teacher", "-t", default="crepe-tiny",
+              help="Teacher name (crepe, crepe-tiny, passt, mule, python:MODULE:CALLABLE, or "
+                   "any registered in the eastkd.teachers entry-point group).")
+@click.option("--teacher-opt", "teacher_opts", multiple=True, metavar="KEY=VALUE",
+              help="Option passed to the teacher factory, e.g. hop_ms=100 (repeatable).")
+@click.option("--weights", type=click.Path(dir_okay=False),
+              help="Local checkpoint file for teachers that load weights (passt, mule).")
+@click.option("--key", help="Name of the embeddings in the store  [default: teacher name]")
+@click.option("--segment", type=float,
+              help="Crop/pad every clip to this many seconds  [default: longest clip]")
+@click.option("--crop", type=click.Choice(["start", "center"]), default="start",
+              help="Where to cut clips longer than --segment.")
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16",
+              help="Storage dtype of embeddings and features.")
+@click.option("--frames/--no-frames", default=False,
+              help="Also store frame-level embeddings (N x T x D).")
+@click.option("--batch-size", "-b", type=click.IntRange(min=1), default=16,
+              help="Clips per teacher forward pass.")
+@click.option("--workers", "-j", type=click.IntRange(min=0), default=1,
+              help="DataLoader worker processes decoding audio (0 = in the main process).")
+@click.option("--device", default="auto", help="auto, cpu or cuda.")
+@click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail",
+              help="Bad audio or NaN output: stop naming the item, or skip and record it.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace embeddings/features written earlier with other settings.")
+@click.option("--shard", default="0/1", metavar="I/N",
+              help="Fill only unit u with u % N == I, so N processes can share one Zarr store.")
+@click.option("--n-mels", type=click.IntRange(min=8), default=96, help="Log-mel bands.")
+@click.option("--student-sr", type=click.IntRange(min=8000), default=16000,
+              help="Sample rate of the student's log-mel input.")
+@click.option("--progress/--no-progress", default=True, help="Show progress bars.")
+def command(dataset: str, store: str, teacher: str, teacher_opts: tuple[str, ...],
+            weights: str | None, key: str | None, segment: float | None, crop: str, dtype: str,
+            frames: bool, batch_size: int, workers: int, device: str, on_error: str,
+            overwrite: bool, shard: str, n_mels: int, student_sr: int, progress: bool) -> None:
+    """Run TEACHER once over DATASET and write embeddings and log-mel features into STORE.
+
+    DATASET is a manifest (.csv/.jsonl with id, path, label or labels, split), a folder with
+    one sub-folder per class, or NAME:PATH for a known dataset (esc50, mtat, fma-small).
+    STORE is a Zarr directory (*.zarr, default) or an HDF5 file (*.h5). Rerunning the same
+    command continues an interrupted run without recomputing finished chunks.
+    """
+    from eastkd.pipeline.extract import ExtractOptions, extract, parse_shard
+    from eastkd.pipeline.features import LogMelParams
+    from eastkd.pipeline.report import print_extract_summary
+
+    topts = parse_key_values(teacher_opts, "--teacher-opt")
+    if weights:
+        topts["weights"] = weights
+    opts = ExtractOptions(
+        teacher=teacher, teacher_options=topts, key=key, segment=segment, crop=crop, dtype=dtype,
+        frames=frames, batch_size=batch_size, workers=workers, device=device, on_error=on_error,
+        overwrite=overwrite, shard=parse_shard(shard), progress=progress,
+        logmel=LogMelParams(sample_rate=student_sr, n_mels=n_mels,
+                            f_max=min(8000.0, student_sr / 2)),
+    )
+    print_extract_summary(extract(dataset, store, opts))

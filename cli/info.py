@@ -1,0 +1,83 @@
+"""``eastkd info``: what a store holds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+
+def _fmt_bytes(n: float) -> str:
+    from eastkd.pipeline.report import human_bytes
+
+    return human_bytes(n)
+
+
+def _print_text(d: dict[str, Any], show_skipped: int) -> None:
+    ds = d["dataset"]
+    click.echo(f"{d['path']}  ({d['backend']}, {d['format']} v{d['format_version']}, "
+               f"{_fmt_bytes(d['bytes_on_disk'])} on disk, eastkd {d['eastkd_version']}, "
+               f"created {d['created']})")
+    click.echo(f"dataset  {ds.get('name', '?')}  fingerprint {str(ds.get('fingerprint', ''))[:16]}"
+               f"  source {ds.get('source', '') or '-'}")
+    splits = ", ".join(f"{k} {v}" for k, v in d["splits"].items())
+    click.echo(f"items    {d['items']}  ({splits})")
+    kind = "multi-label" if d["multi_label"] else "single-label"
+    classes = ", ".join(f"{k} ({v})" for k, v in d["classes"].items())
+    if len(classes) > 300:
+        classes = classes[:297] + "..."
+    click.echo(f"classes  {len(d['classes'])} {kind}: {classes}")
+    for kind_name in ("features", "embeddings", "targets"):
+        sections = d[kind_name]
+        if not sections:
+            continue
+        click.echo(f"{kind_name}:")
+        for name, s in sections.items():
+            st = s["status"]
+            state = "complete" if s["complete"] else f"UNFINISHED ({st['pending']} pending)"
+            arrays = "; ".join(f"{a} {'x'.join(map(str, v['shape']))} {v['dtype']}"
+                               for a, v in s["arrays"].items())
+            click.echo(f"  {name:<18} {arrays}  [{st['ok']} ok, {st['skipped']} skipped, {state}]")
+            a = s["attrs"]
+            facts = []
+            for key in ("teacher", "weights_sha256", "sample_rate", "pooling", "method", "source",
+                        "fit_split", "explained_variance", "probe_metric"):
+                if key in a and a[key] is not None:
+                    v = a[key]
+                    if key == "weights_sha256":
+                        v = str(v)[:16]
+                    if isinstance(v, float):
+                        v = f"{v:.4g}"
+                    facts.append(f"{key}={v}")
+            if "segment" in a:
+                facts.append(f"segment={a['segment'].get('seconds')}s/{a['segment'].get('crop')}")
+            if facts:
+                click.echo("  " + " " * 19 + ", ".join(facts))
+            for sk in s["skipped"][:show_skipped]:
+                click.echo(f"  {'':19}skipped {sk['id']}: {sk['reason']}")
+            if len(s["skipped"]) > show_skipped:
+                click.echo(f"  {'':19}... {len(s['skipped']) - show_skipped} more skipped "
+                           "(--json lists all)")
+
+
+@click.command("info", context_settings={"show_default": True})
+@click.argument("store")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@click.option("--show-skipped", type=click.IntRange(min=0), default=10,
+              help="How many skipped items to list per section in the text view.")
+def command(store: str, as_json: bool, show_skipped: int) -> None:
+    """Show what STORE holds: items, splits, classes, features, teachers' embeddings,
+    compressed targets (with status and provenance), skipped items and bytes on disk.
+
+    STORE may be a .zarr folder, a .zip of one (read-only) or an .h5 file.
+    """
+    from eastkd.cli.options import echo_json
+    from eastkd.store import open_store
+    from eastkd.store.info import describe
+
+    with open_store(store, "r") as s:
+        d = describe(s)
+    if as_json:
+        echo_json(d)
+    else:
+        _print_text(d, show_skipped)

@@ -1,0 +1,75 @@
+"""The ``eastkd`` command: a click group whose sub-commands live one per module in eastkd.cli.
+
+Sub-command modules are imported only when used (so ``--help`` stays fast), and every
+:class:`EastkdError` becomes a one-line message with exit status 1 instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from typing import Any
+
+import click
+
+from eastkd.store.errors import EastkdError
+
+# command name -> (module, one-line help shown in `eastkd --help`)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("eastkd.cli.demo", "Render the bundled instrument dataset and run the whole pipeline."),
+    "extract": ("eastkd.cli.extract", "Run a teacher once over a dataset into a store."),
+    "info": ("eastkd.cli.info", "Show what a store holds: items, teachers, targets, provenance."),
+    "compress": ("eastkd.cli.compress", "Fit PCA or a learned transformation; write targets."),
+    "distill": ("eastkd.cli.distill", "Train a student from the store alone (task + KD loss)."),
+    "evaluate": ("eastkd.cli.evaluate", "Evaluate a trained student on a store's split."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module = importlib.import_module(COMMANDS[name][0])
+        cmd: click.Command = module.command
+        cmd.short_help = COMMANDS[name][1]
+        return cmd
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EastkdError as e:
+            raise click.ClickException(str(e)) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted; finished work is kept in the store, rerun to continue",
+                       err=True)
+            sys.exit(130)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"],
+                                              "show_default": True})
+@click.version_option(package_name="eastkd")
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
+def cli(verbose: bool) -> None:
+    """eastkd: an offline embedding cache and feature store for teacher-to-student knowledge
+    transfer in audio.
+
+    \b
+    1. extract   run the teacher once, cache embeddings + student log-mel in a store
+    2. compress  fit PCA / a learned teacher transformation, write compact targets
+    3. distill   train a small student from the store alone (the teacher never runs)
+    4. evaluate  score a trained student on any store with matching inputs
+    """
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+def main() -> None:
+    cli(prog_name="eastkd")
+
+
+if __name__ == "__main__":
+    main()

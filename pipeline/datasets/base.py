@@ -1,0 +1,38 @@
+"""What a dataset is to eastkd: a list of labelled audio items with splits.
+
+Adapters (manifest, folder, esc50, mtat, fma-small, ...) turn a path into a :class:`DatasetSpec`;
+``extract`` hashes the files and writes the items table into the store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Item:
+    """One audio file: a unique id, an absolute path, a split and its labels.
+
+    ``labels`` holds class indices into :attr:`DatasetSpec.class_names` (one for single-label
+    data, any number for multi-label). ``extra`` holds adapter-specific per-item fields (e.g.
+    ``fold`` for ESC-50) that are written as extra columns of the items table.
+    """
+
+    id: str
+    path: str
+    split: str
+    labels: list[int] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DatasetSpec:
+    """A whole dataset: items, class names, and whether items may carry several labels."""
+
+    name: str
+    items: list[Item]
+    class_names: list[str]
+    multi_label: bool = False
+    source: str = ""
+    description: str = ""

@@ -1,0 +1,324 @@
+"""Generic dataset adapters: a manifest file (CSV or JSON Lines) and a folder of class folders.
+
+``resolve_dataset`` turns the one string a user gives (``NAME:PATH``, a manifest file or a
+folder) into a :class:`~eastkd.pipeline.datasets.base.DatasetSpec`.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from eastkd.pipeline.datasets.base import DatasetSpec, Item
+from eastkd.store.errors import EastkdError
+
+SPLITS: tuple[str, ...] = ("train", "valid", "test")
+_SPLIT_ALIASES = {
+    "train": "train",
+    "valid": "valid",
+    "val": "valid",
+    "validation": "valid",
+    "test": "test",
+}
+AUDIO_EXTENSIONS: frozenset[str] = frozenset(
+    {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au"}
+)
+_MANIFEST_SUFFIXES = (".csv", ".jsonl")
+
+
+def normalise_split(value: str, where: str) -> str:
+    """``train``/``valid``/``test`` for a split name (``val``/``validation`` mean ``valid``)."""
+    split = _SPLIT_ALIASES.get(str(value).strip().lower())
+    if split is None:
+        raise EastkdError(
+            f"{where}: unknown split {value!r}; use one of train, valid (or val, validation), test"
+        )
+    return split
+
+
+def hash_split(item_id: str) -> str:
+    """A deterministic ~70/15/15 train/valid/test split from the SHA-1 of the item id.
+
+    The split of an item depends on its id alone, so it is stable when items are added or
+    removed and identical on every machine.
+    """
+    h = int.from_bytes(hashlib.sha1(item_id.encode("utf-8")).digest()[:8], "big") / 2.0**64
+    return "train" if h < 0.70 else "valid" if h < 0.85 else "test"
+
+
+def _dataset_name(path: Path) -> str:
+    name = path.stem if path.is_file() else path.name
+    if name in {"manifest", "metadata", "index"} and path.parent.name:
+        name = path.parent.name
+    return name
+
+
+# ---------------------------------------------------------------------------------------------
+# manifest files
+
+
+def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
+    """Columns and ``(line number, row)`` pairs of a CSV or JSONL manifest."""
+    if path.suffix.lower() == ".csv":
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            columns = [c.strip() for c in (reader.fieldnames or [])]
+            reader.fieldnames = columns
+            rows = [(reader.line_num, row) for row in reader]
+        return columns, rows
+    columns: list[str] = []
+    rows = []
+    with path.open(encoding="utf-8-sig") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise EastkdError(
+                    f"{path}:{lineno}: not valid JSON ({exc.msg}); "
+                    "each line must be one JSON object"
+                ) from exc
+            if not isinstance(row, dict):
+                raise EastkdError(
+                    f"{path}:{lineno}: expected a JSON object with id, path, label(s) and split"
+                )
+            columns.extend(k for k in row if k not in columns)
+            rows.append((lineno, row))
+    return columns, rows
+
+
+def _split_labels(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, list):
+        return [str(v).strip() for v in value if str(v).strip()]
+    return [v.strip() for v in str(value).split(";") if v.strip()]
+
+
+def load_manifest(path: str) -> DatasetSpec:
+    """Load a ``.csv`` or ``.jsonl`` manifest with fields ``id, path, label|labels, split``.
+
+    ``label`` holds one class name per item (single-label); ``labels`` holds ``;``-separated
+    names (in JSONL also a list) and makes the dataset multi-label. ``path`` is relative to the
+    manifest's folder or absolute. ``split`` is train/valid/test (val, validation accepted); when
+    the column is absent altogether, :func:`hash_split` assigns one. Other fields are kept in
+    ``Item.extra``. Class names are sorted and ``Item.labels`` index into them.
+    """
+    mpath = Path(path).expanduser()
+    if not mpath.is_file():
+        raise EastkdError(
+            f"manifest {mpath} does not exist; give the path of a .csv or .jsonl file"
+        )
+    if mpath.suffix.lower() not in _MANIFEST_SUFFIXES:
+        raise EastkdError(f"manifest {mpath} must end in .csv or .jsonl")
+    columns, rows = _read_rows(mpath)
+    missing = [c for c in ("id", "path") if c not in columns]
+    if "label" not in columns and "labels" not in columns:
+        missing.append("label (or labels)")
+    if missing:
+        raise EastkdError(
+            f"manifest {mpath} lacks column(s) {', '.join(missing)}; expected id, path, "
+            f"label or labels, split (found: {', '.join(columns) or 'none'})"
+        )
+    multi = "labels" in columns
+    has_split = "split" in columns
+    base = mpath.resolve().parent
+    known = {"id", "path", "label", "labels", "split"}
+    seen: dict[str, int] = {}
+    raw: list[tuple[Item, list[str]]] = []
+    for lineno, row in rows:
+        where = f"{mpath}:{lineno}"
+        item_id = str(row.get("id") if row.get("id") is not None else "").strip()
+        if not item_id:
+            raise EastkdError(f"{where}: empty id; every row needs a unique id")
+        if item_id in seen:
+            raise EastkdError(
+                f"{where}: duplicate id {item_id!r} (first on line {seen[item_id]}); "
+                "ids must be unique"
+            )
+        seen[item_id] = lineno
+        rel = str(row.get("path") or "").strip()
+        if not rel:
+            raise EastkdError(f"{where}: empty path for id {item_id!r}")
+        audio = Path(rel).expanduser()
+        audio = audio if audio.is_absolute() else base / audio
+        if not audio.is_file():
+            raise EastkdError(
+                f"{where}: audio file {audio} for id {item_id!r} does not exist; paths are "
+                "relative to the manifest's folder or absolute"
+            )
+        if has_split:
+            split = normalise_split(str(row.get("split") or ""), where)
+        else:
+            split = hash_split(item_id)
+        names = _split_labels(row.get("labels") if multi else row.get("label"))
+        if not multi and not names:
+            raise EastkdError(f"{where}: empty label for id {item_id!r}; every row needs a label")
+        if not multi and len(names) > 1:
+            raise EastkdError(
+                f"{where}: label {row.get('label')!r} names several classes; call the column "
+                "'labels' for multi-label data"
+            )
+        extra = {k: v for k, v in row.items() if k not in known and k is not None}
+        raw.append((Item(id=item_id, path=str(audio), split=split, extra=extra), names))
+    if not raw:
+        raise EastkdError(f"manifest {mpath} lists no items; add one row per audio file")
+    class_names = sorted({n for _, names in raw for n in names})
+    index = {n: i for i, n in enumerate(class_names)}
+    items = []
+    for item, names in raw:
+        item.labels = sorted({index[n] for n in names})
+        items.append(item)
+    return DatasetSpec(
+        name=_dataset_name(mpath),
+        items=items,
+        class_names=class_names,
+        multi_label=multi,
+        source=str(mpath.resolve()),
+        description=f"manifest {mpath.name}",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# class folders
+
+
+def _audio_files(folder: Path) -> list[Path]:
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in AUDIO_EXTENSIONS
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def load_folder(path: str) -> DatasetSpec:
+    """Load a folder holding one sub-folder per class of audio files (any depth below it).
+
+    Audio files are found by extension (wav, flac, ogg, mp3, aiff/aif, au; hidden files skipped).
+    Splits come from the layout when it names them: either ``<class>/<split>/...`` inside every
+    class folder, or ``<split>/<class>/...`` at the top (split folders train, valid, test; val
+    and validation accepted). Otherwise each item gets :func:`hash_split` of its id, a stable
+    ~70/15/15 split. The id of an item is its path relative to ``path`` without the extension.
+    """
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise EastkdError(
+            f"dataset folder {root} does not exist; give a folder with one sub-folder per class"
+        )
+    loose = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS]
+    if loose:
+        raise EastkdError(
+            f"{loose[0]} lies directly in {root}; put audio files in one sub-folder per class"
+        )
+    top = _subdirs(root)
+    split_first = bool(top) and all(d.name.lower() in _SPLIT_ALIASES for d in top)
+    entries: list[tuple[Path, str, str]] = []  # (file, class name, split)
+    if split_first:
+        for sdir in top:
+            split = normalise_split(sdir.name, str(sdir))
+            stray = [
+                f for f in sdir.iterdir() if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS
+            ]
+            if stray:
+                raise EastkdError(
+                    f"{stray[0]} lies directly in split folder {sdir}; put it in a class sub-folder"
+                )
+            for cdir in _subdirs(sdir):
+                entries.extend((f, cdir.name, split) for f in _audio_files(cdir))
+    else:
+        for cdir in top:
+            split_dirs = [d for d in _subdirs(cdir) if d.name.lower() in _SPLIT_ALIASES]
+            if split_dirs:
+                stray = [
+                    f
+                    for f in _audio_files(cdir)
+                    if f.relative_to(cdir).parts[0].lower() not in _SPLIT_ALIASES
+                ]
+                if stray:
+                    raise EastkdError(
+                        f"{stray[0]} lies outside the split folders of class {cdir.name!r}; "
+                        "put every file of that class under train/, valid/ or test/"
+                    )
+                for sdir in split_dirs:
+                    split = normalise_split(sdir.name, str(sdir))
+                    entries.extend((f, cdir.name, split) for f in _audio_files(sdir))
+            else:
+                entries.extend((f, cdir.name, "") for f in _audio_files(cdir))
+    if not entries:
+        raise EastkdError(
+            f"dataset folder {root} holds no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))}) "
+            "in class sub-folders"
+        )
+    class_names = sorted({c for _, c, _ in entries})
+    index = {c: i for i, c in enumerate(class_names)}
+    items: list[Item] = []
+    seen: dict[str, Path] = {}
+    for f, cls, split in sorted(entries):
+        item_id = f.relative_to(root).with_suffix("").as_posix()
+        if item_id in seen:
+            raise EastkdError(
+                f"{f} and {seen[item_id]} give the same id {item_id!r}; keep one file per name"
+            )
+        seen[item_id] = f
+        items.append(
+            Item(
+                id=item_id,
+                path=str(f.resolve()),
+                split=split or hash_split(item_id),
+                labels=[index[cls]],
+            )
+        )
+    return DatasetSpec(
+        name=_dataset_name(root),
+        items=items,
+        class_names=class_names,
+        multi_label=False,
+        source=str(root.resolve()),
+        description=f"class folders under {root.name}",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# one string -> a dataset
+
+
+def resolve_dataset(spec: str) -> DatasetSpec:
+    """A dataset from ``NAME:PATH`` (a registered adapter), a manifest file, or a class folder.
+
+    ``NAME:PATH`` is only read as such when ``NAME`` is a registered dataset name and ``spec``
+    itself is not an existing path, so ``C:\\data`` or ``./a:b`` stay plain paths.
+    """
+    from eastkd.pipeline import registry
+
+    text = str(spec).strip()
+    if not text:
+        raise EastkdError("empty dataset; give NAME:PATH, a .csv/.jsonl manifest or a folder")
+    target = Path(text).expanduser()
+    name, sep, rest = text.partition(":")
+    if sep and not target.exists() and name in registry.datasets.names():
+        dataset = registry.datasets.get(name)(rest)
+        if not isinstance(dataset, DatasetSpec):
+            raise EastkdError(
+                f"dataset adapter {name!r} returned {type(dataset).__name__}, not a DatasetSpec"
+            )
+        return dataset
+    if target.is_file():
+        if target.suffix.lower() in _MANIFEST_SUFFIXES:
+            return load_manifest(str(target))
+        raise EastkdError(f"dataset file {target} is not a .csv or .jsonl manifest")
+    if target.is_dir():
+        return load_folder(str(target))
+    raise EastkdError(
+        f"dataset {text!r} does not exist; give a .csv/.jsonl manifest, a folder of class "
+        f"folders, or NAME:PATH with NAME one of: {', '.join(registry.datasets.names())}"
+    )

@@ -1,0 +1,91 @@
+"""The small contract a storage backend fulfils for :class:`eastkd.store.Store`.
+
+A backend stores named N-d arrays in nested groups, each array and group with JSON-able
+attributes. Paths are ``/``-separated and relative to the store root (``"embeddings/crepe/clip"``).
+Strings are variable-length UTF-8 in both backends.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import numpy as np
+
+
+class Backend(ABC):
+    """One open store file or directory."""
+
+    name: str
+    path: str
+    read_only: bool
+
+    @abstractmethod
+    def create_array(
+        self,
+        path: str,
+        shape: tuple[int, ...],
+        chunks: tuple[int, ...],
+        dtype: Any,
+        attrs: dict[str, Any] | None = None,
+        data: np.ndarray | None = None,
+    ) -> None:
+        """Create an array (fill value 0, compressed) and optionally write ``data`` into it."""
+
+    @abstractmethod
+    def create_group(self, path: str, attrs: dict[str, Any] | None = None) -> None:
+        """Create a group (and its parents) with the given attributes."""
+
+    @abstractmethod
+    def exists(self, path: str) -> bool: ...
+
+    @abstractmethod
+    def is_array(self, path: str) -> bool: ...
+
+    @abstractmethod
+    def children(self, path: str) -> list[str]:
+        """Names of the direct children (groups and arrays) of a group; [] if it does not exist."""
+
+    @abstractmethod
+    def shape(self, path: str) -> tuple[int, ...]: ...
+
+    @abstractmethod
+    def dtype(self, path: str) -> np.dtype: ...
+
+    @abstractmethod
+    def chunks(self, path: str) -> tuple[int, ...]: ...
+
+    @abstractmethod
+    def read(self, path: str, selection: Any = slice(None)) -> np.ndarray:
+        """Read a basic selection; strings come back as a numpy array of ``str`` objects."""
+
+    @abstractmethod
+    def write(self, path: str, selection: Any, value: np.ndarray) -> None: ...
+
+    @abstractmethod
+    def get_attrs(self, path: str = "") -> dict[str, Any]: ...
+
+    @abstractmethod
+    def update_attrs(self, path: str, attrs: dict[str, Any]) -> None: ...
+
+    @abstractmethod
+    def delete(self, path: str) -> None:
+        """Delete an array or a group with everything under it."""
+
+    @abstractmethod
+    def nbytes_stored(self) -> int:
+        """Bytes the store occupies on disk."""
+
+    def flush(self) -> None:
+        """Make everything written so far durable (no-op where writes already are)."""
+
+    def close(self) -> None:
+        """Release file handles."""
+
+    def native(self, path: str) -> Any:
+        """The library's own array object (zarr.Array / h5py.Dataset), e.g. for dask."""
+        raise NotImplementedError
+
+
+def is_string_dtype(dtype: Any) -> bool:
+    return dtype is str or np.dtype(dtype).kind in "OUT"

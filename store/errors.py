@@ -1,0 +1,20 @@
+"""The one exception type of eastkd.
+
+Every error a user can cause (bad input, a mismatched store, a missing file) is raised as
+:class:`EastkdError`; the CLI turns it into a one-line message and a non-zero exit. Subclasses
+also inherit from the matching built-in so that callers may catch either.
+"""
+
+from __future__ import annotations
+
+
+class EastkdError(Exception):
+    """An error the user can act on; its message says what went wrong and what to do."""
+
+
+class StoreNotFoundError(EastkdError, FileNotFoundError):
+    """The store path does not exist or holds no eastkd store."""
+
+
+class StoreMismatchError(EastkdError, ValueError):
+    """The store was written for another dataset, teacher or option set."""

@@ -1,0 +1,61 @@
+"""The items table: what every row of every array in a store refers to."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass
+class ItemsTable:
+    """Per-item columns, aligned with the first axis of every array in the store.
+
+    ``labels`` is an (N, C) uint8 multi-hot matrix for both single- and multi-label data;
+    :attr:`label` gives the single-label class index (-1 where an item has no single label).
+    ``extra`` holds adapter-specific columns (e.g. ``fold``), one value per item.
+    """
+
+    ids: list[str]
+    paths: list[str]
+    sha256: list[str]
+    durations: np.ndarray
+    splits: list[str]
+    labels: np.ndarray
+    class_names: list[str]
+    multi_label: bool = False
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def label(self) -> np.ndarray:
+        """Single-label class index per item; -1 for rows without exactly one label."""
+        out = np.argmax(self.labels, axis=1).astype(np.int32)
+        out[self.labels.sum(axis=1) != 1] = -1
+        return out
+
+    def split_indices(self, split: str) -> np.ndarray:
+        """Row indices of one split, in store order."""
+        return np.flatnonzero(np.asarray(self.splits, dtype=object) == split)
+
+    def split_counts(self) -> dict[str, int]:
+        names, counts = np.unique(np.asarray(self.splits, dtype=str), return_counts=True)
+        return {str(n): int(c) for n, c in zip(names, counts)}
+
+    def fingerprint(self) -> str:
+        """sha256 over ids, file hashes, splits, labels and class names: the dataset's identity."""
+        payload = {
+            "ids": list(self.ids),
+            "sha256": list(self.sha256),
+            "splits": list(self.splits),
+            "labels": [np.flatnonzero(r).tolist() for r in self.labels],
+            "class_names": list(self.class_names),
+            "multi_label": bool(self.multi_label),
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()

@@ -1,0 +1,493 @@
+"""The eastkd store: one self-describing container of items, features, embeddings and targets.
+
+Layout and semantics are specified in ``docs/store-format.md``. Every array's first axis is the
+item axis. Arrays are grouped in *sections* (``features/<name>``, ``embeddings/<key>``,
+``targets/<name>``), each with a per-item ``status`` array (0 pending, 1 ok, 2 skipped) and an
+``error`` array of reasons. Writers write whole chunks of data first and the status last, so a
+status of 1 always means the row's data is on disk: a killed writer loses nothing that was
+marked done, and the next run redoes only what is not.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+
+from eastkd.store.backends.base import Backend
+from eastkd.store.errors import EastkdError, StoreMismatchError, StoreNotFoundError
+from eastkd.store.items import ItemsTable
+
+FORMAT_NAME = "eastkd-store"
+FORMAT_VERSION = 1
+SECTION_KINDS = ("features", "embeddings", "targets")
+PENDING, OK, SKIPPED = 0, 1, 2
+_TARGET_CHUNK_BYTES = 4 << 20
+_MAX_CHUNK_ITEMS = 8192
+
+
+def eastkd_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("eastkd")
+    except Exception:  # not installed: running from a checkout
+        return "0+unknown"
+
+
+def chunk_items(row_bytes: int, n_items: int, target_bytes: int = _TARGET_CHUNK_BYTES) -> int:
+    """Items per chunk: a power of two giving chunks of about ``target_bytes`` (1–8 MB).
+
+    Powers of two make every array's chunk boundaries line up, so a writer that owns a block of
+    the largest chunk size owns whole chunks of every array.
+    """
+    k = max(1, target_bytes // max(1, row_bytes))
+    k = 1 << int(np.floor(np.log2(k)))
+    n_cap = 1 << int(np.ceil(np.log2(max(1, n_items))))
+    return int(max(1, min(k, _MAX_CHUNK_ITEMS, n_cap)))
+
+
+def _backend_for(path: str, mode: str) -> Backend:
+    lower = path.lower().rstrip("/")
+    if lower.endswith((".h5", ".hdf5")):
+        from eastkd.store.backends.hdf5_backend import HDF5Backend
+
+        return HDF5Backend(path, mode)
+    from eastkd.store.backends.zarr_backend import ZarrBackend
+
+    return ZarrBackend(path, mode)
+
+
+def backend_name(path: str) -> str:
+    return "hdf5" if path.lower().endswith((".h5", ".hdf5")) else "zarr"
+
+
+@dataclass
+class ArraySpec:
+    """Shape of one row (after the item axis) and dtype of an array in a section."""
+
+    row_shape: tuple[int, ...]
+    dtype: Any
+
+
+class StoreArray:
+    """A read view of one stored array, read in blocks rather than rows."""
+
+    def __init__(self, backend: Backend, path: str) -> None:
+        self.backend = backend
+        self.path = path
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.backend.shape(self.path)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.backend.dtype(self.path)
+
+    @property
+    def chunks(self) -> tuple[int, ...]:
+        return self.backend.chunks(self.path)
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return self.backend.get_attrs(self.path)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, selection: Any) -> np.ndarray:
+        return self.backend.read(self.path, selection)
+
+    def read_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Rows in the given order, fetched as contiguous runs (one read per run, not per row)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size == 0:
+            return np.empty((0,) + self.shape[1:], dtype=self.dtype)
+        order = np.argsort(rows, kind="stable")
+        srt = rows[order]
+        breaks = np.flatnonzero(np.diff(srt) > 1) + 1
+        parts = []
+        for run in np.split(srt, breaks):
+            lo, hi = int(run[0]), int(run[-1]) + 1
+            block = self.backend.read(self.path, slice(lo, hi))
+            parts.append(block[run - lo])
+        out = np.empty((rows.size,) + parts[0].shape[1:], dtype=parts[0].dtype)
+        out[order] = np.concatenate(parts)
+        return out
+
+    def iter_blocks(self, block_items: int | None = None) -> Iterator[tuple[int, int, np.ndarray]]:
+        """Yield ``(start, stop, data)`` over the item axis, aligned to the array's chunks."""
+        n = self.shape[0]
+        step = block_items or self.chunks[0]
+        for start in range(0, n, step):
+            stop = min(n, start + step)
+            yield start, stop, self.backend.read(self.path, slice(start, stop))
+
+    def to_dask(self) -> Any:
+        """The array as a dask array over the store's own chunks."""
+        import dask.array as da
+
+        return da.from_array(self.backend.native(self.path), chunks=self.chunks)
+
+
+class Section:
+    """A group of item-aligned arrays written together, with per-item status and errors."""
+
+    def __init__(self, store: "Store", kind: str, name: str) -> None:
+        self.store = store
+        self.kind = kind
+        self.name = name
+        self.path = f"{kind}/{name}"
+
+    @property
+    def backend(self) -> Backend:
+        return self.store.backend
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return self.backend.get_attrs(self.path)
+
+    def update_attrs(self, attrs: dict[str, Any]) -> None:
+        self.backend.update_attrs(self.path, attrs)
+
+    def array_names(self) -> list[str]:
+        return [c for c in self.backend.children(self.path)
+                if c not in ("status", "error") and self.backend.is_array(f"{self.path}/{c}")]
+
+    def has(self, name: str) -> bool:
+        return self.backend.exists(f"{self.path}/{name}")
+
+    def array(self, name: str) -> StoreArray:
+        if not self.has(name):
+            raise EastkdError(f"{self.store.path}: {self.path} has no array {name!r}")
+        return StoreArray(self.backend, f"{self.path}/{name}")
+
+    @property
+    def unit(self) -> int:
+        """Items per write block: the largest chunk along items of this section's arrays."""
+        return max(self.backend.chunks(f"{self.path}/{a}")[0]
+                   for a in self.array_names() + ["status"])
+
+    def status(self) -> np.ndarray:
+        return self.backend.read(f"{self.path}/status")
+
+    def errors(self) -> np.ndarray:
+        return self.backend.read(f"{self.path}/error")
+
+    def counts(self) -> dict[str, int]:
+        st = self.status()
+        return {"ok": int((st == OK).sum()), "skipped": int((st == SKIPPED).sum()),
+                "pending": int((st == PENDING).sum())}
+
+    @property
+    def complete(self) -> bool:
+        return bool((self.status() != PENDING).all())
+
+    def skipped(self) -> list[tuple[str, str]]:
+        """(item id, reason) of every skipped item."""
+        st = self.status()
+        rows = np.flatnonzero(st == SKIPPED)
+        if rows.size == 0:
+            return []
+        err = self.errors()
+        ids = self.store.items.ids
+        return [(ids[i], str(err[i])) for i in rows]
+
+    def write_block(self, start: int, data: dict[str, np.ndarray], status: np.ndarray,
+                    errors: list[str] | None = None) -> None:
+        """Write rows ``start:start+len(status)`` of each array, then their status (last)."""
+        stop = start + len(status)
+        for name, value in data.items():
+            self.backend.write(f"{self.path}/{name}", slice(start, stop), value)
+        if errors is not None:
+            self.backend.write(f"{self.path}/error", slice(start, stop),
+                               np.asarray(errors, dtype=object))
+        self.backend.flush()
+        self.backend.write(f"{self.path}/status", slice(start, stop),
+                           np.asarray(status, dtype=np.uint8))
+        self.backend.flush()
+
+    def require_complete(self, what: str = "") -> None:
+        c = self.counts()
+        if c["pending"]:
+            raise EastkdError(
+                f"{self.store.path}: {self.path} is unfinished ({c['pending']} of "
+                f"{len(self.store.items)} items pending); finish it first{what}"
+            )
+
+
+class Store:
+    """An open eastkd store (Zarr directory, zip, or HDF5 file)."""
+
+    def __init__(self, path: str, backend: Backend) -> None:
+        self.path = path
+        self.backend = backend
+        attrs = backend.get_attrs("")
+        if attrs.get("format") != FORMAT_NAME:
+            raise StoreNotFoundError(
+                f"{path}: not an eastkd store (no '{FORMAT_NAME}' format attribute); "
+                "create one with `eastkd extract`"
+            )
+        if int(attrs.get("format_version", 0)) > FORMAT_VERSION:
+            raise EastkdError(
+                f"{path}: store format version {attrs['format_version']} is newer than this "
+                f"eastkd understands ({FORMAT_VERSION}); upgrade eastkd"
+            )
+        self._items: ItemsTable | None = None
+
+    # -- whole store ---------------------------------------------------------------------------
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return self.backend.get_attrs("")
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
+
+    @property
+    def read_only(self) -> bool:
+        return self.backend.read_only
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def nbytes_stored(self) -> int:
+        return self.backend.nbytes_stored()
+
+    @property
+    def items(self) -> ItemsTable:
+        if self._items is None:
+            self._items = _read_items(self.backend)
+        return self._items
+
+    @property
+    def dataset_fingerprint(self) -> str:
+        return str(self.attrs["dataset"]["fingerprint"])
+
+    # -- sections ------------------------------------------------------------------------------
+    def section_names(self, kind: str) -> list[str]:
+        return self.backend.children(kind)
+
+    def has_section(self, kind: str, name: str) -> bool:
+        return self.backend.exists(f"{kind}/{name}/status")
+
+    def section(self, kind: str, name: str) -> Section:
+        if not self.has_section(kind, name):
+            have = ", ".join(self.section_names(kind)) or "none"
+            raise EastkdError(
+                f"{self.path}: no {kind[:-1] if kind != 'features' else 'features'} "
+                f"{name!r} in this store (have: {have})"
+            )
+        return Section(self, kind, name)
+
+    def require_section(self, kind: str, name: str, arrays: dict[str, ArraySpec],
+                        attrs: dict[str, Any], identity: dict[str, Any],
+                        overwrite: bool = False) -> Section:
+        """Open section ``kind/name`` for writing, creating it if needed.
+
+        ``identity`` are the settings that define the section's content (teacher, weights,
+        options ...). An existing section with another identity is refused unless
+        ``overwrite``, in which case it is deleted first. Creation is safe against concurrent
+        writers doing the same: each array is created once and identical attributes are kept.
+        """
+        assert kind in SECTION_KINDS
+        if self.read_only:
+            raise EastkdError(f"{self.path}: store is open read-only")
+        path = f"{kind}/{name}"
+        if self.backend.exists(path):
+            old = self.backend.get_attrs(path).get("identity")
+            if old is not None and old != identity:
+                if not overwrite:
+                    diff = sorted(k for k in set(old) | set(identity)
+                                  if old.get(k) != identity.get(k))
+                    raise StoreMismatchError(
+                        f"{self.path}: {path} was written with other settings "
+                        f"(differs in: {', '.join(diff)}); use another name or --overwrite"
+                    )
+                self.backend.delete(path)
+            elif old is not None and overwrite:
+                self.backend.delete(path)
+        n = len(self.items)
+        self.backend.create_group(path, {**attrs, "identity": identity})
+        units = []
+        for aname, spec in arrays.items():
+            row_bytes = int(np.prod(spec.row_shape or (1,))) * np.dtype(spec.dtype).itemsize
+            ck = chunk_items(row_bytes, n)
+            units.append(ck)
+            self._create_if_missing(f"{path}/{aname}", (n, *spec.row_shape),
+                                    (ck, *spec.row_shape), spec.dtype)
+        unit = max(units) if units else chunk_items(1, n)
+        self._create_if_missing(f"{path}/status", (n,), (unit,), np.uint8)
+        self._create_if_missing(f"{path}/error", (n,), (unit,), object)
+        self.backend.flush()
+        return Section(self, kind, name)
+
+    def _create_if_missing(self, path: str, shape: tuple[int, ...], chunks: tuple[int, ...],
+                           dtype: Any) -> None:
+        if self.backend.exists(path):
+            if tuple(self.backend.shape(path)) != tuple(shape):
+                raise StoreMismatchError(
+                    f"{self.path}: {path} has shape {self.backend.shape(path)}, expected "
+                    f"{shape}; use --overwrite to replace it"
+                )
+            return
+        try:
+            self.backend.create_array(path, shape, chunks, dtype)
+        except FileExistsError:  # a concurrent writer created it first
+            pass
+
+    def delete_section(self, kind: str, name: str) -> None:
+        self.backend.delete(f"{kind}/{name}")
+
+    # -- convenience ---------------------------------------------------------------------------
+    def embeddings(self, key: str) -> Section:
+        return self.section("embeddings", key)
+
+    def features(self, name: str = "logmel") -> Section:
+        return self.section("features", name)
+
+    def targets(self, name: str) -> Section:
+        return self.section("targets", name)
+
+    def write_params(self, section: Section, params: dict[str, np.ndarray]) -> None:
+        """Write small parameter arrays (e.g. PCA components) under ``<section>/params``."""
+        for pname, value in params.items():
+            value = np.asarray(value)
+            path = f"{section.path}/params/{pname}"
+            self.backend.delete(path)
+            shape = value.shape or (1,)
+            self.backend.create_array(path, shape, shape, value.dtype,
+                                      data=value.reshape(shape))
+        self.backend.flush()
+
+    def read_params(self, section: Section) -> dict[str, np.ndarray]:
+        base = f"{section.path}/params"
+        return {p: self.backend.read(f"{base}/{p}") for p in self.backend.children(base)}
+
+
+def _read_items(backend: Backend) -> ItemsTable:
+    attrs = backend.get_attrs("items")
+    cols = set(backend.children("items"))
+    core = {"id", "path", "sha256", "duration", "split", "labels"}
+    missing = core - cols
+    if missing:
+        raise EastkdError(f"{backend.path}: items table lacks {sorted(missing)}; the store is "
+                          "damaged or half-written: recreate it with `eastkd extract`")
+    extra = {c: backend.read(f"items/{c}") for c in sorted(cols - core - {"label"})}
+    return ItemsTable(
+        ids=[str(x) for x in backend.read("items/id")],
+        paths=[str(x) for x in backend.read("items/path")],
+        sha256=[str(x) for x in backend.read("items/sha256")],
+        durations=backend.read("items/duration").astype(np.float32),
+        splits=[str(x) for x in backend.read("items/split")],
+        labels=backend.read("items/labels").astype(np.uint8),
+        class_names=list(attrs.get("class_names", [])),
+        multi_label=bool(attrs.get("multi_label", False)),
+        extra=extra,
+    )
+
+
+def _write_items(backend: Backend, items: ItemsTable) -> None:
+    n = len(items)
+    ck = chunk_items(256, n)
+    backend.create_group("items", {"class_names": list(items.class_names),
+                                   "multi_label": bool(items.multi_label)})
+    strings = {"id": items.ids, "path": items.paths, "sha256": items.sha256, "split": items.splits}
+    for name, col in strings.items():
+        backend.create_array(f"items/{name}", (n,), (ck,), object,
+                             data=np.asarray(col, dtype=object))
+    backend.create_array("items/duration", (n,), (ck,), np.float32,
+                         data=np.asarray(items.durations, dtype=np.float32))
+    c = max(1, len(items.class_names))
+    backend.create_array("items/labels", (n, c), (ck, c), np.uint8,
+                         data=np.asarray(items.labels, dtype=np.uint8))
+    backend.create_array("items/label", (n,), (ck,), np.int32, data=items.label)
+    for name, col in items.extra.items():
+        col = np.asarray(col)
+        dtype = object if col.dtype.kind in "OUS" else col.dtype
+        backend.create_array(f"items/{name}", (n,), (ck,), dtype, data=col.astype(dtype))
+
+
+def store_exists(path: str) -> bool:
+    return os.path.exists(path)
+
+
+def open_store(path: str, mode: str = "r") -> Store:
+    """Open an existing store; ``mode`` is ``"r"`` (read) or ``"r+"`` (read and write)."""
+    if not os.path.exists(path):
+        raise StoreNotFoundError(f"{path}: no such store; create it with `eastkd extract`")
+    return Store(path, _backend_for(path, "r" if mode == "r" else "a"))
+
+
+def create_store(path: str, items: ItemsTable, dataset: dict[str, Any]) -> Store:
+    """Create a new store holding the items table, atomically.
+
+    The store is built under a temporary name beside ``path`` and renamed into place, so no
+    reader (and no concurrent creator) ever sees a half-written items table. If another process
+    created ``path`` first, that store is opened instead (after the dataset check).
+    """
+    if os.path.exists(path):
+        raise EastkdError(f"{path} already exists")
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    base, ext = os.path.splitext(os.path.basename(path.rstrip("/")))
+    tmp = os.path.join(parent, f".{base}.partial-{uuid.uuid4().hex[:8]}{ext}")
+    if backend_name(path) == "zarr":
+        import zarr
+
+        zarr.open_group(tmp, mode="w", zarr_format=3)
+    backend = _backend_for(tmp, "a")
+    try:
+        backend.update_attrs("", {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "eastkd_version": eastkd_version(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "dataset": {**dataset, "fingerprint": items.fingerprint(), "n_items": len(items)},
+        })
+        _write_items(backend, items)
+        backend.close()
+        try:
+            if os.path.isdir(tmp):
+                os.rename(tmp, path)  # fails if another creator's directory is already there
+            else:
+                os.link(tmp, path)  # never replaces an existing file
+        except OSError:
+            if not os.path.exists(path):
+                raise
+    except BaseException:
+        backend.close()
+        shutil.rmtree(tmp, ignore_errors=True) if os.path.isdir(tmp) else (
+            os.path.exists(tmp) and os.remove(tmp))
+        raise
+    if os.path.exists(tmp):  # lost the race against another creator
+        shutil.rmtree(tmp, ignore_errors=True) if os.path.isdir(tmp) else os.remove(tmp)
+    return open_for_dataset(path, items)
+
+
+def open_for_dataset(path: str, items: ItemsTable) -> Store:
+    """Open ``path`` for writing and check it was made for exactly this dataset."""
+    store = open_store(path, "r+")
+    theirs = store.dataset_fingerprint
+    ours = items.fingerprint()
+    if theirs != ours:
+        d = store.attrs.get("dataset", {})
+        store.close()
+        raise StoreMismatchError(
+            f"{path} was written for another dataset ({d.get('name', '?')}, {d.get('n_items', '?')}"
+            f" items, fingerprint {theirs[:12]}) than this one ({len(items)} items, "
+            f"{ours[:12]}): choose another store path"
+        )
+    return store

@@ -1,0 +1,46 @@
+"""Shared fixtures: a small real dataset rendered from the bundled SoundFont, and a store
+extracted from it with the real crepe-tiny teacher (session-scoped: built once per run)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+# 5 families x 16 clips of 1 s: big enough that a student clearly beats chance in seconds
+DEMO_CLIPS_PER_CLASS = 16
+DEMO_SECONDS = 1.0
+TEACHER_OPTS = {"hop_ms": 100}
+
+
+@pytest.fixture(scope="session")
+def demo_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from eastkd.pipeline.demo_data import render_demo_dataset
+
+    out = tmp_path_factory.mktemp("demo_data")
+    return render_demo_dataset(out, clips_per_class=DEMO_CLIPS_PER_CLASS, seconds=DEMO_SECONDS,
+                               seed=0, progress=False)
+
+
+def extract_demo(manifest: Path, store: Path, **kw) -> None:
+    from eastkd.pipeline.extract import ExtractOptions, extract
+
+    opts = ExtractOptions(teacher="crepe-tiny", teacher_options=dict(TEACHER_OPTS),
+                          progress=False, workers=0, **kw)
+    extract(str(manifest), str(store), opts)
+
+
+@pytest.fixture(scope="session")
+def demo_store_master(tmp_path_factory: pytest.TempPathFactory, demo_manifest: Path) -> Path:
+    store = tmp_path_factory.mktemp("stores") / "demo.zarr"
+    extract_demo(demo_manifest, store, frames=True)
+    return store
+
+
+@pytest.fixture
+def demo_store(tmp_path: Path, demo_store_master: Path) -> Path:
+    """A private copy of the extracted demo store that a test may modify."""
+    dst = tmp_path / "demo.zarr"
+    shutil.copytree(demo_store_master, dst)
+    return dst
