@@ -14,9 +14,16 @@ from eastkd.pipeline.teachers import passt as passt_mod
 from eastkd.pipeline.teachers.base import file_sha256, state_dict_sha256
 from eastkd.store.errors import EastkdError
 
+pytestmark = [  # raised by hear21passt when the tests call it directly, and by torch.jit
+    pytest.mark.filterwarnings("ignore:.*return_complex=False is deprecated"),
+    pytest.mark.filterwarnings("ignore:.*torch.cuda.amp.autocast"),
+    pytest.mark.filterwarnings("ignore:Input image size"),
+    pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated"),
+]
+
 # ---------------------------------------------------------------- PaSST
 
-FAST = {"frame_window_s": 0.5, "frame_hop_s": 0.5}  # keeps CPU time small
+FAST = {"frame_window_s": 0.25, "frame_hop_s": 0.25}  # keeps CPU time small
 
 
 @pytest.fixture(scope="module")
@@ -28,34 +35,36 @@ def passt_teacher():
 @pytest.fixture(scope="module")
 def wave32k():
     g = torch.Generator().manual_seed(1)
-    t = torch.arange(32000) / 32000
-    return 0.1 * torch.randn(2, 32000, generator=g) + 0.3 * torch.sin(2 * math.pi * 440 * t)
+    t = torch.arange(16000) / 32000  # 0.5 s
+    return 0.1 * torch.randn(2, 16000, generator=g) + 0.3 * torch.sin(2 * math.pi * 440 * t)
 
 
 def test_passt_contract_matches_hear21passt(passt_teacher, wave32k):
     t = passt_teacher
-    assert (t.name, t.sample_rate, t.embedding_dim, t.frame_rate) == ("passt", 32000, 768, 2.0)
+    assert (t.name, t.sample_rate, t.embedding_dim, t.frame_rate) == ("passt", 32000, 768, 4.0)
     assert t.num_parameters > 80_000_000  # PaSST-S, not a toy
     out = t(wave32k)
     assert out.clip.shape == (2, 768) and out.clip.dtype == torch.float32
-    assert out.frames.shape == (2, 3, 768)  # 1 s padded by 0.25 s each side, 0.5 s hop
+    assert out.frames.shape == (2, 3, 768)  # 0.5 s padded by 0.125 s each side, 0.25 s hop
     assert torch.isfinite(out.clip).all() and torch.isfinite(out.frames).all()
     assert not torch.allclose(out.clip[0], out.clip[1])
     wrapper = t.model.passt  # hear21passt's own scene / timestamp embeddings
     with torch.no_grad():
         torch.testing.assert_close(out.clip, wrapper.get_scene_embeddings(wave32k))
-        ref, stamps = wrapper.get_timestamp_embeddings(wave32k, window_size=16000, hop=16000)
+        ref, stamps = wrapper.get_timestamp_embeddings(wave32k, window_size=8000, hop=8000)
     torch.testing.assert_close(out.frames, ref)
-    assert stamps[0].tolist() == [0.0, 500.0, 1000.0]
+    assert stamps[0].tolist() == [0.0, 250.0, 500.0]
+    tiny = t(wave32k[:, :100])  # shorter than one patch: zero-padded to 0.16 s
+    assert tiny.clip.shape == (2, 768) and tiny.frames.shape == (2, 1, 768)
 
 
 def test_passt_long_clips_average_windows_like_hear21passt(passt_teacher, wave32k):
     from hear21passt.wrapper import PasstBasicWrapper
 
     w = passt_teacher.model.passt
-    opts = {**passt_mod.DEFAULTS, "window_s": 0.5, "hop_s": 0.5, "frames": False}
-    short_window = passt_mod.PasstEmbedder(w, opts)  # 1 s clips are "long" for a 0.5 s model
-    ref = PasstBasicWrapper(mel=w.mel, net=w.net, max_model_window=500, scene_hop=500,
+    opts = {**passt_mod.DEFAULTS, "window_s": 0.25, "hop_s": 0.25, "frames": False}
+    short_window = passt_mod.PasstEmbedder(w, opts)  # 0.5 s clips are "long" for it
+    ref = PasstBasicWrapper(mel=w.mel, net=w.net, max_model_window=250, scene_hop=250,
                             mode="embed_only").eval()
     out = short_window(wave32k)
     assert out.frames is None
@@ -66,7 +75,7 @@ def test_passt_long_clips_average_windows_like_hear21passt(passt_teacher, wave32
 def test_passt_stays_in_eval_mode(passt_teacher, wave32k):
     passt_teacher.model.train()  # SpecAugment / patchout must not switch on
     assert not passt_teacher.model.passt.training
-    a, b = passt_teacher(wave32k[:1]).clip, passt_teacher(wave32k[:1]).clip
+    a, b = passt_teacher(wave32k[:1, :8000]).clip, passt_teacher(wave32k[:1, :8000]).clip
     torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
@@ -74,10 +83,11 @@ def test_passt_random_fingerprint_follows_weights(passt_teacher):
     t = passt_teacher
     assert t.weights_sha256 == state_dict_sha256(t.model)
     p = t.model.passt.net.cls_token
+    kept = p.detach().clone()
     with torch.no_grad():
-        p += 1.0
+        p.add_(1.0)
         changed = state_dict_sha256(t.model)
-        p -= 1.0
+        p.copy_(kept)
     assert changed != t.weights_sha256 and state_dict_sha256(t.model) == t.weights_sha256
 
 
@@ -96,8 +106,7 @@ def test_passt_checkpoint_round_trip(passt_teacher, wave32k, tmp_path, monkeypat
     assert cached.endswith("/home/hub/checkpoints/passt-s-f128-p16-s10-ap.476-swa.pt")
     assert url.startswith("https://github.com/kkoutini/PaSST/releases/")
     (tmp_path / "home/hub/checkpoints").mkdir(parents=True)
-    (tmp_path / "home/hub/checkpoints/passt-s-f128-p16-s10-ap.476-swa.pt").write_bytes(
-        ckpt.read_bytes())
+    (tmp_path / "home/hub/checkpoints/passt-s-f128-p16-s10-ap.476-swa.pt").symlink_to(ckpt)
     default = teachers.create("passt", frames=False)
     assert default.weights_sha256 == loaded.weights_sha256 and default.frame_rate is None
     torch.testing.assert_close(default(wave32k).clip, a.clip)
@@ -144,10 +153,11 @@ class WaveNet(torch.nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.proj = torch.nn.Linear(32000, 1728)
+        self.proj = torch.nn.Linear(64, 1728)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        return self.proj(wave.unfold(1, 32000, 32000))
+        chunks = wave.unfold(1, 32000, 32000)  # (B, T, 32000)
+        return self.proj(chunks.reshape(chunks.shape[0], chunks.shape[1], 64, 500).std(dim=-1))
 
 
 def _script(module: torch.nn.Module, path) -> str:

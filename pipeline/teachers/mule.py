@@ -52,6 +52,7 @@ Export (not runnable offline; done once where MULE and its weights can be fetche
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import torch
@@ -179,7 +180,9 @@ def mule(weights: str | None = None, **options: Any) -> Teacher:
                           f"in eastkd.pipeline.teachers.mule and save it there (or pass "
                           f"weights=PATH)")
     try:
-        net = torch.jit.load(path, map_location="cpu")
+        with warnings.catch_warnings():  # torch 2.11 marks TorchScript as deprecated
+            warnings.simplefilter("ignore", DeprecationWarning)
+            net = torch.jit.load(path, map_location="cpu")
     except Exception as err:  # noqa: BLE001 - any unloadable file gets the same advice
         raise EastkdError(f"MULE export {path} is not a TorchScript file ({err}); export it as "
                           f"described in eastkd.pipeline.teachers.mule") from err

@@ -40,7 +40,7 @@ ARCHS: dict[str, tuple[int, int]] = {
     "passt_l_kd_p16_128_ap47": (10, 10),
     "passt_s_p16_s16_128_ap468": (16, 16),
 }
-MIN_SAMPLES = 15 * 320  # 16 mel frames: one patch in time
+MIN_SAMPLES = 16 * 320  # 0.16 s -> 16 mel frames (pre-emphasis drops one): one patch in time
 DEFAULTS: dict[str, Any] = {
     "arch": DEFAULT_ARCH,
     "window_s": 10.0,  # longest input the model takes in one pass (its time embedding)
@@ -151,9 +151,12 @@ def _load_state(net: torch.nn.Module, path: str) -> None:
     if not isinstance(state, dict):
         raise EastkdError(f"PaSST checkpoint {path} holds a {type(state).__name__}, "
                           f"not a state dict")
-    if "model" not in state and any(k.startswith("net.") for k in state):
+    if isinstance(state.get("model"), dict):  # a training checkpoint
+        state = state["model"]
+    if any(k.startswith("net.") for k in state):  # a PasstBasicWrapper's state dict
         state = {k[4:]: v for k, v in state.items() if k.startswith("net.")}
-    state = checkpoint_filter_fn(state, net)
+    if "time_new_pos_embed" in state:  # hear21passt's own fix-ups for older PaSST files
+        state = checkpoint_filter_fn(state, net)
     result = net.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise EastkdError(
@@ -177,7 +180,7 @@ def _options(options: dict[str, Any]) -> dict[str, Any]:
             raise EastkdError(f"PaSST option {key} must be positive, got {opts[key]}")
     if opts["window_s"] > 10.0:
         raise EastkdError("PaSST option window_s must be at most 10 s (the model's time embedding)")
-    if opts["frames"] and _samples(opts["frame_window_s"]) < MIN_SAMPLES + 320:
+    if opts["frames"] and _samples(opts["frame_window_s"]) < MIN_SAMPLES:
         raise EastkdError("PaSST option frame_window_s must be at least 0.16 s (one patch)")
     opts["frames"] = bool(opts["frames"])
     opts["random_init"] = bool(opts["random_init"])
