@@ -37,6 +37,10 @@ from eastkd.cli.options import parse_key_values
               help="Replace embeddings/features written earlier with other settings.")
 @click.option("--shard", default="0/1", metavar="I/N",
               help="Fill only unit u with u % N == I, so N processes can share one Zarr store.")
+@click.option("--chunk-items", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Cap items per chunk (a power of two) of the arrays this run creates; only "
+                   "ever makes chunks smaller than the ~4 MB default, giving finer --shard and "
+                   "resume units (chunks of small rows hold up to 8192 items).")
 @click.option("--n-mels", type=click.IntRange(min=8), default=96, help="Log-mel bands.")
 @click.option("--student-sr", type=click.IntRange(min=8000), default=16000,
               help="Sample rate of the student's log-mel input.")
@@ -44,7 +48,8 @@ from eastkd.cli.options import parse_key_values
 def command(dataset: str, store: str, teacher: str, teacher_opts: tuple[str, ...],
             weights: str | None, key: str | None, segment: float | None, crop: str, dtype: str,
             frames: bool, batch_size: int, workers: int, device: str, on_error: str,
-            overwrite: bool, shard: str, n_mels: int, student_sr: int, progress: bool) -> None:
+            overwrite: bool, shard: str, chunk_items: int | None, n_mels: int, student_sr: int,
+            progress: bool) -> None:
     """Run TEACHER once over DATASET and write embeddings and log-mel features into STORE.
 
     DATASET is a manifest (.csv/.jsonl with id, path, label or labels, split), a folder with
@@ -62,7 +67,7 @@ def command(dataset: str, store: str, teacher: str, teacher_opts: tuple[str, ...
     opts = ExtractOptions(
         teacher=teacher, teacher_options=topts, key=key, segment=segment, crop=crop, dtype=dtype,
         frames=frames, batch_size=batch_size, workers=workers, device=device, on_error=on_error,
-        overwrite=overwrite, shard=parse_shard(shard), progress=progress,
+        overwrite=overwrite, shard=parse_shard(shard), progress=progress, chunk_items=chunk_items,
         logmel=LogMelParams(sample_rate=student_sr, n_mels=n_mels,
                             f_max=min(8000.0, student_sr / 2)),
     )

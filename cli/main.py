@@ -38,6 +38,11 @@ class LazyGroup(click.Group):
         cmd.short_help = COMMANDS[name][1]
         return cmd
 
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # from the table above, so that `eastkd --help` imports no sub-command module
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, hlp) for name, (_, hlp) in COMMANDS.items()])
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +19,9 @@ import torch
 import torchaudio.functional as AF
 
 CROP_POLICIES = ("start", "center")
+# libsndfile's header log for a WAV whose data chunk is shorter than its header says
+_WAV_TRUNCATED = re.compile(r"^data\s*: (?P<declared>\d+) \(should be (?P<held>\d+)\)", re.M)
+_STREAMING_SIZE = 0x7FFF0000  # writers that cannot seek put placeholder sizes >= this
 
 
 class AudioError(Exception):
@@ -55,9 +59,18 @@ def decode(data: bytes) -> tuple[np.ndarray, int]:
     if not data:
         raise AudioError("empty file (0 bytes)")
     try:
-        wav, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            cut = _WAV_TRUNCATED.search(f.extra_info)
+            wav, sr = f.read(dtype="float32", always_2d=True), f.samplerate
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
-        raise AudioError(f"not decodable audio ({str(e).splitlines()[0][:120]})") from e
+        # drop soundfile's "Error opening <_io.BytesIO object at 0x...>: ": the reason is
+        # stored per item and must not change from run to run
+        reason = re.sub(r"^Error opening <[^>]*>: ", "", str(e).splitlines()[0])
+        raise AudioError(f"not decodable audio ({reason[:120]})") from e
+    if cut and int(cut["held"]) < int(cut["declared"]) < _STREAMING_SIZE:
+        # libsndfile silently reads what is there; a cut-off download would be zero-padded
+        raise AudioError(f"truncated file (header declares {cut['declared']} bytes of audio "
+                         f"data, the file holds {cut['held']})")
     if wav.shape[0] == 0:
         raise AudioError("audio has no samples")
     mono = wav.mean(axis=1)

@@ -1,10 +1,13 @@
 """The extract stage: run the teacher once over a dataset and cache everything later stages need.
 
 Work is split into *units* of whole chunks (the largest chunk along items of the arrays being
-written). A unit's arrays are written first and its status last, so a run killed at any moment
-(even SIGKILL) is continued by the same command with nothing finished recomputed, and the final
-arrays equal those of an uninterrupted run bit for bit. ``--shard I/N`` gives unit ``u`` to
-process ``u % N == I``, so N writers never share a chunk.
+written); ``--shard I/N`` gives unit ``u`` to process ``u % N == I``, so N writers never share a
+chunk. Each unit is decoded, run and written in *blocks* (the smallest chunk along items of the
+data arrays, at least one batch), which bounds memory (a unit of small-row arrays may span
+thousands of clips) and how much a killed run loses. A block's arrays are written first and its
+status last, so a run killed at any moment (even SIGKILL) is continued by the same command with
+nothing finished recomputed, and the final arrays equal those of an uninterrupted run bit for
+bit.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ class ExtractOptions:
     overwrite: bool = False
     shard: tuple[int, int] = (0, 1)
     progress: bool = True
+    chunk_items: int | None = None  # cap on items per chunk (power of two) of new sections
 
 
 @dataclass
@@ -86,7 +90,7 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 class _UnitDecoder(torch.utils.data.Dataset):
-    """Decodes one unit of items per index (runs in DataLoader workers: no store handles)."""
+    """Decodes one block of items per index (runs in DataLoader workers: no store handles)."""
 
     def __init__(self, paths: list[str], sha: list[str], units: list[tuple[int, int]],
                  teacher_sr: int, segment: Segment, logmel: LogMelParams | None,
@@ -165,6 +169,13 @@ def open_or_create(store_path: str, spec: DatasetSpec, progress: bool = True) ->
     return create_store(store_path, items, dataset)
 
 
+def _block_items(sections: list[Any], unit: int, batch_size: int) -> int:
+    """Rows per write block: the smallest data chunk along items, at least one batch, at most
+    ``unit``. Chunk sizes are powers of two, so blocks never straddle a unit."""
+    smallest = min(s.backend.chunks(f"{s.path}/{a}")[0] for s in sections for a in s.array_names())
+    return max(1, min(unit, max(smallest, 1 << max(0, batch_size - 1).bit_length())))
+
+
 def _cast(x: torch.Tensor, dtype: str, what: str) -> np.ndarray:
     arr = x.detach().float().cpu().numpy().astype(dtype)
     if not np.isfinite(arr).all():
@@ -178,6 +189,9 @@ def extract(dataset: str | DatasetSpec, store_path: str, opts: ExtractOptions) -
         raise EastkdError(f"--on-error must be one of {ON_ERROR}")
     if opts.dtype not in ("float16", "float32"):
         raise EastkdError("--dtype must be float16 or float32")
+    ck = opts.chunk_items
+    if ck is not None and (ck < 1 or ck & (ck - 1)):
+        raise EastkdError(f"--chunk-items {ck}: must be a power of two (1, 2, 4, ...)")
     shard_i, shard_n = opts.shard
     if shard_n > 1 and backend_name(store_path) != "zarr":
         raise EastkdError("--shard needs a Zarr store (HDF5 has no safe concurrent writers)")
@@ -186,9 +200,18 @@ def extract(dataset: str | DatasetSpec, store_path: str, opts: ExtractOptions) -
     device = resolve_device(opts.device)
     teacher.to(device)
     teacher.model.eval()
-    key = opts.key or teacher.name
 
     store = open_or_create(store_path, spec, opts.progress)
+    try:
+        return _extract_into(store, store_path, teacher, device, opts)
+    finally:
+        store.close()
+
+
+def _extract_into(store: Store, store_path: str, teacher: Teacher, device: torch.device,
+                  opts: ExtractOptions) -> ExtractSummary:
+    shard_i, shard_n = opts.shard
+    key = opts.key or teacher.name
     items = store.items
     n = len(items)
     segment = _resolve_segment(opts, items.durations)
@@ -200,7 +223,7 @@ def extract(dataset: str | DatasetSpec, store_path: str, opts: ExtractOptions) -
         attrs={"kind": "log-mel", "params": lm.as_dict(), "segment": segment.as_dict(),
                "layout": "items x mels x frames", "eastkd_version": eastkd_version()},
         identity={"params": lm.as_dict(), "segment": segment.as_dict(), "dtype": opts.dtype},
-        overwrite=opts.overwrite,
+        overwrite=opts.overwrite, max_chunk_items=opts.chunk_items,
     )
     arrays = {"clip": ArraySpec((teacher.embedding_dim,), opts.dtype)}
     t_frames = 0
@@ -223,23 +246,26 @@ def extract(dataset: str | DatasetSpec, store_path: str, opts: ExtractOptions) -
                "extract_options": {"batch_size": opts.batch_size, "dtype": opts.dtype,
                                    "frames": opts.frames, "crop": opts.crop,
                                    "segment": segment.seconds, "on_error": opts.on_error}},
-        identity=identity, overwrite=opts.overwrite,
+        identity=identity, overwrite=opts.overwrite, max_chunk_items=opts.chunk_items,
     )
 
     unit = max(feat.unit, emb.unit)
+    block = _block_items([feat, emb], unit, opts.batch_size)
     emb_status, feat_status = emb.status(), feat.status()
-    all_units = [(s, min(n, s + unit)) for s in range(0, n, unit)]
     todo, feature_units = [], set()
     already = 0
-    for u, (s, e) in enumerate(all_units):
+    for u, u_start in enumerate(range(0, n, unit)):
         if u % shard_n != shard_i:
             continue
-        if (emb_status[s:e] != PENDING).all() and (feat_status[s:e] != PENDING).all():
-            already += e - s
-            continue
-        if (feat_status[s:e] == PENDING).any():
-            feature_units.add(len(todo))
-        todo.append((s, e))
+        u_stop = min(n, u_start + unit)
+        for s in range(u_start, u_stop, block):
+            e = min(u_stop, s + block)
+            if (emb_status[s:e] != PENDING).all() and (feat_status[s:e] != PENDING).all():
+                already += e - s
+                continue
+            if (feat_status[s:e] == PENDING).any():
+                feature_units.add(len(todo))
+            todo.append((s, e))
 
     decoder = _UnitDecoder(items.paths, items.sha256, todo, teacher.sample_rate, segment,
                            lm, feature_units)
@@ -258,6 +284,7 @@ def extract(dataset: str | DatasetSpec, store_path: str, opts: ExtractOptions) -
     try:
         for batch in loader:
             start, errors = batch["start"], list(batch["errors"])
+            decode_errors = list(errors)  # features fail only on these, not on the teacher's
             wave = batch["wave"]
             k = wave.shape[0]
             ok_rows = [j for j in range(k) if not errors[j]]
@@ -292,9 +319,10 @@ def extract(dataset: str | DatasetSpec, store_path: str, opts: ExtractOptions) -
                 )
             status = np.where([bool(e) for e in errors], SKIPPED, OK).astype(np.uint8)
             if batch["logmel"] is not None:
+                f_status = np.where([bool(e) for e in decode_errors], SKIPPED, OK).astype(np.uint8)
                 feats = _cast(batch["logmel"], opts.dtype, "log-mel features")
-                feats[status == SKIPPED] = 0
-                feat.write_block(start, {"values": feats}, status, errors)
+                feats[f_status == SKIPPED] = 0
+                feat.write_block(start, {"values": feats}, f_status, decode_errors)
             data = {"clip": clip}
             if frames is not None:
                 data["frames"] = frames
@@ -313,5 +341,4 @@ def extract(dataset: str | DatasetSpec, store_path: str, opts: ExtractOptions) -
         skipped_now=skipped_now, already_done=already, seconds=time.perf_counter() - t0,
         audio_seconds=audio_s, forward_seconds=fwd, skipped=emb.skipped(),
     )
-    store.close()
     return summary

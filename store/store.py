@@ -40,16 +40,20 @@ def eastkd_version() -> str:
         return "0+unknown"
 
 
-def chunk_items(row_bytes: int, n_items: int, target_bytes: int = _TARGET_CHUNK_BYTES) -> int:
+def chunk_items(row_bytes: int, n_items: int, target_bytes: int = _TARGET_CHUNK_BYTES,
+                max_items: int | None = None) -> int:
     """Items per chunk: a power of two giving chunks of about ``target_bytes`` (1–8 MB).
 
     Powers of two make every array's chunk boundaries line up, so a writer that owns a block of
-    the largest chunk size owns whole chunks of every array.
+    the largest chunk size owns whole chunks of every array. ``max_items`` (a power of two)
+    caps the result: smaller chunks give finer resume and ``--shard`` units.
     """
+    if max_items is not None and (max_items < 1 or max_items & (max_items - 1)):
+        raise EastkdError(f"chunk items cap {max_items} must be a power of two (1, 2, 4, ...)")
     k = max(1, target_bytes // max(1, row_bytes))
     k = 1 << int(np.floor(np.log2(k)))
     n_cap = 1 << int(np.ceil(np.log2(max(1, n_items))))
-    return int(max(1, min(k, _MAX_CHUNK_ITEMS, n_cap)))
+    return int(max(1, min(k, _MAX_CHUNK_ITEMS, n_cap, max_items or _MAX_CHUNK_ITEMS)))
 
 
 def _backend_for(path: str, mode: str) -> Backend:
@@ -294,13 +298,14 @@ class Store:
 
     def require_section(self, kind: str, name: str, arrays: dict[str, ArraySpec],
                         attrs: dict[str, Any], identity: dict[str, Any],
-                        overwrite: bool = False) -> Section:
+                        overwrite: bool = False, max_chunk_items: int | None = None) -> Section:
         """Open section ``kind/name`` for writing, creating it if needed.
 
         ``identity`` are the settings that define the section's content (teacher, weights,
         options ...). An existing section with another identity is refused unless
         ``overwrite``, in which case it is deleted first. Creation is safe against concurrent
         writers doing the same: each array is created once and identical attributes are kept.
+        ``max_chunk_items`` caps the chunk size along items of arrays created now.
         """
         assert kind in SECTION_KINDS
         if self.read_only:
@@ -324,11 +329,11 @@ class Store:
         units = []
         for aname, spec in arrays.items():
             row_bytes = int(np.prod(spec.row_shape or (1,))) * np.dtype(spec.dtype).itemsize
-            ck = chunk_items(row_bytes, n)
+            ck = chunk_items(row_bytes, n, max_items=max_chunk_items)
             units.append(ck)
             self._create_if_missing(f"{path}/{aname}", (n, *spec.row_shape),
                                     (ck, *spec.row_shape), spec.dtype)
-        unit = max(units) if units else chunk_items(1, n)
+        unit = max(units) if units else chunk_items(1, n, max_items=max_chunk_items)
         self._create_if_missing(f"{path}/status", (n,), (unit,), np.uint8)
         self._create_if_missing(f"{path}/error", (n,), (unit,), object)
         self.backend.flush()

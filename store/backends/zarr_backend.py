@@ -16,7 +16,7 @@ import zarr.errors
 from zarr.storage import LocalStore, ZipStore
 
 from eastkd.store.backends.base import Backend, is_string_dtype
-from eastkd.store.errors import EastkdError
+from eastkd.store.errors import EastkdError, StoreNotFoundError
 
 
 def _du(path: str) -> int:
@@ -45,10 +45,14 @@ class ZarrBackend(Backend):
         else:
             self._store = LocalStore(path, read_only=self.read_only)
         try:
-            self.root = zarr.open_group(self._store, mode="r" if self.read_only else "a",
+            # "r+", not "a": opening a folder that holds no store must not write a zarr.json
+            # into it (stores are created by create_store, which makes the group first)
+            self.root = zarr.open_group(self._store, mode="r" if self.read_only else "r+",
                                         zarr_format=3)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
-            raise EastkdError(f"{path}: no Zarr v3 group here ({e})") from e
+            raise StoreNotFoundError(
+                f"{path}: not an eastkd store (no Zarr v3 group here); create one with "
+                "`eastkd extract`") from e
 
     # -- structure -------------------------------------------------------------------------
     def create_group(self, path: str, attrs: dict[str, Any] | None = None) -> None:

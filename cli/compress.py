@@ -1,0 +1,71 @@
+"""``eastkd compress``: fit PCA or the learned teacher transformation and write compact targets."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("compress", context_settings={"show_default": True})
+@click.argument("store", type=click.Path(exists=True, dir_okay=True, file_okay=True))
+@click.option("--embeddings", "key", default=None, metavar="KEY",
+              help="Embeddings to compress (a key shown by `eastkd info`).  "
+                   "[default: the only one in the store]")
+@click.option("--method", default="pca", metavar="NAME",
+              help="Compressor: pca (unsupervised, streaming) or learned (linear map trained "
+                   "through a linear probe on the labels, Ding & Lerch 2024).")
+@click.option("--dim", default="128", metavar="D",
+              help="Output dimensions; for pca a fraction in (0, 1) keeps that share of the "
+                   "train variance instead (e.g. 0.95).")
+@click.option("--name", default=None,
+              help="Targets name in the store.  [default: <key>-<method><dim>]")
+@click.option("--fit-split", default="train", help="Split whose items the compressor is fitted "
+              "on (targets are written for every item).")
+@click.option("--whiten", is_flag=True, help="pca: scale components to unit train variance.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace existing targets of this name written with other settings.")
+@click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False),
+              help="Where to write the PNG (explained variance or learning curve).  "
+                   "[default: <store>.<name>.png beside the store]")
+@click.option("--seed", default=0, type=int, help="learned: random seed (init and batches).")
+@click.option("--epochs", default=100, type=click.IntRange(min=1),
+              help="learned: maximum epochs (stops early when validation stops improving).")
+@click.option("--patience", default=10, type=click.IntRange(min=1),
+              help="learned: epochs without validation improvement before stopping.")
+@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+def command(store: str, key: str | None, method: str, dim: str, name: str | None,
+            fit_split: str, whiten: bool, overwrite: bool, plot_path: str | None, seed: int,
+            epochs: int, patience: int, no_progress: bool) -> None:
+    """Fit a compressor on STORE's embeddings and write targets/<name> into STORE.
+
+    \b
+    Examples:
+      eastkd compress demo.zarr --method pca --dim 0.95
+      eastkd compress demo.zarr --embeddings crepe-tiny --method learned --dim 64
+    """
+    from eastkd.pipeline.compress.run import compress
+
+    r = compress(store, key, method, dim, name=name, fit_split=fit_split, whiten=whiten,
+                 overwrite=overwrite, plot=plot_path, seed=seed, epochs=epochs,
+                 patience=patience, progress=not no_progress)
+    if r.explained_variance is not None:
+        quality = f"explained variance {100 * r.explained_variance:.2f} %"
+    elif r.metric_value is not None:
+        quality = f"valid {r.metric} {r.metric_value:.4f}"
+    else:
+        quality = "-"
+    rows = [
+        ("targets", f"targets/{r.name}" + ("  (unchanged: same settings, reused)"
+                                           if r.reused else "")),
+        ("method", r.method),
+        ("embeddings", r.source),
+        ("dims", f"{r.input_dim} -> {r.output_dim}"),
+        ("quality", quality),
+        ("fit rows", f"{r.fit_rows} ({r.fit_split})"),
+        ("items", f"{r.n_items}" + (f" ({r.skipped} skipped)" if r.skipped else "")),
+        ("time", f"fit {r.fit_seconds:.2f} s, total {r.seconds:.2f} s"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        click.echo(f"{k:<{width}}  {v}")
+    if r.plot:
+        click.echo(f"{'plot':<{width}}  {r.plot}")

@@ -1,0 +1,77 @@
+"""``eastkd distill``: train a small student from the store alone (task + KD loss)."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("distill", context_settings={"show_default": True})
+@click.argument("store")
+@click.option("--targets", "-t", metavar="NAME",
+              help="Distillation targets: targets/NAME written by `eastkd compress`, else the "
+                   "raw embeddings/NAME written by `eastkd extract`. Not needed with --kd none.")
+@click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="RUN_DIR for config.json, best.pt, last.pt, metrics.json, history.csv, "
+                   "curves.png.")
+@click.option("--student", "-s", default="vgg",
+              help="Student architecture (vgg, mobilenet or any in the eastkd.students group).")
+@click.option("--width", type=click.IntRange(min=1), default=16,
+              help="Student width (channels of its first stage).")
+@click.option("--kd", type=click.Choice(["fitnet", "dc", "none"]), default="fitnet",
+              help="Distance loss: FitNet (MSE after a learned regressor), distance correlation,"
+                   " or none (task loss only: the no-teacher baseline).")
+@click.option("--lambda", "lam", type=click.FloatRange(0.0, 1.0), default=0.6,
+              help="Weight λ in L = (1-λ)·L_task + λ·L_kd (EAsT reference convention).")
+@click.option("--teacher-linear", is_flag=True,
+              help="Train a linear map on the targets jointly (with its own classifier and "
+                   "task loss); the student learns from the transformed targets.")
+@click.option("--teacher-linear-dim", type=click.IntRange(min=1),
+              help="Output size of --teacher-linear  [default: the targets' size]")
+@click.option("--frame-targets", is_flag=True,
+              help="Use frame-level embeddings (embeddings/NAME/frames) aligned in time with "
+                   "the student's feature map, instead of clip-level ones.")
+@click.option("--epochs", "-e", type=click.IntRange(min=1), default=50, help="Maximum epochs.")
+@click.option("--batch-size", "-b", type=click.IntRange(min=2), default=16, help="Batch size.")
+@click.option("--lr", type=float, default=1e-3, help="AdamW learning rate.")
+@click.option("--weight-decay", type=float, default=1e-4, help="AdamW weight decay.")
+@click.option("--schedule", type=click.Choice(["cosine", "plateau"]), default="cosine",
+              help="Learning-rate schedule: cosine over --epochs, or reduce-on-plateau (x0.2).")
+@click.option("--patience", type=click.IntRange(min=0), default=10,
+              help="Stop after this many epochs without a better validation metric (0: never).")
+@click.option("--seed", type=int, default=0, help="Seed of initialisation and batch order.")
+@click.option("--device", default="auto", help="auto, cpu or cuda.")
+@click.option("--fold", type=click.IntRange(1, 5),
+              help="Test fold K of a store with an items 'fold' column (ESC-50): fold K is "
+                   "test, fold K-1 valid, the rest train.")
+@click.option("--memory-limit", default="4G",
+              help="Load the training inputs into memory up to this size (float32); larger "
+                   "splits are streamed from the store chunk by chunk. 0 always streams.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run in RUN_DIR.")
+@click.option("--overwrite", is_flag=True, help="Replace a run already in RUN_DIR.")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar per epoch.")
+def command(store: str, targets: str | None, out_dir: str, student: str, width: int, kd: str,
+            lam: float, teacher_linear: bool, teacher_linear_dim: int | None,
+            frame_targets: bool, epochs: int, batch_size: int, lr: float, weight_decay: float,
+            schedule: str, patience: int, seed: int, device: str, fold: int | None,
+            memory_limit: str, resume: bool, overwrite: bool, progress: bool) -> None:
+    """Train a student on STORE's log-mel inputs with KD towards stored teacher targets.
+
+    The teacher never runs: inputs, labels and targets all come from STORE. The best epoch
+    (validation accuracy, or mAP for multi-label data) is kept in RUN_DIR/best.pt and scored
+    on the test split; `eastkd evaluate RUN_DIR STORE` scores it on any matching store.
+    """
+    from eastkd.pipeline.distill.data import parse_bytes
+    from eastkd.pipeline.distill.train import distill
+
+    r = distill(store, targets, out_dir, student=student, width=width, kd=kd, lam=lam,
+                teacher_linear=teacher_linear, teacher_linear_dim=teacher_linear_dim,
+                frame_targets=frame_targets, epochs=epochs, batch_size=batch_size, lr=lr,
+                weight_decay=weight_decay, schedule=schedule, seed=seed, device=device,
+                patience=patience, resume=resume, overwrite=overwrite, fold=fold,
+                memory_limit=parse_bytes(memory_limit), progress=progress, log=click.echo)
+    fmt = ", ".join
+    valid = fmt(f"{k} {v:.4f}" for k, v in r.valid_metrics.items() if k != "loss")
+    test = fmt(f"{k} {v:.4f}" for k, v in r.test_metrics.items()) or "no test items"
+    stop = " (early stop)" if r.stopped_early else ""
+    click.echo(f"distill -> {r.run_dir}: {r.epochs_run} epochs{stop} in {r.seconds:.1f} s; "
+               f"best epoch {r.best_epoch}: valid {valid}; test {test}")

@@ -1,0 +1,288 @@
+"""The compress stage: fit a compressor on stored embeddings and write compact targets back.
+
+``targets/<name>`` gets an item-aligned ``values`` array (N x d float32), a status copied from
+the embeddings (skipped items stay skipped), the fitted parameters under ``params/`` and
+provenance attributes chained to the embeddings' own (teacher weights sha256 and the dataset
+fingerprint). The embeddings are only read. A name re-used with other settings is refused unless
+``overwrite``; a rerun with the same settings on unchanged embeddings reuses the finished
+targets (and redraws the plot) instead of fitting again.
+
+A compressor (entry point group ``eastkd.compressors``) is a class built as
+``cls(dim, whiten=..., seed=..., epochs=..., patience=...)`` (ignoring options it does not use)
+with ``identity()``, ``fit(source, rows, items, valid_rows, progress)``, ``out_dim``,
+``transform(x)``, ``params()``, ``summary()`` and a static ``plot(fig, attrs, params)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from eastkd.pipeline import registry
+from eastkd.store import (OK, SKIPPED, ArraySpec, EastkdError, Section, Store, StoreMismatchError,
+                          eastkd_version, open_store)
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+
+
+@dataclass
+class CompressResult:
+    """What one compress run produced (also what the CLI prints)."""
+
+    store: str
+    name: str
+    method: str
+    source: str
+    input_dim: int
+    output_dim: int
+    fit_split: str
+    fit_rows: int
+    n_items: int
+    skipped: int
+    fit_seconds: float
+    seconds: float
+    explained_variance: float | None
+    metric: str | None
+    metric_value: float | None
+    plot: str | None
+    reused: bool
+
+
+def parse_dim(text: str | int | float) -> int | float:
+    """``"64"`` -> 64 components; ``"0.95"`` -> keep 95 % of the variance (PCA)."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise EastkdError(f"--dim {text!r}: expected a whole number of dimensions or a "
+                          "fraction of variance in (0, 1), e.g. 128 or 0.95") from None
+    if not math.isfinite(value) or value <= 0:
+        raise EastkdError(f"--dim {text!r}: must be positive")
+    if value.is_integer():
+        return int(value)
+    if value < 1:
+        return value
+    raise EastkdError(f"--dim {text!r}: a dimension must be a whole number")
+
+
+def default_name(key: str, method: str, dim: int | float) -> str:
+    return f"{key}-{method}{dim}"
+
+
+def default_plot_path(store_path: str, name: str) -> str:
+    """``<store>.<name>.png`` beside the store (never inside it)."""
+    return f"{os.path.abspath(store_path.rstrip('/'))}.{name}.png"
+
+
+def _json_safe(value: Any) -> Any:
+    """Attributes as plain JSON: NaN/inf become None, numpy scalars become Python ones."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
+def _sha(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def _source(store: Store, key: str | None) -> tuple[str, Section]:
+    keys = store.section_names("embeddings")
+    if not keys:
+        raise EastkdError(f"{store.path}: holds no embeddings; run `eastkd extract` first")
+    if key is None:
+        if len(keys) != 1:
+            raise EastkdError(f"{store.path}: holds several embeddings ({', '.join(keys)}); "
+                              "choose one with --embeddings")
+        key = keys[0]
+    if key not in keys:
+        raise EastkdError(f"{store.path}: no embeddings {key!r} in this store (have: "
+                          f"{', '.join(keys)}); choose one with --embeddings")
+    emb = store.embeddings(key)
+    emb.require_complete(f" with `eastkd extract` (it continues where it stopped) before "
+                         f"compressing {key!r}")
+    return key, emb
+
+
+def _split_rows(store: Store, status: np.ndarray, split: str) -> np.ndarray:
+    rows = store.items.split_indices(split)
+    return rows[status[rows] == OK]
+
+
+def compress(store_path: str, embeddings_key: str | None, method: str, dim: int | float | str,
+             name: str | None = None, fit_split: str = "train", whiten: bool = False,
+             overwrite: bool = False, plot: str | None | bool = None, seed: int = 0,
+             epochs: int = 100, patience: int = 10, progress: bool = True) -> CompressResult:
+    """Fit ``method`` on ``embeddings/<key>`` (``fit_split`` rows) and write ``targets/<name>``.
+
+    ``plot`` is a PNG path, None for ``<store>.<name>.png`` beside the store, or False for none.
+    """
+    t0 = time.perf_counter()
+    dim = parse_dim(dim)
+    cls = registry.compressors.get(method)
+    with open_store(store_path, "r+") as store:
+        key, emb = _source(store, embeddings_key)
+        name = name or default_name(key, method, dim)
+        if not _NAME.match(name):
+            raise EastkdError(f"--name {name!r}: use letters, digits and . _ + - only")
+        src = emb.array("clip")
+        n_items, d_in = src.shape[0], int(np.prod(src.shape[1:]))
+        if isinstance(dim, int) and dim > d_in:
+            raise EastkdError(f"--dim {dim} is larger than the {d_in}-d embeddings {key!r}; "
+                              f"choose at most {d_in}")
+        status = emb.status()
+        splits = sorted(set(store.items.splits))
+        if fit_split not in splits:
+            raise EastkdError(f"--fit-split {fit_split!r}: no such split in {store_path} "
+                              f"(have: {', '.join(splits)})")
+        rows = _split_rows(store, status, fit_split)
+        if rows.size == 0:
+            raise EastkdError(f"--fit-split {fit_split!r}: no item of it has embeddings "
+                              f"{key!r} (all skipped); choose another split")
+        if method == "pca" and isinstance(dim, int) and dim > rows.size:
+            raise EastkdError(f"--dim {dim}: PCA on {rows.size} {fit_split} rows gives at most "
+                              f"{rows.size} components; choose a smaller --dim")
+        comp = cls(dim, whiten=whiten, seed=seed, epochs=epochs, patience=patience)
+
+        src_attrs = emb.attrs
+        identity = _json_safe({
+            "source": key,
+            "source_weights_sha256": src_attrs.get("weights_sha256"),
+            "source_identity_sha256": _sha(src_attrs.get("identity")),
+            "dataset_fingerprint": store.dataset_fingerprint,
+            "method": method,
+            "fit_split": fit_split,
+            "whiten": bool(whiten),
+            **comp.identity(),
+        })
+        existing = store.has_section("targets", name)
+        if existing:
+            old = store.targets(name)
+            old_id = old.attrs.get("identity")
+            if old_id != identity and not overwrite:
+                diff = sorted(k for k in set(old_id or {}) | set(identity)
+                              if (old_id or {}).get(k) != identity.get(k))
+                raise StoreMismatchError(
+                    f"{store_path}: targets/{name} was written with other settings (differs "
+                    f"in: {', '.join(diff)}); use another --name or --overwrite")
+            if old_id == identity and not overwrite and old.complete and "dim" in old.attrs \
+                    and np.array_equal(old.status(), np.where(status == OK, OK, SKIPPED)):
+                return _reuse(store, old, cls, plot, t0, store_path, name)
+
+        tf = time.perf_counter()
+        valid_rows = _split_rows(store, status, "valid") if fit_split != "valid" else None
+        comp.fit(src, rows, store.items, valid_rows, progress)
+        fit_seconds = time.perf_counter() - tf
+        d_out = comp.out_dim
+        summary = comp.summary()
+        attrs = _json_safe({
+            "kind": "compressed teacher embeddings",
+            "method": method,
+            "source": key,
+            "source_section": emb.path,
+            "source_identity": src_attrs.get("identity"),
+            "source_weights_sha256": src_attrs.get("weights_sha256"),
+            "source_teacher": src_attrs.get("teacher"),
+            "dataset_fingerprint": store.dataset_fingerprint,
+            "fingerprint": _sha(identity),
+            "fit_split": fit_split,
+            "fit_rows": int(summary.get("fit_rows", rows.size)),
+            "input_dim": d_in,
+            "dim": d_out,
+            "whiten": bool(whiten),
+            "layout": "items x dims",
+            "params": sorted(comp.params()),
+            "seconds": round(fit_seconds, 3),
+            "eastkd_version": eastkd_version(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **summary,
+        })
+        sec = store.require_section("targets", name, {"values": ArraySpec((d_out,), "float32")},
+                                    attrs=attrs, identity=identity, overwrite=existing)
+        store.write_params(sec, comp.params())
+        _write_values(sec, src, status, emb.errors(), comp, key, progress)
+        return _result(store_path, name, attrs, n_items, int((status == SKIPPED).sum()),
+                       fit_seconds, t0, _plot(cls, attrs, store.read_params(sec), plot,
+                                              store_path, name), reused=False)
+
+
+def _write_values(sec: Section, src: Any, status: np.ndarray, errors: np.ndarray, comp: Any,
+                  key: str, progress: bool) -> None:
+    """Transform every OK item in whole write units; skipped items stay zero and skipped."""
+    n = len(status)
+    step = max(sec.unit, int(src.chunks[0]))
+    bar = tqdm(total=n, desc="compress write", unit="item", disable=not progress)
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        ok = status[start:stop] == OK
+        values = np.zeros((stop - start, comp.out_dim), dtype=np.float32)
+        if ok.any():
+            values[ok] = comp.transform(src[start:stop][ok])
+        errs = ["" if o else f"skipped in embeddings/{key}: {e}"
+                for o, e in zip(ok, errors[start:stop])]
+        sec.write_block(start, {"values": values}, np.where(ok, OK, SKIPPED).astype(np.uint8),
+                        errs)
+        bar.update(stop - start)
+    bar.close()
+
+
+def _plot(cls: Any, attrs: dict[str, Any], params: dict[str, np.ndarray],
+          plot: str | None | bool, store_path: str, name: str) -> str | None:
+    if plot is False:
+        return None
+    path = default_plot_path(store_path, name) if plot in (None, True) else str(plot)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(7, 4.5))
+    try:
+        cls.plot(fig, attrs, params)
+        fig.tight_layout()
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        fig.savefig(path, dpi=110)
+    except OSError as e:
+        raise EastkdError(f"{path}: cannot write the plot ({e}); choose another --plot") from e
+    finally:
+        plt.close(fig)
+    return path
+
+
+def _result(store_path: str, name: str, attrs: dict[str, Any], n_items: int, skipped: int,
+            fit_seconds: float, t0: float, plot: str | None, reused: bool) -> CompressResult:
+    probe = attrs.get("probe_metric") or {}
+    return CompressResult(
+        store=store_path, name=name, method=attrs["method"], source=attrs["source"],
+        input_dim=int(attrs["input_dim"]), output_dim=int(attrs["dim"]),
+        fit_split=attrs["fit_split"], fit_rows=int(attrs["fit_rows"]), n_items=n_items,
+        skipped=skipped, fit_seconds=fit_seconds, seconds=time.perf_counter() - t0,
+        explained_variance=attrs.get("explained_variance"),
+        metric=probe.get("name"), metric_value=probe.get("value"),
+        plot=plot, reused=reused,
+    )
+
+
+def _reuse(store: Store, sec: Section, cls: Any, plot: str | None | bool, t0: float,
+           store_path: str, name: str) -> CompressResult:
+    """The finished targets of an identical earlier run: nothing is refitted or rewritten."""
+    attrs = sec.attrs
+    counts = sec.counts()
+    path = _plot(cls, attrs, store.read_params(sec), plot, store_path, name)
+    return _result(store_path, name, attrs, len(store.items), counts["skipped"],
+                   float(attrs.get("seconds", 0.0)), t0, path, reused=True)

@@ -1,0 +1,486 @@
+"""The distill stage: train a small student from the store alone (task loss + KD distance loss).
+
+The loss follows the EAsT reference implementation::
+
+    L = (1 - λ) · L_task + λ · L_kd          (λ = 0.6 by default, the reference's MTAT value)
+
+``L_task`` is cross-entropy (single-label) or BCE-with-logits (multi-label); ``L_kd`` is the
+FitNet loss (MSE after a learned regressor, trained with the student) or the distance
+correlation loss between the student's last-stage features and the stored targets. With
+``kd='none'`` the loss is plain ``L_task`` (the no-KD baseline). Targets are centred and scaled
+by one scalar (train statistics) so the FitNet MSE has the same size for every teacher; the
+distance correlation is unaffected by that.
+
+``teacher_linear`` adds the compression paper's extra linear layer, trained jointly: a linear
+map on the targets with its own linear classifier, trained by the task loss on the transformed
+targets (``L_teacher``, which updates only the map and its classifier); the student is pulled
+towards the *detached* transformed targets by ``L_kd``. The optimised sum is
+``(1 - λ) L_task + λ L_kd + L_teacher``; the two parameter sets are disjoint.
+
+AdamW, a cosine (default) or reduce-on-plateau schedule, gradient clipping at 1.0, early
+stopping on the validation metric (accuracy, or mAP for multi-label; ties go to the lower
+validation loss), best epoch kept. The teacher's code is never imported.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from eastkd.pipeline import registry
+from eastkd.pipeline.device import resolve_device
+from eastkd.pipeline.distill.complexity import count_parameters
+from eastkd.pipeline.distill.data import (DEFAULT_MEMORY_LIMIT, FEATURES, SplitData,
+                                          TargetsSpec, load_split, resolve_targets, skipped_count)
+from eastkd.pipeline.distill.evaluate import (BEST, CONFIG, compute_metrics, predict,
+                                              selection_metric)
+from eastkd.store import EastkdError, StoreMismatchError, eastkd_version, open_store
+
+KD_METHODS = ("fitnet", "dc", "none")
+SCHEDULES = ("cosine", "plateau")
+GRAD_CLIP = 1.0
+LAST = "last.pt"
+METRICS, HISTORY, CURVES = "metrics.json", "history.csv", "curves.png"
+RUN_FILES = (CONFIG, BEST, LAST, METRICS, HISTORY, CURVES)
+# Options that do not change what a run computes (may differ on --resume).
+_RUNTIME_KEYS = ("device", "memory_limit", "progress")
+
+
+@dataclass
+class DistillResult:
+    """What one distill run produced (also what the CLI prints)."""
+
+    run_dir: str
+    best_epoch: int
+    epochs_run: int
+    stopped_early: bool
+    selection_metric: str
+    valid_metrics: dict[str, float]
+    test_metrics: dict[str, float]
+    student_parameters: int
+    n_items: dict[str, int]
+    seconds: float
+    resumed_from: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class TeacherLinear(nn.Module):
+    """A trainable linear map on the targets plus the linear classifier that trains it."""
+
+    def __init__(self, in_dim: int, out_dim: int, n_classes: int) -> None:
+        super().__init__()
+        self.transform = nn.Linear(in_dim, out_dim)
+        self.classifier = nn.Linear(out_dim, n_classes)
+
+    def forward(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.transform(t)
+        return z, self.classifier(z.mean(dim=1) if z.dim() == 3 else z)
+
+
+def _task_loss(multi_label: bool) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    return F.binary_cross_entropy_with_logits if multi_label else F.cross_entropy
+
+
+@contextmanager
+def _deterministic(enabled: bool) -> Iterator[None]:
+    """Deterministic kernels for the duration of a CPU run (restored afterwards)."""
+    before = torch.are_deterministic_algorithms_enabled()
+    if enabled:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
+def _save(obj: Any, path: str) -> None:
+    tmp = f"{path}.partial"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _write_json(path: str, obj: Any) -> None:
+    tmp = f"{path}.partial"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o))
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _write_history(path: str, history: list[dict[str, Any]]) -> None:
+    """history.csv: one row per epoch (losses, validation metrics, learning rate, seconds)."""
+    keys = list(dict.fromkeys(k for rec in history for k in rec))
+    tmp = f"{path}.partial"
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(history)
+    os.replace(tmp, path)
+
+
+def _plot_curves(path: str, history: list[dict[str, Any]], metric: str) -> None:
+    """curves.png: training/validation losses and the validation metric per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [r["epoch"] for r in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    try:
+        for key in ("train_loss", "train_task", "train_kd", "train_teacher", "valid_loss"):
+            if key in history[0]:
+                ax1.plot(ep, [r[key] for r in history], label=key, ls="--" if "valid" in key
+                         else "-")
+        ax1.set_xlabel("epoch")
+        ax1.set_ylabel("loss")
+        ax1.legend(fontsize=8)
+        ax2.plot(ep, [r.get(f"valid_{metric}") for r in history], color="C3")
+        best = [r["epoch"] for r in history if r.get("best")]
+        if best:
+            ax2.axvline(best[-1], color="grey", ls=":", label=f"best (epoch {best[-1]})")
+            ax2.legend(fontsize=8)
+        ax2.set_xlabel("epoch")
+        ax2.set_ylabel(f"valid {metric}")
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
+
+
+def _metrics_record(r: DistillResult) -> dict[str, Any]:
+    return {"best_epoch": r.best_epoch, "epochs_run": r.epochs_run,
+            "stopped_early": r.stopped_early, "selection_metric": r.selection_metric,
+            "valid": r.valid_metrics, "test": r.test_metrics, "n_items": r.n_items,
+            "student_parameters": r.student_parameters, "seconds": round(r.seconds, 3)}
+
+
+def _identity(config: dict[str, Any]) -> dict[str, Any]:
+    """The part of a config that decides the result (compared on --resume)."""
+    opts = {k: v for k, v in config["options"].items() if k not in _RUNTIME_KEYS}
+    t = config.get("targets") or {}
+    return {"options": opts, "dataset_fingerprint": config["store"]["dataset_fingerprint"],
+            "logmel": config["logmel"], "segment": config["segment"],
+            "targets": [t.get("section"), t.get("array"), (t.get("attrs") or {}).get("identity")]}
+
+
+def _prepare_run_dir(out_dir: str, config: dict[str, Any], resume: bool,
+                     overwrite: bool) -> bool:
+    """Check RUN_DIR against the new config; True when a previous run should be resumed."""
+    cfg_path = os.path.join(out_dir, CONFIG)
+    existing = os.path.isdir(out_dir) and os.listdir(out_dir)
+    if not existing:
+        os.makedirs(out_dir, exist_ok=True)
+        return False
+    if os.path.isfile(cfg_path) and not overwrite:
+        with open(cfg_path, encoding="utf-8") as f:
+            old = json.load(f)
+        a, b = _identity(old), _identity(config)
+        if a != b:
+            diff = sorted(k for k in set(a["options"]) | set(b["options"])
+                          if a["options"].get(k) != b["options"].get(k))
+            diff += [k for k in ("dataset_fingerprint", "logmel", "segment", "targets")
+                     if a[k] != b[k]]
+            raise StoreMismatchError(
+                f"{out_dir}: holds a run with other settings (differs in: {', '.join(diff)}); "
+                "choose another --out or pass --overwrite to replace it")
+        if resume:
+            return os.path.isfile(os.path.join(out_dir, LAST))
+        raise EastkdError(f"{out_dir}: already holds this run; pass --resume to continue it or "
+                          "--overwrite to train again from scratch")
+    if not overwrite:
+        raise EastkdError(f"{out_dir}: exists and is not empty (no {CONFIG}); choose an empty "
+                          "--out or pass --overwrite")
+    for name in RUN_FILES:
+        path = os.path.join(out_dir, name)
+        if os.path.exists(path):
+            os.remove(path)
+    return False
+
+
+def _target_norm(t: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Train-split centre (per dim) and one overall scale (RMS of the per-dim std)."""
+    flat = t.reshape(-1, t.shape[-1]).double()
+    mean = flat.mean(dim=0)
+    scale = float(flat.var(dim=0, unbiased=False).mean().sqrt().clamp_min(1e-8))
+    return mean.float(), scale
+
+
+def _build_config(store: Any, store_path: str, spec: TargetsSpec | None, options: dict[str, Any],
+                  sizes: dict[str, int]) -> dict[str, Any]:
+    items = store.items
+    feat = store.features(FEATURES)
+    fattrs = feat.attrs
+    shape = feat.array("values").shape
+    teacher = None
+    if spec is not None:
+        src = spec.attrs.get("source") if spec.section.startswith("targets/") else spec.name
+        if src and store.has_section("embeddings", src):
+            ea = store.embeddings(src).attrs
+            teacher = {"name": ea.get("teacher"), "parameters": ea.get("teacher_parameters"),
+                       "embeddings": src, "weights_sha256": ea.get("weights_sha256")}
+    return {
+        "eastkd_version": eastkd_version(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "options": options,
+        "store": {"path": os.path.abspath(store_path), "backend": store.backend_name,
+                  "dataset_fingerprint": store.dataset_fingerprint,
+                  "dataset": store.attrs.get("dataset", {}).get("name")},
+        "logmel": fattrs.get("params", {}), "segment": fattrs.get("segment", {}),
+        "n_mels": int(shape[1]), "n_frames": int(shape[2]),
+        "class_names": list(items.class_names), "multi_label": bool(items.multi_label),
+        "targets": spec.provenance() if spec is not None else None,
+        "teacher": teacher, "n_items": sizes,
+    }
+
+
+def _train_epoch(model: nn.Module, kd_loss: nn.Module | None, tlin: TeacherLinear | None,
+                 train: SplitData, opt: torch.optim.Optimizer, gen: torch.Generator,
+                 task_loss: Callable[..., torch.Tensor], lam: float, batch_size: int,
+                 dev: torch.device, bar: Any) -> dict[str, float]:
+    """One pass over the training split; the mean of each loss term per item.
+
+    ``L = (1 - lam) L_task + lam L_kd (+ L_teacher)``; only ``L_task`` without a KD loss.
+    """
+    model.train()
+    params = list(model.parameters()) + (list(kd_loss.parameters()) if kd_loss else [])
+    sums = {"loss": 0.0, "task": 0.0}
+    if kd_loss is not None:
+        sums["kd"] = 0.0
+    if tlin is not None:
+        sums["teacher"] = 0.0
+    n_seen = 0
+    for batch in train.batches(batch_size, gen, drop_last_below=2):
+        x, y = batch.x.to(dev, non_blocking=True), batch.y.to(dev, non_blocking=True)
+        out = model(x)
+        parts = {"task": task_loss(out.logits, y)}
+        loss = parts["task"]
+        if kd_loss is not None:
+            t = batch.t.to(dev, non_blocking=True)
+            if tlin is not None:
+                t, t_logits = tlin(t)
+                parts["teacher"] = task_loss(t_logits, y)  # trains only the linear map + head
+                t = t.detach()  # the student follows the map; the KD loss does not train it
+            parts["kd"] = kd_loss(out.feature_map if t.dim() == 3 else out.features, t)
+            loss = (1.0 - lam) * parts["task"] + lam * parts["kd"] + parts.get("teacher", 0.0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(params, GRAD_CLIP)
+        if tlin is not None:
+            nn.utils.clip_grad_norm_(tlin.parameters(), GRAD_CLIP)
+        opt.step()
+        k = len(y)
+        n_seen += k
+        for key, v in {"loss": loss, **parts}.items():
+            sums[key] += float(v.detach()) * k
+        bar.update(1)
+        bar.set_postfix(loss=f"{sums['loss'] / n_seen:.3f}", refresh=False)
+    return {k: v / max(1, n_seen) for k, v in sums.items()}
+
+
+def distill(store_path: str, targets: str | None, out_dir: str, *, student: str = "vgg",
+            width: int = 16, kd: str = "fitnet", lam: float = 0.6, teacher_linear: bool = False,
+            teacher_linear_dim: int | None = None, frame_targets: bool = False,
+            epochs: int = 50, batch_size: int = 16, lr: float = 1e-3,
+            weight_decay: float = 1e-4, schedule: str = "cosine", seed: int = 0,
+            device: str = "auto", patience: int = 10, resume: bool = False,
+            overwrite: bool = False, fold: int | None = None,
+            memory_limit: int = DEFAULT_MEMORY_LIMIT, progress: bool = True,
+            log: Callable[[str], None] | None = None,
+            callback: Callable[[dict[str, Any]], None] | None = None) -> DistillResult:
+    """Train ``student`` on ``store_path`` with KD towards ``targets``; write RUN_DIR ``out_dir``.
+
+    ``targets`` names ``targets/NAME`` or ``embeddings/NAME`` (unused with ``kd='none'``).
+    ``patience`` 0 disables early stopping. ``log`` receives one-line messages (start info);
+    ``callback`` gets each epoch's history record after the epoch's checkpoints are written.
+    """
+    t0 = time.perf_counter()
+    if kd not in KD_METHODS:
+        raise EastkdError(f"--kd {kd!r}: choose one of {', '.join(KD_METHODS)}")
+    if schedule not in SCHEDULES:
+        raise EastkdError(f"--schedule {schedule!r}: choose one of {', '.join(SCHEDULES)}")
+    if not 0.0 <= lam <= 1.0:
+        raise EastkdError(f"--lambda {lam}: must be in [0, 1] (L = (1-λ) L_task + λ L_kd)")
+    if kd != "none" and not targets:
+        raise EastkdError(f"--kd {kd} needs --targets NAME (targets/NAME or embeddings/NAME); "
+                          "use --kd none for the baseline without a teacher")
+    if teacher_linear and kd == "none":
+        raise EastkdError("--teacher-linear needs a KD loss (--kd fitnet or dc)")
+    if epochs < 1 or batch_size < 2:
+        raise EastkdError("--epochs must be >= 1 and --batch-size >= 2")
+    dev = resolve_device(device)
+    log = log or (lambda msg: None)
+    options = {"student": student, "width": int(width), "kd": kd,
+               "lambda": float(lam) if kd != "none" else 0.0,
+               "targets": targets if kd != "none" else None,
+               "teacher_linear": bool(teacher_linear),
+               "teacher_linear_dim": teacher_linear_dim if teacher_linear else None,
+               "frame_targets": bool(frame_targets) if kd != "none" else False,
+               "epochs": int(epochs), "batch_size": int(batch_size), "lr": float(lr),
+               "weight_decay": float(weight_decay), "schedule": schedule, "seed": int(seed),
+               "patience": int(patience), "fold": fold, "grad_clip": GRAD_CLIP,
+               "device": device, "memory_limit": int(memory_limit), "progress": bool(progress)}
+
+    with open_store(store_path, "r") as store:
+        spec = resolve_targets(store, targets, frame_targets) if kd != "none" else None
+        train = load_split(store, "train", spec, fold, memory_limit)
+        valid = load_split(store, "valid", None, fold, memory_limit)
+        test = load_split(store, "test", None, fold, memory_limit)
+        sizes = {"train": len(train), "valid": len(valid), "test": len(test),
+                 "skipped": skipped_count(store, spec)}
+        if len(train) < 2 or len(valid) == 0:
+            raise EastkdError(f"{store_path}: need train and valid items (have {sizes}); check "
+                              "the manifest's split column or --fold")
+        config = _build_config(store, store_path, spec, options, sizes)
+        resuming = _prepare_run_dir(out_dir, config, resume, overwrite)
+
+        multi_label = config["multi_label"]
+        n_classes = len(config["class_names"])
+        metric = selection_metric(multi_label)
+        task_loss = _task_loss(multi_label)
+        torch.manual_seed(seed)
+        model = registry.students.create(student, n_mels=config["n_mels"], n_classes=n_classes,
+                                         width=width)
+        model.set_input_stats(*train.input_stats())
+        n_params = count_parameters(model)
+        kd_loss: nn.Module | None = None
+        tlin: TeacherLinear | None = None
+        norm: dict[str, Any] = {}
+        if spec is not None:
+            assert train.targets is not None
+            mean, scale = _target_norm(train.targets)
+            train.targets = (train.targets - mean) / scale
+            norm = {"mean": mean, "scale": scale}
+            t_dim = spec.dim
+            if teacher_linear:
+                t_dim = int(teacher_linear_dim or spec.dim)
+                tlin = TeacherLinear(spec.dim, t_dim, n_classes).to(dev)
+            kd_loss = registry.losses.create(kd, model.feature_dim, t_dim).to(dev)
+        model.to(dev)
+        log(f"student {student}: {n_params:,} parameters (feature dim {model.feature_dim}); "
+            f"items train {sizes['train']}, valid {sizes['valid']}, test {sizes['test']}"
+            + (f"; targets {spec.section}/{spec.array} ({spec.dim}-d), {kd} λ={lam}"
+               if spec else "; no KD (task loss only)")
+            + (f"; teacher-linear {spec.dim}->{t_dim}" if tlin is not None else "")
+            + f"; device {dev}; inputs {'in memory' if train.in_memory else 'streamed'}")
+
+        student_params = list(model.parameters()) + (list(kd_loss.parameters()) if kd_loss else [])
+        groups: list[dict[str, Any]] = [{"params": student_params}]
+        if tlin is not None:
+            groups.append({"params": list(tlin.parameters())})
+        opt = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+        sched: Any = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+                      if schedule == "cosine" else
+                      torch.optim.lr_scheduler.ReduceLROnPlateau(
+                          opt, mode="max", factor=0.2, patience=max(1, patience // 2)))
+        gen = torch.Generator().manual_seed(seed)
+        state = {"epoch": 0, "best": None, "best_loss": None, "best_epoch": 0, "bad": 0,
+                 "history": [], "seconds": 0.0, "finished": False}
+        resumed_from = 0
+        if resuming:
+            last = torch.load(os.path.join(out_dir, LAST), map_location="cpu", weights_only=True)
+            model.load_state_dict(last["student"])
+            if kd_loss is not None:
+                kd_loss.load_state_dict(last["kd_loss"])
+            if tlin is not None:
+                tlin.load_state_dict(last["teacher_linear"])
+            opt.load_state_dict(last["optimizer"])
+            sched.load_state_dict(last["scheduler"])
+            gen.set_state(last["generator"])
+            torch.set_rng_state(last["torch_rng"])
+            if dev.type == "cuda" and last.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state(last["cuda_rng"], dev)
+            state = last["state"]
+            resumed_from = state["epoch"]
+            log(f"resuming {out_dir} after epoch {resumed_from}")
+        else:
+            _write_json(os.path.join(out_dir, CONFIG), config)
+
+        def checkpoint(path: str) -> None:
+            _save({"student": model.state_dict(),
+                   "kd_loss": kd_loss.state_dict() if kd_loss is not None else None,
+                   "teacher_linear": tlin.state_dict() if tlin is not None else None,
+                   "target_norm": norm, "epoch": state["epoch"], "config": config}, path)
+
+        ebar = tqdm(total=epochs, initial=state["epoch"], desc=f"distill {student}", unit="epoch",
+                    disable=not progress)
+        with _deterministic(dev.type == "cpu"), ebar:
+            while not state["finished"] and state["epoch"] < epochs:
+                e0 = time.perf_counter()
+                epoch = state["epoch"] + 1
+                bar = tqdm(total=-(-len(train) // batch_size), desc=f"epoch {epoch}/{epochs}",
+                           unit="batch", leave=False, position=1, disable=not progress)
+                with bar:
+                    means = _train_epoch(model, kd_loss, tlin, train, opt, gen, task_loss, lam,
+                                         batch_size, dev, bar)
+                logits, labels = predict(model, valid, dev)
+                v_loss = float(task_loss(logits, labels))
+                v_metrics = compute_metrics(logits.numpy(), labels.numpy(), multi_label)
+                score = v_metrics.get(metric, float("nan"))
+                lr_now = opt.param_groups[0]["lr"]
+                if schedule == "plateau":
+                    sched.step(score)
+                else:
+                    sched.step()
+                state["epoch"] = epoch
+                best = state["best"]
+                improved = best is None or score > best or (score == best and
+                                                             v_loss < state["best_loss"])
+                if improved:
+                    state.update(best=score, best_loss=v_loss, best_epoch=epoch, bad=0)
+                    checkpoint(os.path.join(out_dir, BEST))
+                else:
+                    state["bad"] += 1
+                state["seconds"] += time.perf_counter() - e0
+                record = {"epoch": epoch, "lr": lr_now,
+                          **{f"train_{k}": v for k, v in means.items()},
+                          "valid_loss": v_loss, **{f"valid_{k}": v for k, v in v_metrics.items()},
+                          "best": bool(improved), "seconds": round(time.perf_counter() - e0, 3)}
+                state["history"].append(record)
+                if patience and state["bad"] >= patience:
+                    state["finished"] = True
+                _save({"student": model.state_dict(),
+                       "kd_loss": kd_loss.state_dict() if kd_loss is not None else None,
+                       "teacher_linear": tlin.state_dict() if tlin is not None else None,
+                       "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                       "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
+                       "cuda_rng": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None,
+                       "state": state}, os.path.join(out_dir, LAST))
+                _write_history(os.path.join(out_dir, HISTORY), state["history"])
+                ebar.update(1)
+                ebar.set_postfix({"loss": f"{record['train_loss']:.3f}",
+                                  f"valid {metric}": f"{score:.3f}",
+                                  "best": f"{state['best']:.3f}@{state['best_epoch']}"})
+                if callback is not None:
+                    callback(record)
+
+            best_ckpt = torch.load(os.path.join(out_dir, BEST), map_location="cpu",
+                                   weights_only=True)
+            model.load_state_dict(best_ckpt["student"])
+            valid_at_best = {k[len("valid_"):]: v for k, v in
+                             state["history"][state["best_epoch"] - 1].items()
+                             if k.startswith("valid_")}
+            test_metrics: dict[str, float] = {}
+            if len(test):
+                logits, labels = predict(model, test, dev)
+                test_metrics = compute_metrics(logits.numpy(), labels.numpy(), multi_label)
+        stopped_early = state["epoch"] < epochs
+        result = DistillResult(
+            run_dir=out_dir, best_epoch=state["best_epoch"], epochs_run=state["epoch"],
+            stopped_early=stopped_early, selection_metric=metric, valid_metrics=valid_at_best,
+            test_metrics=test_metrics, student_parameters=n_params, n_items=sizes,
+            seconds=time.perf_counter() - t0, resumed_from=resumed_from, history=state["history"])
+        _write_json(os.path.join(out_dir, METRICS), _metrics_record(result))
+        _plot_curves(os.path.join(out_dir, CURVES), state["history"], metric)
+        return result

@@ -1,0 +1,302 @@
+"""distill / evaluate on the real demo store (80 rendered clips, 5 classes, crepe-tiny targets):
+students beat chance, targets from embeddings and targets sections, teacher-linear, resume and
+determinism, the block loader, evaluation on other stores and refusals, the teacher never
+imported, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import extract_demo
+
+from eastkd.cli.main import cli
+from eastkd.pipeline.distill.data import load_split, read_rows_chunked, resolve_targets
+from eastkd.pipeline.distill.evaluate import evaluate
+from eastkd.pipeline.distill.train import LAST, distill
+from eastkd.pipeline.features import LogMelParams
+from eastkd.store import OK, SKIPPED, ArraySpec, EastkdError, StoreMismatchError, open_store
+
+TEACHER = "crepe-tiny"
+CREPE_TINY_PARAMS = 486_552
+# Cheap runs for behaviour that does not need a good model.
+FAST = dict(width=8, epochs=3, batch_size=16, progress=False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: faster on the shared 2-core machine and a fixed reduction order."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def fitnet_run(tmp_path_factory: pytest.TempPathFactory, demo_store_master: Path):
+    out = tmp_path_factory.mktemp("runs") / "fitnet"
+    return out, distill(str(demo_store_master), TEACHER, str(out), kd="fitnet", epochs=15,
+                        lr=1e-3, seed=0, progress=False)
+
+
+def _strip(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
+
+
+def _write_targets(store: Path, name: str, values: np.ndarray, status: np.ndarray,
+                   attrs: dict) -> None:
+    with open_store(str(store), "r+") as s:
+        sec = s.require_section("targets", name,
+                                {"values": ArraySpec((values.shape[1],), "float32")},
+                                attrs=attrs, identity={"test": name})
+        sec.write_block(0, {"values": values.astype(np.float32)}, status.astype(np.uint8))
+
+
+def test_fitnet_student_beats_chance_and_writes_run_dir(fitnet_run, demo_store_master):
+    out, r = fitnet_run
+    assert r.test_metrics["accuracy"] >= 0.5  # 5 classes: chance 0.2
+    assert r.n_items == {"train": 60, "valid": 10, "test": 10, "skipped": 0}
+    assert sorted(os.listdir(out)) == ["best.pt", "config.json", "curves.png", "history.csv",
+                                       "last.pt", "metrics.json"]
+    cfg = json.loads((out / "config.json").read_text())
+    with open_store(str(demo_store_master)) as s:
+        assert cfg["store"]["dataset_fingerprint"] == s.dataset_fingerprint
+        assert cfg["logmel"] == s.features("logmel").attrs["params"]
+    assert cfg["options"]["kd"] == "fitnet" and cfg["options"]["lambda"] == 0.6
+    assert cfg["targets"]["section"] == f"embeddings/{TEACHER}"
+    assert cfg["targets"]["array"] == "clip" and cfg["targets"]["dim"] == 256
+    assert cfg["teacher"]["parameters"] == CREPE_TINY_PARAMS
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test"] == r.test_metrics and metrics["best_epoch"] == r.best_epoch
+    lines = (out / "history.csv").read_text().strip().splitlines()
+    assert len(lines) == 1 + r.epochs_run and "train_kd" in lines[0]
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    # the stored best model reproduces the reported test metrics
+    ev = evaluate(str(out), str(demo_store_master), "test")
+    assert ev["metrics"] == r.test_metrics and ev["n_items"] == 10
+    c = ev["complexity"]
+    assert c["student_parameters"] == r.student_parameters
+    assert c["student_macs_per_clip"] > 1e6 and c["student_cpu_ms_per_clip"] > 0
+    assert c["teacher_parameters"] == CREPE_TINY_PARAMS
+    assert c["parameter_ratio"] == pytest.approx(CREPE_TINY_PARAMS / r.student_parameters, 0.01)
+
+
+def test_dc_student_beats_chance(demo_store_master, tmp_path):
+    r = distill(str(demo_store_master), TEACHER, str(tmp_path / "dc"), kd="dc", epochs=20,
+                lr=2e-3, seed=0, progress=False)
+    assert r.test_metrics["accuracy"] >= 0.5
+    assert r.valid_metrics["accuracy"] >= 0.5
+
+
+def test_targets_section_and_teacher_linear(demo_store, tmp_path):
+    with open_store(str(demo_store)) as s:
+        clip = s.embeddings(TEACHER).array("clip")[:].astype(np.float64)
+        train = s.items.split_indices("train")
+    mean = clip[train].mean(0)
+    comps = np.linalg.svd(clip[train] - mean, full_matrices=False)[2][:16]
+    _write_targets(demo_store, "pca16", (clip - mean) @ comps.T, np.full(80, OK),
+                   {"method": "pca", "source": TEACHER})
+    r = distill(str(demo_store), "pca16", str(tmp_path / "pca"), kd="fitnet", **FAST)
+    cfg = json.loads((tmp_path / "pca" / "config.json").read_text())
+    assert cfg["targets"]["section"] == "targets/pca16" and cfg["targets"]["dim"] == 16
+    assert cfg["teacher"]["parameters"] == CREPE_TINY_PARAMS  # via the section's source attr
+    best = torch.load(tmp_path / "pca" / "best.pt", weights_only=True)
+    assert best["kd_loss"]["regressor.weight"].shape == (16, 64)  # width 8 -> 64-d features
+    assert 0 < r.best_epoch <= 3
+
+    r = distill(str(demo_store), TEACHER, str(tmp_path / "lin"), kd="dc", teacher_linear=True,
+                teacher_linear_dim=8, **{**FAST, "epochs": 4})
+    best = torch.load(tmp_path / "lin" / "best.pt", weights_only=True)
+    assert best["teacher_linear"]["transform.weight"].shape == (8, 256)
+    assert best["teacher_linear"]["classifier.weight"].shape == (5, 8)
+    teacher_loss = [h["train_teacher"] for h in r.history]
+    assert teacher_loss[-1] < teacher_loss[0]  # the linear map learns the task from the targets
+
+
+def test_determinism_resume_and_run_dir_refusals(demo_store_master, tmp_path):
+    store = str(demo_store_master)
+    kw = dict(kd="dc", patience=0, seed=3, **{**FAST, "epochs": 4})
+    a = distill(store, TEACHER, str(tmp_path / "a"), **kw)
+    c = distill(store, TEACHER, str(tmp_path / "c"), **kw)
+    assert _strip(a.history) == _strip(c.history)
+    assert a.test_metrics == c.test_metrics
+
+    def stop_after_2(rec: dict) -> None:
+        if rec["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        distill(store, TEACHER, str(tmp_path / "b"), callback=stop_after_2, **kw)
+    assert (tmp_path / "b" / LAST).exists() and not (tmp_path / "b" / "metrics.json").exists()
+    with pytest.raises(EastkdError, match="--resume"):
+        distill(store, TEACHER, str(tmp_path / "b"), **kw)
+    with pytest.raises(StoreMismatchError, match="differs in: lr"):
+        distill(store, TEACHER, str(tmp_path / "b"), resume=True, **{**kw, "lr": 5e-3})
+    b = distill(store, TEACHER, str(tmp_path / "b"), resume=True, **kw)
+    assert b.resumed_from == 2
+    assert _strip(b.history) == _strip(a.history)
+    assert b.test_metrics == a.test_metrics
+    wa = torch.load(tmp_path / "a" / "best.pt", weights_only=True)["student"]
+    wb = torch.load(tmp_path / "b" / "best.pt", weights_only=True)["student"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(EastkdError, match="not empty"):
+        distill(store, TEACHER, str(tmp_path / "other"), **kw)
+
+
+def test_loader_reads_blocks_and_streams_shuffled_chunks(demo_store_master):
+    with open_store(str(demo_store_master)) as s:
+        spec = resolve_targets(s, TEACHER)
+        mem = load_split(s, "train", spec)
+        stream = load_split(s, "train", spec, memory_limit=0, buffer_chunks=2)
+        assert mem.in_memory and not stream.in_memory
+        stream.chunk = 8  # pretend 8-item chunks: the train rows span several of them
+        reads = []
+        src = stream.source
+        stream.source = type("Counting", (), {"__getitem__": lambda _, sl: reads.append(sl)
+                                              or src[sl]})()
+        seen, orders = [], []
+        for seed in (0, 1):
+            rows = []
+            for b in stream.batches(16, torch.Generator().manual_seed(seed)):
+                assert b.x.dtype == torch.float32 and b.x.shape[1:] == (96, 51)
+                pos = np.searchsorted(mem.rows, b.rows)
+                torch.testing.assert_close(b.x, mem.inputs[pos])
+                torch.testing.assert_close(b.t, mem.targets[pos])
+                assert torch.equal(b.y, mem.labels[pos])
+                rows.extend(b.rows.tolist())
+            seen.append(sorted(rows))
+            orders.append(rows)
+        assert seen[0] == seen[1] == mem.rows.tolist()  # every row once per epoch
+        assert orders[0] != orders[1]
+        n_chunks = len(np.unique(mem.rows // 8))
+        assert len(reads) == 2 * n_chunks  # one read per chunk, not per row
+        clip = s.embeddings(TEACHER).array("clip")
+        np.testing.assert_array_equal(read_rows_chunked(clip, mem.rows), clip[:][mem.rows])
+
+
+def test_skipped_rows_excluded_and_pending_refused(demo_store, tmp_path):
+    with open_store(str(demo_store)) as s:
+        train = s.items.split_indices("train")
+    status = np.full(80, OK)
+    status[train[:5]] = SKIPPED
+    _write_targets(demo_store, "partial", np.ones((80, 4)), status, {})
+    with open_store(str(demo_store)) as s:
+        data = load_split(s, "train", resolve_targets(s, "partial"))
+        assert len(data) == 55 and not set(train[:5]) & set(data.rows)
+    with open_store(str(demo_store), "r+") as s:
+        s.require_section("targets", "pending", {"values": ArraySpec((4,), "float32")},
+                          attrs={}, identity={"test": "pending"})
+    with pytest.raises(EastkdError, match="targets/pending is unfinished"):
+        distill(str(demo_store), "pending", str(tmp_path / "p"), **FAST)
+    with pytest.raises(EastkdError, match="no targets or embeddings named 'nope'"):
+        distill(str(demo_store), "nope", str(tmp_path / "n"), **FAST)
+
+
+def test_evaluate_on_other_stores(fitnet_run, demo_manifest, demo_store, tmp_path):
+    out, r = fitnet_run
+    h5 = tmp_path / "again.h5"
+    extract_demo(demo_manifest, h5)  # same audio, HDF5 backend, no frames
+    ev = evaluate(str(out), str(h5), "test")
+    assert ev["metrics"] == r.test_metrics
+    assert ev["complexity"]["teacher_parameters"] == CREPE_TINY_PARAMS
+    # training streamed from the HDF5 store (memory limit 0) reads it while training
+    r5 = distill(str(h5), TEACHER, str(tmp_path / "h5run"), memory_limit=0,
+                 **{**FAST, "epochs": 1})
+    assert r5.n_items["train"] == 60
+    assert json.loads((tmp_path / "h5run" / "config.json").read_text())["store"]["backend"] \
+        == "hdf5"
+
+    m64 = tmp_path / "mels64.zarr"
+    extract_demo(demo_manifest, m64, logmel=LogMelParams(n_mels=64))
+    with pytest.raises(StoreMismatchError, match="n_mels: run 96, store 64"):
+        evaluate(str(out), str(m64))
+
+    with open_store(str(demo_store), "r+") as s:
+        names = list(s.items.class_names)
+        s.backend.update_attrs("items", {"class_names": names[::-1]})
+    with pytest.raises(StoreMismatchError, match="classes differ"):
+        evaluate(str(out), str(demo_store))
+
+
+def test_multi_label_store_with_folds(demo_manifest, tmp_path):
+    """BCE training, mAP model selection and ROC/PR-AUC on a multi-label manifest whose items
+    carry a fold column (split re-derived per test fold, as for ESC-50)."""
+    group = {"brass": "wind", "reed": "wind", "guitar": "plucked", "piano": "struck",
+             "strings": "bowed"}
+    lines = demo_manifest.read_text().strip().splitlines()[1:]
+    rows = ["id,path,labels,split,fold"]
+    for i, line in enumerate(lines):
+        item, path, label, split = line.split(",")
+        rows.append(f"{item},{demo_manifest.parent / path},{label};{group[label]},{split},"
+                    f"{i % 5 + 1}")
+    manifest = tmp_path / "multi.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    store = tmp_path / "multi.zarr"
+    extract_demo(manifest, store)
+    r = distill(str(store), TEACHER, str(tmp_path / "run"), kd="fitnet", fold=2, **FAST)
+    assert r.selection_metric == "pr_auc"
+    assert r.n_items == {"train": 48, "valid": 16, "test": 16, "skipped": 0}
+    assert set(r.test_metrics) == {"roc_auc", "pr_auc"}
+    ev = evaluate(str(tmp_path / "run"), str(store))  # the run's fold by default
+    assert ev["n_items"] == 16 and ev["fold"] == 2
+    assert ev["metrics"] == r.test_metrics
+    assert 0.0 < ev["metrics"]["pr_auc"] <= 1.0 and 0.0 <= ev["metrics"]["roc_auc"] <= 1.0
+    assert evaluate(str(tmp_path / "run"), str(store), fold=5)["n_items"] == 16
+
+
+def test_fold_needs_fold_column(demo_store_master, tmp_path):
+    with pytest.raises(EastkdError, match="needs an items column 'fold'"):
+        distill(str(demo_store_master), TEACHER, str(tmp_path / "f"), fold=1, **FAST)
+
+
+def test_teacher_code_never_imported(demo_store_master, tmp_path):
+    code = (
+        "import json, sys, torch\n"
+        "torch.set_num_threads(1)\n"
+        "from eastkd.pipeline.distill.train import distill\n"
+        f"distill({str(demo_store_master)!r}, {TEACHER!r}, {str(tmp_path / 'run')!r}, "
+        "kd='fitnet', width=8, epochs=1, progress=False)\n"
+        "print(json.dumps(sorted(m for m in sys.modules if 'crepe' in m or 'teachers' in m)))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    loaded = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "torchcrepe" not in loaded and "eastkd.pipeline.teachers" not in loaded
+    assert loaded == []
+    assert (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_cli_distill_and_evaluate(demo_store_master, tmp_path):
+    runner = CliRunner()
+    store, run = str(demo_store_master), str(tmp_path / "run")
+    res = runner.invoke(cli, ["distill", store, "--targets", TEACHER, "--out", run, "--kd", "dc",
+                              "--width", "8", "--epochs", "2", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "parameters" in res.output.splitlines()[0]
+    assert "best epoch" in res.output and "test accuracy" in res.output
+
+    res = runner.invoke(cli, ["evaluate", run, store, "--json"])
+    assert res.exit_code == 0, res.output
+    obj = json.loads(res.output)
+    assert set(obj["metrics"]) == {"accuracy", "macro_f1"} and obj["n_items"] == 10
+    assert obj["complexity"]["teacher_parameters"] == CREPE_TINY_PARAMS
+
+    res = runner.invoke(cli, ["evaluate", run, store, "--split", "valid"])
+    assert res.exit_code == 0, res.output
+    assert "accuracy" in res.output and "teacher parameters (crepe-tiny)" in res.output
+
+    res = runner.invoke(cli, ["distill", store, "--out", str(tmp_path / "x"), "--no-progress"])
+    assert res.exit_code == 1 and "needs --targets" in res.output
+    res = runner.invoke(cli, ["distill", "--help"])
+    assert res.exit_code == 0 and "--lambda" in res.output and "default: 0.6" in res.output
