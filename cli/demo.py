@@ -20,7 +20,8 @@ from eastkd.cli.options import parse_key_values
 @click.option("--dim", type=click.IntRange(min=1), default=32, help="Compressed target size.")
 @click.option("--epochs", type=click.IntRange(min=1), default=30, help="Student epochs per run.")
 @click.option("--student", default="vgg", help="Student architecture (vgg, mobilenet).")
-@click.option("--seed", type=int, default=0, help="Seed for fitting and training (the audio is always rendered with seed 0).")
+@click.option("--seed", type=int, default=0,
+              help="Seed for fitting and training (the audio is always rendered with seed 0).")
 @click.option("--device", default="auto", help="auto, cpu or cuda.")
 @click.option("--backend", type=click.Choice(["zarr", "hdf5"]), default="zarr",
               help="Store backend.")

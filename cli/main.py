@@ -17,7 +17,7 @@ from eastkd.store.errors import EastkdError
 
 # command name -> (module, one-line help shown in `eastkd --help`)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("eastkd.cli.demo", "Render the bundled instrument dataset and run the whole pipeline."),
+    "demo": ("eastkd.cli.demo", "Render the bundled instrument dataset; run every stage on it."),
     "extract": ("eastkd.cli.extract", "Run a teacher once over a dataset into a store."),
     "info": ("eastkd.cli.info", "Show what a store holds: items, teachers, targets, provenance."),
     "compress": ("eastkd.cli.compress", "Fit PCA or a learned transformation; write targets."),
@@ -49,8 +49,8 @@ class LazyGroup(click.Group):
         except EastkdError as e:
             raise click.ClickException(str(e)) from None
         except KeyboardInterrupt:
-            click.echo("interrupted; finished work is kept in the store, rerun to continue",
-                       err=True)
+            click.echo("interrupted; finished work is kept: rerun the same command to continue "
+                       "(distill: add --resume)", err=True)
             sys.exit(130)
 
 

@@ -102,6 +102,6 @@ def run_demo(out_dir: str | Path, opts: DemoOptions) -> dict[str, Any]:
               "epochs": opts.epochs, "seed": opts.seed, "results": results,
               "seconds": round(time.perf_counter() - t0, 1)}
     (out / f"results-s{opts.seed}.json").write_text(json.dumps(report, indent=2))
-    click.echo(f"done in {report['seconds']:.0f} s; results in {out / f'results-s{opts.seed}.json'}, "
+    click.echo(f"done in {report['seconds']:.0f} s; results in {out}/results-s{opts.seed}.json, "
                f"training curves in {out / 'runs'}/*/*/curves.png")
     return report

@@ -29,8 +29,18 @@ from eastkd.pipeline.features import LogMel, LogMelParams
 from eastkd.pipeline.indexing import build_items_table
 from eastkd.pipeline.teachers.base import Teacher
 from eastkd.pipeline.teachers.loading import load_teacher
-from eastkd.store import (OK, PENDING, SKIPPED, ArraySpec, EastkdError, Store, backend_name,
-                          create_store, eastkd_version, open_for_dataset)
+from eastkd.store import (
+    OK,
+    PENDING,
+    SKIPPED,
+    ArraySpec,
+    EastkdError,
+    Store,
+    backend_name,
+    create_store,
+    eastkd_version,
+    open_for_dataset,
+)
 from eastkd.store.store import store_exists
 
 ON_ERROR = ("fail", "skip")
@@ -89,27 +99,26 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
-class _UnitDecoder(torch.utils.data.Dataset):
-    """Decodes one block of items per index (runs in DataLoader workers: no store handles)."""
+class _PieceDecoder(torch.utils.data.Dataset):
+    """Decodes one piece (one teacher batch) of a block per index, so that decoding overlaps the
+    teacher from the first batch on. Runs in DataLoader workers: holds no store handles."""
 
-    def __init__(self, paths: list[str], sha: list[str], units: list[tuple[int, int]],
-                 teacher_sr: int, segment: Segment, logmel: LogMelParams | None,
-                 feature_units: set[int]) -> None:
-        self.paths, self.sha, self.units = paths, sha, units
+    def __init__(self, paths: list[str], sha: list[str], pieces: list[tuple[int, int, bool]],
+                 teacher_sr: int, segment: Segment, logmel: LogMelParams | None) -> None:
+        self.paths, self.sha, self.pieces = paths, sha, pieces
         self.teacher_sr, self.segment = teacher_sr, segment
         self.logmel_params = logmel
-        self.feature_units = feature_units
         self._logmel: LogMel | None = None
 
     def __len__(self) -> int:
-        return len(self.units)
+        return len(self.pieces)
 
-    def __getitem__(self, u: int) -> dict[str, Any]:
-        start, stop = self.units[u]
+    def __getitem__(self, p: int) -> dict[str, Any]:
+        start, stop, want_feats = self.pieces[p]
         k = stop - start
         n_t = self.segment.samples(self.teacher_sr)
         wave_t = torch.zeros(k, n_t)
-        want_feats = u in self.feature_units and self.logmel_params is not None
+        want_feats = want_feats and self.logmel_params is not None
         n_s = self.segment.samples(self.logmel_params.sample_rate) if self.logmel_params else 0
         wave_s = torch.zeros(k, n_s) if want_feats else None
         errors = [""] * k
@@ -134,7 +143,21 @@ class _UnitDecoder(torch.utils.data.Dataset):
                 self._logmel = LogMel(self.logmel_params)
             with torch.inference_mode():
                 feats = self._logmel(wave_s)
-        return {"u": u, "start": start, "wave": wave_t, "logmel": feats, "errors": errors}
+        return {"start": start, "wave": wave_t, "logmel": feats, "errors": errors}
+
+
+class _BlockBuffer:
+    """One block's outputs, filled piece by piece and written once complete."""
+
+    def __init__(self, start: int, stop: int, dim: int, t_frames: int,
+                 feat_shape: tuple[int, ...] | None, dtype: str) -> None:
+        k = stop - start
+        self.start, self.stop = start, stop
+        self.clip = np.zeros((k, dim), dtype=dtype)
+        self.frames = np.zeros((k, t_frames, dim), dtype=dtype) if t_frames else None
+        self.feats = np.zeros((k, *feat_shape), dtype=dtype) if feat_shape else None
+        self.errors = [""] * k  # decoding or teacher failures (embeddings status)
+        self.decode_errors = [""] * k  # decoding failures only (features status)
 
 
 def _identity(teacher: Teacher, opts: ExtractOptions, segment: Segment) -> dict[str, Any]:
@@ -229,7 +252,8 @@ def _extract_into(store: Store, store_path: str, teacher: Teacher, device: torch
     t_frames = 0
     if opts.frames:
         if teacher.frame_rate is None:
-            raise EastkdError(f"teacher {teacher.name!r} has no frame-level embeddings; drop --frames")
+            raise EastkdError(
+                f"teacher {teacher.name!r} has no frame-level embeddings; drop --frames")
         with torch.inference_mode():
             probe = teacher(torch.zeros(1, segment.samples(teacher.sample_rate), device=device))
         t_frames = int(probe.frames.shape[1])
@@ -252,7 +276,7 @@ def _extract_into(store: Store, store_path: str, teacher: Teacher, device: torch
     unit = max(feat.unit, emb.unit)
     block = _block_items([feat, emb], unit, opts.batch_size)
     emb_status, feat_status = emb.status(), feat.status()
-    todo, feature_units = [], set()
+    todo: list[tuple[int, int, bool]] = []  # blocks to do: (start, stop, with features)
     already = 0
     for u, u_start in enumerate(range(0, n, unit)):
         if u % shard_n != shard_i:
@@ -263,77 +287,86 @@ def _extract_into(store: Store, store_path: str, teacher: Teacher, device: torch
             if (emb_status[s:e] != PENDING).all() and (feat_status[s:e] != PENDING).all():
                 already += e - s
                 continue
-            if (feat_status[s:e] == PENDING).any():
-                feature_units.add(len(todo))
-            todo.append((s, e))
+            todo.append((s, e, bool((feat_status[s:e] == PENDING).any())))
+    pieces = [(p, min(e, p + opts.batch_size), f) for s, e, f in todo
+              for p in range(s, e, opts.batch_size)]
 
-    decoder = _UnitDecoder(items.paths, items.sha256, todo, teacher.sample_rate, segment,
-                           lm, feature_units)
+    decoder = _PieceDecoder(items.paths, items.sha256, pieces, teacher.sample_rate, segment, lm)
     loader = torch.utils.data.DataLoader(
         decoder, batch_size=None, shuffle=False, num_workers=max(0, opts.workers),
-        prefetch_factor=2 if opts.workers > 0 else None,
+        prefetch_factor=4 if opts.workers > 0 else None,
         persistent_workers=False,
     )
     t0 = time.perf_counter()
     fwd = 0.0
     written = skipped_now = 0
     audio_s = 0.0
-    total = sum(e - s for s, e in todo)
+    total = sum(e - s for s, e, _ in todo)
     bar = tqdm(total=total, desc=f"extract {key}", unit="clip", disable=not opts.progress)
     autocast = device.type == "cuda"
     try:
-        for batch in loader:
-            start, errors = batch["start"], list(batch["errors"])
-            decode_errors = list(errors)  # features fail only on these, not on the teacher's
-            wave = batch["wave"]
-            k = wave.shape[0]
+        blocks = iter(todo)
+        buf: _BlockBuffer | None = None
+        for piece in loader:
+            if buf is None:
+                b_start, b_stop, with_feats = next(blocks)
+                buf = _BlockBuffer(b_start, b_stop, teacher.embedding_dim, t_frames,
+                                   (lm.n_mels, n_frames) if with_feats else None, opts.dtype)
+            start, errors = piece["start"], list(piece["errors"])
+            k, o = len(errors), piece["start"] - buf.start
+            buf.decode_errors[o:o + k] = errors
+            if piece["logmel"] is not None:
+                buf.feats[o:o + k] = _cast(piece["logmel"], opts.dtype, "log-mel features")
             ok_rows = [j for j in range(k) if not errors[j]]
-            clip = np.zeros((k, teacher.embedding_dim), dtype=opts.dtype)
-            frames = np.zeros((k, t_frames, teacher.embedding_dim), dtype=opts.dtype) \
-                if opts.frames else None
             tf = time.perf_counter()
-            for b in range(0, len(ok_rows), opts.batch_size):
-                rows = ok_rows[b:b + opts.batch_size]
-                x = wave[rows].to(device, non_blocking=True)
+            if ok_rows:
+                wave = piece["wave"] if len(ok_rows) == k else piece["wave"][ok_rows]
                 with torch.inference_mode(), torch.autocast("cuda", enabled=autocast):
-                    out = teacher(x)
+                    out = teacher(wave.to(device, non_blocking=True))
                 c = out.clip.float()
                 bad = ~torch.isfinite(c).all(dim=1)
                 if out.frames is not None and opts.frames:
                     bad |= ~torch.isfinite(out.frames.float()).flatten(1).all(dim=1)
-                for r, is_bad in zip(rows, bad.tolist()):
+                for r, is_bad in zip(ok_rows, bad.tolist()):
                     if is_bad:
                         errors[r] = f"teacher {teacher.name} produced NaN/inf"
-                good = [j for j, r in enumerate(rows) if not errors[r]]
-                idx = [rows[j] for j in good]
-                clip[idx] = _cast(c[good], opts.dtype, f"{key} embeddings")
-                if frames is not None:
-                    frames[idx] = _cast(out.frames[good], opts.dtype, f"{key} frame embeddings")
+                good = [j for j, r in enumerate(ok_rows) if not errors[r]]
+                idx = [o + ok_rows[j] for j in good]
+                buf.clip[idx] = _cast(c[good], opts.dtype, f"{key} embeddings")
+                if buf.frames is not None:
+                    buf.frames[idx] = _cast(out.frames[good], opts.dtype,
+                                            f"{key} frame embeddings")
             fwd += time.perf_counter() - tf
+            buf.errors[o:o + k] = errors
             failed = [j for j in range(k) if errors[j]]
             if failed and opts.on_error == "fail":
-                j = failed[0]
+                j = start + failed[0]
                 raise EastkdError(
-                    f"item {items.ids[start + j]!r} ({items.paths[start + j]}): {errors[j]}; "
+                    f"item {items.ids[j]!r} ({items.paths[j]}): {errors[failed[0]]}; "
                     "fix or remove it, or rerun with --on-error skip (finished work is kept)"
                 )
-            status = np.where([bool(e) for e in errors], SKIPPED, OK).astype(np.uint8)
-            if batch["logmel"] is not None:
-                f_status = np.where([bool(e) for e in decode_errors], SKIPPED, OK).astype(np.uint8)
-                feats = _cast(batch["logmel"], opts.dtype, "log-mel features")
-                feats[f_status == SKIPPED] = 0
-                feat.write_block(start, {"values": feats}, f_status, decode_errors)
-            data = {"clip": clip}
-            if frames is not None:
-                data["frames"] = frames
-            emb.write_block(start, data, status, errors)
-            written += k - len(failed)
-            skipped_now += len(failed)
-            audio_s += float(np.nansum(items.durations[start:start + k][status == OK]))
             bar.update(k)
+            if start + k < buf.stop:
+                continue
+            # the block is complete: data first, status last (in Section.write_block)
+            status = np.where([bool(e) for e in buf.errors], SKIPPED, OK).astype(np.uint8)
+            if buf.feats is not None:
+                f_status = np.where([bool(e) for e in buf.decode_errors], SKIPPED, OK)
+                buf.feats[f_status == SKIPPED] = 0
+                feat.write_block(buf.start, {"values": buf.feats}, f_status.astype(np.uint8),
+                                 buf.decode_errors)
+            data = {"clip": buf.clip}
+            if buf.frames is not None:
+                data["frames"] = buf.frames
+            emb.write_block(buf.start, data, status, buf.errors)
+            n_bad = int((status == SKIPPED).sum())
+            written += len(status) - n_bad
+            skipped_now += n_bad
+            audio_s += float(np.nansum(items.durations[buf.start:buf.stop][status == OK]))
             el = time.perf_counter() - t0
             bar.set_postfix({"clips/s": f"{written / el:.1f}", "audio s/s": f"{audio_s / el:.1f}"},
                             refresh=False)
+            buf = None
     finally:
         bar.close()
     summary = ExtractSummary(

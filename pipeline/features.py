@@ -45,6 +45,6 @@ class LogMel(torch.nn.Module):
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         if self.params.pre_emphasis:
-            wave = torch.cat([wave[..., :1], wave[..., 1:] - self.params.pre_emphasis * wave[..., :-1]],
-                             dim=-1)
+            a = self.params.pre_emphasis
+            wave = torch.cat([wave[..., :1], wave[..., 1:] - a * wave[..., :-1]], dim=-1)
         return torch.log(self.mel(wave) + self.params.log_offset)

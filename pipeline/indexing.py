@@ -13,7 +13,7 @@ MISSING = "missing"
 
 
 def build_items_table(spec: DatasetSpec, progress: bool = True) -> ItemsTable:
-    """Items table of ``spec``; an unreadable file gets sha256 ``"missing"`` (extract reports it)."""
+    """Items table of ``spec``; an unreadable file gets sha256 ``"missing"`` (extract says so)."""
     n = len(spec.items)
     c = len(spec.class_names)
     labels = np.zeros((n, max(c, 1)), dtype=np.uint8)

@@ -415,9 +415,11 @@ def _write_items(backend: Backend, items: ItemsTable) -> None:
                              data=np.asarray(col, dtype=object))
     backend.create_array("items/duration", (n,), (ck,), np.float32,
                          data=np.asarray(items.durations, dtype=np.float32))
-    c = max(1, len(items.class_names))
-    backend.create_array("items/labels", (n, c), (ck, c), np.uint8,
-                         data=np.asarray(items.labels, dtype=np.uint8))
+    labels = np.asarray(items.labels, dtype=np.uint8).reshape(n, -1)
+    if labels.shape[1] == 0:  # unlabelled data: one all-zero column keeps the layout uniform
+        labels = np.zeros((n, 1), dtype=np.uint8)
+    c = labels.shape[1]
+    backend.create_array("items/labels", (n, c), (ck, c), np.uint8, data=labels)
     backend.create_array("items/label", (n,), (ck,), np.int32, data=items.label)
     for name, col in items.extra.items():
         col = np.asarray(col)

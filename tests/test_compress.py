@@ -22,8 +22,17 @@ from eastkd.pipeline.compress.learned import LearnedCompressor
 from eastkd.pipeline.compress.pca import PCACompressor
 from eastkd.pipeline.compress.run import compress, default_plot_path, parse_dim
 from eastkd.pipeline.registry import compressors
-from eastkd.store import (OK, PENDING, SKIPPED, ArraySpec, EastkdError, ItemsTable,
-                          StoreMismatchError, create_store, open_store)
+from eastkd.store import (
+    OK,
+    PENDING,
+    SKIPPED,
+    ArraySpec,
+    EastkdError,
+    ItemsTable,
+    StoreMismatchError,
+    create_store,
+    open_store,
+)
 
 KEY = "synth"
 SPLIT_OF = ("train", "train", "train", "valid", "test")  # by item index modulo 5

@@ -28,8 +28,17 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from eastkd.pipeline import registry
-from eastkd.store import (OK, SKIPPED, ArraySpec, EastkdError, Section, Store, StoreMismatchError,
-                          eastkd_version, open_store)
+from eastkd.store import (
+    OK,
+    SKIPPED,
+    ArraySpec,
+    EastkdError,
+    Section,
+    Store,
+    StoreMismatchError,
+    eastkd_version,
+    open_store,
+)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 

@@ -41,10 +41,22 @@ from tqdm.auto import tqdm
 from eastkd.pipeline import registry
 from eastkd.pipeline.device import resolve_device
 from eastkd.pipeline.distill.complexity import count_parameters
-from eastkd.pipeline.distill.data import (DEFAULT_MEMORY_LIMIT, FEATURES, SplitData,
-                                          TargetsSpec, load_split, resolve_targets, skipped_count)
-from eastkd.pipeline.distill.evaluate import (BEST, CONFIG, compute_metrics, predict,
-                                              selection_metric)
+from eastkd.pipeline.distill.data import (
+    DEFAULT_MEMORY_LIMIT,
+    FEATURES,
+    SplitData,
+    TargetsSpec,
+    load_split,
+    resolve_targets,
+    skipped_count,
+)
+from eastkd.pipeline.distill.evaluate import (
+    BEST,
+    CONFIG,
+    compute_metrics,
+    predict,
+    selection_metric,
+)
 from eastkd.store import EastkdError, StoreMismatchError, eastkd_version, open_store
 
 KD_METHODS = ("fitnet", "dc", "none")

@@ -34,7 +34,8 @@ class _ModuleTeacher(torch.nn.Module):
             return TeacherOutput(clip=out)
         if out.dim() == 3:
             return TeacherOutput(clip=out.mean(dim=1), frames=out)
-        raise EastkdError(f"teacher output has shape {tuple(out.shape)}; expected (B, D) or (B, T, D)")
+        raise EastkdError(
+            f"teacher output has shape {tuple(out.shape)}; expected (B, D) or (B, T, D)")
 
 
 def _import_callable(spec: str) -> Any:
