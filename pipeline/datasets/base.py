@@ -7,7 +7,10 @@ Adapters (manifest, folder, esc50, mtat, fma-small, ...) turn a path into a :cla
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from eastkd.store.errors import EastkdError
 
 
 @dataclass
@@ -36,3 +39,17 @@ class DatasetSpec:
     multi_label: bool = False
     source: str = ""
     description: str = ""
+
+
+def find_metadata(root: Path, relative: str, adapter: str, expect: str) -> Path:
+    """``root/relative``, or an error that says where it was expected and, when the user passed
+    a sub-folder of the dataset, which folder to pass instead. ``expect`` ends each message."""
+    if not root.is_dir():
+        raise EastkdError(f"{adapter}: dataset folder {root} does not exist; {expect}")
+    path = root / relative
+    if path.is_file():
+        return path
+    hint = ""
+    if (root.parent / relative).is_file():
+        hint = f" (it is in the parent folder: pass {adapter}:{root.parent} instead)"
+    raise EastkdError(f"{adapter}: metadata file {path} not found{hint}; {expect}")

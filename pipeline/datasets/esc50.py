@@ -17,7 +17,7 @@ import csv
 import os
 from pathlib import Path
 
-from eastkd.pipeline.datasets.base import DatasetSpec, Item
+from eastkd.pipeline.datasets.base import DatasetSpec, Item, find_metadata
 from eastkd.store.errors import EastkdError
 
 METADATA = os.path.join("meta", "esc50.csv")
@@ -40,19 +40,8 @@ def esc50_split_for_fold(fold_of_item: int, test_fold: int) -> str:
 
 
 def _metadata_path(root: Path) -> Path:
-    """``root/meta/esc50.csv``, or an error that says where it was expected (and, when the user
-    passed the ``audio`` or ``meta`` sub-folder, which folder to pass instead)."""
-    if not root.is_dir():
-        raise EastkdError(f"esc50: dataset folder {root} does not exist; pass the ESC-50-master "
-                          f"folder that holds meta/esc50.csv and audio/")
-    csv_path = root / METADATA
-    if csv_path.is_file():
-        return csv_path
-    hint = ""
-    if (root.parent / METADATA).is_file():
-        hint = f" (it is in the parent folder: pass esc50:{root.parent} instead)"
-    raise EastkdError(f"esc50: metadata file {csv_path} not found{hint}; pass the ESC-50-master "
-                      f"folder that holds meta/esc50.csv and audio/")
+    return find_metadata(root, METADATA, "esc50",
+                         "pass the ESC-50-master folder that holds meta/esc50.csv and audio/")
 
 
 def _int(value: str, column: str, line: int, csv_path: Path) -> int:

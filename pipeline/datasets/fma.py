@@ -19,7 +19,7 @@ import csv
 import os
 from pathlib import Path
 
-from eastkd.pipeline.datasets.base import DatasetSpec, Item
+from eastkd.pipeline.datasets.base import DatasetSpec, Item, find_metadata
 from eastkd.store.errors import EastkdError
 
 METADATA = os.path.join("fma_metadata", "tracks.csv")
@@ -39,17 +39,8 @@ def fma_audio_path(root: Path, track_id: int) -> Path:
 
 
 def _metadata_path(root: Path) -> Path:
-    """``root/fma_metadata/tracks.csv``, or an error saying where it was expected."""
-    expect = "pass the folder that holds fma_metadata/ and fma_small/"
-    if not root.is_dir():
-        raise EastkdError(f"fma-small: dataset folder {root} does not exist; {expect}")
-    csv_path = root / METADATA
-    if csv_path.is_file():
-        return csv_path
-    hint = ""
-    if (root.parent / METADATA).is_file():
-        hint = f" (it is in the parent folder: pass fma-small:{root.parent} instead)"
-    raise EastkdError(f"fma-small: metadata file {csv_path} not found{hint}; {expect}")
+    return find_metadata(root, METADATA, "fma-small",
+                         "pass the folder that holds fma_metadata/ and fma_small/")
 
 
 def _read_tracks(csv_path: Path) -> list[tuple[int, str, str, str, str]]:

@@ -20,7 +20,7 @@ import csv
 import os
 from pathlib import Path
 
-from eastkd.pipeline.datasets.base import DatasetSpec, Item
+from eastkd.pipeline.datasets.base import DatasetSpec, Item, find_metadata
 from eastkd.store.errors import EastkdError
 
 METADATA = "annotations_final.csv"
@@ -42,18 +42,8 @@ def mtat_split_for_folder(folder: str) -> str:
 
 
 def _metadata_path(root: Path) -> Path:
-    """``root/annotations_final.csv``, or an error saying where it was expected."""
-    if not root.is_dir():
-        raise EastkdError(f"mtat: dataset folder {root} does not exist; pass the MagnaTagATune "
-                          f"folder that holds {METADATA} and the audio folders 0-f")
-    csv_path = root / METADATA
-    if csv_path.is_file():
-        return csv_path
-    hint = ""
-    if (root.parent / METADATA).is_file():
-        hint = f" (it is in the parent folder: pass mtat:{root.parent} instead)"
-    raise EastkdError(f"mtat: metadata file {csv_path} not found{hint}; pass the MagnaTagATune "
-                      f"folder that holds {METADATA} and the audio folders 0-f")
+    return find_metadata(root, METADATA, "mtat", "pass the MagnaTagATune folder that holds "
+                         f"{METADATA} and the audio folders 0-f")
 
 
 def _read_table(csv_path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
