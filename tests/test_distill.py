@@ -120,6 +120,25 @@ def test_targets_section_and_teacher_linear(demo_store, tmp_path):
     assert teacher_loss[-1] < teacher_loss[0]  # the linear map learns the task from the targets
 
 
+@pytest.mark.parametrize("kd", ["fitnet", "dc"])
+def test_frame_level_targets_are_aligned_in_time(demo_store_master, tmp_path, kd):
+    """Raw frame embeddings (N x T x D) as targets: the run trains, and config.json records the
+    frame-level alignment used by the losses."""
+    with open_store(str(demo_store_master)) as s:
+        frames_shape = s.embeddings(TEACHER).array("frames").shape
+    r = distill(str(demo_store_master), TEACHER, str(tmp_path / kd), kd=kd,
+                frame_targets=True, **FAST)
+    cfg = json.loads((tmp_path / kd / "config.json").read_text())
+    t = cfg["targets"]
+    assert t["array"] == "frames" and t["frame_level"] and t["dim"] == frames_shape[2]
+    assert "frame-level" in t["alignment"] and "repeated" in t["alignment"]
+    kd_losses = [h["train_kd"] for h in r.history]
+    assert all(np.isfinite(kd_losses)) and kd_losses[-1] < kd_losses[0]
+    # clip-level runs record the time-averaged alignment instead
+    spec = resolve_targets(open_store(str(demo_store_master)), TEACHER)
+    assert not spec.frame_level and spec.alignment.startswith("clip-level")
+
+
 def test_determinism_resume_and_run_dir_refusals(demo_store_master, tmp_path):
     store = str(demo_store_master)
     kw = dict(kd="dc", patience=0, seed=3, **{**FAST, "epochs": 4})

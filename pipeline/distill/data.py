@@ -39,10 +39,21 @@ class TargetsSpec:
     frame_level: bool
     attrs: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def alignment(self) -> str:
+        """How the student's features meet these targets in time (what the KD losses do)."""
+        if self.frame_level:
+            rate = self.attrs.get("frame_rate")
+            return ("frame-level: the student's last conv stage averaged over frequency and the "
+                    f"teacher frames ({rate} /s) each repeated by integer factors, then cut to "
+                    "the shorter length (EAsT)")
+        return "clip-level: the student's last conv stage averaged over frequency and time"
+
     def provenance(self) -> dict[str, Any]:
         """What config.json records about the targets (section attributes included)."""
         return {"name": self.name, "section": self.section, "array": self.array,
-                "dim": self.dim, "frame_level": self.frame_level, "attrs": self.attrs}
+                "dim": self.dim, "frame_level": self.frame_level, "alignment": self.alignment,
+                "attrs": self.attrs}
 
 
 def resolve_targets(store: Store, name: str, frame_targets: bool = False) -> TargetsSpec:
