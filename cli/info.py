@@ -48,6 +48,8 @@ def _print_text(d: dict[str, Any], show_skipped: int) -> None:
                         v = str(v)[:16]
                     if isinstance(v, float):
                         v = f"{v:.4g}"
+                    if key == "probe_metric" and isinstance(v, dict):
+                        v = f"{v.get('split')} {v.get('name')} {float(v.get('value', 'nan')):.3f}"
                     facts.append(f"{key}={v}")
             if "segment" in a:
                 facts.append(f"segment={a['segment'].get('seconds')}s/{a['segment'].get('crop')}")

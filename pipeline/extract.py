@@ -269,7 +269,9 @@ def _extract_into(store: Store, store_path: str, teacher: Teacher, device: torch
                "dataset_fingerprint": store.dataset_fingerprint,
                "extract_options": {"batch_size": opts.batch_size, "dtype": opts.dtype,
                                    "frames": opts.frames, "crop": opts.crop,
-                                   "segment": segment.seconds, "on_error": opts.on_error}},
+                                   "segment": segment.seconds, "on_error": opts.on_error,
+                                   "device": device.type,
+                                   "autocast_float16": device.type == "cuda"}},
         identity=identity, overwrite=opts.overwrite, max_chunk_items=opts.chunk_items,
     )
 

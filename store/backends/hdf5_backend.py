@@ -52,7 +52,7 @@ class HDF5Backend(Backend):
     def _f(self) -> h5py.File:
         if self._file is None or self._pid != os.getpid():
             try:
-                self._file = h5py.File(self.path, self._mode, libver="latest")
+                self._file = h5py.File(self.path, self._mode)
             except OSError as e:
                 raise EastkdError(f"{self.path}: cannot open as HDF5 ({e})") from e
             self._pid = os.getpid()
