@@ -24,7 +24,6 @@ validation loss), best epoch kept. The teacher's code is never imported.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import time
@@ -57,6 +56,7 @@ from eastkd.pipeline.distill.evaluate import (
     predict,
     selection_metric,
 )
+from eastkd.pipeline.distill.run_files import plot_curves, save_atomic, write_history, write_json
 from eastkd.store import EastkdError, StoreMismatchError, eastkd_version, open_store
 
 KD_METHODS = ("fitnet", "dc", "none")
@@ -114,61 +114,6 @@ def _deterministic(enabled: bool) -> Iterator[None]:
         yield
     finally:
         torch.use_deterministic_algorithms(before)
-
-
-def _save(obj: Any, path: str) -> None:
-    tmp = f"{path}.partial"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _write_json(path: str, obj: Any) -> None:
-    tmp = f"{path}.partial"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o))
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def _write_history(path: str, history: list[dict[str, Any]]) -> None:
-    """history.csv: one row per epoch (losses, validation metrics, learning rate, seconds)."""
-    keys = list(dict.fromkeys(k for rec in history for k in rec))
-    tmp = f"{path}.partial"
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(history)
-    os.replace(tmp, path)
-
-
-def _plot_curves(path: str, history: list[dict[str, Any]], metric: str) -> None:
-    """curves.png: training/validation losses and the validation metric per epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ep = [r["epoch"] for r in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    try:
-        for key in ("train_loss", "train_task", "train_kd", "train_teacher", "valid_loss"):
-            if key in history[0]:
-                ax1.plot(ep, [r[key] for r in history], label=key, ls="--" if "valid" in key
-                         else "-")
-        ax1.set_xlabel("epoch")
-        ax1.set_ylabel("loss")
-        ax1.legend(fontsize=8)
-        ax2.plot(ep, [r.get(f"valid_{metric}") for r in history], color="C3")
-        best = [r["epoch"] for r in history if r.get("best")]
-        if best:
-            ax2.axvline(best[-1], color="grey", ls=":", label=f"best (epoch {best[-1]})")
-            ax2.legend(fontsize=8)
-        ax2.set_xlabel("epoch")
-        ax2.set_ylabel(f"valid {metric}")
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-    finally:
-        plt.close(fig)
 
 
 def _metrics_record(r: DistillResult) -> dict[str, Any]:
@@ -417,10 +362,10 @@ def distill(store_path: str, targets: str | None, out_dir: str, *, student: str 
             resumed_from = state["epoch"]
             log(f"resuming {out_dir} after epoch {resumed_from}")
         else:
-            _write_json(os.path.join(out_dir, CONFIG), config)
+            write_json(os.path.join(out_dir, CONFIG), config)
 
         def checkpoint(path: str) -> None:
-            _save({"student": model.state_dict(),
+            save_atomic({"student": model.state_dict(),
                    "kd_loss": kd_loss.state_dict() if kd_loss is not None else None,
                    "teacher_linear": tlin.state_dict() if tlin is not None else None,
                    "target_norm": norm, "epoch": state["epoch"], "config": config}, path)
@@ -462,14 +407,14 @@ def distill(store_path: str, targets: str | None, out_dir: str, *, student: str 
                 state["history"].append(record)
                 if patience and state["bad"] >= patience:
                     state["finished"] = True
-                _save({"student": model.state_dict(),
+                save_atomic({"student": model.state_dict(),
                        "kd_loss": kd_loss.state_dict() if kd_loss is not None else None,
                        "teacher_linear": tlin.state_dict() if tlin is not None else None,
                        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                        "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
                        "cuda_rng": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None,
                        "state": state}, os.path.join(out_dir, LAST))
-                _write_history(os.path.join(out_dir, HISTORY), state["history"])
+                write_history(os.path.join(out_dir, HISTORY), state["history"])
                 ebar.update(1)
                 ebar.set_postfix({"loss": f"{record['train_loss']:.3f}",
                                   f"valid {metric}": f"{score:.3f}",
@@ -493,6 +438,6 @@ def distill(store_path: str, targets: str | None, out_dir: str, *, student: str 
             stopped_early=stopped_early, selection_metric=metric, valid_metrics=valid_at_best,
             test_metrics=test_metrics, student_parameters=n_params, n_items=sizes,
             seconds=time.perf_counter() - t0, resumed_from=resumed_from, history=state["history"])
-        _write_json(os.path.join(out_dir, METRICS), _metrics_record(result))
-        _plot_curves(os.path.join(out_dir, CURVES), state["history"], metric)
+        write_json(os.path.join(out_dir, METRICS), _metrics_record(result))
+        plot_curves(os.path.join(out_dir, CURVES), state["history"], metric)
         return result

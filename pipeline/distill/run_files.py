@@ -1,0 +1,66 @@
+"""The files of a RUN_DIR, each written atomically (temp file + rename): a run killed while
+writing keeps the previous version of every file."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from typing import Any
+
+import torch
+
+
+def save_atomic(obj: Any, path: str) -> None:
+    tmp = f"{path}.partial"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def write_json(path: str, obj: Any) -> None:
+    tmp = f"{path}.partial"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, default=lambda o: o.item() if hasattr(o, "item") else str(o))
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def write_history(path: str, history: list[dict[str, Any]]) -> None:
+    """history.csv: one row per epoch (losses, validation metrics, learning rate, seconds)."""
+    keys = list(dict.fromkeys(k for rec in history for k in rec))
+    tmp = f"{path}.partial"
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(history)
+    os.replace(tmp, path)
+
+
+def plot_curves(path: str, history: list[dict[str, Any]], metric: str) -> None:
+    """curves.png: training/validation losses and the validation metric per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [r["epoch"] for r in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    try:
+        for key in ("train_loss", "train_task", "train_kd", "train_teacher", "valid_loss"):
+            if key in history[0]:
+                ax1.plot(ep, [r[key] for r in history], label=key, ls="--" if "valid" in key
+                         else "-")
+        ax1.set_xlabel("epoch")
+        ax1.set_ylabel("loss")
+        ax1.legend(fontsize=8)
+        ax2.plot(ep, [r.get(f"valid_{metric}") for r in history], color="C3")
+        best = [r["epoch"] for r in history if r.get("best")]
+        if best:
+            ax2.axvline(best[-1], color="grey", ls=":", label=f"best (epoch {best[-1]})")
+            ax2.legend(fontsize=8)
+        ax2.set_xlabel("epoch")
+        ax2.set_ylabel(f"valid {metric}")
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
