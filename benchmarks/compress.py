@@ -5,6 +5,7 @@ Compares fit time (reading from the store included) and peak memory of
 * ``eastkd``        PCACompressor: one pass over the store's chunks, float64 scatter matrix, eigh;
 * ``sklearn_ipca``  IncrementalPCA.partial_fit over the same chunks (batch_size = chunk);
 * ``sklearn_pca``   PCA (svd_solver="auto") on the whole array read into memory;
+* ``sklearn_pca_full`` PCA (svd_solver="full"): the exact reference for the subspace angle;
 
 each fitted in its own subprocess, so that peak RSS (``ru_maxrss``) is that method's alone. It
 also reports the largest principal angle between eastkd's subspace and each scikit-learn one,
@@ -35,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-METHODS = ("eastkd", "sklearn_ipca", "sklearn_pca")
+METHODS = ("eastkd", "sklearn_ipca", "sklearn_pca", "sklearn_pca_full")
 
 
 def _rss_bytes() -> int:
@@ -94,7 +95,8 @@ def run_child(a: argparse.Namespace) -> None:
         comps, ev = ipca.components_, ipca.explained_variance_
     else:
         x = src.read_rows(rows)
-        pca = PCA(a.dim).fit(x)
+        solver = "full" if a.method == "sklearn_pca_full" else "auto"
+        pca = PCA(a.dim, svd_solver=solver).fit(x)
         comps, ev = pca.components_, pca.explained_variance_
         extra["solver"] = pca._fit_svd_solver
     seconds = time.perf_counter() - t0
