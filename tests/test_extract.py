@@ -16,6 +16,7 @@ import sys
 import time
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -197,6 +198,30 @@ def _chunk_mtimes(store: Path) -> dict[str, int]:
             if p.is_file() and "/c/" in str(p.relative_to(store))}
 
 
+def _kill_when(args: list[str], ok_rows: Any, at_least: int) -> None:
+    """Start `eastkd ARGS`, SIGKILL it once ``ok_rows()`` reaches ``at_least``, and wait until
+    its whole process group (the DataLoader worker too, which shares the store's file
+    handles) is gone."""
+    proc = subprocess.Popen([sys.executable, "-m", "eastkd.cli.main", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while proc.poll() is None and time.monotonic() < deadline and ok_rows() < at_least:
+            time.sleep(0.03)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+            for _ in range(200):
+                os.killpg(proc.pid, 0)
+                time.sleep(0.05)
+        except ProcessLookupError:
+            pass
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+
+
 def test_resume_after_sigkill_equals_uninterrupted_run(demo_manifest: Path,
                                                        tmp_path: Path) -> None:
     manifest = write_manifest(tmp_path / "m.csv", pick(demo_manifest, 8))  # 40 clips
@@ -204,21 +229,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run(demo_manifest: Path,
     # chunks of 8 items: 5 units, each written data-first, status-last
     args = ["extract", str(manifest), str(store), *HOP_CLI, "--frames", "--chunk-items", "8",
             "--batch-size", "8", "--no-progress"]
-    proc = subprocess.Popen([sys.executable, "-m", "eastkd.cli.main", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    try:
-        deadline = time.monotonic() + 180
-        while proc.poll() is None and time.monotonic() < deadline and _ok_rows(store) < 8:
-            time.sleep(0.03)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
-    finally:
-        try:  # the DataLoader worker dies with its parent; make sure of it
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    _kill_when(args, lambda: _ok_rows(store), 8)
     done = _ok_rows(store)
     assert 8 <= done < 40, done
     with open_store(str(store)) as s:
@@ -264,24 +275,7 @@ def test_hdf5_resume_after_sigkill_equals_uninterrupted_run(demo_manifest: Path,
     store = tmp_path / "killed.h5"
     args = ["extract", str(manifest), str(store), *HOP_CLI, "--chunk-items", "8",
             "--batch-size", "8", "--no-progress"]
-    proc = subprocess.Popen([sys.executable, "-m", "eastkd.cli.main", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    try:
-        deadline = time.monotonic() + 180
-        while proc.poll() is None and time.monotonic() < deadline and _h5_ok_rows(store) < 8:
-            time.sleep(0.03)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
-    finally:
-        try:  # the DataLoader worker shares the file's lock: wait until it is gone too
-            os.killpg(proc.pid, signal.SIGKILL)
-            for _ in range(200):
-                os.killpg(proc.pid, 0)
-                time.sleep(0.05)
-        except ProcessLookupError:
-            pass
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    _kill_when(args, lambda: _h5_ok_rows(store), 8)
     done = _ok_rows(store)
     assert 8 <= done < 40, done
     rerun = run_cli(*args)
