@@ -312,17 +312,8 @@ class Store:
             raise EastkdError(f"{self.path}: store is open read-only")
         path = f"{kind}/{name}"
         if self.backend.exists(path):
-            old = self.backend.get_attrs(path).get("identity")
-            if old is not None and old != identity:
-                if not overwrite:
-                    diff = sorted(k for k in set(old) | set(identity)
-                                  if old.get(k) != identity.get(k))
-                    raise StoreMismatchError(
-                        f"{self.path}: {path} was written with other settings "
-                        f"(differs in: {', '.join(diff)}); use another name or --overwrite"
-                    )
-                self.backend.delete(path)
-            elif old is not None and overwrite:
+            self.check_identity(kind, name, identity, overwrite)
+            if overwrite and self.backend.get_attrs(path).get("identity") is not None:
                 self.backend.delete(path)
         n = len(self.items)
         self.backend.create_group(path, {**attrs, "identity": identity})
@@ -338,6 +329,21 @@ class Store:
         self._create_if_missing(f"{path}/error", (n,), (unit,), object)
         self.backend.flush()
         return Section(self, kind, name)
+
+    def check_identity(self, kind: str, name: str, identity: dict[str, Any],
+                       overwrite: bool = False) -> None:
+        """Refuse (unless ``overwrite``) when ``kind/name`` exists with another identity, naming
+        the settings that differ; call it before expensive work that would be refused anyway."""
+        path = f"{kind}/{name}"
+        if overwrite or not self.backend.exists(path):
+            return
+        old = self.backend.get_attrs(path).get("identity")
+        if old is not None and old != identity:
+            diff = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
+            raise StoreMismatchError(
+                f"{self.path}: {path} was written with other settings "
+                f"(differs in: {', '.join(diff)}); use another name or --overwrite"
+            )
 
     def _create_if_missing(self, path: str, shape: tuple[int, ...], chunks: tuple[int, ...],
                            dtype: Any) -> None:

@@ -35,7 +35,6 @@ from eastkd.store import (
     EastkdError,
     Section,
     Store,
-    StoreMismatchError,
     eastkd_version,
     open_store,
 )
@@ -181,14 +180,9 @@ def compress(store_path: str, embeddings_key: str | None, method: str, dim: int 
         })
         existing = store.has_section("targets", name)
         if existing:
+            store.check_identity("targets", name, identity, overwrite)  # before fitting
             old = store.targets(name)
             old_id = old.attrs.get("identity")
-            if old_id != identity and not overwrite:
-                diff = sorted(k for k in set(old_id or {}) | set(identity)
-                              if (old_id or {}).get(k) != identity.get(k))
-                raise StoreMismatchError(
-                    f"{store_path}: targets/{name} was written with other settings (differs "
-                    f"in: {', '.join(diff)}); use another --name or --overwrite")
             if old_id == identity and not overwrite and old.complete and "dim" in old.attrs \
                     and np.array_equal(old.status(), np.where(status == OK, OK, SKIPPED)):
                 return _reuse(store, old, cls, plot, t0, store_path, name)
