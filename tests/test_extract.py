@@ -515,7 +515,8 @@ def test_shapes_dtypes_and_provenance(demo_manifest: Path, demo_store_master: Pa
         assert a["segment"] == {"seconds": 1.0, "crop": "start", "pad": "zeros at the end"}
         assert a["eastkd_version"] == version("eastkd") == s.attrs["eastkd_version"]
         assert a["extract_options"] == {"batch_size": 16, "dtype": "float16", "frames": True,
-                                        "crop": "start", "segment": 1.0, "on_error": "fail"}
+                                        "crop": "start", "segment": 1.0, "on_error": "fail",
+                                        "device": "cpu", "autocast_float16": False}
         assert a["identity"]["teacher_options"] == {"capacity": "tiny", "hop_ms": 100.0,
                                                     "window": 1024}
         assert a["dataset_fingerprint"] == s.dataset_fingerprint == s.items.fingerprint()
