@@ -48,3 +48,17 @@ def test_zipped_store_refuses_writes(demo_store_master: Path, tmp_path: Path) ->
     zipped = _zip_store(demo_store_master, tmp_path / "shared.zip")
     with pytest.raises(EastkdError, match="zipped stores are read-only"):
         open_store(str(zipped), "r+")
+
+
+def test_distill_and_evaluate_from_a_zipped_store(demo_store_master: Path,
+                                                  tmp_path: Path) -> None:
+    """The receiving team needs neither the teacher nor the audio: only the zip."""
+    from eastkd.pipeline.distill.evaluate import evaluate
+    from eastkd.pipeline.distill.train import distill
+
+    zipped = _zip_store(demo_store_master, tmp_path / "shared.zip")
+    r = distill(str(zipped), "crepe-tiny", str(tmp_path / "run"), kd="dc", width=8, epochs=2,
+                progress=False)
+    assert r.epochs_run == 2
+    ev = evaluate(str(tmp_path / "run"), str(zipped), split="test")
+    assert ev["metrics"]["accuracy"] == pytest.approx(r.test_metrics["accuracy"])
