@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from conftest import extract_demo
 
 from eastkd.cli.main import cli
-from eastkd.pipeline.distill.data import load_split, read_rows_chunked, resolve_targets
+from eastkd.pipeline.distill.data import load_split, resolve_targets
 from eastkd.pipeline.distill.evaluate import evaluate
 from eastkd.pipeline.distill.train import LAST, distill
 from eastkd.pipeline.features import LogMelParams
@@ -200,7 +200,7 @@ def test_loader_reads_blocks_and_streams_shuffled_chunks(demo_store_master):
         n_chunks = len(np.unique(mem.rows // 8))
         assert len(reads) == 2 * n_chunks  # one read per chunk, not per row
         clip = s.embeddings(TEACHER).array("clip")
-        np.testing.assert_array_equal(read_rows_chunked(clip, mem.rows), clip[:][mem.rows])
+        np.testing.assert_array_equal(clip.read_rows(mem.rows), clip[:][mem.rows])
 
 
 def test_skipped_rows_excluded_and_pending_refused(demo_store, tmp_path):

@@ -250,10 +250,10 @@ class TestBackend:
             # params are not item-aligned arrays of the section
             assert sorted(s.embeddings("k").array_names()) == ["clip", "frames"]
 
-    def test_read_rows_order_and_contiguous_runs(self, path: str, ext: str,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_read_rows_order_and_one_read_per_chunk(self, path: str, ext: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
         store = create_store(path, make_items(), {"name": "toy"})
-        clip, frames = _fill(store, _section(store))
+        clip, frames = _fill(store, _section(store, max_chunk_items=8))
         arr = store.embeddings("k").array("clip")
         rows = np.array([30, 2, 3, 4, 31, 2, 10, 11, 12, 0, 36])
         reads: list[object] = []
@@ -263,8 +263,8 @@ class TestBackend:
             reads.append(sel), real(self, p, sel))[1])
         got = arr.read_rows(rows)
         np.testing.assert_array_equal(got, clip[rows])
-        # runs: 0 | 2-4 | 10-12 | 30-31 | 36  -> five reads, not one per row
-        assert reads == [slice(0, 1), slice(2, 5), slice(10, 13), slice(30, 32), slice(36, 37)]
+        # chunks of 8: rows 0-4 | 10-12 | 30-31 | 36 -> four reads, not one per row
+        assert reads == [slice(0, 5), slice(10, 13), slice(30, 32), slice(36, 37)]
         monkeypatch.undo()
         assert arr.read_rows(np.array([], dtype=int)).shape == (0, D)
         np.testing.assert_array_equal(store.embeddings("k").array("frames").read_rows(rows),

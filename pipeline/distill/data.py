@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from eastkd.store import OK, PENDING, SKIPPED, EastkdError, Section, Store, StoreArray
+from eastkd.store import OK, PENDING, SKIPPED, EastkdError, Section, Store
 
 FEATURES = "logmel"
 DEFAULT_MEMORY_LIMIT = 4 << 30  # bytes of float32 inputs held in memory before streaming
@@ -128,14 +128,6 @@ def split_rows(store: Store, split: str, targets: TargetsSpec | None = None,
     return np.flatnonzero(mask & ok)
 
 
-def read_rows_chunked(arr: StoreArray, rows: np.ndarray) -> np.ndarray:
-    """``arr[rows]`` (rows sorted) with one read per storage chunk touched, not one per row."""
-    out = np.empty((len(rows),) + tuple(arr.shape[1:]), dtype=arr.dtype)
-    for pos, lo, hi in _chunk_groups(rows, int(arr.chunks[0])):
-        out[pos] = arr[lo:hi][rows[pos] - lo]
-    return out
-
-
 def _chunk_groups(rows: np.ndarray, chunk: int) -> list[tuple[np.ndarray, int, int]]:
     """Positions into ``rows`` grouped by storage chunk, with each group's row span."""
     if len(rows) == 0:
@@ -179,13 +171,13 @@ class SplitData:
         if targets is not None:
             kind, name = targets.section.split("/", 1)
             arr = store.section(kind, name).array(targets.array)
-            self.targets = torch.from_numpy(read_rows_chunked(arr, rows).astype(np.float32))
+            self.targets = torch.from_numpy(arr.read_rows(rows).astype(np.float32))
         nbytes = len(rows) * int(np.prod(self.input_shape)) * 4
         self.in_memory = nbytes <= memory_limit
         self.inputs: torch.Tensor | None = None
         if self.in_memory:
             self.inputs = torch.from_numpy(
-                read_rows_chunked(self.source, rows).astype(np.float32))
+                self.source.read_rows(rows).astype(np.float32))
 
     def __len__(self) -> int:
         return len(self.rows)
