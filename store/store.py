@@ -218,13 +218,15 @@ class Section:
                            np.asarray(status, dtype=np.uint8))
         self.backend.flush()
 
-    def require_complete(self, what: str = "") -> None:
-        c = self.counts()
-        if c["pending"]:
-            raise EastkdError(
-                f"{self.store.path}: {self.path} is unfinished ({c['pending']} of "
-                f"{len(self.store.items)} items pending); finish it first{what}"
-            )
+    def require_complete(self, hint: str = "finish it first") -> np.ndarray:
+        """The status array, or an error when any item is still pending; ``hint`` says what
+        to do about it."""
+        status = self.status()
+        pending = int((status == PENDING).sum())
+        if pending:
+            raise EastkdError(f"{self.store.path}: {self.path} is unfinished ({pending} of "
+                              f"{len(status)} items pending); {hint}")
+        return status
 
 
 class Store:

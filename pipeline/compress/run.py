@@ -122,8 +122,8 @@ def _source(store: Store, key: str | None) -> tuple[str, Section]:
         raise EastkdError(f"{store.path}: no embeddings {key!r} in this store (have: "
                           f"{', '.join(keys)}); choose one with --embeddings")
     emb = store.embeddings(key)
-    emb.require_complete(f" with `eastkd extract` (it continues where it stopped) before "
-                         f"compressing {key!r}")
+    emb.require_complete(f"finish it first with `eastkd extract` (it continues where it "
+                         f"stopped) before compressing {key!r}")
     return key, emb
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from eastkd.store import OK, PENDING, SKIPPED, EastkdError, Section, Store
+from eastkd.store import OK, SKIPPED, EastkdError, Store
 
 FEATURES = "logmel"
 DEFAULT_MEMORY_LIMIT = 4 << 30  # bytes of float32 inputs held in memory before streaming
@@ -94,15 +94,6 @@ def item_splits(store: Store, fold: int | None = None) -> np.ndarray:
                       dtype=object)
 
 
-def _require_finished(sec: Section, what: str) -> np.ndarray:
-    status = sec.status()
-    pending = int((status == PENDING).sum())
-    if pending:
-        raise EastkdError(f"{sec.store.path}: {sec.path} is unfinished ({pending} of "
-                          f"{len(status)} items pending); {what}")
-    return status
-
-
 def split_rows(store: Store, split: str, targets: TargetsSpec | None = None,
                fold: int | None = None) -> np.ndarray:
     """Sorted store rows of ``split`` usable for training: features (and targets) OK, labelled.
@@ -110,15 +101,15 @@ def split_rows(store: Store, split: str, targets: TargetsSpec | None = None,
     Skipped rows are left out; a section with pending rows is refused (its writer is unfinished).
     ``split='all'`` takes every item.
     """
-    st = _require_finished(store.features(FEATURES),
-                           "finish `eastkd extract` first (it continues where it stopped)")
+    st = store.features(FEATURES).require_complete(
+        "finish `eastkd extract` first (it continues where it stopped)")
     ok = st == OK
     if targets is not None:
         kind, name = targets.section.split("/", 1)
         sec = store.section(kind, name)
         hint = ("finish `eastkd compress` first" if kind == "targets"
                 else "finish `eastkd extract` first (it continues where it stopped)")
-        ok &= _require_finished(sec, hint) == OK
+        ok &= sec.require_complete(hint) == OK
     if split == "all":
         mask = np.ones(len(st), dtype=bool)
     else:
