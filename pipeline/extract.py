@@ -13,6 +13,7 @@ bit.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,7 +42,6 @@ from eastkd.store import (
     eastkd_version,
     open_for_dataset,
 )
-from eastkd.store.store import store_exists
 
 ON_ERROR = ("fail", "skip")
 FEATURES = "logmel"
@@ -187,7 +187,7 @@ def open_or_create(store_path: str, spec: DatasetSpec, progress: bool = True) ->
     """The store for this dataset: created with its items table, or reopened after a check."""
     items = build_items_table(spec, progress=progress)
     dataset = {"name": spec.name, "source": spec.source, "description": spec.description}
-    if store_exists(store_path):
+    if os.path.exists(store_path):
         return open_for_dataset(store_path, items)
     return create_store(store_path, items, dataset)
 

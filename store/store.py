@@ -436,10 +436,6 @@ def _write_items(backend: Backend, items: ItemsTable) -> None:
         backend.create_array(f"items/{name}", (n,), (ck,), dtype, data=col.astype(dtype))
 
 
-def store_exists(path: str) -> bool:
-    return os.path.exists(path)
-
-
 def open_store(path: str, mode: str = "r") -> Store:
     """Open an existing store; ``mode`` is ``"r"`` (read) or ``"r+"`` (read and write)."""
     if not os.path.exists(path):

@@ -39,11 +39,6 @@ def esc50_split_for_fold(fold_of_item: int, test_fold: int) -> str:
     return "train"
 
 
-def _metadata_path(root: Path) -> Path:
-    return find_metadata(root, METADATA, "esc50",
-                         "pass the ESC-50-master folder that holds meta/esc50.csv and audio/")
-
-
 def _int(value: str, column: str, line: int, csv_path: Path) -> int:
     try:
         return int(value)
@@ -55,7 +50,8 @@ def _int(value: str, column: str, line: int, csv_path: Path) -> int:
 def load_esc50(path: str) -> DatasetSpec:
     """Items, classes and default splits of the ESC-50 folder at ``path`` (``esc50:PATH``)."""
     root = Path(path).expanduser().resolve()
-    csv_path = _metadata_path(root)
+    csv_path = find_metadata(root, METADATA, "esc50",
+                             "pass the ESC-50-master folder that holds meta/esc50.csv and audio/")
     with open(csv_path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         header = reader.fieldnames or []

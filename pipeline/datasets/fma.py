@@ -38,11 +38,6 @@ def fma_audio_path(root: Path, track_id: int) -> Path:
     return root / AUDIO_DIR / tid[:3] / f"{tid}.mp3"
 
 
-def _metadata_path(root: Path) -> Path:
-    return find_metadata(root, METADATA, "fma-small",
-                         "pass the folder that holds fma_metadata/ and fma_small/")
-
-
 def _read_tracks(csv_path: Path) -> list[tuple[int, str, str, str, str]]:
     """(line, track_id, subset, split, genre_top) of every track in ``tracks.csv``."""
     old_limit = csv.field_size_limit(_FIELD_LIMIT)
@@ -78,7 +73,8 @@ def _read_tracks(csv_path: Path) -> list[tuple[int, str, str, str, str]]:
 def load_fma_small(path: str) -> DatasetSpec:
     """Items, genres and official splits of FMA-small under ``path`` (``fma-small:PATH``)."""
     root = Path(path).expanduser().resolve()
-    csv_path = _metadata_path(root)
+    csv_path = find_metadata(root, METADATA, "fma-small",
+                             "pass the folder that holds fma_metadata/ and fma_small/")
     small = [r for r in _read_tracks(csv_path) if r[2] == SUBSET]
     if not small:
         raise EastkdError(f"fma-small: {csv_path} has no track whose (set, subset) is 'small'")

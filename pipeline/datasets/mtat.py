@@ -41,11 +41,6 @@ def mtat_split_for_folder(folder: str) -> str:
     return "test" if key in "def" else "train"
 
 
-def _metadata_path(root: Path) -> Path:
-    return find_metadata(root, METADATA, "mtat", "pass the MagnaTagATune folder that holds "
-                         f"{METADATA} and the audio folders 0-f")
-
-
 def _read_table(csv_path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """Header and (line, fields) rows of the tab-separated, optionally quoted csv."""
     with open(csv_path, newline="", encoding="utf-8") as f:
@@ -89,7 +84,8 @@ def _audio_base(root: Path, rel_paths: list[str]) -> Path:
 def load_mtat(path: str) -> DatasetSpec:
     """Items (top-50 tags, multi-label) and splits of the MagnaTagATune folder ``path``."""
     root = Path(path).expanduser().resolve()
-    csv_path = _metadata_path(root)
+    csv_path = find_metadata(root, METADATA, "mtat", "pass the MagnaTagATune folder that holds "
+                             f"{METADATA} and the audio folders 0-f")
     header, rows = _read_table(csv_path)
     if not rows:
         raise EastkdError(f"mtat: {csv_path} lists no clips")
