@@ -7,16 +7,12 @@ from typing import Any
 import click
 
 
-def _fmt_bytes(n: float) -> str:
+def _print_text(d: dict[str, Any], show_skipped: int) -> None:
     from eastkd.pipeline.report import human_bytes
 
-    return human_bytes(n)
-
-
-def _print_text(d: dict[str, Any], show_skipped: int) -> None:
     ds = d["dataset"]
     click.echo(f"{d['path']}  ({d['backend']}, {d['format']} v{d['format_version']}, "
-               f"{_fmt_bytes(d['bytes_on_disk'])} on disk, eastkd {d['eastkd_version']}, "
+               f"{human_bytes(d['bytes_on_disk'])} on disk, eastkd {d['eastkd_version']}, "
                f"created {d['created']})")
     click.echo(f"dataset  {ds.get('name', '?')}  fingerprint {str(ds.get('fingerprint', ''))[:16]}"
                f"  source {ds.get('source', '') or '-'}")

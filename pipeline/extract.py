@@ -215,7 +215,7 @@ def extract(dataset: str | DatasetSpec, store_path: str, opts: ExtractOptions) -
     ck = opts.chunk_items
     if ck is not None and (ck < 1 or ck & (ck - 1)):
         raise EastkdError(f"--chunk-items {ck}: must be a power of two (1, 2, 4, ...)")
-    shard_i, shard_n = opts.shard
+    shard_n = opts.shard[1]
     if shard_n > 1 and backend_name(store_path) != "zarr":
         raise EastkdError("--shard needs a Zarr store (HDF5 has no safe concurrent writers)")
     spec = resolve_dataset(dataset) if isinstance(dataset, str) else dataset
