@@ -6,6 +6,8 @@ import click
 
 from eastkd.cli.options import parse_key_values
 
+RESAMPLER_NAMES = ["kaiser-best", "fast"]  # eastkd.pipeline.audio.RESAMPLERS (kept light here)
+
 
 @click.command("extract", context_settings={"show_default": True})
 @click.argument("dataset")
@@ -19,7 +21,9 @@ from eastkd.cli.options import parse_key_values
               help="Local checkpoint file for teachers that load weights (passt, mule).")
 @click.option("--key", help="Name of the embeddings in the store  [default: teacher name]")
 @click.option("--segment", type=float,
-              help="Crop/pad every clip to this many seconds  [default: longest clip]")
+              help="Crop/pad every clip to this many seconds; without it, clips whose longest "
+                   "is more than 1.25x the median length are refused (one outlier would set "
+                   "every clip's length)  [default: longest clip]")
 @click.option("--crop", type=click.Choice(["start", "center"]), default="start",
               help="Where to cut clips longer than --segment.")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16",
@@ -28,34 +32,49 @@ from eastkd.cli.options import parse_key_values
               help="Also store frame-level embeddings (N x T x D).")
 @click.option("--batch-size", "-b", type=click.IntRange(min=1), default=16,
               help="Clips per teacher forward pass.")
-@click.option("--workers", "-j", type=click.IntRange(min=0), default=1,
-              help="DataLoader worker processes decoding audio (0 = in the main process).")
+@click.option("--batch-seconds", type=click.FloatRange(min=0, min_open=True), default=None,
+              metavar="S", help="Size batches in audio instead: S // segment clips per forward "
+                                "(overrides --batch-size).")
+@click.option("--workers", "-j", type=click.IntRange(min=0), default=None,
+              show_default="available cores - 1, at most 8",
+              help="Worker processes decoding audio (0 = in the main process).")
+@click.option("--resampler", type=click.Choice(RESAMPLER_NAMES), default=RESAMPLER_NAMES[0],
+              help="Resampling filter: kaiser-best (windowed sinc, >= 80 dB stopband) or fast "
+                   "(torchaudio's default, 6 zero crossings). Part of the store's identity.")
 @click.option("--device", default="auto", help="auto, cpu or cuda.")
 @click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail",
               help="Bad audio or NaN output: stop naming the item, or skip and record it.")
 @click.option("--overwrite", is_flag=True,
               help="Replace embeddings/features written earlier with other settings.")
+@click.option("--rehash", is_flag=True,
+              help="Hash every file again instead of trusting the hashes cached for unchanged "
+                   "(path, size, mtime); items whose bytes changed are updated in the items "
+                   "table and extracted again.")
 @click.option("--shard", default="0/1", metavar="I/N",
               help="Fill only unit u with u % N == I, so N processes can share one Zarr store.")
 @click.option("--chunk-items", type=click.IntRange(min=1), default=None, metavar="N",
               help="Cap items per chunk (a power of two) of the arrays this run creates; only "
                    "ever makes chunks smaller than the ~4 MB default, giving finer --shard and "
-                   "resume units (chunks of small rows hold up to 8192 items).")
+                   "resume units (chunks of small rows hold up to 8192 items). Default: a cap "
+                   "giving small datasets at least 8 units. Each chunk is written once: the "
+                   "writer holds one chunk per array (about 4 MB each) plus 8 queued batches.")
 @click.option("--n-mels", type=click.IntRange(min=8), default=96, help="Log-mel bands.")
 @click.option("--student-sr", type=click.IntRange(min=8000), default=16000,
               help="Sample rate of the student's log-mel input.")
 @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
 def command(dataset: str, store: str, teacher: str, teacher_opts: tuple[str, ...],
             weights: str | None, key: str | None, segment: float | None, crop: str, dtype: str,
-            frames: bool, batch_size: int, workers: int, device: str, on_error: str,
-            overwrite: bool, shard: str, chunk_items: int | None, n_mels: int, student_sr: int,
+            frames: bool, batch_size: int, batch_seconds: float | None, workers: int | None,
+            resampler: str, device: str, on_error: str, overwrite: bool, rehash: bool,
+            shard: str, chunk_items: int | None, n_mels: int, student_sr: int,
             progress: bool) -> None:
     """Run TEACHER once over DATASET and write embeddings and log-mel features into STORE.
 
     DATASET is a manifest (.csv/.jsonl with id, path, label or labels, split), a folder with
     one sub-folder per class, or NAME:PATH for a known dataset (esc50, mtat, fma-small).
     STORE is a Zarr directory (*.zarr, default) or an HDF5 file (*.h5). Rerunning the same
-    command continues an interrupted run without recomputing finished chunks.
+    command continues an interrupted run without recomputing finished chunks; a rerun reads no
+    audio for indexing (file hashes are cached by path, size and mtime).
     """
     from eastkd.pipeline.extract import ExtractOptions, extract, parse_shard
     from eastkd.pipeline.features import LogMelParams
@@ -66,8 +85,9 @@ def command(dataset: str, store: str, teacher: str, teacher_opts: tuple[str, ...
         topts["weights"] = weights
     opts = ExtractOptions(
         teacher=teacher, teacher_options=topts, key=key, segment=segment, crop=crop, dtype=dtype,
-        frames=frames, batch_size=batch_size, workers=workers, device=device, on_error=on_error,
-        overwrite=overwrite, shard=parse_shard(shard), progress=progress, chunk_items=chunk_items,
+        frames=frames, batch_size=batch_size, batch_seconds=batch_seconds, workers=workers,
+        resampler=resampler, device=device, on_error=on_error, overwrite=overwrite,
+        rehash=rehash, shard=parse_shard(shard), progress=progress, chunk_items=chunk_items,
         logmel=LogMelParams(sample_rate=student_sr, n_mels=n_mels,
                             f_max=min(8000.0, student_sr / 2)),
     )

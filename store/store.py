@@ -204,6 +204,25 @@ class Section:
         ids = self.store.items.ids
         return [(ids[i], str(err[i])) for i in rows]
 
+    def write_rows(self, start: int, data: dict[str, np.ndarray]) -> None:
+        """Write rows of data arrays only, leaving their status pending: a writer that fills
+        chunks one at a time marks them done afterwards with :meth:`write_block`."""
+        for name, value in data.items():
+            self.backend.write(f"{self.path}/{name}", slice(start, start + len(value)), value)
+
+    def reset_rows(self, rows: np.ndarray) -> None:
+        """Mark rows pending again (their data is recomputed by the next extract)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size == 0:
+            return
+        status = self.status()
+        status[rows] = PENDING
+        errors = self.errors()
+        errors[rows] = ""
+        self.backend.write(f"{self.path}/status", slice(None), status)
+        self.backend.write(f"{self.path}/error", slice(None), errors)
+        self.backend.flush()
+
     def write_block(self, start: int, data: dict[str, np.ndarray], status: np.ndarray,
                     errors: list[str] | None = None) -> None:
         """Write rows ``start:start+len(status)`` of each array, then their status (last)."""
@@ -282,6 +301,40 @@ class Store:
     @property
     def dataset_fingerprint(self) -> str:
         return str(self.attrs["dataset"]["fingerprint"])
+
+    def update_items(self, items: ItemsTable, rows: np.ndarray,
+                     note: dict[str, Any] | None = None) -> None:
+        """Write ``items``' sha256, duration and extra columns at ``rows`` into the items table
+        (creating extra columns the store lacks, whole), and record the new dataset
+        fingerprint; ``note`` (e.g. which items were re-hashed and when) is appended to the
+        root attribute ``items_updates``. Used by ``extract --rehash`` and to add the file-stat
+        columns to older stores."""
+        if self.read_only:
+            raise EastkdError(f"{self.path}: store is open read-only")
+        n = len(self.items)
+        if len(items) != n or list(items.ids) != list(self.items.ids):
+            raise StoreMismatchError(f"{self.path}: items differ from the store's; cannot update")
+        rows = np.asarray(rows, dtype=np.int64)
+        cols = {"sha256": np.asarray(items.sha256, dtype=object),
+                "duration": np.asarray(items.durations, dtype=np.float32),
+                **{k: np.asarray(v) for k, v in items.extra.items()}}
+        for name, col in cols.items():
+            path = f"items/{name}"
+            if not self.backend.exists(path):
+                dtype = object if col.dtype.kind in "OUS" else col.dtype
+                self.backend.create_array(path, (n,), (chunk_items(256, n),), dtype,
+                                          data=col.astype(dtype))
+            elif rows.size:
+                current = self.backend.read(path)
+                current[rows] = col[rows]
+                self.backend.write(path, slice(None), current)
+        dataset = {**self.attrs["dataset"], "fingerprint": items.fingerprint()}
+        update: dict[str, Any] = {"dataset": dataset}
+        if note:
+            update["items_updates"] = list(self.attrs.get("items_updates", [])) + [note]
+        self.backend.update_attrs("", update)
+        self.backend.flush()
+        self._items = None
 
     # -- sections ------------------------------------------------------------------------------
     def section_names(self, kind: str) -> list[str]:

@@ -343,31 +343,63 @@ def test_bad_input_fail_then_skip(kind: str, demo_manifest: Path, tmp_path: Path
             assert not feat.array("values")[8].any()
 
 
-def test_units_are_run_and_marked_done_in_blocks(demo_manifest: Path, tmp_path: Path,
-                                                 user_teacher: Path) -> None:
-    """Long clips: the unit (largest chunk, the clip embeddings') spans many clips, so it is
-    decoded, run and marked done in blocks of the smallest chunk (the log-mel's), at least a
-    batch: memory stays bounded and a failure keeps every finished block."""
+def _record_writes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, int]]:
+    """(array path, first row, rows) of every store write extract makes from now on."""
+    from eastkd.store import Section
+
+    log: list[tuple[str, int, int]] = []
+    rows, block = Section.write_rows, Section.write_block
+
+    def write_rows(self, start, data):
+        log.extend((f"{self.path}/{k}", start, len(v)) for k, v in data.items())
+        return rows(self, start, data)
+
+    def write_block(self, start, data, status, errors=None):
+        log.extend((f"{self.path}/{k}", start, len(v)) for k, v in data.items())
+        log.append((f"{self.path}/status", start, len(status)))
+        return block(self, start, data, status, errors)
+
+    monkeypatch.setattr(Section, "write_rows", write_rows)
+    monkeypatch.setattr(Section, "write_block", write_block)
+    return log
+
+
+def test_each_chunk_written_once_and_status_per_unit(demo_manifest: Path, tmp_path: Path,
+                                                     user_teacher: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Long clips: the log-mel's chunks (8 rows of 96 x 1501) are smaller than the unit (the
+    clip embeddings' chunk, 16 rows). Each chunk is written once, when its last row is computed,
+    and a unit's status after all its chunks; a failure keeps every finished unit."""
     good = pick(demo_manifest, 4)  # 20 clips
     bad = {"id": "bad_empty", "path": make_bad_file("empty", tmp_path, good[0]["path"]),
            "label": good[0]["label"], "split": "test"}
     manifest = write_manifest(tmp_path / "m.csv", good[:17] + [bad] + good[17:])
     store = tmp_path / "s.zarr"
-    kw = dict(teacher=PY_TEACHER, teacher_options={}, segment=30.0, batch_size=16)
+    kw = dict(teacher=PY_TEACHER, teacher_options={}, segment=30.0, batch_size=4,
+              chunk_items=16)
+    log = _record_writes(monkeypatch)
     with pytest.raises(EastkdError, match="item 'bad_empty'"):
         extract(str(manifest), str(store), opts(**kw))
+    key = f"embeddings/{PY_TEACHER}"
+    # batches of 4 fill the chunks: log-mel rows 0-7 after the 2nd batch, 8-15 and the clip
+    # embeddings' 16 rows after the 4th, then the unit's status
+    assert log == [("features/logmel/values", 0, 8), (f"{key}/clip", 0, 16),
+                   ("features/logmel/values", 8, 8), ("features/logmel/status", 0, 16),
+                   (f"{key}/status", 0, 16)]
     with open_store(str(store)) as s:
         emb, feat = s.embeddings(PY_TEACHER), s.features()
-        assert emb.unit == 32 and feat.array("values").chunks[0] == 8  # 96 x 1501 float16
+        assert emb.unit == 16 and feat.array("values").chunks[0] == 8
         assert emb.status().tolist() == [OK] * 16 + [PENDING] * 5
         assert feat.status().tolist() == [OK] * 16 + [PENDING] * 5
         first = emb.array("clip")[:16]
+    log.clear()
     summary = extract(str(manifest), str(store), opts(on_error="skip", **kw))
     assert (summary.written, summary.skipped_now, summary.already_done) == (4, 1, 16)
+    assert log == [(f"{key}/clip", 16, 5), ("features/logmel/values", 16, 5),
+                   ("features/logmel/status", 16, 5), (f"{key}/status", 16, 5)]
     with open_store(str(store)) as s:
         emb = s.embeddings(PY_TEACHER)
         assert emb.counts() == {"ok": 20, "skipped": 1, "pending": 0}
-        # rows written into the shared clip chunk by the first run survive the second
         np.testing.assert_array_equal(emb.array("clip")[:16], first)
         assert np.abs(emb.array("clip")[18:]).sum(axis=1).min() > 0
 
@@ -516,7 +548,9 @@ def test_shapes_dtypes_and_provenance(demo_manifest: Path, demo_store_master: Pa
         assert a["eastkd_version"] == version("eastkd") == s.attrs["eastkd_version"]
         assert a["extract_options"] == {"batch_size": 16, "dtype": "float16", "frames": True,
                                         "crop": "start", "segment": 1.0, "on_error": "fail",
-                                        "device": "cpu", "autocast_float16": False}
+                                        "resampler": "kaiser-best", "device": "cpu",
+                                        "autocast_float16": False}
+        assert a["frame_offset"] == 0.0 and a["identity"]["resampler"] == "kaiser-best"
         assert a["identity"]["teacher_options"] == {"capacity": "tiny", "hop_ms": 100.0,
                                                     "window": 1024}
         assert a["dataset_fingerprint"] == s.dataset_fingerprint == s.items.fingerprint()

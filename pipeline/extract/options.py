@@ -1,0 +1,84 @@
+"""What an extract run is asked to do (:class:`ExtractOptions`) and what it did."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from eastkd.pipeline.audio import DEFAULT_RESAMPLER
+from eastkd.pipeline.features import LogMelParams
+from eastkd.store import EastkdError
+
+ON_ERROR = ("fail", "skip")
+FEATURES = "logmel"
+MAX_DEFAULT_WORKERS = 8
+
+
+def default_workers() -> int:
+    """Decode workers when not given: the cores this process may use, minus one for the main
+    process, at most :data:`MAX_DEFAULT_WORKERS`."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(0, min(MAX_DEFAULT_WORKERS, cores - 1))
+
+
+@dataclass
+class ExtractOptions:
+    """Everything that decides what extract writes (recorded as provenance) and how it runs."""
+
+    teacher: str = "crepe-tiny"
+    teacher_options: dict[str, Any] = field(default_factory=dict)
+    key: str | None = None
+    segment: float | None = None
+    crop: str = "start"
+    dtype: str = "float16"
+    frames: bool = False
+    logmel: LogMelParams = field(default_factory=LogMelParams)
+    resampler: str = DEFAULT_RESAMPLER
+    batch_size: int = 16
+    batch_seconds: float | None = None  # if set: clips per batch = batch_seconds // segment
+    workers: int | None = None  # None: default_workers()
+    device: str = "auto"
+    on_error: str = "fail"
+    overwrite: bool = False
+    rehash: bool = False  # hash every file again instead of trusting (path, size, mtime)
+    shard: tuple[int, int] = (0, 1)
+    units: list[int] | None = None  # only these unit indices (e.g. one dask task's)
+    progress: bool = True
+    chunk_items: int | None = None  # cap on items per chunk (power of two) of new sections
+
+    def resolved_workers(self) -> int:
+        return default_workers() if self.workers is None else max(0, int(self.workers))
+
+
+@dataclass
+class ExtractSummary:
+    store: str
+    key: str
+    teacher: str
+    items: int
+    written: int
+    skipped_now: int
+    already_done: int
+    seconds: float
+    audio_seconds: float
+    forward_seconds: float
+    skipped: list[tuple[str, str]]
+
+    @property
+    def clips_per_second(self) -> float:
+        return self.written / self.seconds if self.seconds else 0.0
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` -> (I, N) with 0 <= I < N."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise EastkdError(f"--shard {text!r}: expected I/N, e.g. 0/4") from None
+    if not 0 <= i < n:
+        raise EastkdError(f"--shard {text!r}: need 0 <= I < N")
+    return i, n

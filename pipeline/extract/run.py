@@ -1,0 +1,282 @@
+"""The extract run: open the store, plan the units, and stream batches through the teacher.
+
+Three stages overlap: DataLoader workers decode (``inputs.ClipBatches``), the main thread
+resamples, computes log-mel and runs the teacher on its device (``inputs.FrontEnd``), and a
+writer thread writes finished chunks and, last, each unit's status (``writer.Writer``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from eastkd.pipeline.audio import RESAMPLERS, Segment
+from eastkd.pipeline.datasets.base import DatasetSpec
+from eastkd.pipeline.datasets.manifest import resolve_dataset
+from eastkd.pipeline.device import resolve_device
+from eastkd.pipeline.extract.inputs import ClipBatches, FileRef, FrontEnd, Target
+from eastkd.pipeline.extract.options import FEATURES, ON_ERROR, ExtractOptions, ExtractSummary
+from eastkd.pipeline.extract.plan import (
+    Batch,
+    batch_size_for,
+    default_chunk_cap,
+    plan_batches,
+    plan_units,
+    resolve_segment,
+)
+from eastkd.pipeline.extract.writer import BatchResult, Writer
+from eastkd.pipeline.indexing import MTIME, SIZE, build_items_table
+from eastkd.pipeline.teachers.base import Teacher
+from eastkd.pipeline.teachers.loading import load_teacher
+from eastkd.store import (
+    ArraySpec,
+    EastkdError,
+    ItemsTable,
+    Section,
+    Store,
+    backend_name,
+    create_store,
+    eastkd_version,
+    open_for_dataset,
+    open_store,
+)
+
+
+def extract(dataset: str | DatasetSpec, store_path: str, opts: ExtractOptions) -> ExtractSummary:
+    """Run ``opts.teacher`` over ``dataset`` and write embeddings and log-mel into the store."""
+    _check_options(opts, store_path)
+    spec = resolve_dataset(dataset) if isinstance(dataset, str) else dataset
+    teacher = load_teacher(opts.teacher, opts.teacher_options)
+    device = resolve_device(opts.device)
+    teacher.to(device)
+    teacher.model.eval()
+    store = open_or_create(store_path, spec, opts.progress, opts.resolved_workers(), opts.rehash)
+    try:
+        return _extract_into(store, store_path, teacher, device, opts)
+    finally:
+        store.close()
+
+
+def _check_options(opts: ExtractOptions, store_path: str) -> None:
+    if opts.on_error not in ON_ERROR:
+        raise EastkdError(f"--on-error must be one of {ON_ERROR}")
+    if opts.dtype not in ("float16", "float32"):
+        raise EastkdError("--dtype must be float16 or float32")
+    if opts.resampler not in RESAMPLERS:
+        raise EastkdError(f"--resampler {opts.resampler!r}: choose one of "
+                          f"{', '.join(RESAMPLERS)}")
+    ck = opts.chunk_items
+    if ck is not None and (ck < 1 or ck & (ck - 1)):
+        raise EastkdError(f"--chunk-items {ck}: must be a power of two (1, 2, 4, ...)")
+    if opts.shard[1] > 1 and backend_name(store_path) != "zarr":
+        raise EastkdError("--shard needs a Zarr store (HDF5 has no safe concurrent writers)")
+
+
+# -- the items table ---------------------------------------------------------------------------
+
+
+def open_or_create(store_path: str, spec: DatasetSpec, progress: bool = True, workers: int = 4,
+                   rehash: bool = False) -> Store:
+    """The store for this dataset: created with its items table, or reopened after a check.
+
+    Reopening reuses the store's file hashes (keyed on path, size and mtime) and reads no
+    audio; ``rehash`` hashes every file again, and files whose bytes changed get their items
+    row updated and their rows of every section marked pending (recomputed by this run).
+    """
+    dataset = {"name": spec.name, "source": spec.source, "description": spec.description}
+    if not os.path.exists(store_path):
+        items = build_items_table(spec, progress, workers)
+        return create_store(store_path, items, dataset)
+    with open_store(store_path) as old:
+        known = old.items
+        fingerprint = old.dataset_fingerprint
+    items = build_items_table(spec, progress, workers, known, rehash)
+    same_files = dataclasses.replace(items, sha256=list(known.sha256))
+    if rehash and same_files.fingerprint() == fingerprint and items.sha256 != known.sha256:
+        return _apply_rehash(store_path, items, known)
+    store = open_for_dataset(store_path, items)
+    if SIZE not in known.extra or MTIME not in known.extra:  # a store from before the cache
+        store.update_items(items, np.arange(0))
+    return store
+
+
+def _apply_rehash(store_path: str, items: ItemsTable, known: ItemsTable) -> Store:
+    changed = np.flatnonzero(np.asarray(items.sha256) != np.asarray(known.sha256))
+    ids = [items.ids[i] for i in changed]
+    note = {"rehashed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "changed_items": len(ids), "ids": ids[:1000]}
+    store = open_store(store_path, "r+")
+    store.update_items(items, np.arange(len(items)), note)
+    for kind in ("features", "embeddings", "targets"):
+        for name in store.section_names(kind):
+            if store.has_section(kind, name):
+                section = store.section(kind, name)
+                section.reset_rows(changed)
+                section.update_attrs({"items_rehashed": note})
+    return store
+
+
+# -- sections ----------------------------------------------------------------------------------
+
+
+def _sections(store: Store, teacher: Teacher, device: torch.device, opts: ExtractOptions,
+              segment: Segment, batch_size: int, key: str) -> tuple[Section, Section, int]:
+    """The features and embeddings sections (created if needed) and the frames per clip."""
+    lm = opts.logmel
+    n_frames = lm.n_frames(segment.samples(lm.sample_rate))
+    cap = opts.chunk_items or default_chunk_cap(len(store.items), batch_size)
+    feat = store.require_section(
+        "features", FEATURES, {"values": ArraySpec((lm.n_mels, n_frames), opts.dtype)},
+        attrs={"kind": "log-mel", "params": lm.as_dict(), "segment": segment.as_dict(),
+               "resampler": opts.resampler, "layout": "items x mels x frames",
+               "eastkd_version": eastkd_version()},
+        identity={"params": lm.as_dict(), "segment": segment.as_dict(), "dtype": opts.dtype,
+                  "resampler": opts.resampler},
+        overwrite=opts.overwrite, max_chunk_items=cap,
+    )
+    arrays = {"clip": ArraySpec((teacher.embedding_dim,), opts.dtype)}
+    t_frames = _probe_frames(teacher, device, segment) if opts.frames else 0
+    if t_frames:
+        arrays["frames"] = ArraySpec((t_frames, teacher.embedding_dim), opts.dtype)
+    emb = store.require_section(
+        "embeddings", key, arrays,
+        attrs={"teacher": teacher.name, "weights_sha256": teacher.weights_sha256,
+               "teacher_parameters": teacher.num_parameters, "sample_rate": teacher.sample_rate,
+               "embedding_dim": teacher.embedding_dim, "frame_rate": teacher.frame_rate,
+               "frame_offset": float(getattr(teacher, "frame_offset", 0.0)),
+               "n_frames": t_frames, "pooling": teacher.pooling,
+               "segment": segment.as_dict(), "eastkd_version": eastkd_version(),
+               "dataset_fingerprint": store.dataset_fingerprint,
+               "extract_options": {"batch_size": batch_size, "dtype": opts.dtype,
+                                   "frames": opts.frames, "crop": opts.crop,
+                                   "segment": segment.seconds, "on_error": opts.on_error,
+                                   "resampler": opts.resampler, "device": device.type,
+                                   "autocast_float16": _autocast(teacher, device)}},
+        identity={"teacher": teacher.name, "weights_sha256": teacher.weights_sha256,
+                  "teacher_options": {k: teacher.options[k] for k in sorted(teacher.options)},
+                  "sample_rate": teacher.sample_rate, "segment": segment.as_dict(),
+                  "dtype": opts.dtype, "frames": bool(opts.frames), "resampler": opts.resampler},
+        overwrite=opts.overwrite, max_chunk_items=cap,
+    )
+    return feat, emb, t_frames
+
+
+def _probe_frames(teacher: Teacher, device: torch.device, segment: Segment) -> int:
+    if teacher.frame_rate is None:
+        raise EastkdError(f"teacher {teacher.name!r} has no frame-level embeddings; drop --frames")
+    with torch.inference_mode():
+        probe = teacher(torch.zeros(1, segment.samples(teacher.sample_rate), device=device))
+    return int(probe.frames.shape[1])
+
+
+def _autocast(teacher: Teacher, device: torch.device) -> bool:
+    """float16 autocast only on CUDA and only for teachers that declare themselves safe."""
+    return device.type == "cuda" and bool(getattr(teacher, "autocast_safe", False))
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+
+def _extract_into(store: Store, store_path: str, teacher: Teacher, device: torch.device,
+                  opts: ExtractOptions) -> ExtractSummary:
+    key = opts.key or teacher.name
+    items = store.items
+    n = len(items)
+    segment = resolve_segment(opts.segment, opts.crop, items.durations, items.ids)
+    batch_size = batch_size_for(opts.batch_size, opts.batch_seconds, segment)
+    feat, emb, t_frames = _sections(store, teacher, device, opts, segment, batch_size, key)
+    unit = max(feat.unit, emb.unit)
+    todo, already = plan_units(n, unit, opts.shard, opts.units, emb.status(), feat.status())
+    batches = plan_batches(todo, batch_size)
+
+    lm = opts.logmel
+    targets = [Target(teacher.sample_rate, segment.samples(teacher.sample_rate)),
+               Target(lm.sample_rate, segment.samples(lm.sample_rate))]
+    front = FrontEnd(targets, segment.crop, opts.resampler, lm, device)
+    workers = opts.resolved_workers()
+    in_workers = device.type == "cpu" and workers > 0  # the CPU front end overlaps the teacher
+    files = [FileRef(p, s, int(z), int(m)) for p, s, z, m in
+             zip(items.paths, items.sha256, _column(items, SIZE), _column(items, MTIME))]
+    loader = torch.utils.data.DataLoader(
+        ClipBatches(files, batches, targets, segment.crop, opts.resampler,
+                    front if in_workers else None),
+        batch_size=None, shuffle=False, num_workers=workers,
+        prefetch_factor=4 if workers > 0 else None, pin_memory=device.type == "cuda")
+    arrays = {"clip": (teacher.embedding_dim,)}
+    if t_frames:
+        arrays["frames"] = (t_frames, teacher.embedding_dim)
+    writer = Writer(emb, feat, arrays, (lm.n_mels, lm.n_frames(targets[1].samples)), opts.dtype,
+                    n, lambda i: f"item {items.ids[i]!r} ({items.paths[i]})", opts.on_error,
+                    items.durations, teacher.name, key)
+    t0 = time.perf_counter()
+    total = sum(u.stop - u.start for u in todo)
+    with tqdm(total=total, desc=f"extract {key}", unit="clip", disable=not opts.progress) as bar:
+        fwd = _stream(loader, batches, front, teacher, device, writer, opts.frames, bar, total)
+    t = writer.tally
+    return ExtractSummary(
+        store=store_path, key=key, teacher=teacher.name, items=n, written=t.written,
+        skipped_now=t.skipped, already_done=already, seconds=time.perf_counter() - t0,
+        audio_seconds=t.audio_seconds, forward_seconds=fwd, skipped=emb.skipped(),
+    )
+
+
+def _column(items: ItemsTable, name: str) -> np.ndarray:
+    return np.asarray(items.extra.get(name, np.full(len(items), -1)), dtype=np.int64)
+
+
+def _stream(loader: Any, batches: list[Batch], front: FrontEnd, teacher: Teacher,
+            device: torch.device, writer: Writer, frames: bool, bar: Any, total: int) -> float:
+    """Run every batch through the teacher and hand it to the writer; returns the host time
+    spent in the teacher's forward. An interrupt keeps every unit already complete."""
+    fwd = 0.0
+    it = iter(loader)  # workers fork before the writer thread starts
+    writer.start()
+    try:
+        for data in it:
+            tf = time.perf_counter()
+            result = _forward(data, batches[data["batch"]], front, teacher, device, frames)
+            fwd += time.perf_counter() - tf
+            writer.put(result)
+            bar.update(result.batch.stop - result.batch.start)
+    except KeyboardInterrupt:
+        writer.abandon()
+        t = writer.tally
+        raise EastkdError(f"interrupted: {t.written + t.skipped} of {total} clips of this run "
+                          f"were written and kept ({t.units} units); rerun the same command "
+                          "to continue") from None
+    except BaseException:
+        writer.abandon()
+        raise
+    writer.close()
+    return fwd
+
+
+def _forward(data: dict[str, Any], batch: Batch, front: FrontEnd, teacher: Teacher,
+             device: torch.device, frames: bool) -> BatchResult:
+    if "teacher" not in data:
+        data.update(front(data, batch.unit.features))
+    errors = list(data["errors"])
+    ok_rows = [j for j, e in enumerate(errors) if not e]
+    clip = frame_emb = None
+    cuda = device.type == "cuda"
+    if ok_rows:
+        wave = data["teacher"] if len(ok_rows) == len(errors) else data["teacher"][ok_rows]
+        with torch.inference_mode(), torch.autocast("cuda", enabled=_autocast(teacher, device)):
+            out = teacher(wave.to(device, non_blocking=cuda))
+        clip = out.clip.to("cpu", non_blocking=cuda)
+        if frames:
+            frame_emb = out.frames.to("cpu", non_blocking=cuda)
+    logmel = data.get("logmel")
+    if logmel is not None:
+        logmel = logmel.to("cpu", non_blocking=cuda)
+    ready = None
+    if cuda:
+        ready = torch.cuda.Event()
+        ready.record()
+    return BatchResult(batch, errors, ok_rows, clip, frame_emb, logmel, ready)
