@@ -1,18 +1,25 @@
-"""Benchmark ``eastkd extract``: the pipeline's wall time against the teacher alone.
+"""Benchmark ``eastkd extract`` against its two lower bounds, measured in the same run.
 
-Renders the demo dataset (``--clips`` clips of ``--seconds`` s) into a temporary folder, then
-times, on the same clips in the same batches with the same torch thread count:
+Renders the demo dataset (``--clips`` clips of ``--clip-seconds`` s at 44.1 kHz, WAV or MP3) into
+a temporary folder, then times on the same clips, batches, device and workers:
 
-* ``forward_s``: the teacher's bare forward passes over pre-decoded waveforms (what any
-  extraction must pay), and
-* ``extract_s``: the real :func:`eastkd.pipeline.extract.extract` call into a fresh store
-  (indexing + decoding + log-mel + forward + writes; ``workers=1``).
+* (a) ``teacher_s``: the teacher's bare forward passes over pre-decoded waveforms;
+* (b) ``inputs_s``: the bare input pipeline (decode in the workers, resample to the teacher's and
+  the student's rates, log-mel; no teacher, no writes) with the same workers;
+* (c) ``extract_s``: the real :func:`eastkd.pipeline.extract.extract` into a fresh store.
 
-``overhead_ratio = extract_s / forward_s`` is the pipeline's cost on top of the teacher (aim:
-<= 1.10). Each is timed ``--repeats`` times, alternating, and the fastest run is reported. On a
-shared machine the two timings see different background load; ``extract_non_forward_s`` (the
-part of the same extract run spent outside the teacher's forward) is the steadier number.
-Prints one JSON object. Usage: ``python benchmarks/extract.py [--teacher crepe-tiny]``.
+and prints ``ratio = extract_s / max(teacher_s, inputs_s)`` (target <= 1.15). Then:
+
+* overlap: extract with a synthetic teacher that sleeps ``--sleep-ms`` per batch (default: twice
+  the inputs' time per batch), in small batches; the loop's wall time against
+  ``max(teacher, inputs, writes)`` (``overlap_ratio``, target <= 1.15; the sum of the three is
+  printed beside it). The stages must share the CPUs: on a machine where the inputs and the
+  writes together need more CPU than is free, no pipeline overlaps them;
+* resume: extract again into the finished store: ``resume_fraction`` of (c) (target < 0.05)
+  and ``resume_audio_reads`` (files hashed or decoded; target 0).
+
+Prints one JSON object. Usage:
+``python benchmarks/extract.py --teacher crepe-tiny --format mp3 --device cpu --workers 1``.
 """
 
 from __future__ import annotations
@@ -26,21 +33,65 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Callable
 
-import numpy as np
+import soundfile as sf
 import torch
 
-from eastkd.pipeline.audio import Segment, decode, fit_segment, read_bytes, resample
+import eastkd.pipeline.extract.inputs as inputs
+import eastkd.pipeline.indexing as indexing
+from eastkd.pipeline.audio import Segment
 from eastkd.pipeline.demo_data import render_demo_dataset
+from eastkd.pipeline.device import resolve_device
 from eastkd.pipeline.extract import ExtractOptions, extract
+from eastkd.pipeline.extract.inputs import ClipBatches, FileRef, FrontEnd, Target
+from eastkd.pipeline.extract.plan import Unit, plan_batches
+from eastkd.pipeline.features import LogMelParams
 from eastkd.pipeline.teachers.loading import load_teacher
+from eastkd.store import Section
+
+TEACHER_OPTIONS = {"crepe": {}, "crepe-tiny": {}, "passt": {"random_init": True}}
+SAMPLE_RATE = 44100
 
 
-def _subset_manifest(manifest: Path, n: int, out: Path) -> Path:
-    with manifest.open(newline="") as fh:
-        rows = list(csv.DictReader(fh))[:n]
+class SleepyTeacher(torch.nn.Module):
+    """A synthetic teacher whose forward costs a fixed wall time per batch (and no CPU)."""
+
+    sample_rate = 16000
+
+    def __init__(self, sleep_ms: float) -> None:
+        super().__init__()
+        self.sleep_s = float(sleep_ms) / 1000
+        self.proj = torch.nn.Parameter(torch.randn(64, 8, generator=torch.Generator()
+                                                   .manual_seed(0)))
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.sleep_s)
+        return wave[:, : wave.shape[1] // 64 * 64].reshape(len(wave), -1, 64) @ self.proj
+
+
+def sleepy(sleep_ms: float = 50.0) -> SleepyTeacher:
+    return SleepyTeacher(sleep_ms)
+
+
+# -- data --------------------------------------------------------------------------------------
+
+
+def make_dataset(tmp: Path, clips: int, seconds: float, fmt: str) -> Path:
+    """Demo clips at 44.1 kHz as WAV or MP3, listed in a manifest with absolute paths."""
+    full = render_demo_dataset(tmp / "demo", clips_per_class=math.ceil(clips / 5),
+                               seconds=seconds, sample_rate=SAMPLE_RATE, seed=0, progress=False)
+    with full.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))[:clips]
     for r in rows:
-        r["path"] = str((manifest.parent / r["path"]).resolve())
+        src = (full.parent / r["path"]).resolve()
+        if fmt == "mp3":
+            dst = src.with_suffix(".mp3")
+            wav, sr = sf.read(src, dtype="float32")
+            sf.write(dst, wav, sr, format="MP3")
+            src = dst
+        r["path"] = str(src)
+    out = tmp / "bench.csv"
     with out.open("w", newline="") as fh:
         w = csv.DictWriter(fh, ["id", "path", "label", "split"])
         w.writeheader()
@@ -48,96 +99,204 @@ def _subset_manifest(manifest: Path, n: int, out: Path) -> Path:
     return out
 
 
-def _decoded(manifest: Path, sr: int, segment: Segment) -> torch.Tensor:
-    """Every clip decoded, resampled and cut as extract does it (not timed)."""
+def _paths(manifest: Path) -> list[str]:
     with manifest.open(newline="") as fh:
-        paths = [r["path"] for r in csv.DictReader(fh)]
-    n = segment.samples(sr)
+        return [r["path"] for r in csv.DictReader(fh)]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+# -- (a) teacher, (b) inputs -------------------------------------------------------------------
+
+
+def _input_loader(paths: list[str], segment: Segment, teacher_sr: int, batch: int,
+                  workers: int, device: torch.device) -> tuple[Any, FrontEnd, list[Any]]:
+    """The input half of extract, built from the same parts as extract builds it."""
+    lm = LogMelParams()
+    targets = [Target(teacher_sr, segment.samples(teacher_sr)),
+               Target(lm.sample_rate, segment.samples(lm.sample_rate))]
+    front = FrontEnd(targets, segment.crop, "kaiser-best", lm, device)
+    batches = plan_batches([Unit(0, 0, len(paths), True)], batch)
+    files = [FileRef(p, "", *indexing.file_stat(p)) for p in paths]
+    in_workers = device.type == "cpu" and workers > 0
+    ds = ClipBatches(files, batches, targets, segment.crop, "kaiser-best",
+                     front if in_workers else None)
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers,
+                                         prefetch_factor=4 if workers else None,
+                                         pin_memory=device.type == "cuda")
+    return loader, front, batches
+
+
+def time_inputs(paths: list[str], segment: Segment, teacher_sr: int, batch: int, workers: int,
+                device: torch.device) -> tuple[float, list[torch.Tensor]]:
+    """(b): decode + resample + log-mel of every clip; also returns the teacher waves."""
+    loader, front, batches = _input_loader(paths, segment, teacher_sr, batch, workers, device)
     waves = []
-    for p in paths:
-        mono, file_sr = decode(read_bytes(p)[0])
-        waves.append(fit_segment(resample(mono, file_sr, sr), n, segment.crop))
-    return torch.stack(waves)
+    t0 = time.perf_counter()
+    for data in loader:
+        if "teacher" not in data:
+            data.update(front(data, True))
+        waves.append(data["teacher"])
+    _sync(device)
+    return time.perf_counter() - t0, waves
 
 
-def _bare_forward(teacher_name: str, options: dict, waves: torch.Tensor, batch: int) -> float:
-    teacher = load_teacher(teacher_name, options)
+def time_teacher(name: str, options: dict, waves: list[torch.Tensor], device: torch.device,
+                 autocast: bool) -> float:
+    """(a): the teacher's forward on pre-decoded waves (on the device before timing)."""
+    teacher = load_teacher(name, options).to(device)
     teacher.model.eval()
-    with torch.inference_mode():
-        teacher(waves[:batch])  # warm-up (allocator, kernels): extract's first batch pays it too
+    waves = [w.to(device) for w in waves]
+    with torch.inference_mode(), torch.autocast("cuda", enabled=autocast):
+        teacher(waves[0])  # warm-up
+        _sync(device)
         t0 = time.perf_counter()
-        for s in range(0, len(waves), batch):
-            out = teacher(waves[s:s + batch])
-            out.clip.float().cpu()
+        for w in waves:
+            teacher(w).clip.float().cpu()
+        _sync(device)
         return time.perf_counter() - t0
+
+
+# -- (c) extract, overlap, resume --------------------------------------------------------------
+
+
+def time_extract(manifest: Path, store: Path, opts: ExtractOptions) -> tuple[float, float]:
+    """Wall time of the whole call (loading the teacher, indexing, ...) and of its loop over
+    the batches (decode, resample, log-mel, forward, writes)."""
+    t0 = time.perf_counter()
+    summary = extract(str(manifest), str(store), opts)
+    assert summary.written + summary.already_done == summary.items, summary
+    return time.perf_counter() - t0, summary.seconds
+
+
+def _counting(counter: dict[str, float], key: str, fn: Callable) -> Callable:
+    def wrapped(*a: Any, **k: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return fn(*a, **k)
+        finally:
+            counter[key] += time.perf_counter() - t0
+            counter[key + "_calls"] += 1
+    return wrapped
+
+
+def time_resume(manifest: Path, store: Path, opts: ExtractOptions) -> tuple[float, int]:
+    """Extract into a finished store, counting audio files hashed or decoded."""
+    count = {"read": 0.0, "read_calls": 0}
+    saved = (indexing.file_sha256, inputs.decode_window)
+    indexing.file_sha256 = _counting(count, "read", indexing.file_sha256)
+    inputs.decode_window = _counting(count, "read", inputs.decode_window)
+    try:
+        return time_extract(manifest, store, opts)[0], int(count["read_calls"])
+    finally:
+        indexing.file_sha256, inputs.decode_window = saved
+
+
+def time_overlap(manifest: Path, tmp: Path, base: ExtractOptions, batch: int,
+                 sleep_ms: float | None, device: torch.device) -> dict[str, float]:
+    """Extract with the sleeping teacher in batches of ``batch`` clips (many batches: filling
+    and draining the pipeline costs one batch each); the store writes are timed inside the same
+    run, the inputs alone just before at the same batch size. The loop is compared (loading the
+    synthetic teacher sleeps once more, in its probe)."""
+    paths = _paths(manifest)
+    inputs_s, waves = time_inputs(paths, Segment(base.segment, "start"), SleepyTeacher.sample_rate,
+                                  batch, base.resolved_workers(), device)
+    if sleep_ms is None:  # the teacher is the slowest stage, but not by much
+        sleep_ms = 2000 * inputs_s / len(waves)
+    count = {"write": 0.0, "write_calls": 0}
+    saved = (Section.write_rows, Section.write_block)
+    Section.write_rows = _counting(count, "write", Section.write_rows)
+    Section.write_block = _counting(count, "write", Section.write_block)
+    opts = ExtractOptions(**{**base.__dict__, "teacher": "python:__main__:sleepy",
+                             "teacher_options": {"sleep_ms": sleep_ms}, "key": "sleepy",
+                             "batch_size": batch})
+    try:
+        _, wall = time_extract(manifest, tmp / "sleepy.zarr", opts)
+    finally:
+        Section.write_rows, Section.write_block = saved
+    teacher_s = len(waves) * sleep_ms / 1000
+    parts = {"teacher_s": teacher_s, "inputs_s": inputs_s, "writes_s": count["write"]}
+    return {"batch_size": batch, "batches": len(waves), "sleep_ms_per_batch": round(sleep_ms, 2),
+            **{k: round(v, 3) for k, v in parts.items()},
+            "extract_loop_s": round(wall, 3), "sum_s": round(sum(parts.values()), 3),
+            "overlap_ratio": round(wall / max(parts.values()), 3)}
+
+
+# -- main --------------------------------------------------------------------------------------
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--teacher", default="crepe", choices=["crepe", "crepe-tiny"])
-    ap.add_argument("--clips", type=int, default=120)
-    ap.add_argument("--seconds", type=float, default=2.0)
+    ap.add_argument("--teacher", default="crepe-tiny", choices=sorted(TEACHER_OPTIONS))
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--format", default="wav", choices=["wav", "mp3"])
+    ap.add_argument("--clips", type=int, default=64)
+    ap.add_argument("--clip-seconds", type=float, default=2.0)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--dtype", default="float16", choices=["float16", "float32"])
-    ap.add_argument("--store", default="zarr", choices=["zarr", "h5"])
-    ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--frames", action="store_true", help="also store frame embeddings")
+    ap.add_argument("--sleep-ms", type=float, default=None,
+                    help="synthetic teacher's cost per batch [default: twice (b) per batch: "
+                         "the sum of the stages is then at least 1.5 times their max]")
+    ap.add_argument("--overlap-batch-size", type=int, default=4,
+                    help="batch size of the overlap check (many batches)")
+    ap.add_argument("--repeats", type=int, default=2,
+                    help="(a), (b) and (c) are timed this often, alternating; fastest counts")
+    ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args()
 
+    device = resolve_device(args.device)
     tmp = Path(tempfile.mkdtemp(prefix="eastkd-bench-"))
     try:
-        per_class = math.ceil(args.clips / 5)
-        full = render_demo_dataset(tmp / "demo", clips_per_class=per_class, seconds=args.seconds,
-                                   seed=0, progress=False)
-        manifest = _subset_manifest(full, args.clips, tmp / "bench.csv")
-        teacher = load_teacher(args.teacher)
-        segment = Segment(args.seconds, "start")
-        waves = _decoded(manifest, teacher.sample_rate, segment)
-        del teacher
-
-        fwd, ext, summaries = [], [], []
+        manifest = make_dataset(tmp, args.clips, args.clip_seconds, args.format)
+        paths = _paths(manifest)
+        options = TEACHER_OPTIONS[args.teacher]
+        teacher = load_teacher(args.teacher, options)
+        autocast = device.type == "cuda" and bool(getattr(teacher, "autocast_safe", False))
+        segment = Segment(args.clip_seconds, "start")
+        opts = ExtractOptions(teacher=args.teacher, teacher_options=options,
+                              segment=args.clip_seconds, batch_size=args.batch_size,
+                              workers=args.workers, device=args.device, progress=False)
+        runs: dict[str, list[float]] = {"a": [], "b": [], "c": [], "c_loop": []}
         for r in range(args.repeats):
-            fwd.append(_bare_forward(args.teacher, {}, waves, args.batch_size))
-            store = tmp / f"store{r}.{args.store}"
-            opts = ExtractOptions(teacher=args.teacher, batch_size=args.batch_size, workers=1,
-                                  device="cpu", dtype=args.dtype, frames=args.frames,
-                                  progress=False)
-            t0 = time.perf_counter()
-            summary = extract(str(manifest), str(store), opts)
-            ext.append(time.perf_counter() - t0)
-            summaries.append(summary)
-            assert summary.written == args.clips, summary
-        i = int(np.argmin(ext))
-        forward_s, extract_s = min(fwd), ext[i]
-        s = summaries[i]
+            inputs_s, waves = time_inputs(paths, segment, teacher.sample_rate, args.batch_size,
+                                          args.workers, device)
+            runs["b"].append(inputs_s)
+            runs["a"].append(time_teacher(args.teacher, options, waves, device, autocast))
+            store = tmp / f"store{r}.zarr"
+            call, loop = time_extract(manifest, store, opts)
+            runs["c"].append(call)
+            runs["c_loop"].append(loop)
+        teacher_s, inputs_s, extract_s = min(runs["a"]), min(runs["b"]), min(runs["c"])
+        resume_s, reads = time_resume(manifest, store, opts)
+        overlap = time_overlap(manifest, tmp, opts, args.overlap_batch_size, args.sleep_ms,
+                               device)
         result = {
-            "teacher": args.teacher,
-            "clips": args.clips,
-            "clip_seconds": args.seconds,
-            "batch_size": args.batch_size,
-            "dtype": args.dtype,
-            "store": args.store,
-            "frames": args.frames,
-            "device": "cpu",
+            "teacher": args.teacher, "format": args.format, "device": args.device,
+            "card": torch.cuda.get_device_name() if device.type == "cuda" else None,
+            "workers": args.workers, "clips": args.clips, "clip_seconds": args.clip_seconds,
+            "sample_rate": SAMPLE_RATE, "batch_size": args.batch_size, "autocast": autocast,
             "torch_threads": torch.get_num_threads(),
             "cpu": platform.processor() or platform.machine(),
-            "repeats": args.repeats,
-            "forward_s": round(forward_s, 3),
+            "teacher_s": round(teacher_s, 3), "inputs_s": round(inputs_s, 3),
             "extract_s": round(extract_s, 3),
-            "overhead_ratio": round(extract_s / forward_s, 3),
-            "extract_loop_s": round(s.seconds, 3),
-            "extract_forward_s": round(s.forward_seconds, 3),
-            # time extract spends outside the teacher's forward in the same run: a measure of
-            # the pipeline's own cost that the machine's other load does not distort much
-            "extract_non_forward_s": round(extract_s - s.forward_seconds, 3),
-            "extract_non_forward_fraction": round(1 - s.forward_seconds / extract_s, 4),
-            "clips_per_s": round(args.clips / extract_s, 2),
-            "audio_seconds_per_s": round(args.clips * args.seconds / extract_s, 2),
-            "forward_clips_per_s": round(args.clips / forward_s, 2),
-            "all_forward_s": [round(x, 3) for x in fwd],
-            "all_extract_s": [round(x, 3) for x in ext],
+            "extract_loop_s": round(min(runs["c_loop"]), 3),
+            "ratio": round(extract_s / max(teacher_s, inputs_s), 3),
+            "all_runs_s": {k: [round(x, 3) for x in v] for k, v in runs.items()},
+            "extract_clips_per_s": round(args.clips / extract_s, 2),
+            "teacher_clips_per_s": round(args.clips / teacher_s, 2),
+            "inputs_clips_per_s": round(args.clips / inputs_s, 2),
+            "resume_s": round(resume_s, 3),
+            "resume_fraction": round(resume_s / extract_s, 4),
+            "resume_audio_reads": reads,
+            "overlap": overlap,
         }
-        print(json.dumps(result, indent=2))
+        text = json.dumps(result, indent=2)
+        print(text)
+        if args.out:
+            Path(args.out).write_text(text + "\n")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
