@@ -19,6 +19,7 @@ from eastkd.pipeline.datasets.base import DatasetSpec
 from eastkd.store import ItemsTable
 
 MISSING = "missing"
+UNHASHED = "unhashed"
 SIZE, MTIME = "file_size", "file_mtime_ns"  # items columns keying the cached hashes
 
 
@@ -41,12 +42,14 @@ def _hash_one(path: str) -> tuple[str, float, tuple[int, int]]:
 
 
 def build_items_table(spec: DatasetSpec, progress: bool = True, workers: int = 4,
-                      known: ItemsTable | None = None, rehash: bool = False) -> ItemsTable:
+                      known: ItemsTable | None = None, rehash: bool = False,
+                      hash_files: bool = True) -> ItemsTable:
     """Items table of ``spec``; an unreadable file gets sha256 ``"missing"`` (extract says so).
 
     ``known`` is the table of an existing store for the same items: its hashes are reused
     (without reading the files) unless ``rehash``. A file whose size or mtime differs from the
     recorded one keeps the recorded hash here; extract checks its bytes before using it.
+    ``hash_files=False`` reads nothing (sha256 ``"unhashed"``): enough to tell another dataset.
     """
     paths = [it.path for it in spec.items]
     n = len(paths)
@@ -54,7 +57,9 @@ def build_items_table(spec: DatasetSpec, progress: bool = True, workers: int = 4
     durations = np.full(n, np.nan, dtype=np.float32)
     stats = np.full((n, 2), -1, dtype=np.int64)
     cached = _reusable(known, spec) and not rehash
-    todo = [] if cached else list(range(n))
+    todo = [] if cached or not hash_files else list(range(n))
+    if not hash_files:
+        sha = [UNHASHED] * n
     if cached:
         sha, durations = list(known.sha256), known.durations.astype(np.float32).copy()
         stats[:, 0], stats[:, 1] = known.extra[SIZE], known.extra[MTIME]

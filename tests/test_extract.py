@@ -660,5 +660,8 @@ def test_help_texts() -> None:
                    "--crop [start|center]", "--on-error [fail|skip]", "[default: fail]",
                    "--shard I/N", "[default: 0/1]", "--overwrite", "--batch-size",
                    "[default: 16; x>=1]", "--chunk-items N", "only ever makes chunks smaller",
-                   "continues an interrupted run"):
+                   "continues an interrupted run", "--resampler [kaiser-best|fast]",
+                   "[default: kaiser-best]", "--rehash", "--batch-seconds S",
+                   "[default: (available cores - 1, at most 8); x>=0]",
+                   "one chunk per array (about 4 MB each)", "1.25x the median"):
         assert needle in text, needle

@@ -255,3 +255,23 @@ def test_sigkill_with_queued_batches_resumes_bit_identical(
     extract(str(manifest), str(ref), opts(teacher=PY_TEACHER, teacher_options={}, frames=True,
                                           chunk_items=1, batch_size=1, workers=1))
     assert_bitwise_equal(all_arrays(store), all_arrays(ref))
+
+
+def test_plan_defaults() -> None:
+    from eastkd.pipeline.audio import RESAMPLERS as names
+    from eastkd.pipeline.audio import Segment
+    from eastkd.pipeline.extract import default_workers
+    from eastkd.pipeline.extract.plan import batch_size_for, default_chunk_cap
+
+    assert default_chunk_cap(80, 16) == 16  # 5 units of a batch
+    assert default_chunk_cap(80, 4) == 8  # 10 units
+    assert default_chunk_cap(1_000_000, 16) >= 8192  # large data: the 4 MB target decides
+    assert batch_size_for(16, None, Segment(2.0)) == 16
+    assert batch_size_for(16, 60.0, Segment(2.5)) == 24  # 60 s of audio per forward
+    assert batch_size_for(16, 1.0, Segment(2.5)) == 1
+    import os
+
+    assert default_workers() == max(0, min(8, len(os.sched_getaffinity(0)) - 1))
+    from eastkd.cli.extract import RESAMPLER_NAMES
+
+    assert RESAMPLER_NAMES == list(names)

@@ -67,6 +67,7 @@ class ExtractSummary:
     audio_seconds: float
     forward_seconds: float
     skipped: list[tuple[str, str]]
+    first_batch_seconds: float = 0.0  # filling the pipeline: workers start, first decode
 
     @property
     def clips_per_second(self) -> float:

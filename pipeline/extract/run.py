@@ -96,9 +96,12 @@ def open_or_create(store_path: str, spec: DatasetSpec, progress: bool = True, wo
     with open_store(store_path) as old:
         known = old.items
         fingerprint = old.dataset_fingerprint
+    if known.ids != [it.id for it in spec.items]:  # another dataset: refused without hashing
+        return open_for_dataset(store_path, build_items_table(spec, progress, workers,
+                                                              hash_files=False))
     items = build_items_table(spec, progress, workers, known, rehash)
     same_files = dataclasses.replace(items, sha256=list(known.sha256))
-    if rehash and same_files.fingerprint() == fingerprint and items.sha256 != known.sha256:
+    if rehash and same_files.fingerprint() == fingerprint:
         return _apply_rehash(store_path, items, known)
     store = open_for_dataset(store_path, items)
     if SIZE not in known.extra or MTIME not in known.extra:  # a store from before the cache
@@ -112,7 +115,9 @@ def _apply_rehash(store_path: str, items: ItemsTable, known: ItemsTable) -> Stor
     note = {"rehashed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "changed_items": len(ids), "ids": ids[:1000]}
     store = open_store(store_path, "r+")
-    store.update_items(items, np.arange(len(items)), note)
+    store.update_items(items, np.arange(len(items)), note)  # and the fresh sizes and mtimes
+    if not ids:
+        return store
     for kind in ("features", "embeddings", "targets"):
         for name in store.section_names(kind):
             if store.has_section(kind, name):
@@ -217,12 +222,14 @@ def _extract_into(store: Store, store_path: str, teacher: Teacher, device: torch
     t0 = time.perf_counter()
     total = sum(u.stop - u.start for u in todo)
     with tqdm(total=total, desc=f"extract {key}", unit="clip", disable=not opts.progress) as bar:
-        fwd = _stream(loader, batches, front, teacher, device, writer, opts.frames, bar, total)
+        fwd, first = _stream(loader, batches, front, teacher, device, writer, opts.frames, bar,
+                             total)
     t = writer.tally
     return ExtractSummary(
         store=store_path, key=key, teacher=teacher.name, items=n, written=t.written,
         skipped_now=t.skipped, already_done=already, seconds=time.perf_counter() - t0,
         audio_seconds=t.audio_seconds, forward_seconds=fwd, skipped=emb.skipped(),
+        first_batch_seconds=first,
     )
 
 
@@ -231,15 +238,19 @@ def _column(items: ItemsTable, name: str) -> np.ndarray:
 
 
 def _stream(loader: Any, batches: list[Batch], front: FrontEnd, teacher: Teacher,
-            device: torch.device, writer: Writer, frames: bool, bar: Any, total: int) -> float:
+            device: torch.device, writer: Writer, frames: bool, bar: Any,
+            total: int) -> tuple[float, float]:
     """Run every batch through the teacher and hand it to the writer; returns the host time
-    spent in the teacher's forward. An interrupt keeps every unit already complete."""
-    fwd = 0.0
+    spent in the teacher's forward and the wait for the first batch. An interrupt keeps every
+    unit already complete."""
+    fwd, first = 0.0, 0.0
+    t0 = time.perf_counter()
     it = iter(loader)  # workers fork before the writer thread starts
     writer.start()
     try:
         for data in it:
             tf = time.perf_counter()
+            first = first or tf - t0
             result = _forward(data, batches[data["batch"]], front, teacher, device, frames)
             fwd += time.perf_counter() - tf
             writer.put(result)
@@ -254,7 +265,7 @@ def _stream(loader: Any, batches: list[Batch], front: FrontEnd, teacher: Teacher
         writer.abandon()
         raise
     writer.close()
-    return fwd
+    return fwd, first
 
 
 def _forward(data: dict[str, Any], batch: Batch, front: FrontEnd, teacher: Teacher,
