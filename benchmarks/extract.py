@@ -167,6 +167,7 @@ def time_extract(manifest: Path, store: Path, opts: ExtractOptions) -> tuple[flo
     """Wall time of the whole call (loading the teacher, indexing, ...), of its loop over the
     batches (decode, resample, log-mel, forward, writes), and the loop's wait for its first
     batch (worker start-up and the first decode: filling the pipeline)."""
+    torch.manual_seed(0)  # teachers with random weights (passt) are the same on a resume
     t0 = time.perf_counter()
     summary = extract(str(manifest), str(store), opts)
     assert summary.written + summary.already_done == summary.items, summary

@@ -275,3 +275,38 @@ def test_plan_defaults() -> None:
     from eastkd.cli.extract import RESAMPLER_NAMES
 
     assert RESAMPLER_NAMES == list(names)
+
+
+def test_interrupt_says_how_much_was_kept(demo_manifest: Path, tmp_path: Path,
+                                          teacher_dir: Path) -> None:
+    """Ctrl-C: the units already complete (queued ones included) are written, and the one-line
+    message says exactly how many clips that is; the same command then continues."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    manifest = write_manifest(tmp_path / "m.csv", pick(demo_manifest, 8))  # 40 clips
+    store = tmp_path / "s.zarr"
+    env = {**os.environ, "PYTHONPATH": str(teacher_dir)}
+    args = [sys.executable, "-m", "eastkd.cli.main", "extract", str(manifest), str(store), "-t",
+            PY_TEACHER, "--chunk-items", "1", "--batch-size", "1", "-j", "0", "--no-progress"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline and \
+            _ok_rows(store, PY_TEACHER) < 3:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, (out, err)
+    m = re.fullmatch(r"Error: interrupted: (\d+) of 40 clips of this run were written and kept "
+                     r"\((\d+) units\); rerun the same command to continue\n", err)
+    assert m, err
+    kept = _ok_rows(store, PY_TEACHER)
+    assert int(m[1]) == int(m[2]) == kept and 3 <= kept < 40
+    again = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert f"{40 - kept} written, 0 skipped now, {kept} already done" in again.stdout

@@ -175,19 +175,18 @@ class FrontEnd:
             if not rows:
                 continue
             width = max(meta["length"][j] for j in rows)
-            res = self._resample(wave[rows, :width], rate, t.sample_rate)
-            first = torch.tensor([crop_start(resampled_length(meta["total"][j], rate,
-                                                              t.sample_rate), t.samples,
-                                             self.crop)
-                                  - meta["offset"][j] * t.sample_rate // rate for j in rows],
-                                 device=wave.device)
-            valid = torch.tensor([resampled_length(meta["total"][j], rate, t.sample_rate)
-                                  - meta["offset"][j] * t.sample_rate // rate for j in rows],
-                                 device=wave.device)
+            rows_t = to_device(rows, wave.device)
+            res = self._resample(wave.index_select(0, rows_t)[:, :width], rate, t.sample_rate)
+            # per row: where the segment starts in the resampled window, and where the file ends
+            shift = [meta["offset"][j] * t.sample_rate // rate for j in rows]
+            full = [resampled_length(meta["total"][j], rate, t.sample_rate) for j in rows]
+            first = to_device([crop_start(n, t.samples, self.crop) - s
+                               for n, s in zip(full, shift)], wave.device)
+            valid = to_device([n - s for n, s in zip(full, shift)], wave.device)
             idx = first[:, None] + torch.arange(t.samples, device=wave.device)
             keep = (idx < valid[:, None]) & (idx < res.shape[1])
             got = torch.gather(res, 1, idx.clamp(max=res.shape[1] - 1)) * keep
-            out[rows] = got
+            out.index_copy_(0, rows_t, got)
         return out
 
     def _resample(self, x: torch.Tensor, orig: int, new: int) -> torch.Tensor:
@@ -199,3 +198,12 @@ class FrontEnd:
             self._resamplers[key] = torchaudio.transforms.Resample(
                 orig // g, new // g, **resampler_kwargs(self.resampler)).to(x.device)
         return self._resamplers[key](x)
+
+
+def to_device(values: list[int], device: torch.device) -> torch.Tensor:
+    """A small int64 index tensor on ``device`` without a host synchronisation (pinned source,
+    non-blocking copy on CUDA)."""
+    t = torch.tensor(values, dtype=torch.int64)
+    if device.type != "cuda":
+        return t
+    return t.pin_memory().to(device, non_blocking=True)

@@ -20,7 +20,7 @@ from eastkd.pipeline.audio import RESAMPLERS, Segment
 from eastkd.pipeline.datasets.base import DatasetSpec
 from eastkd.pipeline.datasets.manifest import resolve_dataset
 from eastkd.pipeline.device import resolve_device
-from eastkd.pipeline.extract.inputs import ClipBatches, FileRef, FrontEnd, Target
+from eastkd.pipeline.extract.inputs import ClipBatches, FileRef, FrontEnd, Target, to_device
 from eastkd.pipeline.extract.options import FEATURES, ON_ERROR, ExtractOptions, ExtractSummary
 from eastkd.pipeline.extract.plan import (
     Batch,
@@ -244,6 +244,8 @@ def _stream(loader: Any, batches: list[Batch], front: FrontEnd, teacher: Teacher
     spent in the teacher's forward and the wait for the first batch. An interrupt keeps every
     unit already complete."""
     fwd, first = 0.0, 0.0
+    if not batches:  # a finished store: start no workers
+        return fwd, first
     t0 = time.perf_counter()
     it = iter(loader)  # workers fork before the writer thread starts
     writer.start()
@@ -277,7 +279,8 @@ def _forward(data: dict[str, Any], batch: Batch, front: FrontEnd, teacher: Teach
     clip = frame_emb = None
     cuda = device.type == "cuda"
     if ok_rows:
-        wave = data["teacher"] if len(ok_rows) == len(errors) else data["teacher"][ok_rows]
+        wave = data["teacher"] if len(ok_rows) == len(errors) else \
+            data["teacher"].index_select(0, to_device(ok_rows, data["teacher"].device))
         with torch.inference_mode(), torch.autocast("cuda", enabled=_autocast(teacher, device)):
             out = teacher(wave.to(device, non_blocking=cuda))
         clip = out.clip.to("cpu", non_blocking=cuda)
