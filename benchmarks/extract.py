@@ -250,6 +250,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2,
                     help="(a), (b) and (c) are timed this often, alternating; fastest counts")
     ap.add_argument("--out", help="also write the JSON here")
+    ap.add_argument("--machine", help="a description of the machine, recorded in the JSON")
     args = ap.parse_args()
 
     device = resolve_device(args.device)
@@ -279,6 +280,7 @@ def main() -> None:
         overlap = time_overlap(manifest, tmp, opts, args.overlap_batch_size, args.sleep_ms,
                                device)
         result = {
+            "machine": args.machine,
             "teacher": args.teacher, "format": args.format, "device": args.device,
             "card": torch.cuda.get_device_name() if device.type == "cuda" else None,
             "workers": args.workers, "clips": args.clips, "clip_seconds": args.clip_seconds,
