@@ -29,6 +29,7 @@ from eastkd.pipeline.audio import (
 from eastkd.pipeline.extract.plan import Batch
 from eastkd.pipeline.features import LogMel, LogMelParams
 
+META = ("length", "rate", "offset", "total")  # per-row facts of a decoded batch
 CHANGED = "file changed since the store was created (sha256 differs; --rehash re-extracts it)"
 
 
@@ -76,9 +77,10 @@ class ClipBatches(torch.utils.data.Dataset):
     """Batch ``b`` of the plan, decoded: runs in DataLoader workers (no store handles).
 
     Each item is a dict with ``wave`` (k, W) float32 zero-padded windows at the files' rates,
-    ``length``, ``rate``, ``offset`` (window start) and ``total`` (file length) per row, and
-    ``errors`` (one reason per row, "" if fine). With a ``front_end`` (CPU runs) the batch is
-    also turned into ``teacher``/``logmel`` tensors here, in the worker.
+    lists ``length``, ``rate``, ``offset`` (window start) and ``total`` (file length) with one
+    value per row, and ``errors`` (one reason per row, "" if fine). With a ``front_end`` (CPU
+    runs) the batch is turned into ``teacher``/``logmel`` tensors here, in the worker, and
+    ``wave`` is dropped.
     """
 
     def __init__(self, files: list[FileRef], batches: list[Batch], targets: list[Target],
@@ -105,12 +107,11 @@ class ClipBatches(torch.utils.data.Dataset):
         wave = torch.zeros(k, width)
         for j, w in enumerate(waves):
             wave[j, :len(w)] = torch.from_numpy(w)
-        out = {"wave": wave, "length": torch.from_numpy(meta[:, 0].copy()),
-               "rate": torch.from_numpy(meta[:, 1].copy()),
-               "offset": torch.from_numpy(meta[:, 2].copy()),
-               "total": torch.from_numpy(meta[:, 3].copy()), "errors": errors, "batch": b}
-        if self.front_end is not None:
+        out = {"wave": wave, "errors": errors, "batch": b,
+               **{name: meta[:, i].tolist() for i, name in enumerate(META)}}
+        if self.front_end is not None:  # only the results travel back to the main process
             out.update(self.front_end(out, batch.unit.features))
+            del out["wave"]
         return out
 
     def _read(self, ref: FileRef, features: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -160,7 +161,7 @@ class FrontEnd:
     def __call__(self, batch: dict[str, Any], features: bool) -> dict[str, torch.Tensor]:
         nb = self.device.type == "cuda"
         wave = batch["wave"].to(self.device, non_blocking=nb)
-        meta = {k: batch[k].tolist() for k in ("length", "rate", "offset", "total")}
+        meta = {k: batch[k] for k in META}
         with torch.inference_mode():
             out = {"teacher": self._at(wave, meta, self.targets[0])}
             if features:

@@ -75,7 +75,7 @@ class ChunkBuffer:
 
 
 @dataclass
-class Target:
+class SectionRows:
     """A section being written and its chunk buffers."""
 
     section: Section
@@ -101,8 +101,8 @@ class Writer:
         self.error: BaseException | None = None
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
         self._unit: Unit | None = None
-        self._emb: Target | None = None
-        self._feat: Target | None = None
+        self._emb: SectionRows | None = None
+        self._feat: SectionRows | None = None
         self._thread = threading.Thread(target=self._run, name="eastkd-writer", daemon=True)
 
     def start(self) -> "Writer":
@@ -208,11 +208,12 @@ class Writer:
 
     def _open_unit(self, unit: Unit) -> None:
         self._unit = unit
-        self._emb = Target(self.emb, {name: self._buffer(self.emb, name, shape)
+        self._emb = SectionRows(self.emb, {name: self._buffer(self.emb, name, shape)
                                       for name, shape in self.arrays.items()})
-        self._feat = Target(self.feat, {"values": self._buffer(self.feat, "values",
-                                                                 self.feat_shape)}) \
-            if unit.features else None
+        self._feat = None
+        if unit.features:
+            values = self._buffer(self.feat, "values", self.feat_shape)
+            self._feat = SectionRows(self.feat, {"values": values})
 
     def _buffer(self, section: Section, name: str, shape: tuple[int, ...]) -> ChunkBuffer:
         chunk = section.array(name).chunks[0]
