@@ -2,7 +2,7 @@
 
 Three ways to run the same epoch (same student, FitNet loss, batch size, shuffling seed):
 
-* ``store``: the distill loader (:mod:`eastkd.pipeline.distill.data`) reading inputs and targets
+* ``store``: the distill loader (:mod:`eastkd.pipeline.reading`) reading inputs and targets
   from the store, timed with the loading included (``store_loaded``, the default in-memory mode)
   and streamed chunk by chunk during the epoch (``store_streamed``, ``--memory-limit 0``);
 * ``in_memory``: all inputs and targets already float32 tensors in memory (the upper limit);
@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from eastkd.pipeline import registry
 from eastkd.pipeline.audio import Segment, decode, fit_segment, read_bytes, resample
-from eastkd.pipeline.distill.data import load_split, resolve_targets
+from eastkd.pipeline.reading import load_split, resolve_targets
 from eastkd.store import open_store
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]

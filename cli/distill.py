@@ -60,7 +60,7 @@ def command(store: str, targets: str | None, out_dir: str, student: str, width: 
     (validation accuracy, or mAP for multi-label data) is kept in RUN_DIR/best.pt and scored
     on the test split; `eastkd evaluate RUN_DIR STORE` scores it on any matching store.
     """
-    from eastkd.pipeline.distill.data import parse_bytes
+    from eastkd.pipeline.reading import parse_bytes
     from eastkd.pipeline.distill.train import distill
 
     r = distill(store, targets, out_dir, student=student, width=width, kd=kd, lam=lam,

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from conftest import extract_demo
 
 from eastkd.cli.main import cli
-from eastkd.pipeline.distill.data import load_split, resolve_targets
+from eastkd.pipeline.reading import load_split, resolve_targets
 from eastkd.pipeline.distill.evaluate import evaluate
 from eastkd.pipeline.distill.train import LAST, distill
 from eastkd.pipeline.features import LogMelParams
