@@ -13,8 +13,8 @@ chunks, so memory stays bounded by the shuffle buffer whatever the number of ite
 *Reading order* (also in ``docs/store-format.md``). The rows are grouped into read units: the
 largest chunk (along items) of the streamed arrays, so every array's chunks line up with the
 units (chunk sizes are powers of two). Each epoch the units are visited in a seeded random order
-and dealt into windows of ``K`` units (the shuffle buffer: ``--shuffle-buffer`` bytes, split
-between the windows in flight); the rows of a window are permuted together and cut into batches,
+and dealt into windows of ``K`` units (the shuffle buffer: ``--shuffle-buffer`` bytes per
+window; at most ``workers * 2 + 2`` windows are in memory at once); the rows of a window are permuted together and cut into batches,
 the rows left over joining the next window. ``K`` random units drawn from the whole split give
 batches close to a full shuffle even on a dataset stored class by class. Windows are read by
 DataLoader worker processes (each opens the store itself, lazily; no handle crosses a fork) or,
@@ -40,7 +40,7 @@ from eastkd.store import OK, SKIPPED, EastkdError, Store, StoreArray, open_store
 
 FEATURES = "logmel"
 DEFAULT_MEMORY_LIMIT = 4 << 30  # bytes of float32 rows held in memory before streaming
-DEFAULT_SHUFFLE_BUFFER = 512 << 20  # bytes of streamed rows in flight (all windows together)
+DEFAULT_SHUFFLE_BUFFER = 128 << 20  # bytes of streamed rows shuffled together (one window)
 MAX_WINDOW_UNITS = 256  # more units per window add no diversity worth the latency
 PREFETCH = 2  # windows read ahead per worker
 STATS_BLOCK_BYTES = 16 << 20  # float32 bytes per block of a resident array in statistics
@@ -309,18 +309,20 @@ class RowStream:
     """Item-aligned arrays read for ``rows``: resident tensors or windows streamed in chunks.
 
     ``memory_limit`` bytes (float32) of arrays are made resident, smallest first; the rest are
-    streamed through windows of read units using at most about ``shuffle_buffer`` bytes
-    (``workers`` reader processes, None: :func:`default_workers` when anything is streamed;
-    pinned memory with ``pin_memory``).
+    streamed in windows of read units of about ``shuffle_buffer`` bytes each (the rows shuffled
+    together; ``workers * PREFETCH + 2`` windows at most are in memory at once), read by
+    ``workers`` reader processes ( None: :func:`default_workers` when anything is streamed;
+    pinned memory with ``pin_memory``; ``context`` names the workers' start method).
     """
 
     def __init__(self, arrays: dict[str, StoreArray], rows: np.ndarray, *,
                  memory_limit: int = DEFAULT_MEMORY_LIMIT,
                  shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, workers: int | None = None,
-                 pin_memory: bool = False) -> None:
+                 pin_memory: bool = False, context: str | None = None) -> None:
         self.rows = np.asarray(rows, dtype=np.int64)
         self.shapes = {k: tuple(int(s) for s in a.shape[1:]) for k, a in arrays.items()}
         self.pin_memory = bool(pin_memory)
+        self.context = context  # multiprocessing start method of the workers (None: default)
         self.resident: dict[str, torch.Tensor] = {}
         self.resident_bytes = 0
         self.last_read_bytes = 0  # bytes read from the store by the last streamed pass
@@ -339,9 +341,8 @@ class RowStream:
                         else max(0, int(workers)))
         self.unit = max((int(a.chunks[0]) for a in streamed.values()), default=1)
         self._reader = _WindowReader(streamed, self.rows) if streamed else None
-        in_flight = (self.workers * PREFETCH if self.workers else 1) + 1
         unit_bytes = self.unit * sum(self.row_bytes(k) for k in streamed)
-        self.window_units = int(np.clip(shuffle_buffer // max(1, unit_bytes * in_flight),
+        self.window_units = int(np.clip(shuffle_buffer // max(1, unit_bytes),
                                         1, MAX_WINDOW_UNITS))
         self._loader: torch.utils.data.DataLoader | None = None
         self._sampler = _TaskSampler()
@@ -411,7 +412,9 @@ class RowStream:
             self._loader = torch.utils.data.DataLoader(
                 self._reader, sampler=self._sampler, batch_size=None,
                 num_workers=self.workers, pin_memory=self.pin_memory,
-                persistent_workers=True, prefetch_factor=PREFETCH)
+                persistent_workers=True, prefetch_factor=PREFETCH,
+                multiprocessing_context=self.context,
+                generator=torch.Generator())  # the global RNG is not the loader's to draw from
         self._sampler.tasks = tasks
         yield from self._loader
 
