@@ -154,8 +154,9 @@ def skipped_count(store: Store, targets: TargetsSpec | None = None) -> int:
     return int(bad.sum())
 
 
-def parse_bytes(text: str | int) -> int:
-    """``"4G"``, ``"512M"``, ``"0"`` or a plain number of bytes -> bytes."""
+def parse_bytes(text: str | int, option: str = "--memory-limit") -> int:
+    """``"4G"``, ``"512M"``, ``"0"`` or a plain number of bytes -> bytes (errors name
+    ``option``)."""
     if isinstance(text, int):
         return text
     s = str(text).strip().upper().rstrip("B").rstrip("I")
@@ -165,7 +166,7 @@ def parse_bytes(text: str | int) -> int:
             return int(float(s[:-1]) * mult[s[-1]])
         return int(float(s))
     except ValueError:
-        raise EastkdError(f"--memory-limit {text!r}: expected a size like 4G, 512M or 0") from None
+        raise EastkdError(f"{option} {text!r}: expected a size like 4G, 512M or 0") from None
 
 
 def store_array(store: Store, path: str) -> StoreArray:
