@@ -527,6 +527,12 @@ class SplitData:
     def workers(self) -> int:
         return self.stream.workers
 
+    @property
+    def labels(self) -> torch.Tensor:
+        """Every row's label: class indices, or multi-hot float rows if multi-label."""
+        y = torch.from_numpy(self._labels)
+        return y.float() if self.multi_label else y
+
     def close(self) -> None:
         self.stream.close()
 
