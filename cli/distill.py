@@ -60,15 +60,16 @@ def command(store: str, targets: str | None, out_dir: str, student: str, width: 
             lam: float, teacher_linear: bool, teacher_linear_dim: int | None,
             frame_targets: bool, epochs: int, batch_size: int, lr: float, weight_decay: float,
             schedule: str, patience: int, seed: int, device: str, fold: int | None,
-            memory_limit: str, shuffle_buffer: str, workers: int | None, resume: bool, overwrite: bool, progress: bool) -> None:
+            memory_limit: str, shuffle_buffer: str, workers: int | None, resume: bool,
+            overwrite: bool, progress: bool) -> None:
     """Train a student on STORE's log-mel inputs with KD towards stored teacher targets.
 
     The teacher never runs: inputs, labels and targets all come from STORE. The best epoch
     (validation accuracy, or mAP for multi-label data) is kept in RUN_DIR/best.pt and scored
     on the test split; `eastkd evaluate RUN_DIR STORE` scores it on any matching store.
     """
-    from eastkd.pipeline.reading import parse_bytes
     from eastkd.pipeline.distill.train import distill
+    from eastkd.pipeline.reading import parse_bytes
 
     r = distill(store, targets, out_dir, student=student, width=width, kd=kd, lam=lam,
                 teacher_linear=teacher_linear, teacher_linear_dim=teacher_linear_dim,
@@ -76,7 +77,8 @@ def command(store: str, targets: str | None, out_dir: str, student: str, width: 
                 weight_decay=weight_decay, schedule=schedule, seed=seed, device=device,
                 patience=patience, resume=resume, overwrite=overwrite, fold=fold,
                 memory_limit=parse_bytes(memory_limit), workers=workers,
-                shuffle_buffer=parse_bytes(shuffle_buffer, "--shuffle-buffer"), progress=progress, log=click.echo)
+                shuffle_buffer=parse_bytes(shuffle_buffer, "--shuffle-buffer"),
+                progress=progress, log=click.echo)
     fmt = ", ".join
     valid = fmt(f"{k} {v:.4f}" for k, v in r.valid_metrics.items() if k != "loss")
     test = fmt(f"{k} {v:.4f}" for k, v in r.test_metrics.items()) or "no test items"

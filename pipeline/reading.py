@@ -14,9 +14,10 @@ chunks, so memory stays bounded by the shuffle buffer whatever the number of ite
 largest chunk (along items) of the streamed arrays, so every array's chunks line up with the
 units (chunk sizes are powers of two). Each epoch the units are visited in a seeded random order
 and dealt into windows of ``K`` units (the shuffle buffer: ``--shuffle-buffer`` bytes per
-window; at most ``workers * 2 + 2`` windows are in memory at once); the rows of a window are permuted together and cut into batches,
-the rows left over joining the next window. ``K`` random units drawn from the whole split give
-batches close to a full shuffle even on a dataset stored class by class. Windows are read by
+window; at most ``workers * 2 + 2`` windows are in memory at once); the rows of a window are
+permuted together and cut into batches, the rows left over joining the next window. ``K``
+random units drawn from the whole split give batches close to a full shuffle even on a dataset
+stored class by class. Windows are read by
 DataLoader worker processes (each opens the store itself, lazily; no handle crosses a fork) or,
 with no workers, by one background thread; either way the windows arrive in plan order and each
 carries its own permutation seed, so a seed gives the same batches with any number of workers.

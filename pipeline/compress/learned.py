@@ -3,8 +3,9 @@ the target task's labels through a linear classifier d -> C.
 
 Only the map and the classifier are trained; the teacher embeddings are fixed inputs read from
 the store and streamed in batches through :mod:`eastkd.pipeline.reading` (held in memory only
-while the split fits ``memory_limit``). Inputs are standardised with the fit split's mean and std. Training uses AdamW on
-minibatches (CPU, seeded: the same call gives the same weights), cross-entropy for single-label
+while the split fits ``memory_limit``). Inputs are standardised with the fit split's mean and
+std (streaming float64 moments). Training uses AdamW on minibatches (CPU, seeded: the same call
+gives the same weights), cross-entropy for single-label
 and BCE-with-logits for multi-label data, and stops early on the validation split (accuracy, or
 macro mAP for multi-label), keeping the best epoch's weights. The targets are the map's outputs.
 """
