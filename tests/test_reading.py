@@ -177,3 +177,22 @@ def test_learned_compression_streams_from_the_store(zarr_store, monkeypatch):
     np.testing.assert_allclose(streamed.std_, mem.std_, rtol=1e-6)
     score, mem_score = (c.summary()["probe_metric"]["value"] for c in (streamed, mem))
     assert score > 0.5 and mem_score > 0.5 and abs(score - mem_score) < 0.1  # chance 0.1
+
+
+def test_frame_targets_stream_with_their_own_chunking(demo_store_master):
+    """Frame-level targets (N x T x D) chunked differently from the inputs are streamed in the
+    larger of the two chunk sizes and equal the resident rows; their statistics too."""
+    with open_store(str(demo_store_master)) as s:
+        spec = resolve_targets(s, "crepe-tiny", frame_targets=True)
+        chunks = {s.features().array("values").chunks[0], s.embeddings("crepe-tiny").array(
+            "frames").chunks[0]}
+        mem = load_split(s, "train", spec, workers=0)
+        stream = load_split(s, "train", spec, memory_limit=0, workers=0)
+        assert mem.in_memory and stream.stream.streamed == ["t", "x"]
+        assert stream.stream.unit == max(chunks)
+        t_all = mem.stream.resident["t"]
+        for b in stream.batches(8, torch.Generator().manual_seed(0)):
+            assert torch.equal(b.t, t_all[np.searchsorted(mem.rows, b.rows)])
+        (ma, sa), (mb, sb) = mem.target_stats(), stream.target_stats()
+        torch.testing.assert_close(ma, mb, rtol=1e-6, atol=1e-7)
+        assert sa == pytest.approx(sb, rel=1e-9)
