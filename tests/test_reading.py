@@ -4,7 +4,9 @@ reader workers across fork and spawn, the learned compression streaming from the
 
 from __future__ import annotations
 
+import os
 import tracemalloc
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -120,12 +122,25 @@ def test_streaming_memory_is_bounded_by_the_buffer_not_the_split(zarr_store):
     assert resident_peak >= split_bytes
 
 
+@pytest.fixture(scope="module")
+def zip_store(zarr_store: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The zarr store zipped, as shared between teams (read-only)."""
+    dst = tmp_path_factory.mktemp("reading") / "sorted.zip"
+    with zipfile.ZipFile(dst, "w", compression=zipfile.ZIP_STORED) as zf:
+        for root, _dirs, files in os.walk(zarr_store):
+            for f in files:
+                full = Path(root) / f
+                zf.write(full, full.relative_to(zarr_store).as_posix())
+    return str(dst)
+
+
 @pytest.mark.parametrize("backend,context", [("zarr", "fork"), ("hdf5", "fork"),
-                                             ("hdf5", "spawn")])
-def test_reader_workers_give_the_same_batches(zarr_store, h5_store, backend, context):
+                                             ("hdf5", "spawn"), ("zip", "fork")])
+def test_reader_workers_give_the_same_batches(zarr_store, h5_store, zip_store, backend,
+                                              context):
     """Workers open the store themselves (the parent's handle is open before the fork) and the
     windows arrive in plan order: the same batches as without workers, epoch after epoch."""
-    path = zarr_store if backend == "zarr" else h5_store
+    path = {"zarr": zarr_store, "hdf5": h5_store, "zip": zip_store}[backend]
     with open_store(path) as s:
         rows = split_rows(s, "train")
         arrays = {"x": s.features().array("values"), "t": s.embeddings(KEY).array("clip")}
