@@ -244,6 +244,21 @@ def default_workers() -> int:
     return int(np.clip((os.cpu_count() or 2) // 2, 1, 4))
 
 
+_END = object()
+
+
+def _ahead(items: Iterator[Any]) -> Iterator[Any]:
+    """``items``, each produced in a background thread while the caller uses the one before."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        nxt = pool.submit(next, items, _END)
+        while True:
+            cur = nxt.result()
+            if cur is _END:
+                return
+            nxt = pool.submit(next, items, _END)
+            yield cur
+
+
 # -- the stream --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ReadTask:
@@ -395,19 +410,10 @@ class RowStream:
             yield from self._worker_loader(tasks)
             return
         reader = self._reader
+        yield from _ahead(self._pinned(reader[t]) for t in tasks)
 
-        def read(task: ReadTask) -> dict[str, torch.Tensor]:
-            out = reader[task]
-            return {k: v.pin_memory() for k, v in out.items()} if self.pin_memory else out
-
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            nxt = pool.submit(read, tasks[0]) if tasks else None
-            for i in range(len(tasks)):
-                assert nxt is not None
-                cur = nxt.result()
-                if i + 1 < len(tasks):
-                    nxt = pool.submit(read, tasks[i + 1])
-                yield cur
+    def _pinned(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.pin_memory() for k, v in batch.items()} if self.pin_memory else batch
 
     def _worker_loader(self, tasks: list[ReadTask]) -> Iterator[dict[str, torch.Tensor]]:
         if self._loader is None:
@@ -435,10 +441,11 @@ class RowStream:
             n = len(self.rows)
             order = (torch.randperm(n, generator=generator) if generator is not None
                      else torch.arange(n))
-            for b in range(0, n, batch_size):
-                idx = order[b:b + batch_size]
-                if len(idx) >= keep:
-                    yield {"pos": idx, **{k: v[idx] for k, v in self.resident.items()}}
+            cuts = (order[b:b + batch_size] for b in range(0, n, batch_size))
+            gathered = ({"pos": idx, **{k: v[idx] for k, v in self.resident.items()}}
+                        for idx in cuts if len(idx) >= keep)
+            # for a GPU: gather and pin the next batch while the device trains on this one
+            yield from _ahead(self._pinned(b) for b in gathered) if self.pin_memory else gathered
             return
         carry: dict[str, torch.Tensor] | None = None
         self.last_read_bytes = 0
