@@ -44,8 +44,15 @@ import click
               help="Test fold K of a store with an items 'fold' column (ESC-50): fold K is "
                    "test, fold K-1 valid, the rest train.")
 @click.option("--memory-limit", default="4G",
-              help="Load the training inputs into memory up to this size (float32); larger "
-                   "splits are streamed from the store chunk by chunk. 0 always streams.")
+              help="Hold the splits' inputs and targets in memory up to this size (float32, "
+                   "train first); the rest is streamed from the store in whole chunks. 0 "
+                   "always streams.")
+@click.option("--shuffle-buffer", default="128M",
+              help="Streamed splits: rows shuffled together, drawn from this many bytes of "
+                   "randomly chosen chunks (see docs/store-format.md, Reading order).")
+@click.option("--workers", type=click.IntRange(min=0),
+              help="Reader processes for streamed splits (0: one background thread)  "
+                   "[default: half the CPU cores, 1 to 4]")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in RUN_DIR.")
 @click.option("--overwrite", is_flag=True, help="Replace a run already in RUN_DIR.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar per epoch.")
@@ -53,22 +60,25 @@ def command(store: str, targets: str | None, out_dir: str, student: str, width: 
             lam: float, teacher_linear: bool, teacher_linear_dim: int | None,
             frame_targets: bool, epochs: int, batch_size: int, lr: float, weight_decay: float,
             schedule: str, patience: int, seed: int, device: str, fold: int | None,
-            memory_limit: str, resume: bool, overwrite: bool, progress: bool) -> None:
+            memory_limit: str, shuffle_buffer: str, workers: int | None, resume: bool,
+            overwrite: bool, progress: bool) -> None:
     """Train a student on STORE's log-mel inputs with KD towards stored teacher targets.
 
     The teacher never runs: inputs, labels and targets all come from STORE. The best epoch
     (validation accuracy, or mAP for multi-label data) is kept in RUN_DIR/best.pt and scored
     on the test split; `eastkd evaluate RUN_DIR STORE` scores it on any matching store.
     """
-    from eastkd.pipeline.distill.data import parse_bytes
     from eastkd.pipeline.distill.train import distill
+    from eastkd.pipeline.reading import parse_bytes
 
     r = distill(store, targets, out_dir, student=student, width=width, kd=kd, lam=lam,
                 teacher_linear=teacher_linear, teacher_linear_dim=teacher_linear_dim,
                 frame_targets=frame_targets, epochs=epochs, batch_size=batch_size, lr=lr,
                 weight_decay=weight_decay, schedule=schedule, seed=seed, device=device,
                 patience=patience, resume=resume, overwrite=overwrite, fold=fold,
-                memory_limit=parse_bytes(memory_limit), progress=progress, log=click.echo)
+                memory_limit=parse_bytes(memory_limit), workers=workers,
+                shuffle_buffer=parse_bytes(shuffle_buffer, "--shuffle-buffer"),
+                progress=progress, log=click.echo)
     fmt = ", ".join
     valid = fmt(f"{k} {v:.4f}" for k, v in r.valid_metrics.items() if k != "loss")
     test = fmt(f"{k} {v:.4f}" for k, v in r.test_metrics.items()) or "no test items"

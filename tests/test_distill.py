@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from conftest import extract_demo
 
 from eastkd.cli.main import cli
-from eastkd.pipeline.distill.data import load_split, resolve_targets
+from eastkd.pipeline.reading import chunk_groups, load_split, resolve_targets
 from eastkd.pipeline.distill.evaluate import evaluate
 from eastkd.pipeline.distill.train import LAST, distill
 from eastkd.pipeline.features import LogMelParams
@@ -176,29 +176,30 @@ def test_loader_reads_blocks_and_streams_shuffled_chunks(demo_store_master):
     with open_store(str(demo_store_master)) as s:
         spec = resolve_targets(s, TEACHER)
         mem = load_split(s, "train", spec)
-        stream = load_split(s, "train", spec, memory_limit=0, buffer_chunks=2)
+        stream = load_split(s, "train", spec, memory_limit=0, workers=0)
         assert mem.in_memory and not stream.in_memory
-        stream.chunk = 8  # pretend 8-item chunks: the train rows span several of them
-        reads = []
-        src = stream.source
-        stream.source = type("Counting", (), {"__getitem__": lambda _, sl: reads.append(sl)
-                                              or src[sl]})()
+        stream.stream.unit = 8  # pretend 8-item chunks: the train rows span several of them
+        stream.stream.window_units = 2
+        x_all, t_all = mem.stream.resident["x"], mem.stream.resident["t"]
         seen, orders = [], []
         for seed in (0, 1):
             rows = []
             for b in stream.batches(16, torch.Generator().manual_seed(seed)):
                 assert b.x.dtype == torch.float32 and b.x.shape[1:] == (96, 51)
                 pos = np.searchsorted(mem.rows, b.rows)
-                torch.testing.assert_close(b.x, mem.inputs[pos])
-                torch.testing.assert_close(b.t, mem.targets[pos])
-                assert torch.equal(b.y, mem.labels[pos])
+                torch.testing.assert_close(b.x, x_all[pos])
+                torch.testing.assert_close(b.t, t_all[pos])
+                assert np.array_equal(b.y.numpy(), s.items.label[b.rows])
                 rows.extend(b.rows.tolist())
             seen.append(sorted(rows))
             orders.append(rows)
         assert seen[0] == seen[1] == mem.rows.tolist()  # every row once per epoch
         assert orders[0] != orders[1]
-        n_chunks = len(np.unique(mem.rows // 8))
-        assert len(reads) == 2 * n_chunks  # one read per chunk, not per row
+        # one read per 8-item unit, of the rows between its first and last train row
+        spans = [hi - lo for _, lo, hi in chunk_groups(mem.rows, 8)]
+        row_bytes = sum(int(np.prod(a.shape[1:])) * a.dtype.itemsize for a in
+                        (s.features().array("values"), s.embeddings(TEACHER).array("clip")))
+        assert stream.stream.last_read_bytes == sum(spans) * row_bytes
         clip = s.embeddings(TEACHER).array("clip")
         np.testing.assert_array_equal(clip.read_rows(mem.rows), clip[:][mem.rows])
 

@@ -2,8 +2,10 @@
 the target task's labels through a linear classifier d -> C.
 
 Only the map and the classifier are trained; the teacher embeddings are fixed inputs read from
-the store. Inputs are standardised with the fit split's mean and std. Training uses AdamW on
-minibatches (CPU, seeded: the same call gives the same weights), cross-entropy for single-label
+the store and streamed in batches through :mod:`eastkd.pipeline.reading` (held in memory only
+while the split fits ``memory_limit``). Inputs are standardised with the fit split's mean and
+std (streaming float64 moments). Training uses AdamW on minibatches (CPU, seeded: the same call
+gives the same weights), cross-entropy for single-label
 and BCE-with-logits for multi-label data, and stops early on the validation split (accuracy, or
 macro mAP for multi-label), keeping the best epoch's weights. The targets are the map's outputs.
 """
@@ -19,6 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from eastkd.pipeline.reading import DEFAULT_MEMORY_LIMIT, RowStream
 from eastkd.store import EastkdError, ItemsTable, StoreArray
 
 
@@ -43,7 +46,8 @@ class LearnedCompressor:
 
     def __init__(self, dim: int | float, whiten: bool = False, seed: int = 0, epochs: int = 100,
                  patience: int = 10, batch_size: int = 64, lr: float = 1e-3,
-                 weight_decay: float = 1e-4, **_unused: Any) -> None:
+                 weight_decay: float = 1e-4, memory_limit: int = DEFAULT_MEMORY_LIMIT,
+                 **_unused: Any) -> None:
         if whiten:
             raise EastkdError("--whiten applies to --method pca only; drop it for learned")
         if isinstance(dim, float) or int(dim) < 1:
@@ -55,6 +59,7 @@ class LearnedCompressor:
         self.seed, self.epochs, self.patience = int(seed), int(epochs), int(patience)
         self.batch_size, self.lr = int(batch_size), float(lr)
         self.weight_decay = float(weight_decay)
+        self.memory_limit = int(memory_limit)  # how it reads, not what it computes
         self.mean_: np.ndarray | None = None
         self.std_: np.ndarray | None = None
         self.map_: nn.Linear | None = None
@@ -95,43 +100,63 @@ class LearnedCompressor:
         if rows.size == 0:
             raise EastkdError("no fit rows carry a label; the learned transformation needs "
                               "labelled training items")
-        x = np.asarray(source.read_rows(rows), dtype=np.float32).reshape(len(rows), -1)
         vrows = np.asarray(valid_rows if valid_rows is not None else [], dtype=np.int64)
         vrows, vy = self._targets(items, vrows)
-        vx = np.asarray(source.read_rows(vrows), dtype=np.float32).reshape(len(vrows), -1) \
-            if vrows.size else None
-        return self.fit_arrays(x, y, vx, vy if vrows.size else None, items.multi_label,
-                               len(items.class_names), progress)
+        if len(source.shape) != 2:
+            raise EastkdError(f"{source.path}: the learned transformation needs clip-level "
+                              "(items x dims) embeddings")
+
+        def stream(r: np.ndarray) -> RowStream:
+            return RowStream({"x": source}, r, memory_limit=self.memory_limit, workers=0)
+
+        return self.fit_streams(stream(rows), y, stream(vrows) if vrows.size else None,
+                                vy if vrows.size else None, items.multi_label,
+                                len(items.class_names), progress)
 
     def fit_arrays(self, x: np.ndarray, y: np.ndarray, vx: np.ndarray | None,
                    vy: np.ndarray | None, multi_label: bool, n_classes: int,
                    progress: bool = False) -> "LearnedCompressor":
         """Train on in-memory arrays (``y``: class indices, or multi-hot rows if multi-label)."""
-        if not (np.isfinite(x).all() and (vx is None or np.isfinite(vx).all())):
+        def stream(a: np.ndarray) -> RowStream:
+            return RowStream.from_tensors({"x": torch.from_numpy(
+                np.asarray(a, dtype=np.float32).reshape(len(a), -1))})
+
+        return self.fit_streams(stream(x), y, stream(vx) if vx is not None else None, vy,
+                                multi_label, n_classes, progress)
+
+    def fit_streams(self, train: RowStream, y: np.ndarray, valid: RowStream | None,
+                    vy: np.ndarray | None, multi_label: bool, n_classes: int,
+                    progress: bool = False) -> "LearnedCompressor":
+        """Train on row streams (array ``x``) with labels ``y``/``vy`` per stream row."""
+        m = train.moments("x")
+        finite = np.isfinite(m.m2).all() and (valid is None or np.isfinite(
+            valid.moments("x").m2).all())
+        if not finite:
             raise EastkdError("embeddings contain NaN/inf; re-extract them (--dtype float32)")
-        self.n_rows = len(x)
-        mean = x.astype(np.float64).mean(axis=0)
-        std = x.astype(np.float64).std(axis=0)
+        self.n_rows = len(train)
+        std = np.sqrt(m.var)
         std[std < 1e-8] = 1.0
-        self.mean_, self.std_ = mean.astype(np.float32), std.astype(np.float32)
-        xt = torch.from_numpy((x - self.mean_) / self.std_)
-        yt = torch.from_numpy(y)
-        vxt = torch.from_numpy((vx - self.mean_) / self.std_) if vx is not None else None
+        self.mean_, self.std_ = m.mean.astype(np.float32), std.astype(np.float32)
 
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # same bits on any machine, and fastest for these small layers
         try:
-            return self._train(xt, yt, vxt, vy, multi_label, n_classes, progress)
+            return self._train(train, torch.from_numpy(y), valid, vy, multi_label, n_classes,
+                               progress)
         finally:
             torch.set_num_threads(threads)
 
-    def _train(self, xt: torch.Tensor, yt: torch.Tensor, vxt: torch.Tensor | None,
+    def _standardised(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - torch.from_numpy(self.mean_)) / torch.from_numpy(self.std_)
+
+    def _train(self, train: RowStream, yt: torch.Tensor, valid: RowStream | None,
                vy: np.ndarray | None, multi_label: bool, n_classes: int,
                progress: bool) -> "LearnedCompressor":
         loss_fn: nn.Module = nn.BCEWithLogitsLoss() if multi_label else nn.CrossEntropyLoss()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            model = nn.Sequential(nn.Linear(xt.shape[1], self.dim), nn.Linear(self.dim, n_classes))
+            model = nn.Sequential(nn.Linear(train.shapes["x"][0], self.dim),
+                                  nn.Linear(self.dim, n_classes))
         gen = torch.Generator().manual_seed(self.seed)
         opt = torch.optim.AdamW(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         metric_name = "map" if multi_label else "accuracy"
@@ -142,18 +167,18 @@ class LearnedCompressor:
                    disable=not progress)
         for epoch in bar:
             model.train()
-            perm = torch.randperm(len(xt), generator=gen)
-            total = 0.0
-            for i in range(0, len(xt), self.batch_size):
-                idx = perm[i:i + self.batch_size]
-                loss = loss_fn(model(xt[idx]), yt[idx])
+            total = torch.zeros((), dtype=torch.float64)
+            for b in train.batches(self.batch_size, gen):
+                loss = loss_fn(model(self._standardised(b["x"])), yt[b["pos"]])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                total += float(loss.detach()) * len(idx)
-            point = {"epoch": epoch, "train_loss": total / len(xt)}
-            if vxt is not None:
-                point.update(self._evaluate(model, vxt, vy, multi_label, loss_fn))
+                total += loss.detach() * len(b["pos"])
+            point = {"epoch": epoch, "train_loss": float(total) / len(train)}
+            if valid is not None:
+                assert vy is not None
+                point.update(self._evaluate(model, self._logits(model, valid), vy, multi_label,
+                                            loss_fn))
                 metric = point["valid_" + metric_name]
                 # ties (frequent with small valid sets) go to the lower valid loss; no class with
                 # positives in valid: the loss alone decides
@@ -180,19 +205,25 @@ class LearnedCompressor:
             "name": metric_name,
             "split": "valid",
             "value": best_point.get("valid_" + metric_name),
-            "rows": 0 if vxt is None else len(vxt),
+            "rows": 0 if valid is None else len(valid),
             "chance": self._chance(yt.numpy() if vy is None else vy, multi_label, n_classes),
         }
-        if multi_label and vxt is not None:
+        if multi_label and valid is not None:
             self._probe["roc_auc"] = best_point["valid_roc_auc"]
         return self
 
-    @staticmethod
-    def _evaluate(model: nn.Module, vx: torch.Tensor, vy: np.ndarray, multi_label: bool,
-                  loss_fn: nn.Module) -> dict[str, float]:
+    def _logits(self, model: nn.Module, valid: RowStream) -> torch.Tensor:
+        """Eval-mode logits of every row of ``valid``, in order (one batch when resident)."""
         model.eval()
+        step = len(valid) if valid.in_memory else valid.window_units * valid.unit
         with torch.no_grad():
-            logits = model(vx)
+            return torch.cat([model(self._standardised(b["x"]))
+                              for b in valid.batches(max(1, step))])
+
+    @staticmethod
+    def _evaluate(model: nn.Module, logits: torch.Tensor, vy: np.ndarray, multi_label: bool,
+                  loss_fn: nn.Module) -> dict[str, float]:
+        with torch.no_grad():
             loss = float(loss_fn(logits, torch.from_numpy(vy)))
         out = {"valid_loss": loss}
         if multi_label:

@@ -19,6 +19,7 @@ import numpy as np
 from scipy.linalg.blas import dsyr, dsyrk
 from tqdm.auto import tqdm
 
+from eastkd.pipeline.reading import iter_row_blocks
 from eastkd.store import EastkdError, ItemsTable, StoreArray
 
 
@@ -62,24 +63,16 @@ class PCACompressor:
         """Fit on ``source[rows]`` reading each chunk of ``source`` once (chunks without fit
         rows are not read); ``block_items`` reads that many items at a time instead."""
         rows = np.unique(np.asarray(rows, dtype=np.int64))
-        n_items, d_in = source.shape[0], int(np.prod(source.shape[1:]))
+        d_in = int(np.prod(source.shape[1:]))
         if rows.size < 2:
             raise EastkdError(f"PCA needs at least 2 fit rows, got {rows.size}")
-        step = int(block_items or source.chunks[0])
         n = 0
         mean = np.zeros(d_in, dtype=np.float64)
         # upper triangle only, updated in place by BLAS (no D x D temporaries per chunk)
         scatter = np.zeros((d_in, d_in), dtype=np.float64, order="F")
         bar = tqdm(total=int(rows.size), desc="pca fit", unit="row", disable=not progress)
-        for start in range(0, n_items, step):
-            stop = min(n_items, start + step)
-            lo, hi = np.searchsorted(rows, [start, stop])
-            if lo == hi:
-                continue
-            block = source[start:stop].reshape(stop - start, d_in)
-            if hi - lo < stop - start:
-                block = block[rows[lo:hi] - start]
-            x = block.astype(np.float64)
+        for block in iter_row_blocks(source, rows, block_items):
+            x = block.reshape(len(block), d_in).astype(np.float64)
             k = x.shape[0]
             block_mean = x.mean(axis=0)
             x -= block_mean

@@ -19,7 +19,7 @@ from sklearn.metrics import accuracy_score, average_precision_score, f1_score, r
 from eastkd.pipeline import registry
 from eastkd.pipeline.device import resolve_device
 from eastkd.pipeline.distill.complexity import count_macs, count_parameters, cpu_ms_per_clip
-from eastkd.pipeline.distill.data import FEATURES, SplitData, load_split
+from eastkd.pipeline.reading import FEATURES, SplitData, load_split
 from eastkd.store import EastkdError, Store, StoreMismatchError, open_store
 
 CONFIG = "config.json"
@@ -63,7 +63,7 @@ def predict(model: torch.nn.Module, data: SplitData, device: torch.device,
     logits, labels = [], []
     try:
         for batch in data.batches(batch_size):
-            logits.append(model(batch.x.to(device)).logits.float().cpu())
+            logits.append(model(batch.x.to(device, non_blocking=True)).logits.float().cpu())
             labels.append(batch.y)
     finally:
         model.train(was_training)
@@ -169,7 +169,7 @@ def evaluate(run_dir: str, store_path: str, split: str = "test", fold: int | Non
         check_compatible(config, store)
         if fold is None and "fold" in store.items.extra:  # the run's own fold split by default
             fold = config["options"].get("fold")
-        data = load_split(store, split, None, fold)
+        data = load_split(store, split, None, fold, pin_memory=dev.type == "cuda")
         if len(data) == 0:
             have = ", ".join(sorted(set(store.items.splits)))
             raise EastkdError(f"{store_path}: split {split!r} has no usable items (splits: "
@@ -178,6 +178,7 @@ def evaluate(run_dir: str, store_path: str, split: str = "test", fold: int | Non
         model.load_state_dict(ckpt["student"])
         model.to(dev)
         logits, labels = predict(model, data, dev, batch_size)
+        data.close()
         teacher = _teacher_info(config, store)
         n_frames = data.input_shape[1]
     metrics = compute_metrics(logits.numpy(), labels.numpy(), config["multi_label"])

@@ -40,8 +40,9 @@ from tqdm.auto import tqdm
 from eastkd.pipeline import registry
 from eastkd.pipeline.device import resolve_device
 from eastkd.pipeline.distill.complexity import count_parameters
-from eastkd.pipeline.distill.data import (
+from eastkd.pipeline.reading import (
     DEFAULT_MEMORY_LIMIT,
+    DEFAULT_SHUFFLE_BUFFER,
     FEATURES,
     SplitData,
     TargetsSpec,
@@ -66,7 +67,7 @@ LAST = "last.pt"
 METRICS, HISTORY, CURVES = "metrics.json", "history.csv", "curves.png"
 RUN_FILES = (CONFIG, BEST, LAST, METRICS, HISTORY, CURVES)
 # Options that do not change what a run computes (may differ on --resume).
-_RUNTIME_KEYS = ("device", "memory_limit", "progress")
+_RUNTIME_KEYS = ("device", "memory_limit", "progress", "workers", "shuffle_buffer")
 
 
 @dataclass
@@ -166,14 +167,6 @@ def _prepare_run_dir(out_dir: str, config: dict[str, Any], resume: bool,
     return False
 
 
-def _target_norm(t: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """Train-split centre (per dim) and one overall scale (RMS of the per-dim std)."""
-    flat = t.reshape(-1, t.shape[-1]).double()
-    mean = flat.mean(dim=0)
-    scale = float(flat.var(dim=0, unbiased=False).mean().sqrt().clamp_min(1e-8))
-    return mean.float(), scale
-
-
 def _build_config(store: Any, store_path: str, spec: TargetsSpec | None, options: dict[str, Any],
                   sizes: dict[str, int]) -> dict[str, Any]:
     items = store.items
@@ -209,14 +202,13 @@ def _train_epoch(model: nn.Module, kd_loss: nn.Module | None, tlin: TeacherLinea
     """One pass over the training split; the mean of each loss term per item.
 
     ``L = (1 - lam) L_task + lam L_kd (+ L_teacher)``; only ``L_task`` without a KD loss.
+    The loss sums stay on the device: the host waits for the device once, at the epoch's end.
     """
     model.train()
     params = list(model.parameters()) + (list(kd_loss.parameters()) if kd_loss else [])
-    sums = {"loss": 0.0, "task": 0.0}
-    if kd_loss is not None:
-        sums["kd"] = 0.0
-    if tlin is not None:
-        sums["teacher"] = 0.0
+    keys = ["loss", "task"] + (["kd"] if kd_loss is not None else []) \
+        + (["teacher"] if tlin is not None else [])
+    sums = {k: torch.zeros((), dtype=torch.float64, device=dev) for k in keys}
     n_seen = 0
     for batch in train.batches(batch_size, gen, drop_last_below=2):
         x, y = batch.x.to(dev, non_blocking=True), batch.y.to(dev, non_blocking=True)
@@ -240,10 +232,11 @@ def _train_epoch(model: nn.Module, kd_loss: nn.Module | None, tlin: TeacherLinea
         k = len(y)
         n_seen += k
         for key, v in {"loss": loss, **parts}.items():
-            sums[key] += float(v.detach()) * k
+            sums[key] += v.detach() * k
         bar.update(1)
-        bar.set_postfix(loss=f"{sums['loss'] / n_seen:.3f}", refresh=False)
-    return {k: v / max(1, n_seen) for k, v in sums.items()}
+    means = {k: float(v) / max(1, n_seen) for k, v in sums.items()}
+    bar.set_postfix(loss=f"{means['loss']:.3f}", refresh=False)
+    return means
 
 
 def distill(store_path: str, targets: str | None, out_dir: str, *, student: str = "vgg",
@@ -253,12 +246,15 @@ def distill(store_path: str, targets: str | None, out_dir: str, *, student: str 
             weight_decay: float = 1e-4, schedule: str = "cosine", seed: int = 0,
             device: str = "auto", patience: int = 10, resume: bool = False,
             overwrite: bool = False, fold: int | None = None,
-            memory_limit: int = DEFAULT_MEMORY_LIMIT, progress: bool = True,
+            memory_limit: int = DEFAULT_MEMORY_LIMIT, workers: int | None = None,
+            shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, progress: bool = True,
             log: Callable[[str], None] | None = None,
             callback: Callable[[dict[str, Any]], None] | None = None) -> DistillResult:
     """Train ``student`` on ``store_path`` with KD towards ``targets``; write RUN_DIR ``out_dir``.
 
     ``targets`` names ``targets/NAME`` or ``embeddings/NAME`` (unused with ``kd='none'``).
+    ``memory_limit`` bytes of the splits are held in memory (train first), the rest streamed
+    through ``shuffle_buffer`` bytes by ``workers`` reader processes (None: automatic).
     ``patience`` 0 disables early stopping. ``log`` receives one-line messages (start info);
     ``callback`` gets each epoch's history record after the epoch's checkpoints are written.
     """
@@ -287,13 +283,18 @@ def distill(store_path: str, targets: str | None, out_dir: str, *, student: str 
                "epochs": int(epochs), "batch_size": int(batch_size), "lr": float(lr),
                "weight_decay": float(weight_decay), "schedule": schedule, "seed": int(seed),
                "patience": int(patience), "fold": fold, "grad_clip": GRAD_CLIP,
-               "device": device, "memory_limit": int(memory_limit), "progress": bool(progress)}
+               "device": device, "memory_limit": int(memory_limit), "progress": bool(progress),
+               "workers": workers, "shuffle_buffer": int(shuffle_buffer)}
 
     with open_store(store_path, "r") as store:
         spec = resolve_targets(store, targets, frame_targets) if kd != "none" else None
-        train = load_split(store, "train", spec, fold, memory_limit)
-        valid = load_split(store, "valid", None, fold, memory_limit)
-        test = load_split(store, "test", None, fold, memory_limit)
+        feed = dict(shuffle_buffer=shuffle_buffer, workers=workers,
+                    pin_memory=dev.type == "cuda")
+        train = load_split(store, "train", spec, fold, memory_limit, **feed)
+        left = max(0, memory_limit - train.resident_bytes)
+        valid = load_split(store, "valid", None, fold, left, **feed)
+        test = load_split(store, "test", None, fold, max(0, left - valid.resident_bytes),
+                          **feed)
         sizes = {"train": len(train), "valid": len(valid), "test": len(test),
                  "skipped": skipped_count(store, spec)}
         if len(train) < 2 or len(valid) == 0:
@@ -315,9 +316,8 @@ def distill(store_path: str, targets: str | None, out_dir: str, *, student: str 
         tlin: TeacherLinear | None = None
         norm: dict[str, Any] = {}
         if spec is not None:
-            assert train.targets is not None
-            mean, scale = _target_norm(train.targets)
-            train.targets = (train.targets - mean) / scale
+            mean, scale = train.target_stats()
+            train.normalise_targets(mean, scale)
             norm = {"mean": mean, "scale": scale}
             t_dim = spec.dim
             if teacher_linear:
@@ -330,7 +330,8 @@ def distill(store_path: str, targets: str | None, out_dir: str, *, student: str 
             + (f"; targets {spec.section}/{spec.array} ({spec.dim}-d), {kd} λ={lam}"
                if spec else "; no KD (task loss only)")
             + (f"; teacher-linear {spec.dim}->{t_dim}" if tlin is not None else "")
-            + f"; device {dev}; inputs {'in memory' if train.in_memory else 'streamed'}")
+            + f"; device {dev}; train split "
+            + ("in memory" if train.in_memory else f"streamed ({train.workers} reader workers)"))
 
         student_params = list(model.parameters()) + (list(kd_loss.parameters()) if kd_loss else [])
         groups: list[dict[str, Any]] = [{"params": student_params}]
@@ -432,6 +433,8 @@ def distill(store_path: str, targets: str | None, out_dir: str, *, student: str 
             if len(test):
                 logits, labels = predict(model, test, dev)
                 test_metrics = compute_metrics(logits.numpy(), labels.numpy(), multi_label)
+        for split in (train, valid, test):
+            split.close()
         stopped_early = state["epoch"] < epochs
         result = DistillResult(
             run_dir=out_dir, best_epoch=state["best_epoch"], epochs_run=state["epoch"],
