@@ -29,7 +29,7 @@ from eastkd.pipeline.device import resolve_device
 from eastkd.pipeline.features import LogMel, LogMelParams
 from eastkd.pipeline.indexing import build_items_table
 from eastkd.pipeline.teachers.base import Teacher
-from eastkd.pipeline.teachers.loading import load_teacher
+from eastkd.pipeline.teachers.loading import check_key, default_key, load_teacher
 from eastkd.store import (
     OK,
     PENDING,
@@ -234,10 +234,11 @@ def extract(dataset: str | DatasetSpec, store_path: str, opts: ExtractOptions) -
 def _extract_into(store: Store, store_path: str, teacher: Teacher, device: torch.device,
                   opts: ExtractOptions) -> ExtractSummary:
     shard_i, shard_n = opts.shard
-    key = opts.key or teacher.name
+    key = check_key(opts.key or default_key(opts.teacher))
     items = store.items
     n = len(items)
     segment = _resolve_segment(opts, items.durations)
+    probe = teacher.probe(segment.samples(teacher.sample_rate), device)  # before any write
 
     lm = opts.logmel
     n_frames = lm.n_frames(segment.samples(lm.sample_rate))
@@ -251,11 +252,9 @@ def _extract_into(store: Store, store_path: str, teacher: Teacher, device: torch
     arrays = {"clip": ArraySpec((teacher.embedding_dim,), opts.dtype)}
     t_frames = 0
     if opts.frames:
-        if teacher.frame_rate is None:
+        if teacher.frame_rate is None or probe.frames is None:
             raise EastkdError(
                 f"teacher {teacher.name!r} has no frame-level embeddings; drop --frames")
-        with torch.inference_mode():
-            probe = teacher(torch.zeros(1, segment.samples(teacher.sample_rate), device=device))
         t_frames = int(probe.frames.shape[1])
         arrays["frames"] = ArraySpec((t_frames, teacher.embedding_dim), opts.dtype)
     identity = _identity(teacher, opts, segment)
@@ -265,6 +264,7 @@ def _extract_into(store: Store, store_path: str, teacher: Teacher, device: torch
                "teacher_parameters": teacher.num_parameters, "sample_rate": teacher.sample_rate,
                "embedding_dim": teacher.embedding_dim, "frame_rate": teacher.frame_rate,
                "n_frames": t_frames, "pooling": teacher.pooling,
+               "min_seconds": teacher.min_seconds,
                "segment": segment.as_dict(), "eastkd_version": eastkd_version(),
                "dataset_fingerprint": store.dataset_fingerprint,
                "extract_options": {"batch_size": opts.batch_size, "dtype": opts.dtype,
