@@ -307,7 +307,7 @@ def test_bad_input_fail_then_skip(kind: str, demo_manifest: Path, tmp_path: Path
     store = tmp_path / "s.zarr"
     teacher = dict(teacher=PY_TEACHER, teacher_options={"nan_on_silence": True}) \
         if kind == "nan" else {}
-    key = PY_TEACHER if kind == "nan" else "crepe-tiny"
+    key = "make" if kind == "nan" else "crepe-tiny"  # python: teachers: the callable name
     kw = dict(chunk_items=4, batch_size=4, **teacher)
 
     with pytest.raises(EastkdError) as err:
@@ -357,7 +357,7 @@ def test_units_are_run_and_marked_done_in_blocks(demo_manifest: Path, tmp_path: 
     with pytest.raises(EastkdError, match="item 'bad_empty'"):
         extract(str(manifest), str(store), opts(**kw))
     with open_store(str(store)) as s:
-        emb, feat = s.embeddings(PY_TEACHER), s.features()
+        emb, feat = s.embeddings("make"), s.features()
         assert emb.unit == 32 and feat.array("values").chunks[0] == 8  # 96 x 1501 float16
         assert emb.status().tolist() == [OK] * 16 + [PENDING] * 5
         assert feat.status().tolist() == [OK] * 16 + [PENDING] * 5
@@ -365,7 +365,7 @@ def test_units_are_run_and_marked_done_in_blocks(demo_manifest: Path, tmp_path: 
     summary = extract(str(manifest), str(store), opts(on_error="skip", **kw))
     assert (summary.written, summary.skipped_now, summary.already_done) == (4, 1, 16)
     with open_store(str(store)) as s:
-        emb = s.embeddings(PY_TEACHER)
+        emb = s.embeddings("make")
         assert emb.counts() == {"ok": 20, "skipped": 1, "pending": 0}
         # rows written into the shared clip chunk by the first run survive the second
         np.testing.assert_array_equal(emb.array("clip")[:16], first)
@@ -402,8 +402,8 @@ def test_cli_bad_input_one_line_error_then_skip_and_info(demo_manifest: Path, tm
     assert info.returncode == 0, info.stderr
     d = json.loads(info.stdout)
     want = [{"id": f"bad_{k}", "reason": REASONS[k]} for k in kinds]
-    assert d["embeddings"][PY_TEACHER]["skipped"] == want
-    assert d["embeddings"][PY_TEACHER]["status"] == {"ok": 5, "skipped": 4, "pending": 0}
+    assert d["embeddings"]["make"]["skipped"] == want
+    assert d["embeddings"]["make"]["status"] == {"ok": 5, "skipped": 4, "pending": 0}
     assert d["features"]["logmel"]["skipped"] == want[:3]  # the NaN clip's audio was fine
 
 
