@@ -14,12 +14,14 @@ RESAMPLER_NAMES = ["kaiser-best", "fast"]  # eastkd.pipeline.audio.RESAMPLERS (k
 @click.argument("store")
 @click.option("--teacher", "-t", default="crepe-tiny",
               help="Teacher name (crepe, crepe-tiny, passt, mule, python:MODULE:CALLABLE, or "
-                   "any registered in the eastkd.teachers entry-point group).")
+                   "any registered in the eastkd.teachers entry-point group). The contract for "
+                   "your own module: README, 'Bring your own teacher'.")
 @click.option("--teacher-opt", "teacher_opts", multiple=True, metavar="KEY=VALUE",
               help="Option passed to the teacher factory, e.g. hop_ms=100 (repeatable).")
 @click.option("--weights", type=click.Path(dir_okay=False),
               help="Local checkpoint file for teachers that load weights (passt, mule).")
-@click.option("--key", help="Name of the embeddings in the store  [default: teacher name]")
+@click.option("--key", help="Name of the embeddings in the store (letters, digits, . _ + -)  "
+                            "[default: the teacher name; CALLABLE for python:MODULE:CALLABLE]")
 @click.option("--segment", type=float,
               help="Crop/pad every clip to this many seconds; without it, clips whose longest "
                    "is more than 1.25x the median length are refused (one outlier would set "

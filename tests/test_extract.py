@@ -36,6 +36,7 @@ HOP = {"hop_ms": 100}
 HOP_CLI = ["--teacher-opt", "hop_ms=100"]
 TEACHER_MODULE = "eastkd_test_user_teacher"
 PY_TEACHER = f"python:{TEACHER_MODULE}:make"
+PY_KEY = "make"  # python: teachers are stored under the callable's name
 
 TEACHER_SOURCE = '''
 """A user's own teacher: fixed random projections of 100 ms frames (real torch, no weights)."""
@@ -307,7 +308,7 @@ def test_bad_input_fail_then_skip(kind: str, demo_manifest: Path, tmp_path: Path
     store = tmp_path / "s.zarr"
     teacher = dict(teacher=PY_TEACHER, teacher_options={"nan_on_silence": True}) \
         if kind == "nan" else {}
-    key = PY_TEACHER if kind == "nan" else "crepe-tiny"
+    key = PY_KEY if kind == "nan" else "crepe-tiny"
     kw = dict(chunk_items=4, batch_size=4, **teacher)
 
     with pytest.raises(EastkdError) as err:
@@ -380,14 +381,14 @@ def test_each_chunk_written_once_and_status_per_unit(demo_manifest: Path, tmp_pa
     log = _record_writes(monkeypatch)
     with pytest.raises(EastkdError, match="item 'bad_empty'"):
         extract(str(manifest), str(store), opts(**kw))
-    key = f"embeddings/{PY_TEACHER}"
+    key = f"embeddings/{PY_KEY}"
     # batches of 4 fill the chunks: log-mel rows 0-7 after the 2nd batch, 8-15 and the clip
     # embeddings' 16 rows after the 4th, then the unit's status
     assert log == [("features/logmel/values", 0, 8), (f"{key}/clip", 0, 16),
                    ("features/logmel/values", 8, 8), ("features/logmel/status", 0, 16),
                    (f"{key}/status", 0, 16)]
     with open_store(str(store)) as s:
-        emb, feat = s.embeddings(PY_TEACHER), s.features()
+        emb, feat = s.embeddings(PY_KEY), s.features()
         assert emb.unit == 16 and feat.array("values").chunks[0] == 8
         assert emb.status().tolist() == [OK] * 16 + [PENDING] * 5
         assert feat.status().tolist() == [OK] * 16 + [PENDING] * 5
@@ -398,7 +399,7 @@ def test_each_chunk_written_once_and_status_per_unit(demo_manifest: Path, tmp_pa
     assert log == [(f"{key}/clip", 16, 5), ("features/logmel/values", 16, 5),
                    ("features/logmel/status", 16, 5), (f"{key}/status", 16, 5)]
     with open_store(str(store)) as s:
-        emb = s.embeddings(PY_TEACHER)
+        emb = s.embeddings(PY_KEY)
         assert emb.counts() == {"ok": 20, "skipped": 1, "pending": 0}
         np.testing.assert_array_equal(emb.array("clip")[:16], first)
         assert np.abs(emb.array("clip")[18:]).sum(axis=1).min() > 0
@@ -434,8 +435,8 @@ def test_cli_bad_input_one_line_error_then_skip_and_info(demo_manifest: Path, tm
     assert info.returncode == 0, info.stderr
     d = json.loads(info.stdout)
     want = [{"id": f"bad_{k}", "reason": REASONS[k]} for k in kinds]
-    assert d["embeddings"][PY_TEACHER]["skipped"] == want
-    assert d["embeddings"][PY_TEACHER]["status"] == {"ok": 5, "skipped": 4, "pending": 0}
+    assert d["embeddings"][PY_KEY]["skipped"] == want
+    assert d["embeddings"][PY_KEY]["status"] == {"ok": 5, "skipped": 4, "pending": 0}
     assert d["features"]["logmel"]["skipped"] == want[:3]  # the NaN clip's audio was fine
 
 

@@ -21,6 +21,7 @@ from eastkd.pipeline.extract.plan import Batch, Unit
 from eastkd.pipeline.features import LogMelParams
 from eastkd.store import OK, PENDING, EastkdError, open_store
 from tests.test_extract import (
+    PY_KEY,
     PY_TEACHER,
     TEACHER_MODULE,
     TEACHER_SOURCE,
@@ -166,7 +167,7 @@ def test_changed_and_vanished_files_are_skipped_then_rehash_reextracts(
     extract(manifest, str(store), opts(units=[0, 1], **kw))  # rows 0-3 done
     with open_store(str(store)) as s:
         paths, sha_before = s.items.paths, list(s.items.sha256)
-        before = s.embeddings(PY_TEACHER).array("clip")[:]
+        before = s.embeddings(PY_KEY).array("clip")[:]
     shutil.copy(paths[9], paths[0])  # a finished row's file changes
     shutil.copy(paths[9], paths[5])  # a pending row's file changes
     Path(paths[7]).unlink()  # a pending row's file vanishes
@@ -182,7 +183,7 @@ def test_changed_and_vanished_files_are_skipped_then_rehash_reextracts(
     shutil.copy(paths[8], paths[7])  # the file comes back (with other bytes)
     summary = extract(manifest, str(store), opts(on_error="skip", rehash=True, **kw))
     with open_store(str(store)) as s:
-        emb = s.embeddings(PY_TEACHER)
+        emb = s.embeddings(PY_KEY)
         assert emb.status().tolist() == [OK] * 10
         changed = [i for i in range(10) if s.items.sha256[i] != sha_before[i]]
         assert changed == [0, 5, 7]
@@ -211,7 +212,7 @@ def test_outlier_clip_is_refused_without_segment(demo_manifest: Path, tmp_path: 
     summary = extract(str(manifest), str(tmp_path / "s.zarr"), opts(segment=1.0, **kw))
     assert summary.written == 6
     with open_store(str(tmp_path / "s.zarr")) as s:
-        clip = s.embeddings(PY_TEACHER).array("clip")[:]
+        clip = s.embeddings(PY_KEY).array("clip")[:]
     np.testing.assert_array_equal(clip[5], clip[0])  # the first second of the tiled clip
 
 
@@ -223,7 +224,7 @@ def test_units_option_extracts_only_those_units(demo_manifest: Path, tmp_path: P
     summary = extract(str(manifest), str(store), opts(units=[1], **kw))
     assert summary.written == 4
     with open_store(str(store)) as s:
-        assert s.embeddings(PY_TEACHER).status().tolist() == [PENDING] * 4 + [OK] * 4 + \
+        assert s.embeddings(PY_KEY).status().tolist() == [PENDING] * 4 + [OK] * 4 + \
             [PENDING] * 2
     with pytest.raises(EastkdError, match=r"units \[3\] out of range: this store has 3 units"):
         extract(str(manifest), str(store), opts(units=[3], **kw))
@@ -245,8 +246,8 @@ def test_sigkill_with_queued_batches_resumes_bit_identical(
     monkeypatch.setenv("PYTHONPATH", str(teacher_dir))
     args = ["extract", str(manifest), str(store), "-t", PY_TEACHER, "--frames",
             "--chunk-items", "1", "--batch-size", "1", "--no-progress"]
-    _kill_when(args, lambda: _ok_rows(store, PY_TEACHER), 6)
-    done = _ok_rows(store, PY_TEACHER)
+    _kill_when(args, lambda: _ok_rows(store, PY_KEY), 6)
+    done = _ok_rows(store, PY_KEY)
     assert 6 <= done < 40, done
     rerun = run_cli(*args)
     assert rerun.returncode == 0, rerun.stderr
@@ -297,7 +298,7 @@ def test_interrupt_says_how_much_was_kept(demo_manifest: Path, tmp_path: Path,
                             env=env)
     deadline = time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline and \
-            _ok_rows(store, PY_TEACHER) < 3:
+            _ok_rows(store, PY_KEY) < 3:
         time.sleep(0.02)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
@@ -305,7 +306,7 @@ def test_interrupt_says_how_much_was_kept(demo_manifest: Path, tmp_path: Path,
     m = re.fullmatch(r"Error: interrupted: (\d+) of 40 clips of this run were written and kept "
                      r"\((\d+) units\); rerun the same command to continue\n", err)
     assert m, err
-    kept = _ok_rows(store, PY_TEACHER)
+    kept = _ok_rows(store, PY_KEY)
     assert int(m[1]) == int(m[2]) == kept and 3 <= kept < 40
     again = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
     assert again.returncode == 0, again.stderr

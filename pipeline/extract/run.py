@@ -33,7 +33,7 @@ from eastkd.pipeline.extract.plan import (
 from eastkd.pipeline.extract.writer import BatchResult, Writer
 from eastkd.pipeline.indexing import MTIME, SIZE, build_items_table
 from eastkd.pipeline.teachers.base import Teacher
-from eastkd.pipeline.teachers.loading import load_teacher
+from eastkd.pipeline.teachers.loading import check_key, default_key, load_teacher
 from eastkd.store import (
     ArraySpec,
     EastkdError,
@@ -68,6 +68,7 @@ def _check_options(opts: ExtractOptions, store_path: str) -> None:
         raise EastkdError(f"--on-error must be one of {ON_ERROR}")
     if opts.dtype not in ("float16", "float32"):
         raise EastkdError("--dtype must be float16 or float32")
+    check_key(opts.key or default_key(opts.teacher))
     if opts.resampler not in RESAMPLERS:
         raise EastkdError(f"--resampler {opts.resampler!r}: choose one of "
                           f"{', '.join(RESAMPLERS)}")
@@ -133,6 +134,7 @@ def _apply_rehash(store_path: str, items: ItemsTable, known: ItemsTable) -> Stor
 def _sections(store: Store, teacher: Teacher, device: torch.device, opts: ExtractOptions,
               segment: Segment, batch_size: int, key: str) -> tuple[Section, Section, int]:
     """The features and embeddings sections (created if needed) and the frames per clip."""
+    t_frames = _probe(teacher, device, segment, opts.frames)  # before anything is written
     lm = opts.logmel
     n_frames = lm.n_frames(segment.samples(lm.sample_rate))
     cap = opts.chunk_items or default_chunk_cap(len(store.items), batch_size)
@@ -146,7 +148,6 @@ def _sections(store: Store, teacher: Teacher, device: torch.device, opts: Extrac
         overwrite=opts.overwrite, max_chunk_items=cap,
     )
     arrays = {"clip": ArraySpec((teacher.embedding_dim,), opts.dtype)}
-    t_frames = _probe_frames(teacher, device, segment) if opts.frames else 0
     if t_frames:
         arrays["frames"] = ArraySpec((t_frames, teacher.embedding_dim), opts.dtype)
     emb = store.require_section(
@@ -156,7 +157,7 @@ def _sections(store: Store, teacher: Teacher, device: torch.device, opts: Extrac
                "embedding_dim": teacher.embedding_dim, "frame_rate": teacher.frame_rate,
                "frame_offset": float(getattr(teacher, "frame_offset", 0.0)),
                "n_frames": t_frames, "pooling": teacher.pooling,
-               "segment": segment.as_dict(), "eastkd_version": eastkd_version(),
+               "min_seconds": teacher.min_seconds, "segment": segment.as_dict(), "eastkd_version": eastkd_version(),
                "dataset_fingerprint": store.dataset_fingerprint,
                "extract_options": {"batch_size": batch_size, "dtype": opts.dtype,
                                    "frames": opts.frames, "crop": opts.crop,
@@ -172,11 +173,14 @@ def _sections(store: Store, teacher: Teacher, device: torch.device, opts: Extrac
     return feat, emb, t_frames
 
 
-def _probe_frames(teacher: Teacher, device: torch.device, segment: Segment) -> int:
-    if teacher.frame_rate is None:
+def _probe(teacher: Teacher, device: torch.device, segment: Segment, frames: bool) -> int:
+    """Run the teacher once at the real segment length (this learns a wrapped module's
+    embedding size); the frames per clip when ``frames`` is asked for, else 0."""
+    probe = teacher.probe(segment.samples(teacher.sample_rate), device)
+    if not frames:
+        return 0
+    if teacher.frame_rate is None or probe.frames is None:
         raise EastkdError(f"teacher {teacher.name!r} has no frame-level embeddings; drop --frames")
-    with torch.inference_mode():
-        probe = teacher(torch.zeros(1, segment.samples(teacher.sample_rate), device=device))
     return int(probe.frames.shape[1])
 
 
@@ -190,7 +194,7 @@ def _autocast(teacher: Teacher, device: torch.device) -> bool:
 
 def _extract_into(store: Store, store_path: str, teacher: Teacher, device: torch.device,
                   opts: ExtractOptions) -> ExtractSummary:
-    key = opts.key or teacher.name
+    key = check_key(opts.key or default_key(opts.teacher))
     items = store.items
     n = len(items)
     segment = resolve_segment(opts.segment, opts.crop, items.durations, items.ids)

@@ -1,17 +1,22 @@
 """What a teacher is to eastkd: a frozen model from waveforms to embeddings.
 
 A teacher declares the sample rate it expects, the size of its embedding, whether it yields
-frame-level embeddings (and at which rate), and a fingerprint of its weights, which goes into
-the store's provenance so that embeddings from different weights are never mixed.
+frame-level embeddings (and at which rate), the shortest input it accepts, and a fingerprint of
+its weights, which goes into the store's provenance so that embeddings from different weights
+are never mixed. The whole contract, for users wrapping their own model, is in the README
+("Bring your own teacher").
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from eastkd.store import EastkdError
 
 
 @dataclass
@@ -29,6 +34,9 @@ class Teacher:
     ``model`` maps a (B, S) float32 waveform batch at ``sample_rate`` to a :class:`TeacherOutput`.
     ``frame_rate`` is frames per second of ``frames`` (None for clip-only teachers).
     ``options`` are the teacher's own settings (e.g. hop), recorded in provenance.
+    ``min_seconds`` is the shortest input the model accepts: shorter inputs (a ``--segment``
+    below it) are zero-padded at the end to that length before the forward pass.
+    ``embedding_dim`` may be 0 for a wrapped module until :meth:`probe` has run it once.
     """
 
     name: str
@@ -39,6 +47,11 @@ class Teacher:
     frame_rate: float | None = None
     pooling: str = "mean over frames"
     options: dict[str, Any] = field(default_factory=dict)
+    min_seconds: float = 0.0
+
+    @property
+    def min_samples(self) -> int:
+        return int(math.ceil(self.min_seconds * self.sample_rate))
 
     def to(self, device: torch.device | str) -> "Teacher":
         self.model.to(device)
@@ -49,18 +62,56 @@ class Teacher:
         return sum(p.numel() for p in self.model.parameters())
 
     def __call__(self, wave: torch.Tensor) -> TeacherOutput:
+        short = self.min_samples - wave.shape[-1]
+        if short > 0:
+            wave = torch.nn.functional.pad(wave, (0, short))
         return self.model(wave)
+
+    def probe(self, n_samples: int, device: torch.device | str = "cpu") -> TeacherOutput:
+        """Run the teacher once on silence of the real input length (``n_samples``, i.e. the
+        segment) and record what it returns: the embedding size, and for wrapped modules
+        whether it yields frames. Extract calls this before creating the store's arrays."""
+        try:
+            with torch.inference_mode():
+                out = self(torch.zeros(1, n_samples, device=device))
+        except Exception as e:  # noqa: BLE001 - any failure of a user's model gets one line
+            raise EastkdError(
+                f"teacher {self.name!r} failed on a {n_samples / self.sample_rate:g} s probe "
+                f"input ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); if it "
+                "needs longer inputs, give it a `min_seconds` attribute or a longer --segment"
+            ) from e
+        if not isinstance(out, TeacherOutput) or out.clip.dim() != 2:
+            raise EastkdError(f"teacher {self.name!r} returned {type(out).__name__}; expected "
+                              "TeacherOutput with (B, D) clip embeddings")
+        self.embedding_dim = int(out.clip.shape[-1])
+        if out.frames is None:
+            self.frame_rate = None
+        return out
+
+
+def tensor_bytes(tensor: torch.Tensor) -> bytes:
+    """The raw bytes of any tensor: every shape (0-dim included) and dtype (bool, complex,
+    bfloat16, quantized, ...), dense or sparse, on any device."""
+    t = tensor.detach()
+    if t.is_quantized:
+        t = t.int_repr()
+    if t.layout != torch.strided:
+        t = t.to_dense()
+    t = t.cpu().contiguous().reshape(-1)
+    return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
 
 
 def state_dict_sha256(module: torch.nn.Module) -> str:
     """sha256 over the module's parameters and buffers (names, shapes, dtypes and bytes)."""
     h = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
+    for name, value in sorted(module.state_dict().items()):
         h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(str(t.dtype).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        if not isinstance(value, torch.Tensor):  # extra state a module may put in its dict
+            h.update(repr(value).encode())
+            continue
+        h.update(str(tuple(value.shape)).encode())
+        h.update(str(value.dtype).encode())
+        h.update(tensor_bytes(value))
     return h.hexdigest()
 
 

@@ -3,12 +3,16 @@
 A user's callable is called with the ``--teacher-opt`` options and returns either a
 :class:`Teacher`, or a ``torch.nn.Module`` with a ``sample_rate`` attribute whose forward maps a
 (B, S) waveform to (B, D) clip embeddings, (B, T, D) frame embeddings (mean-pooled to a clip
-embedding) or a :class:`TeacherOutput`.
+embedding) or a :class:`TeacherOutput`. Optional attributes: ``frame_rate`` (frames per second
+of (B, T, D) outputs), ``min_seconds`` (shortest input it accepts; shorter inputs are zero-padded
+to it). The module is probed once, by extract, on silence of the real segment length. The
+README's "Bring your own teacher" section is the contract in one place.
 """
 
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 from typing import Any
 
@@ -17,6 +21,8 @@ import torch
 from eastkd.pipeline import registry
 from eastkd.pipeline.teachers.base import Teacher, TeacherOutput, state_dict_sha256
 from eastkd.store import EastkdError
+
+_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 
 class _ModuleTeacher(torch.nn.Module):
@@ -56,19 +62,34 @@ def _import_callable(spec: str) -> Any:
 
 
 def from_module(name: str, module: torch.nn.Module, options: dict[str, Any]) -> Teacher:
-    """Wrap a plain module as a Teacher, probing it once for its embedding size."""
+    """Wrap a plain module as a Teacher. Its embedding size is learnt by :meth:`Teacher.probe`
+    on an input of the real segment length (extract does that before writing anything)."""
     sr = getattr(module, "sample_rate", None)
-    if not isinstance(sr, int) or sr <= 0:
+    if not isinstance(sr, int) or isinstance(sr, bool) or sr <= 0:
         raise EastkdError(f"teacher {name!r}: the module needs an integer `sample_rate` attribute")
-    model = _ModuleTeacher(module).eval()
-    with torch.inference_mode():
-        probe = model(torch.zeros(1, sr))
+    min_seconds = getattr(module, "min_seconds", 0.0)
+    if not isinstance(min_seconds, (int, float)) or min_seconds < 0:
+        raise EastkdError(f"teacher {name!r}: `min_seconds` must be a number >= 0, got "
+                          f"{min_seconds!r}")
     frame_rate = getattr(module, "frame_rate", None)
-    return Teacher(name=name, model=model, sample_rate=sr,
-                   embedding_dim=int(probe.clip.shape[-1]),
-                   weights_sha256=state_dict_sha256(module),
-                   frame_rate=frame_rate if probe.frames is not None else None,
-                   options=dict(options))
+    return Teacher(name=name, model=_ModuleTeacher(module).eval(), sample_rate=sr,
+                   embedding_dim=0, weights_sha256=state_dict_sha256(module),
+                   frame_rate=float(frame_rate) if frame_rate else None,
+                   options=dict(options), min_seconds=float(min_seconds))
+
+
+def default_key(teacher: str) -> str:
+    """The embeddings key a teacher's output is stored under when ``--key`` is not given: the
+    registered name, or the callable's name for ``python:MODULE:CALLABLE``."""
+    return teacher.rsplit(":", 1)[-1] if teacher.startswith("python:") else teacher
+
+
+def check_key(key: str) -> str:
+    """``key`` if it is usable as a store path component, else a one-line error."""
+    if not _KEY.match(key):
+        raise EastkdError(f"embeddings key {key!r}: use letters, digits and . _ + - only "
+                          "(starting with a letter or digit); choose one with --key")
+    return key
 
 
 def load_teacher(name: str, options: dict[str, Any] | None = None) -> Teacher:
