@@ -59,3 +59,16 @@ class ItemsTable:
             "multi_label": bool(self.multi_label),
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+    def content_sha256(self) -> str:
+        """sha256 over every column as stored (paths, durations and extra columns too): the
+        items table's checksum, recorded at creation and checked on every read."""
+        h = hashlib.sha256()
+        for col in (self.ids, self.paths, self.sha256, self.splits, self.class_names):
+            h.update(json.dumps([str(x) for x in col]).encode())
+        h.update(np.asarray(self.durations, dtype="<f4").tobytes())
+        h.update(np.ascontiguousarray(self.labels, dtype=np.uint8).tobytes())
+        h.update(json.dumps(bool(self.multi_label)).encode())
+        for name in sorted(self.extra):
+            h.update(json.dumps([name, [str(x) for x in np.asarray(self.extra[name])]]).encode())
+        return h.hexdigest()

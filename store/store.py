@@ -10,6 +10,7 @@ marked done, and the next run redoes only what is not.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -20,15 +21,42 @@ from typing import Any, Iterator
 import numpy as np
 
 from eastkd.store.backends.base import Backend
-from eastkd.store.errors import EastkdError, StoreMismatchError, StoreNotFoundError
+from eastkd.store.errors import (
+    EastkdError,
+    StoreDamageError,
+    StoreMismatchError,
+    StoreNotFoundError,
+)
 from eastkd.store.items import ItemsTable
 
 FORMAT_NAME = "eastkd-store"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: checksummed chunks, NaN fill for floats, dimension names
 SECTION_KINDS = ("features", "embeddings", "targets")
 PENDING, OK, SKIPPED = 0, 1, 2
 _TARGET_CHUNK_BYTES = 4 << 20
 _MAX_CHUNK_ITEMS = 8192
+ITEM_DIM = "item"
+# names of the row axes (after "item") of the arrays eastkd writes; others get NAME_0, NAME_1 ...
+ROW_DIMS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("features", "values"): ("mel", "frame"),
+    ("embeddings", "clip"): ("dim",),
+    ("embeddings", "frames"): ("frame", "dim"),
+    ("targets", "values"): ("dim",),
+    ("items", "labels"): ("class",),
+}
+
+
+def dimension_names(kind: str, array: str, row_ndim: int) -> tuple[str, ...]:
+    """``("item", ...)``: the names of an item-aligned array's dimensions (xarray's dims)."""
+    row = ROW_DIMS.get((kind, array))
+    if row is None or len(row) != row_ndim:
+        row = tuple(f"{array}_{i}" for i in range(row_ndim))
+    return (ITEM_DIM, *row)
+
+
+def _same_json(a: Any, b: Any) -> bool:
+    """Whether two attribute values are equal once stored (tuples and lists compare equal)."""
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
 
 
 def eastkd_version() -> str:
@@ -77,6 +105,7 @@ class ArraySpec:
 
     row_shape: tuple[int, ...]
     dtype: Any
+    dims: tuple[str, ...] | None = None  # row axes' names; default from ROW_DIMS
 
 
 class StoreArray:
@@ -276,7 +305,10 @@ class Store:
     @property
     def items(self) -> ItemsTable:
         if self._items is None:
-            self._items = _read_items(self.backend)
+            items = _read_items(self.backend)
+            check_items(self.path, items, self.backend.get_attrs("items"),
+                        self.attrs.get("dataset", {}))
+            self._items = items
         return self._items
 
     @property
@@ -319,19 +351,31 @@ class Store:
             if overwrite and self.backend.get_attrs(path).get("identity") is not None:
                 self.backend.delete(path)
         n = len(self.items)
-        self.backend.create_group(path, {**attrs, "identity": identity})
+        self._require_group(path, {**attrs, "identity": identity})
         units = []
         for aname, spec in arrays.items():
             row_bytes = int(np.prod(spec.row_shape or (1,))) * np.dtype(spec.dtype).itemsize
             ck = chunk_items(row_bytes, n, max_items=max_chunk_items)
             units.append(ck)
+            dims = (ITEM_DIM, *spec.dims) if spec.dims else \
+                dimension_names(kind, aname, len(spec.row_shape))
             self._create_if_missing(f"{path}/{aname}", (n, *spec.row_shape),
-                                    (ck, *spec.row_shape), spec.dtype)
+                                    (ck, *spec.row_shape), spec.dtype, dims)
         unit = max(units) if units else chunk_items(1, n, max_items=max_chunk_items)
-        self._create_if_missing(f"{path}/status", (n,), (unit,), np.uint8)
-        self._create_if_missing(f"{path}/error", (n,), (unit,), object)
+        self._create_if_missing(f"{path}/status", (n,), (unit,), np.uint8, (ITEM_DIM,))
+        self._create_if_missing(f"{path}/error", (n,), (unit,), object, (ITEM_DIM,))
         self.backend.flush()
         return Section(self, kind, name)
+
+    def _require_group(self, path: str, attrs: dict[str, Any]) -> None:
+        """Create group ``path`` or update its attributes, writing nothing when they already
+        hold these values (a run with nothing to do must work on a read-only store)."""
+        if self.backend.exists(path):
+            old = self.backend.get_attrs(path)
+            attrs = {k: v for k, v in attrs.items() if not _same_json(old.get(k), v)}
+            if not attrs:
+                return
+        self.backend.create_group(path, attrs)
 
     def check_identity(self, kind: str, name: str, identity: dict[str, Any],
                        overwrite: bool = False) -> None:
@@ -349,7 +393,7 @@ class Store:
             )
 
     def _create_if_missing(self, path: str, shape: tuple[int, ...], chunks: tuple[int, ...],
-                           dtype: Any) -> None:
+                           dtype: Any, dims: tuple[str, ...]) -> None:
         if self.backend.exists(path):
             if tuple(self.backend.shape(path)) != tuple(shape):
                 raise StoreMismatchError(
@@ -358,7 +402,7 @@ class Store:
                 )
             return
         try:
-            self.backend.create_array(path, shape, chunks, dtype)
+            self.backend.create_array(path, shape, chunks, dtype, dims=dims)
         except FileExistsError:  # a concurrent writer created it first
             pass
 
@@ -382,13 +426,18 @@ class Store:
             path = f"{section.path}/params/{pname}"
             self.backend.delete(path)
             shape = value.shape or (1,)
+            dims = tuple(f"{pname}_{i}" for i in range(len(shape)))
             self.backend.create_array(path, shape, shape, value.dtype,
-                                      data=value.reshape(shape))
+                                      data=value.reshape(shape), dims=dims)
         self.backend.flush()
 
     def read_params(self, section: Section) -> dict[str, np.ndarray]:
         base = f"{section.path}/params"
         return {p: self.backend.read(f"{base}/{p}") for p in self.backend.children(base)}
+
+
+ITEMS_DAMAGED = ("the items table cannot be repaired in place: restore the store from a copy, "
+                 "or extract again into a new store")
 
 
 def _read_items(backend: Backend) -> ItemsTable:
@@ -399,18 +448,37 @@ def _read_items(backend: Backend) -> ItemsTable:
     if missing:
         raise EastkdError(f"{backend.path}: items table lacks {sorted(missing)}; the store is "
                           "damaged or half-written: recreate it with `eastkd extract`")
-    extra = {c: backend.read(f"items/{c}") for c in sorted(cols - core - {"label"})}
-    return ItemsTable(
-        ids=[str(x) for x in backend.read("items/id")],
-        paths=[str(x) for x in backend.read("items/path")],
-        sha256=[str(x) for x in backend.read("items/sha256")],
-        durations=backend.read("items/duration").astype(np.float32),
-        splits=[str(x) for x in backend.read("items/split")],
-        labels=backend.read("items/labels").astype(np.uint8),
-        class_names=list(attrs.get("class_names", [])),
-        multi_label=bool(attrs.get("multi_label", False)),
-        extra=extra,
-    )
+    try:
+        extra = {c: backend.read(f"items/{c}", allow_missing=True)
+                 for c in sorted(cols - core - {"label"})}
+        return ItemsTable(
+            ids=[str(x) for x in backend.read("items/id")],
+            paths=[str(x) for x in backend.read("items/path")],
+            sha256=[str(x) for x in backend.read("items/sha256")],
+            durations=backend.read("items/duration", allow_missing=True).astype(np.float32),
+            splits=[str(x) for x in backend.read("items/split")],
+            labels=backend.read("items/labels").astype(np.uint8),
+            class_names=list(attrs.get("class_names", [])),
+            multi_label=bool(attrs.get("multi_label", False)),
+            extra=extra,
+        )
+    except StoreDamageError as e:
+        raise StoreDamageError(f"{str(e).split('; run `eastkd verify')[0]}; "
+                               f"{ITEMS_DAMAGED}") from None
+
+
+def check_items(path: str, items: ItemsTable, items_attrs: dict[str, Any],
+                dataset: dict[str, Any]) -> None:
+    """Refuse an items table whose content checksum (format 2) or dataset fingerprint differs
+    from the one recorded at creation: a damaged table would misalign every array."""
+    stored = items_attrs.get("checksum")
+    if stored is not None and stored != items.content_sha256():
+        raise StoreDamageError(f"{path}: items table damaged (checksum mismatch); "
+                               f"{ITEMS_DAMAGED}")
+    fp = dataset.get("fingerprint")
+    if fp is not None and fp != items.fingerprint():
+        raise StoreDamageError(f"{path}: items table does not match the dataset fingerprint "
+                               f"recorded at creation; {ITEMS_DAMAGED}")
 
 
 def _write_items(backend: Backend, items: ItemsTable) -> None:
@@ -418,22 +486,27 @@ def _write_items(backend: Backend, items: ItemsTable) -> None:
     ck = chunk_items(256, n)
     backend.create_group("items", {"class_names": list(items.class_names),
                                    "multi_label": bool(items.multi_label)})
+    item = (ITEM_DIM,)
     strings = {"id": items.ids, "path": items.paths, "sha256": items.sha256, "split": items.splits}
     for name, col in strings.items():
         backend.create_array(f"items/{name}", (n,), (ck,), object,
-                             data=np.asarray(col, dtype=object))
+                             data=np.asarray(col, dtype=object), dims=item)
     backend.create_array("items/duration", (n,), (ck,), np.float32,
-                         data=np.asarray(items.durations, dtype=np.float32))
+                         data=np.asarray(items.durations, dtype=np.float32), dims=item)
     labels = np.asarray(items.labels, dtype=np.uint8).reshape(n, -1)
     if labels.shape[1] == 0:  # unlabelled data: one all-zero column keeps the layout uniform
         labels = np.zeros((n, 1), dtype=np.uint8)
     c = labels.shape[1]
-    backend.create_array("items/labels", (n, c), (ck, c), np.uint8, data=labels)
-    backend.create_array("items/label", (n,), (ck,), np.int32, data=items.label)
+    backend.create_array("items/labels", (n, c), (ck, c), np.uint8, data=labels,
+                         dims=dimension_names("items", "labels", 1))
+    backend.create_array("items/label", (n,), (ck,), np.int32, data=items.label, dims=item)
     for name, col in items.extra.items():
         col = np.asarray(col)
         dtype = object if col.dtype.kind in "OUS" else col.dtype
-        backend.create_array(f"items/{name}", (n,), (ck,), dtype, data=col.astype(dtype))
+        backend.create_array(f"items/{name}", (n,), (ck,), dtype, data=col.astype(dtype),
+                             dims=item)
+    # the checksum of the table as it reads back, so that any later change is caught
+    backend.update_attrs("items", {"checksum": _read_items(backend).content_sha256()})
 
 
 def open_store(path: str, mode: str = "r") -> Store:

@@ -3,6 +3,8 @@
 Each chunk is its own object, written atomically by zarr's LocalStore (temp file + rename), so
 writers that own whole chunks never lose each other's data and a killed writer leaves either the
 old or the new chunk, never half of one. No sharding codec is used (see zarr-python #3682).
+Every chunk ends in a crc32c checksum of its compressed bytes (codecs bytes -> zstd -> crc32c);
+float arrays have fill value NaN, so a chunk missing from disk reads as NaN and is caught.
 """
 
 from __future__ import annotations
@@ -13,10 +15,15 @@ from typing import Any
 import numpy as np
 import zarr
 import zarr.errors
+from zarr.codecs import Crc32cCodec, ZstdCodec
+from zarr.core.sync import sync
 from zarr.storage import LocalStore, ZipStore
 
 from eastkd.store.backends.base import Backend, is_string_dtype
-from eastkd.store.errors import EastkdError, StoreNotFoundError
+from eastkd.store.damage import check_not_missing, is_nan_fill, read_failure
+from eastkd.store.errors import EastkdError, StoreDamageError, StoreNotFoundError
+
+COMPRESSORS = (ZstdCodec(), Crc32cCodec())
 
 
 def _du(path: str) -> int:
@@ -58,26 +65,30 @@ class ZarrBackend(Backend):
     def create_group(self, path: str, attrs: dict[str, Any] | None = None) -> None:
         # one zarr.json holding the attributes, written atomically: concurrent openers never
         # see the group without its attributes
-        try:
-            self.root.create_group(path, attributes=attrs or {}, overwrite=False)
-        except zarr.errors.ContainsGroupError:
-            if attrs:
-                self.root[path].attrs.update(attrs)
+        with self.writing(path):
+            try:
+                self.root.create_group(path, attributes=attrs or {}, overwrite=False)
+            except zarr.errors.ContainsGroupError:
+                if attrs:
+                    self.root[path].attrs.update(attrs)
 
-    def create_array(self, path, shape, chunks, dtype, attrs=None, data=None) -> None:
+    def create_array(self, path, shape, chunks, dtype, attrs=None, data=None, dims=None) -> None:
         if is_string_dtype(dtype):
             dtype, fill = str, ""
         else:
-            dtype, fill = np.dtype(dtype), 0
-        try:
-            arr = self.root.create_array(
-                path, shape=tuple(shape), chunks=tuple(chunks), dtype=dtype, fill_value=fill,
-                attributes=attrs or {}, overwrite=False,
-            )
-        except (zarr.errors.ContainsArrayError, zarr.errors.ContainsGroupError) as e:
-            raise FileExistsError(path) from e
-        if data is not None:
-            arr[...] = data
+            dtype = np.dtype(dtype)
+            fill = np.nan if dtype.kind == "f" else 0
+        with self.writing(path):
+            try:
+                arr = self.root.create_array(
+                    path, shape=tuple(shape), chunks=tuple(chunks), dtype=dtype,
+                    fill_value=fill, compressors=COMPRESSORS, attributes=attrs or {},
+                    dimension_names=tuple(dims) if dims else None, overwrite=False,
+                )
+            except (zarr.errors.ContainsArrayError, zarr.errors.ContainsGroupError) as e:
+                raise FileExistsError(path) from e
+            if data is not None:
+                arr[...] = data
 
     def exists(self, path: str) -> bool:
         return path in self.root
@@ -92,7 +103,12 @@ class ZarrBackend(Backend):
         return sorted(k for k, _ in node.members())
 
     def _arr(self, path: str) -> zarr.Array:
-        node = self.root.get(path)
+        try:
+            node = self.root.get(path)
+        except Exception as e:  # unparseable zarr.json: zarr raises many types
+            raise StoreDamageError(
+                f"{self.path}: {path}/zarr.json is damaged ({type(e).__name__}); the store "
+                "cannot be repaired in place: recreate it or restore it from a copy") from None
         if not isinstance(node, zarr.Array):
             raise EastkdError(f"{self.path}: no array {path!r} in this store")
         return node
@@ -107,14 +123,43 @@ class ZarrBackend(Backend):
     def chunks(self, path):
         return tuple(self._arr(path).chunks)
 
-    def read(self, path, selection=slice(None)):
-        out = self._arr(path)[selection]
+    def read(self, path, selection=slice(None), allow_missing=False):
+        arr = self._arr(path)
+        n, chunk = arr.shape[0], arr.chunks[0]
+        try:
+            out = arr[selection]
+        except Exception as e:  # checksum or codec failure; zarr raises many types
+            raise read_failure(self.path, path, n, chunk, selection, e,
+                               lambda s: arr[s]) from None
         if isinstance(out, np.ndarray) and out.dtype.kind == "T":
             out = out.astype(object)
+        if not allow_missing and is_nan_fill(arr.dtype, arr.fill_value):
+            check_not_missing(self.path, path, n, chunk, selection, out)
         return out
 
     def write(self, path, selection, value) -> None:
-        self._arr(path)[selection] = value
+        with self.writing(path):
+            self._arr(path)[selection] = value
+
+    def fill_value(self, path: str) -> Any:
+        return self._arr(path).fill_value
+
+    def checksummed(self, path: str) -> bool:
+        return any(isinstance(c, Crc32cCodec) for c in self._arr(path).compressors)
+
+    def stored_chunks(self, path: str) -> set[int] | None:
+        prefix = f"{path}/c/"
+
+        async def keys() -> list[str]:
+            return [k async for k in self._store.list_prefix(prefix)]
+
+        return {int(k[len(prefix):].split("/")[0]) for k in sync(keys())}
+
+    def reset_chunk(self, path: str, index: int) -> None:
+        arr = self._arr(path)
+        key = f"{path}/" + arr.metadata.encode_chunk_key((index,) + (0,) * (arr.ndim - 1))
+        with self.writing(path):
+            sync(self._store.delete(key))
 
     def get_attrs(self, path: str = "") -> dict[str, Any]:
         node = self.root if not path else self.root.get(path)
@@ -124,11 +169,13 @@ class ZarrBackend(Backend):
 
     def update_attrs(self, path: str, attrs: dict[str, Any]) -> None:
         node = self.root if not path else self.root[path]
-        node.attrs.update(attrs)
+        with self.writing(f"{path or 'root'} attributes"):
+            node.attrs.update(attrs)
 
     def delete(self, path: str) -> None:
         if path in self.root:
-            del self.root[path]
+            with self.writing(path):
+                del self.root[path]
 
     def nbytes_stored(self) -> int:
         if self.path.endswith(".zip"):
