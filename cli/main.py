@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compress": ("eastkd.cli.compress", "Fit PCA or a learned transformation; write targets."),
     "distill": ("eastkd.cli.distill", "Train a student from the store alone (task + KD loss)."),
     "evaluate": ("eastkd.cli.evaluate", "Evaluate a trained student on a store's split."),
+    "verify": ("eastkd.cli.verify", "Read every chunk of a store; report and repair damage."),
 }
 
 
