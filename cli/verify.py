@@ -22,10 +22,15 @@ def _print_text(report) -> None:  # noqa: ANN001 (VerifyReport; imported lazily)
         click.echo("rerun to recompute the repaired rows (finished rows are kept):")
     elif report.damaged and report.rerun:
         click.echo(f"repair with `eastkd verify {report.store} --repair`, then rerun:")
-    for cmd in dict.fromkeys(report.rerun):
-        click.echo(f"  {cmd}")
+    if report.damaged or report.repaired:
+        for cmd in dict.fromkeys(report.rerun):
+            click.echo(f"  {cmd}")
     if not report.damaged:
         click.echo("ok: every chunk read back and matched its checksum")
+        if report.rerun:
+            click.echo("unfinished sections continue with:")
+            for cmd in dict.fromkeys(report.rerun):
+                click.echo(f"  {cmd}")
 
 
 @click.command("verify", context_settings={"show_default": True})

@@ -315,15 +315,43 @@ def _check_provenance(store: Store, sec: Section, status: np.ndarray,
 
 
 def _rerun_hint(store: Store, sec: Section) -> str:
-    a = sec.attrs
+    """The command that recomputes the pending rows of ``sec``, rebuilt from its provenance."""
     if sec.kind == "targets":
-        ident = a.get("identity") or {}
-        cmd = (f"eastkd compress {store.path} --embeddings {a.get('source')} --method "
-               f"{a.get('method')} --dim {ident.get('dim', a.get('dim'))} --name {sec.name} "
-               f"--fit-split {a.get('fit_split', 'train')}")
-        return cmd + (" --whiten" if a.get("whiten") else "")
+        return _compress_hint(store.path, sec.name, sec.attrs)
+    keys = [sec.name] if sec.kind == "embeddings" else store.section_names("embeddings")[:1]
     src = store.attrs.get("dataset", {}).get("source") or "DATASET"
-    return f"eastkd extract {src} {store.path} ... (the same command that wrote {sec.path})"
+    if not keys:
+        return f"eastkd extract {src} {store.path} ... (the command that wrote {sec.path})"
+    return _extract_hint(store.path, src, keys[0], store.embeddings(keys[0]).attrs)
+
+
+def _compress_hint(path: str, name: str, a: dict[str, Any]) -> str:
+    ident = a.get("identity") or {}
+    cmd = (f"eastkd compress {path} --embeddings {a.get('source')} --method {a.get('method')} "
+           f"--dim {ident.get('dim', a.get('dim'))} --name {name} "
+           f"--fit-split {a.get('fit_split', 'train')}")
+    return cmd + (" --whiten" if a.get("whiten") else "")
+
+
+def _extract_hint(path: str, source: str, key: str, a: dict[str, Any]) -> str:
+    ident = a.get("identity") or {}
+    opts = a.get("extract_options") or {}
+    seg = ident.get("segment") or {}
+    parts = [f"eastkd extract {source} {path} --teacher {ident.get('teacher', key)}"]
+    parts += [f"--key {key}", f"--segment {seg.get('seconds')}", f"--crop {seg.get('crop')}",
+              f"--dtype {ident.get('dtype')}", "--frames" if ident.get("frames") else "",
+              f"--on-error {opts.get('on_error', 'fail')}"]
+    recorded = ", ".join(f"{k}={v}" for k, v in (ident.get("teacher_options") or {}).items())
+    return (" ".join(p for p in parts if p) + " (plus the --teacher-opt/--weights it was run "
+            f"with; teacher options recorded: {recorded or 'none'})")
+
+
+def _pending_note(sec: Section, status: np.ndarray, report: VerifyReport) -> None:
+    pending = int((status == PENDING).sum())
+    if pending:
+        report.findings.append(Finding(sec.path, f"{pending} rows pending (unfinished): the "
+                                                 "command that writes it continues it",
+                                       damage=False))
 
 
 def _repair(sec: Section, check: _SectionCheck, report: VerifyReport) -> None:
@@ -389,6 +417,9 @@ def _verify_section(store: Store, sec: Section, reader: _Reader, report: VerifyR
         report.rerun.append(_rerun_hint(store, sec))
         if repair:
             _repair(sec, check, report)
+    elif (status == PENDING).any():
+        _pending_note(sec, status, report)
+        report.rerun.append(_rerun_hint(store, sec))
 
 
 def verify(path: str, repair: bool = False, progress: bool = True) -> VerifyReport:
