@@ -17,16 +17,40 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+import sys
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import h5py
 import numpy as np
 
 from eastkd.store.backends.base import Backend, is_string_dtype
-from eastkd.store.damage import check_not_missing, is_nan_fill, read_failure
+from eastkd.store.damage import check_not_missing, is_nan_fill, read_failure, write_failure
 from eastkd.store.errors import EastkdError
 
 _STR = h5py.string_dtype("utf-8")
+# handles dropped after a failed write: closing (or garbage-collecting) them flushes into the
+# same full disk, which crashes h5py; they are kept open until the process ends
+_ABANDONED: list[h5py.File] = []
+
+
+def has_abandoned_files() -> bool:
+    """Whether a write failed (e.g. disk full): HDF5 then crashes when it flushes its open
+    files at process exit, so the CLI ends the process without that flush."""
+    return bool(_ABANDONED)
+
+
+def _quiet_release_errors(hook: Any) -> Any:
+    """An unraisable-exception hook that drops h5py's repeats of a failed write (raised while
+    releasing handles after the failure was already reported as one line)."""
+
+    def quiet(args: Any) -> None:
+        if isinstance(args.exc_value, RuntimeError) and "file write failed" in str(args.exc_value):
+            return
+        hook(args)
+
+    quiet._eastkd = True  # type: ignore[attr-defined]
+    return quiet
 
 
 def _encode(v: Any) -> Any:
@@ -81,6 +105,27 @@ class HDF5Backend(Backend):
                     raise
             self._pid = os.getpid()
         return self._f()
+
+    @contextmanager
+    def writing(self, what: str) -> Iterator[None]:
+        """Like :meth:`Backend.writing`, for h5py's errors too (a failed flush is a
+        RuntimeError); after such a failure the file handle is dropped unflushed, so that
+        nothing half-written is flushed later (and no write fails again at exit)."""
+        try:
+            yield
+        except (OSError, RuntimeError) as e:
+            err = write_failure(self.path, what, e if isinstance(e, OSError) else OSError(str(e)))
+            if err is None:
+                raise
+            self._abandon()
+            raise err from None
+
+    def _abandon(self) -> None:
+        if self._file is not None:
+            _ABANDONED.append(self._file)
+        self._file = None
+        if not getattr(sys.unraisablehook, "_eastkd", False):
+            sys.unraisablehook = _quiet_release_errors(sys.unraisablehook)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -157,7 +202,9 @@ class HDF5Backend(Backend):
     def write(self, path, selection, value) -> None:
         with self.writing(path):
             self._fw()
-            self._ds(path)[selection] = value
+            ds = self._ds(path)
+            ds[selection] = value
+            ds.flush()  # h5py ignores write errors when a dataset handle is released
 
     def fill_value(self, path: str) -> Any:
         return self._ds(path).fillvalue
