@@ -10,17 +10,19 @@ marked done, and the next run redoes only what is not.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from eastkd.store.backends.base import Backend
+from eastkd.store.damage import write_failure
 from eastkd.store.errors import (
     EastkdError,
     StoreDamageError,
@@ -516,6 +518,23 @@ def open_store(path: str, mode: str = "r") -> Store:
     return Store(path, _backend_for(path, "r" if mode == "r" else "a"))
 
 
+def _write_errors_as_one_line(fn: Callable[..., Store]) -> Callable[..., Store]:
+    """A full disk or a permission error while creating the store becomes one line."""
+
+    @functools.wraps(fn)
+    def wrapper(path: str, *args: Any, **kwargs: Any) -> Store:
+        try:
+            return fn(path, *args, **kwargs)
+        except OSError as e:
+            err = write_failure(str(path), "a new store", e)
+            if err is None or isinstance(e, EastkdError):
+                raise
+            raise err from None
+
+    return wrapper
+
+
+@_write_errors_as_one_line
 def create_store(path: str, items: ItemsTable, dataset: dict[str, Any]) -> Store:
     """Create a new store holding the items table, atomically.
 

@@ -86,7 +86,8 @@ class HDF5Backend(Backend):
             try:
                 self._file = h5py.File(self.path, self._mode)
             except OSError as e:
-                raise EastkdError(f"{self.path}: cannot open as HDF5 ({e})") from e
+                err = write_failure(self.path, "the file", e) if self._mode != "r" else None
+                raise (err or EastkdError(f"{self.path}: cannot open as HDF5 ({e})")) from None
             self._pid = os.getpid()
         return self._file
 
