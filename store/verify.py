@@ -307,7 +307,10 @@ def _check_provenance(store: Store, sec: Section, status: np.ndarray,
         report.findings.append(Finding(sec.path, f"computed from other embeddings than the "
                                                  f"current embeddings/{src}; rerun compress "
                                                  "with --overwrite"))
-    src_status = emb.status()
+    try:
+        src_status = emb.status()
+    except StoreDamageError:  # reported with the embeddings themselves
+        return
     both = (status != PENDING) & (src_status != PENDING)
     if ((status[both] == SKIPPED) != (src_status[both] == SKIPPED)).any():
         report.findings.append(Finding(sec.path, f"skipped rows differ from embeddings/{src}",
