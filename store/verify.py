@@ -29,6 +29,7 @@ from eastkd.store.errors import EastkdError, StoreDamageError
 from eastkd.store.items import SPLITS, ItemsTable
 from eastkd.store.store import (
     FORMAT_VERSION,
+    OK,
     PENDING,
     SECTION_KINDS,
     SKIPPED,
@@ -65,7 +66,8 @@ class VerifyReport:
     items: int = 0
     arrays: int = 0
     chunks: int = 0
-    bytes_decoded: int = 0
+    bytes_decoded: int = 0  # decoded (status, items, params; every chunk with deep)
+    bytes_checked: int = 0  # raw chunk bytes whose checksum was checked without decoding
     bytes_on_disk: int = 0
     seconds: float = 0.0
     findings: list[Finding] = field(default_factory=list)
@@ -119,18 +121,35 @@ class _Reader:
 
     def __init__(self, report: VerifyReport, backend: Backend, total: int, progress: bool):
         self.report, self.backend = report, backend
-        self.bar = tqdm(total=total, desc="verify", unit="B", unit_scale=True,
-                        disable=not progress)
+        self.bar = tqdm(total=total, desc="verify", unit="chunk", disable=not progress)
 
     def chunks(self, path: str) -> Iterator[tuple[int, int, np.ndarray | None, str]]:
+        """Every chunk of ``path`` decoded: ``(lo, hi, data or None, problem)``."""
         self.report.arrays += 1
         for lo, hi, chunk in _chunk_blocks(self.backend, path):
             for c_lo, c_hi, data, reason in _read_chunks(self.backend, path, lo, hi, chunk):
-                self.report.chunks += -(-(c_hi - c_lo) // chunk)
-                if data is not None:
-                    self.report.bytes_decoded += data.nbytes if data.dtype != object else 0
-                    self.bar.update(data.nbytes if data.dtype != object else 0)
+                k = -(-(c_hi - c_lo) // chunk)
+                self.report.chunks += k
+                self.bar.update(k)
+                if data is not None and data.dtype != object:
+                    self.report.bytes_decoded += data.nbytes
                 yield c_lo, c_hi, data, reason
+
+    def raw_chunks(self, path: str) -> Iterator[tuple[int, str]] | None:
+        """Every stored chunk's checksum checked on its raw bytes: ``(index, problem)``;
+        None where the backend cannot (decode instead)."""
+        checks = self.backend.chunk_checks(path)
+        if checks is None:
+            return None
+        self.report.arrays += 1
+        return self._count(checks)
+
+    def _count(self, checks: Iterator[tuple[int, int, str]]) -> Iterator[tuple[int, str]]:
+        for index, nbytes, problem in checks:
+            self.report.chunks += 1
+            self.report.bytes_checked += nbytes
+            self.bar.update(1)
+            yield index, problem
 
     def whole(self, path: str) -> tuple[np.ndarray | None, list[tuple[int, int, str]]]:
         """The whole (small) array, or None with its damaged chunks' ``(lo, hi, reason)``."""
@@ -146,13 +165,8 @@ class _Reader:
         self.bar.close()
 
 
-def _decoded_bytes(backend: Backend, paths: list[str]) -> int:
-    total = 0
-    for p in paths:
-        dt = backend.dtype(p)
-        if dt != object:
-            total += int(np.prod(backend.shape(p), dtype=np.int64)) * dt.itemsize
-    return total
+def _chunk_count(backend: Backend, paths: list[str]) -> int:
+    return sum(-(-backend.shape(p)[0] // backend.chunks(p)[0]) for p in paths)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,21 +174,19 @@ def _decoded_bytes(backend: Backend, paths: list[str]) -> int:
 
 
 def _check_items(store: Store, reader: _Reader, report: VerifyReport) -> ItemsTable | None:
-    """Every items chunk, then the table's checksum and fingerprint; None when damaged."""
-    backend = store.backend
-    for name in backend.children("items"):
-        path = f"items/{name}"
-        for lo, hi, data, reason in reader.chunks(path):
-            if data is None:
-                report.findings.append(Finding(path, f"{reason}; the items table cannot be "
-                                                     "repaired in place", (lo, hi)))
-    if any(f.path.startswith("items/") for f in report.findings):
-        return None
+    """The items table read (every chunk's checksum checked on the way), then its content
+    checksum and fingerprint; None when damaged (the first damage found is reported)."""
+    paths = [f"items/{c}" for c in store.backend.children("items")]
     try:
         items = store.items
     except EastkdError as e:
         report.findings.append(Finding("items", str(e).split(": ", 1)[-1]))
         return None
+    finally:
+        n_chunks = _chunk_count(store.backend, paths)
+        report.arrays += len(paths)
+        report.chunks += n_chunks
+        reader.bar.update(n_chunks)
     _check_items_content(store, items, report)
     return items
 
@@ -225,16 +237,17 @@ class _SectionCheck:
         self.reset.extend((path, c) for c in range(lo // chunk, -(-hi // chunk)))
 
     def status(self, n: int) -> np.ndarray:
-        """The status, with damaged chunks read as pending (and repaired as such)."""
+        """The status, with damaged chunks read as pending (and repaired as such); the
+        ``error`` chunks are checked too (on their raw bytes where possible)."""
         status = np.zeros(n, dtype=np.uint8)
-        for name in ("status", "error"):
-            path = f"{self.sec.path}/{name}"
-            chunk = self.backend.chunks(path)[0]
-            for lo, hi, data, reason in self.reader.chunks(path):
-                if data is None:
-                    self.damaged(path, lo, hi, reason, chunk)
-                elif name == "status":
-                    status[lo:hi] = data
+        path = f"{self.sec.path}/status"
+        chunk = self.backend.chunks(path)[0]
+        for lo, hi, data, reason in self.reader.chunks(path):
+            if data is None:
+                self.damaged(path, lo, hi, reason, chunk)
+            else:
+                status[lo:hi] = data
+        self._check_errors(n)
         invalid = np.flatnonzero(status > SKIPPED)
         if invalid.size:
             self.report.findings.append(Finding(f"{self.sec.path}/status",
@@ -243,30 +256,68 @@ class _SectionCheck:
             self.pending_rows.update(invalid.tolist())
         return status
 
-    def data(self, name: str, status: np.ndarray) -> None:
-        path = f"{self.sec.path}/{name}"
+    def _check_errors(self, n: int) -> None:
+        path = f"{self.sec.path}/error"
         chunk = self.backend.chunks(path)[0]
-        nan_fill = is_nan_fill(self.backend.dtype(path), self.backend.fill_value(path))
-        stored = None if nan_fill else self.backend.stored_chunks(path)
+        raw = self.reader.raw_chunks(path)
+        if raw is not None:
+            for index, problem in raw:
+                if problem:
+                    self.damaged(path, index * chunk, min(n, (index + 1) * chunk), problem,
+                                 chunk)
+            return
+        for lo, hi, data, reason in self.reader.chunks(path):
+            if data is None:
+                self.damaged(path, lo, hi, reason, chunk)
+
+    def data(self, name: str, status: np.ndarray, deep: bool) -> None:
+        path = f"{self.sec.path}/{name}"
         if not self.backend.checksummed(path):
             self.report.findings.append(Finding(path, "chunks carry no checksum (written by "
                                                       "format 1)", damage=False))
+        raw = None if deep else self.reader.raw_chunks(path)
+        if raw is not None:
+            self._check_raw(path, raw, status)
+        else:
+            self._check_decoded(path, status)
+
+    def _check_raw(self, path: str, raw: Iterator[tuple[int, str]], status: np.ndarray) -> None:
+        """Checksums on the raw bytes; chunks absent where rows are done (by listing)."""
+        chunk = self.backend.chunks(path)[0]
+        present = set()
+        for index, problem in raw:
+            present.add(index)
+            if problem:
+                lo = index * chunk
+                self.damaged(path, lo, min(len(status), lo + chunk), problem, chunk)
+        self._absent(path, present, status, chunk, done=status != PENDING)
+
+    def _absent(self, path: str, present: set[int], status: np.ndarray, chunk: int,
+                done: np.ndarray) -> None:
+        for c in sorted(set(np.flatnonzero(done) // chunk) - present):
+            lo = int(c) * chunk
+            self.damaged(path, lo, min(len(status), lo + chunk),
+                         "chunk missing (rows marked done have no data)", chunk)
+
+    def _check_decoded(self, path: str, status: np.ndarray) -> None:
+        """Every chunk decoded; NaN-fill rows or (format 1) absent chunks where rows are done."""
+        chunk = self.backend.chunks(path)[0]
+        nan_fill = is_nan_fill(self.backend.dtype(path), self.backend.fill_value(path))
         for lo, hi, data, reason in self.reader.chunks(path):
             if data is None:
                 self.damaged(path, lo, hi, reason, chunk)
                 continue
-            done = status[lo:hi] != PENDING
             if nan_fill:
                 gone = missing_rows(data, np.arange(lo, hi))
-                gone = gone[done[gone - lo]]
-            else:
-                gone = np.asarray([r for r in range(lo, hi) if r // chunk not in stored
-                                   and status[r] == 1], dtype=np.int64) \
-                    if stored is not None else np.empty(0, dtype=np.int64)
-            for c in np.unique(gone // chunk):
-                c_lo, c_hi = int(c * chunk), int(min(hi, (c + 1) * chunk))
-                self.damaged(path, c_lo, c_hi, "chunk missing (rows marked done read as the "
-                                               "fill value)", chunk)
+                gone = gone[status[gone] != PENDING]
+                for c in np.unique(gone // chunk):
+                    c_lo = int(c) * chunk
+                    self.damaged(path, c_lo, min(hi, c_lo + chunk),
+                                 "chunk missing (rows marked done read as the fill value)",
+                                 chunk)
+        stored = None if nan_fill else self.backend.stored_chunks(path)
+        if stored is not None:  # format 1: fill 0, so listing tells; skipped rows may be absent
+            self._absent(path, stored, status, chunk, done=status == OK)
 
     def params(self) -> None:
         base = f"{self.sec.path}/params"
@@ -407,13 +458,13 @@ def _array_paths(store: Store, sections: list[Section]) -> list[str]:
 
 
 def _verify_section(store: Store, sec: Section, reader: _Reader, report: VerifyReport,
-                    repair: bool) -> None:
+                    repair: bool, deep: bool) -> None:
     if not _check_shapes(sec, report.items, report):
         return
     check = _SectionCheck(sec, reader, report)
     status = check.status(report.items)
     for name in sec.array_names():
-        check.data(name, status)
+        check.data(name, status, deep)
     check.params()
     _check_provenance(store, sec, status, report)
     if check.pending_rows or check.reset:
@@ -425,9 +476,13 @@ def _verify_section(store: Store, sec: Section, reader: _Reader, report: VerifyR
         report.rerun.append(_rerun_hint(store, sec))
 
 
-def verify(path: str, repair: bool = False, progress: bool = True) -> VerifyReport:
+def verify(path: str, repair: bool = False, progress: bool = True,
+           deep: bool = False) -> VerifyReport:
     """Read every chunk of the store at ``path`` and report damage; ``repair`` marks the rows
-    of damaged chunks pending so that extract or compress recomputes exactly them."""
+    of damaged chunks pending so that extract or compress recomputes exactly them.
+
+    Data chunks are checked on their raw bytes where the backend can (Zarr: crc32c), which is
+    as fast as reading them; ``deep`` decodes every chunk as well."""
     t0 = time.perf_counter()
     report = VerifyReport(store=path)
     with open_store(path, "r+" if repair else "r") as store:
@@ -440,14 +495,14 @@ def verify(path: str, repair: bool = False, progress: bool = True) -> VerifyRepo
                                                 "arrays written before version 2 carry no "
                                                 "checksums", damage=False))
         sections = _sections(store)
-        total = _decoded_bytes(store.backend, _array_paths(store, sections))
+        total = _chunk_count(store.backend, _array_paths(store, sections))
         reader = _Reader(report, store.backend, total, progress)
         try:
             items = _check_items(store, reader, report)
             report.items = len(items) if items is not None else \
                 int(attrs.get("dataset", {}).get("n_items", 0))
             for sec in sections:
-                _verify_section(store, sec, reader, report, repair)
+                _verify_section(store, sec, reader, report, repair, deep)
         finally:
             reader.close()
     return _finish(report, t0)

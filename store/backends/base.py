@@ -101,6 +101,12 @@ class Backend(ABC):
     def reset_chunk(self, path: str, index: int) -> None:
         """Replace item-chunk ``index`` by the fill value without reading it (repair)."""
 
+    def chunk_checks(self, path: str) -> Iterator[tuple[int, int, str]] | None:
+        """Check every stored chunk's checksum on its raw bytes, without decoding:
+        ``(item-chunk index, bytes on disk, problem or "")`` per chunk; None where this
+        backend or array cannot (then verify decodes every chunk instead)."""
+        return None
+
     @contextmanager
     def writing(self, what: str) -> Iterator[None]:
         """Turn a full disk or a permission error while writing ``what`` into one line."""

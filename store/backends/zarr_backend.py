@@ -9,13 +9,16 @@ float arrays have fill value NaN, so a chunk missing from disk reads as NaN and 
 
 from __future__ import annotations
 
+import asyncio
 import os
-from typing import Any
+from typing import Any, Iterator
 
+import google_crc32c
 import numpy as np
 import zarr
 import zarr.errors
 from zarr.codecs import Crc32cCodec, ZstdCodec
+from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 from zarr.storage import LocalStore, ZipStore
 
@@ -24,6 +27,7 @@ from eastkd.store.damage import check_not_missing, is_nan_fill, read_failure
 from eastkd.store.errors import EastkdError, StoreDamageError, StoreNotFoundError
 
 COMPRESSORS = (ZstdCodec(), Crc32cCodec())
+_CHECK_BATCH = 32  # chunks fetched concurrently while checking checksums
 
 
 def _du(path: str) -> int:
@@ -35,6 +39,16 @@ def _du(path: str) -> int:
             except OSError:
                 pass
     return total
+
+
+def _crc_problem(data: np.ndarray) -> str:
+    """"" when the chunk's last 4 bytes are the crc32c of the rest (Zarr's crc32c codec)."""
+    if data.size < 4:
+        return "chunk damaged (checksum mismatch: too short)"
+    stored = int.from_bytes(data[-4:].tobytes(), "little")
+    if google_crc32c.value(data[:-4]) != stored:
+        return "chunk damaged (checksum mismatch)"
+    return ""
 
 
 class ZarrBackend(Backend):
@@ -103,6 +117,14 @@ class ZarrBackend(Backend):
         return sorted(k for k, _ in node.members())
 
     def _arr(self, path: str) -> zarr.Array:
+        """The array at ``path``; its metadata is read once (shape, chunks and codecs never
+        change after creation; attributes are always read fresh by get_attrs)."""
+        cache = self.__dict__.setdefault("_arrays", {})
+        if path not in cache:
+            cache[path] = self._open_array(path)
+        return cache[path]
+
+    def _open_array(self, path: str) -> zarr.Array:
         try:
             node = self.root.get(path)
         except Exception as e:  # unparseable zarr.json: zarr raises many types
@@ -155,6 +177,41 @@ class ZarrBackend(Backend):
 
         return {int(k[len(prefix):].split("/")[0]) for k in sync(keys())}
 
+    def chunk_checks(self, path: str) -> Iterator[tuple[int, int, str]] | None:
+        arr = self._arr(path)
+        if not arr.compressors or not isinstance(arr.compressors[-1], Crc32cCodec):
+            return None  # format 1: no checksum to check without decoding
+        prefix = f"{path}/c/"
+
+        async def keys() -> list[str]:
+            return sorted([k async for k in self._store.list_prefix(prefix)])
+
+        return self._check_keys(sync(keys()), prefix)
+
+    def _check_keys(self, keys: list[str], prefix: str) -> Iterator[tuple[int, int, str]]:
+        for key, data in self._raw(keys):
+            index = int(key[len(prefix):].split("/")[0])
+            yield index, data.size, _crc_problem(data)
+
+    def _raw(self, keys: list[str]) -> Iterator[tuple[str, np.ndarray]]:
+        """The stored bytes of ``keys``: plain file reads for a local folder (as fast as the
+        disk), concurrent gets through the zarr store otherwise."""
+        if isinstance(self._store, LocalStore):
+            root = str(self._store.root)
+            for key in keys:
+                with open(os.path.join(root, key), "rb") as f:
+                    yield key, np.frombuffer(f.read(), dtype=np.uint8)
+            return
+        proto = default_buffer_prototype()
+
+        async def fetch(batch: list[str]) -> list[Any]:
+            return await asyncio.gather(*(self._store.get(k, prototype=proto) for k in batch))
+
+        for i in range(0, len(keys), _CHECK_BATCH):
+            batch = keys[i:i + _CHECK_BATCH]
+            for key, buf in zip(batch, sync(fetch(batch))):
+                yield key, buf.as_numpy_array() if buf is not None else np.empty(0, np.uint8)
+
     def reset_chunk(self, path: str, index: int) -> None:
         arr = self._arr(path)
         key = f"{path}/" + arr.metadata.encode_chunk_key((index,) + (0,) * (arr.ndim - 1))
@@ -173,6 +230,7 @@ class ZarrBackend(Backend):
             node.attrs.update(attrs)
 
     def delete(self, path: str) -> None:
+        self.__dict__.get("_arrays", {}).clear()
         if path in self.root:
             with self.writing(path):
                 del self.root[path]
