@@ -1,7 +1,8 @@
 """Benchmark ``eastkd verify`` against the disk's sequential read speed, in the same run.
 
-Builds a synthetic store through the store API (log-mel features N x 96 x 51 and embeddings
-N x 512, float16, values like real ones so that they compress like real ones), then measures
+Builds a synthetic store through the store API shaped like a CREPE store of 2 s clips (log-mel
+features N x 96 x 201 and clip embeddings N x 2048, float16, values like real ones so that they
+compress like real ones), then measures
 
 * ``raw_read``  reading every file of the store sequentially, 8 MB at a time (what ``cat`` does):
                 the disk's sequential read speed for exactly these bytes;
@@ -10,9 +11,10 @@ N x 512, float16, values like real ones so that they compress like real ones), t
 
 each with the store's pages dropped from the page cache first (``posix_fadvise(DONTNEED)`` after
 ``sync``; "cold-ish": the VM's host may still cache). Both are reported as bytes on disk per
-second; the target is verify >= 80 % of raw_read. Runs alternate and the median is reported.
+second; the target is verify >= 80 % of raw_read. Runs alternate; the median of the per-pair
+ratios is reported (the machine is shared, single runs are noisy).
 
-    python benchmarks/verify.py [--items 6000] [--backend zarr|hdf5] [--repeat 3]
+    python benchmarks/verify.py [--items 5000] [--backend zarr|hdf5] [--repeat 3]
 
 Prints one JSON document on stdout (progress goes to stderr).
 """
@@ -34,6 +36,9 @@ import numpy as np
 from eastkd.store import OK, ArraySpec, ItemsTable, create_store
 from eastkd.store.verify import verify
 
+FRAMES = 201  # 2 s at hop 160, 16 kHz
+DIM = 2048  # CREPE (full)
+
 
 def _items(n: int) -> ItemsTable:
     return ItemsTable(
@@ -48,19 +53,19 @@ def build(path: str, n: int, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     store = create_store(path, _items(n), {"name": "synthetic"})
     feat = store.require_section("features", "logmel",
-                                 {"values": ArraySpec((96, 51), "float16")}, {}, {"x": 1})
-    emb = store.require_section("embeddings", "t", {"clip": ArraySpec((512,), "float16")},
+                                 {"values": ArraySpec((96, FRAMES), "float16")}, {}, {"x": 1})
+    emb = store.require_section("embeddings", "t", {"clip": ArraySpec((DIM,), "float16")},
                                 {}, {"x": 1})
     step = feat.unit
     for start in range(0, n, step):
         k = min(step, n - start)
         # log-mel like values: smooth in time, a few dB of noise
         base = rng.normal(-4, 2, (k, 96, 1)).astype(np.float32)
-        mel = (base + rng.normal(0, 0.5, (k, 96, 51))).astype(np.float16)
+        mel = (base + rng.normal(0, 0.5, (k, 96, FRAMES))).astype(np.float16)
         feat.write_block(start, {"values": mel}, np.full(k, OK, np.uint8))
     for start in range(0, n, emb.unit):
         k = min(emb.unit, n - start)
-        emb.write_block(start, {"clip": rng.normal(0, 1, (k, 512)).astype(np.float16)},
+        emb.write_block(start, {"clip": rng.normal(0, 1, (k, DIM)).astype(np.float16)},
                         np.full(k, OK, np.uint8))
     store.close()
 
@@ -103,9 +108,9 @@ def timed_verify(path: str) -> tuple[float, dict[str, Any]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--items", type=int, default=6000)
+    ap.add_argument("--items", type=int, default=5000)
     ap.add_argument("--backend", choices=["zarr", "hdf5"], default="zarr")
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--dir", default=None, help="where to build the store [default: a temp dir]")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
@@ -124,6 +129,7 @@ def main() -> None:
             print(f"run {r}: raw {nbytes / s / 1e6:.0f} MB/s, verify {nbytes / v / 1e6:.0f} MB/s",
                   file=sys.stderr)
         raw, ver = statistics.median(raw_s), statistics.median(verify_s)
+        ratios = [r / v for r, v in zip(raw_s, verify_s)]
         result = {
             "benchmark": "verify",
             "machine": "2-core CPU VM shared with other jobs",
@@ -137,7 +143,8 @@ def main() -> None:
             "verify_seconds": [round(x, 3) for x in verify_s],
             "raw_read_MB_per_s": round(nbytes / raw / 1e6, 1),
             "verify_MB_per_s": round(nbytes / ver / 1e6, 1),
-            "verify_vs_raw_read": round(raw / ver, 3),
+            "verify_vs_raw_read_per_run": [round(x, 3) for x in ratios],
+            "verify_vs_raw_read": round(statistics.median(ratios), 3),
             "target": ">= 0.80",
         }
     print(json.dumps(result, indent=2))

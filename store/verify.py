@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
 
@@ -135,10 +136,27 @@ class _Reader:
                     self.report.bytes_decoded += data.nbytes
                 yield c_lo, c_hi, data, reason
 
+    def start_raw(self, paths: list[str]) -> None:
+        """Check the raw chunks of ``paths`` in a background thread (I/O bound), while the
+        main thread decodes the items table and the statuses (CPU bound)."""
+        self._pool = ThreadPoolExecutor(1)
+        self._raw = {p: self._pool.submit(self._collect, p) for p in paths}
+
+    def _collect(self, path: str) -> list[tuple[int, int, str]] | None:
+        checks = self.backend.chunk_checks(path)
+        if checks is None:
+            return None
+        out = []
+        for check in checks:
+            out.append(check)
+            self.bar.update(1)
+        return out
+
     def raw_chunks(self, path: str) -> Iterator[tuple[int, str]] | None:
         """Every stored chunk's checksum checked on its raw bytes: ``(index, problem)``;
         None where the backend cannot (decode instead)."""
-        checks = self.backend.chunk_checks(path)
+        future = getattr(self, "_raw", {}).get(path)
+        checks = future.result() if future is not None else self._collect(path)
         if checks is None:
             return None
         self.report.arrays += 1
@@ -497,6 +515,8 @@ def verify(path: str, repair: bool = False, progress: bool = True,
         sections = _sections(store)
         total = _chunk_count(store.backend, _array_paths(store, sections))
         reader = _Reader(report, store.backend, total, progress)
+        if not deep:
+            reader.start_raw([f"{sec.path}/{a}" for sec in sections for a in sec.array_names()])
         try:
             items = _check_items(store, reader, report)
             report.items = len(items) if items is not None else \

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Iterator
 
 import google_crc32c
@@ -28,6 +30,7 @@ from eastkd.store.errors import EastkdError, StoreDamageError, StoreNotFoundErro
 
 COMPRESSORS = (ZstdCodec(), Crc32cCodec())
 _CHECK_BATCH = 32  # chunks fetched concurrently while checking checksums
+_READ_AHEAD = 4  # local chunk files read concurrently while checking checksums
 
 
 def _du(path: str) -> int:
@@ -39,6 +42,11 @@ def _du(path: str) -> int:
             except OSError:
                 pass
     return total
+
+
+def _read_file(path: str) -> np.ndarray:
+    with open(path, "rb") as f:
+        return np.frombuffer(f.read(), dtype=np.uint8)
 
 
 def _crc_problem(data: np.ndarray) -> str:
@@ -198,9 +206,16 @@ class ZarrBackend(Backend):
         disk), concurrent gets through the zarr store otherwise."""
         if isinstance(self._store, LocalStore):
             root = str(self._store.root)
-            for key in keys:
-                with open(os.path.join(root, key), "rb") as f:
-                    yield key, np.frombuffer(f.read(), dtype=np.uint8)
+            # a few reads in flight keep the disk busy while the checksums are computed
+            with ThreadPoolExecutor(_READ_AHEAD) as pool:
+                pending: deque[tuple[str, Future[np.ndarray]]] = deque()
+                for key in keys:
+                    pending.append((key, pool.submit(_read_file, os.path.join(root, key))))
+                    if len(pending) > _READ_AHEAD:
+                        key0, fut = pending.popleft()
+                        yield key0, fut.result()
+                for key0, fut in pending:
+                    yield key0, fut.result()
             return
         proto = default_buffer_prototype()
 
