@@ -106,7 +106,7 @@ def write_failure(store: str, what: str, exc: OSError) -> StoreWriteError | None
     if exc.errno in _DISK_FULL or "no space left" in str(exc).lower() \
             or "errno = 28" in str(exc):
         return StoreWriteError(f"{store}: disk full while writing {what}; free space then rerun "
-                               "the same command; finished work is kept")
+                               "the same command; finished work is kept", disk_full=True)
     text = str(exc).lower()
     if exc.errno in _NO_PERMISSION or isinstance(exc, PermissionError) \
             or "permission denied" in text or "read-only file system" in text:

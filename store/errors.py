@@ -26,3 +26,7 @@ class StoreDamageError(EastkdError, OSError):
 
 class StoreWriteError(EastkdError, OSError):
     """The store cannot be written: disk full, permission denied or a read-only file system."""
+
+    def __init__(self, message: str, disk_full: bool = False) -> None:
+        super().__init__(message)
+        self.disk_full = disk_full

@@ -165,11 +165,17 @@ class StoreArray:
             stop = min(n, start + step)
             yield start, stop, self.backend.read(self.path, slice(start, stop))
 
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
     def to_dask(self) -> Any:
-        """The array as a dask array over the store's own chunks."""
+        """The array as a dask array over the store's own chunks, read through the same checks
+        as every other read (a damaged or missing chunk is one clear error)."""
         import dask.array as da
 
-        return da.from_array(self.backend.native(self.path), chunks=self.chunks)
+        return da.from_array(self, chunks=self.chunks, asarray=True,
+                             meta=np.empty((0,) * self.ndim, dtype=self.dtype))
 
 
 class Section:

@@ -9,8 +9,8 @@ extraction is Zarr only.
 Numeric arrays carry HDF5's fletcher32 checksum per chunk (after gzip + shuffle); float arrays
 have fill value NaN. HDF5 cannot filter variable-length strings, so string arrays carry no
 checksum (the items table is covered by its own checksum attribute). A store opened for writing
-is opened read-only until its first write, so a run with nothing to do writes nothing (and works
-on a read-only file).
+that the user may not write (a read-only file or medium) is opened for reading, so a run with
+nothing to do works on it; a write then fails with one line.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import numpy as np
 
 from eastkd.store.backends.base import Backend, is_string_dtype
 from eastkd.store.damage import check_not_missing, is_nan_fill, read_failure, write_failure
-from eastkd.store.errors import EastkdError
+from eastkd.store.errors import EastkdError, StoreWriteError
 
 _STR = h5py.string_dtype("utf-8")
 # handles dropped after a failed write: closing (or garbage-collecting) them flushes into the
@@ -75,11 +75,15 @@ class HDF5Backend(Backend):
     def __init__(self, path: str, mode: str = "r") -> None:
         self.path = path
         self.read_only = mode == "r"
-        # read-only until the first write (a new file is created for writing at once)
-        self._mode = "a" if not self.read_only and not os.path.exists(path) else "r"
+        self._mode = "r" if self.read_only else "a"
         self._file: h5py.File | None = None
         self._pid = -1
-        self._f()  # fail early on a bad path
+        try:
+            self._f()  # fail early on a bad path
+        except StoreWriteError:
+            # a read-only file or medium: open it for reading; a write then fails in one line
+            self._mode = "r"
+            self._f()
 
     def _f(self) -> h5py.File:
         if self._file is None or self._pid != os.getpid():
@@ -92,19 +96,11 @@ class HDF5Backend(Backend):
         return self._file
 
     def _fw(self) -> h5py.File:
-        """The file, reopened for writing on the first write."""
+        """The file, for a write (opened read-only when the file or medium is)."""
         if self.read_only:
             raise EastkdError(f"{self.path}: store is open read-only")
         if self._mode == "r":
-            self.close()
-            self._mode = "a"
-            with self.writing("the file"):
-                try:
-                    self._file = h5py.File(self.path, "a")
-                except OSError:
-                    self._mode = "r"
-                    raise
-            self._pid = os.getpid()
+            raise write_failure(self.path, "the file", PermissionError(13, "read-only"))
         return self._f()
 
     @contextmanager
@@ -114,11 +110,14 @@ class HDF5Backend(Backend):
         nothing half-written is flushed later (and no write fails again at exit)."""
         try:
             yield
+        except EastkdError:
+            raise
         except (OSError, RuntimeError) as e:
             err = write_failure(self.path, what, e if isinstance(e, OSError) else OSError(str(e)))
             if err is None:
                 raise
-            self._abandon()
+            if err.disk_full:  # HDF5 holds unflushed data it can never write
+                self._abandon()
             raise err from None
 
     def _abandon(self) -> None:
