@@ -306,7 +306,7 @@ def test_every_group_opens_in_xarray(built: Path) -> None:
 def test_every_chunk_is_checksummed(built: Path) -> None:
     with open_store(str(built)) as s:
         for p in _walk_arrays(s):
-            if s.backend.dtype(p) != object:
+            if s.backend.dtype(p).kind != "O":
                 assert s.backend.checksummed(p), p
 
 

@@ -32,8 +32,8 @@ from eastkd.store import (
     open_store,
 )
 from eastkd.store.backends.hdf5_backend import HDF5Backend
-from eastkd.store.errors import StoreDamageError
 from eastkd.store.backends.zarr_backend import ZarrBackend
+from eastkd.store.errors import StoreDamageError
 
 N = 37  # not a power of two: last chunks are partial
 D = 6
