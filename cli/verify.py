@@ -19,6 +19,9 @@ def _print_text(report) -> None:  # noqa: ANN001 (VerifyReport; imported lazily)
         click.echo(f"  repaired  {section}: {rows} rows marked pending")
     if report.damaged and report.repaired:
         click.echo("rerun to recompute the repaired rows (finished rows are kept):")
+    elif report.damaged and report.rerun and report.store.endswith(".zip"):
+        click.echo("zipped stores are read-only: unzip it to a .zarr folder, repair that with "
+                   "`eastkd verify FOLDER --repair`, then rerun:")
     elif report.damaged and report.rerun:
         click.echo(f"repair with `eastkd verify {report.store} --repair`, then rerun:")
     if report.damaged or report.repaired:

@@ -33,6 +33,7 @@ ARRAYS = {
     "targets": (f"targets/{TARGETS}/values", 0),
     "status": (f"embeddings/{KEY}/status", 0),
     "items": ("items/duration", 0),
+    "ids": ("items/id", 0),  # Zarr only: HDF5 strings live outside chunks (see below)
 }
 DAMAGES = ("delete", "flip", "truncate", "random")
 SUFFIX = {"zarr": "zarr", "hdf5": "h5"}
@@ -180,7 +181,7 @@ def _consumer(store: Path, kind: str, tmp: Path) -> tuple[str, ...]:
     if kind in ("features", "targets"):
         return ("distill", store, "--targets", TARGETS, "--out", tmp / "run", "--epochs", "1",
                 "--width", "4", "--no-progress", "--device", "cpu")
-    return ("info", store)
+    return ("info", store)  # items, ids
 
 
 def _rerun_restores(store: Path, kind: str, how: str) -> bool:
@@ -194,6 +195,8 @@ def _rerun_restores(store: Path, kind: str, how: str) -> bool:
 def test_damage_is_caught_and_repaired(store: Path, built: Path, tiny_manifest: Path,
                                        tmp_path: Path, kind: str, how: str) -> None:
     array, index = ARRAYS[kind]
+    if kind == "ids" and not store.is_dir():
+        pytest.skip("HDF5 string chunks hold heap references: test_hdf5_edited_id_is_caught")
     damage(store, array, index, how)
     status_gone = kind == "status" and how == "delete" and store.is_dir()
     truncated_file = not store.is_dir() and how == "truncate"
@@ -202,13 +205,16 @@ def test_damage_is_caught_and_repaired(store: Path, built: Path, tiny_manifest: 
     code, out = run(*_consumer(store, kind, tmp_path))
     # an absent status chunk reads as pending: the rows are unfinished, not wrong
     assert_one_line_error(code, out, "unfinished" if status_gone else str(store))
+    if kind in ("items", "ids"):  # compress reads the items table too
+        assert_one_line_error(*run("compress", store, "--name", "x", "--dim", "3",
+                                   "--no-progress"), str(store))
 
     # 2. verify names the array; repair marks the rows pending (unless it cannot)
     code, out = run("verify", store, "--no-progress")
     if truncated_file:  # the file cannot even be opened: nothing to repair in place
         assert_one_line_error(code, out, "cannot open")
         return
-    if kind == "items":
+    if kind in ("items", "ids"):
         assert code == 1 and "cannot be repaired in place" in out, out
         code, out = run("verify", store, "--repair", "--no-progress")
         assert code == 1 and "rows marked pending" not in out, out

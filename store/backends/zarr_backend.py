@@ -180,8 +180,8 @@ class ZarrBackend(Backend):
     def stored_chunks(self, path: str) -> set[int] | None:
         prefix = f"{path}/c/"
 
-        async def keys() -> list[str]:
-            return [k async for k in self._store.list_prefix(prefix)]
+        async def keys() -> list[str]:  # zips may list their folders too ("a/c/1/")
+            return [k async for k in self._store.list_prefix(prefix) if not k.endswith("/")]
 
         return {int(k[len(prefix):].split("/")[0]) for k in sync(keys())}
 
@@ -191,8 +191,9 @@ class ZarrBackend(Backend):
             return None  # format 1: no checksum to check without decoding
         prefix = f"{path}/c/"
 
-        async def keys() -> list[str]:
-            return sorted([k async for k in self._store.list_prefix(prefix)])
+        async def keys() -> list[str]:  # zips may list their folders too ("a/c/1/")
+            return sorted([k async for k in self._store.list_prefix(prefix)
+                           if not k.endswith("/")])
 
         return self._check_keys(sync(keys()), prefix)
 
