@@ -323,6 +323,27 @@ class Store:
     def dataset_fingerprint(self) -> str:
         return str(self.attrs["dataset"]["fingerprint"])
 
+    def rewrite_items(self, items: ItemsTable, reason: str) -> None:
+        """Replace the items table's content (same items, same order: e.g. files re-hashed
+        after a repair) and re-record its checksum and the dataset fingerprint; the previous
+        fingerprint is kept in ``dataset.previous_fingerprints`` with ``reason``."""
+        if len(items) != len(self.items):
+            raise EastkdError(f"{self.path}: the items table has {len(self.items)} rows; a "
+                              f"rewrite must keep them ({len(items)} given)")
+        _write_item_columns(self.backend, items)
+        self.backend.update_attrs("items", {"class_names": list(items.class_names),
+                                            "multi_label": bool(items.multi_label)})
+        self._items = None
+        self.backend.update_attrs("items", {"checksum": _read_items(self.backend)
+                                            .content_sha256()})
+        dataset = dict(self.attrs.get("dataset", {}))
+        previous = list(dataset.get("previous_fingerprints", []))
+        previous.append({"fingerprint": dataset.get("fingerprint"), "reason": reason,
+                         "until": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        self.backend.update_attrs("", {"dataset": {**dataset, "fingerprint": items.fingerprint(),
+                                                   "previous_fingerprints": previous}})
+        self.backend.flush()
+
     # -- sections ------------------------------------------------------------------------------
     def section_names(self, kind: str) -> list[str]:
         return self.backend.children(kind)
@@ -515,6 +536,24 @@ def _write_items(backend: Backend, items: ItemsTable) -> None:
                              dims=item)
     # the checksum of the table as it reads back, so that any later change is caught
     backend.update_attrs("items", {"checksum": _read_items(backend).content_sha256()})
+
+
+def _write_item_columns(backend: Backend, items: ItemsTable) -> None:
+    """Overwrite the columns of an existing items table in place (same rows and columns)."""
+    n = len(items)
+    strings = {"id": items.ids, "path": items.paths, "sha256": items.sha256, "split": items.splits}
+    for name, col in strings.items():
+        backend.write(f"items/{name}", slice(0, n), np.asarray(col, dtype=object))
+    backend.write("items/duration", slice(0, n), np.asarray(items.durations, dtype=np.float32))
+    labels = np.asarray(items.labels, dtype=np.uint8).reshape(n, -1)
+    if labels.shape[1] == 0:
+        labels = np.zeros((n, 1), dtype=np.uint8)
+    backend.write("items/labels", slice(0, n), labels)
+    backend.write("items/label", slice(0, n), items.label)
+    for name, col in items.extra.items():
+        col = np.asarray(col)
+        backend.write(f"items/{name}", slice(0, n), col.astype(object if col.dtype.kind in "OUS"
+                                                                else col.dtype))
 
 
 def open_store(path: str, mode: str = "r") -> Store:

@@ -359,7 +359,10 @@ def _check_provenance(store: Store, sec: Section, status: np.ndarray,
     """Fingerprints recorded by the section agree with the store and its source embeddings."""
     attrs = sec.attrs
     fp = attrs.get("dataset_fingerprint")
-    if fp is not None and fp != store.attrs.get("dataset", {}).get("fingerprint"):
+    dataset = store.attrs.get("dataset", {})
+    known = {dataset.get("fingerprint")} | {
+        p.get("fingerprint") for p in dataset.get("previous_fingerprints", [])}
+    if fp is not None and fp not in known:
         report.findings.append(Finding(sec.path, "written for another dataset (its "
                                                  "dataset_fingerprint differs from the store's)"))
     if sec.kind != "targets" or "source" not in attrs:

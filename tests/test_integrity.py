@@ -440,3 +440,19 @@ def test_version_1_store_is_read_verified_and_repaired(store: Path, built: Path,
     assert code == 1 and "DAMAGED  embeddings/crepe-tiny/clip items 4-7: chunk missing" in out
     _extract(tiny_manifest, store)
     assert_same_store(store, built)
+
+
+def test_rewrite_items_keeps_the_table_trusted(store: Path) -> None:
+    """An items table changed through the API (e.g. files re-hashed) gets a new checksum and
+    fingerprint, with the old fingerprint kept as provenance; the store still verifies."""
+    with open_store(str(store), "r+") as s:
+        items = s.items
+        old = s.dataset_fingerprint
+        items.sha256[3] = "f" * 64
+        s.rewrite_items(items, "re-hashed after a repair")
+    with open_store(str(store)) as s:
+        assert s.items.sha256[3] == "f" * 64
+        assert s.dataset_fingerprint == s.items.fingerprint() != old
+        prev = s.attrs["dataset"]["previous_fingerprints"]
+        assert prev[-1]["fingerprint"] == old and prev[-1]["reason"] == "re-hashed after a repair"
+    assert run("verify", store, "--no-progress")[0] == 0
