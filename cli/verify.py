@@ -57,7 +57,7 @@ def command(store: str, as_json: bool, repair: bool, deep: bool, no_progress: bo
     \b
     Examples:
       eastkd verify received.zarr
-      eastkd verify received.zarr --repair && eastkd extract DATASET received.zarr ...
+      eastkd verify received.zarr --repair; eastkd extract DATASET received.zarr ...
     """
     from eastkd.cli.options import echo_json
     from eastkd.store.verify import verify

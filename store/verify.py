@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
 
@@ -123,6 +123,8 @@ class _Reader:
     def __init__(self, report: VerifyReport, backend: Backend, total: int, progress: bool):
         self.report, self.backend = report, backend
         self.bar = tqdm(total=total, desc="verify", unit="chunk", disable=not progress)
+        self._pool: ThreadPoolExecutor | None = None
+        self._raw: dict[str, Future[list[tuple[int, int, str]] | None]] = {}
 
     def chunks(self, path: str) -> Iterator[tuple[int, int, np.ndarray | None, str]]:
         """Every chunk of ``path`` decoded: ``(lo, hi, data or None, problem)``."""
@@ -155,31 +157,22 @@ class _Reader:
     def raw_chunks(self, path: str) -> Iterator[tuple[int, str]] | None:
         """Every stored chunk's checksum checked on its raw bytes: ``(index, problem)``;
         None where the backend cannot (decode instead)."""
-        future = getattr(self, "_raw", {}).get(path)
+        future = self._raw.get(path)
         checks = future.result() if future is not None else self._collect(path)
         if checks is None:
             return None
         self.report.arrays += 1
         return self._count(checks)
 
-    def _count(self, checks: Iterator[tuple[int, int, str]]) -> Iterator[tuple[int, str]]:
+    def _count(self, checks: list[tuple[int, int, str]]) -> Iterator[tuple[int, str]]:
         for index, nbytes, problem in checks:
             self.report.chunks += 1
             self.report.bytes_checked += nbytes
-            self.bar.update(1)
             yield index, problem
 
-    def whole(self, path: str) -> tuple[np.ndarray | None, list[tuple[int, int, str]]]:
-        """The whole (small) array, or None with its damaged chunks' ``(lo, hi, reason)``."""
-        parts, bad = [], []
-        for lo, hi, data, reason in self.chunks(path):
-            if data is None:
-                bad.append((lo, hi, reason))
-            else:
-                parts.append(data)
-        return (np.concatenate(parts) if parts and not bad else None), bad
-
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
         self.bar.close()
 
 
