@@ -469,3 +469,53 @@ def test_deep_verify_finds_the_same_damage(store: Path, how: str) -> None:
     assert rows == [("features/logmel/values", [8, 12])]
     if store.is_dir():  # HDF5 has no raw check: it always decodes
         assert deep["bytes_decoded"] > fast["bytes_decoded"] and fast["bytes_checked"] > 0
+
+
+# -- manifests -------------------------------------------------------------------------------
+
+
+def _manifest_rows(manifest: Path) -> tuple[str, list[str]]:
+    lines = manifest.read_text().strip().splitlines()
+    return lines[0], lines[1:]
+
+
+@pytest.mark.parametrize("change, line", [
+    (lambda row: row + ",oops", 3),  # a field beyond the header
+    (lambda row: row.replace(",piano,", ",piano, grand,"), 3),  # unquoted comma in a label
+    (lambda row: row.rsplit(",", 1)[0], 3),  # a field missing
+])
+def test_manifest_field_count_is_one_line_naming_it(tiny_manifest: Path, tmp_path: Path,
+                                                     change, line: int) -> None:
+    header, rows = _manifest_rows(tiny_manifest)
+    rows[1] = change(rows[1])
+    bad = tmp_path / "bad.csv"
+    bad.write_text("\n".join([header, *rows]) + "\n")
+    code, out = run("extract", bad, tmp_path / "s.zarr", "--no-progress")
+    msg = assert_one_line_error(code, out, f"{bad}:{line}: ", "the header has 4")
+    assert "unknown split" not in msg and 'double quotes, e.g. "brass, reed"' in msg
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_dangling_link_and_folder_are_skipped_items(tiny_manifest: Path, tmp_path: Path) -> None:
+    header, rows = _manifest_rows(tiny_manifest)
+    cols = header.split(",")
+    (tmp_path / "folder.wav").mkdir()
+    (tmp_path / "gone.wav").symlink_to(tmp_path / "nowhere.wav")
+    broken = []
+    for i, name in enumerate(["gone.wav", "folder.wav"]):
+        row = rows[i].split(",")
+        row[cols.index("path")] = str(tmp_path / name)
+        broken.append(",".join(row))
+    good = [",".join(r.split(",")[:1] + [str(tiny_manifest.parent / r.split(",")[1])]
+                     + r.split(",")[2:]) for r in rows[2:4]]
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("\n".join([header, *broken, *good]) + "\n")
+    store = tmp_path / "s.zarr"
+    args = ("extract", manifest, store, *EXTRACT_ARGS)
+    assert_one_line_error(*run(*args), "file not found", "--on-error skip")
+    code, out = run(*args, "--on-error", "skip")
+    assert code == 0, out
+    with open_store(str(store)) as s:
+        reasons = dict(s.embeddings(KEY).skipped())
+    assert reasons == {rows[0].split(",")[0]: "file not found",
+                       rows[1].split(",")[0]: "unreadable file (Is a directory)"}
