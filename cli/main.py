@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 from typing import Any
 
@@ -23,7 +24,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compress": ("eastkd.cli.compress", "Fit PCA or a learned transformation; write targets."),
     "distill": ("eastkd.cli.distill", "Train a student from the store alone (task + KD loss)."),
     "evaluate": ("eastkd.cli.evaluate", "Evaluate a trained student on a store's split."),
+    "verify": ("eastkd.cli.verify", "Read every chunk of a store; report and repair damage."),
 }
+
+
+def _hdf5_write_failed() -> bool:
+    backend = sys.modules.get("eastkd.store.backends.hdf5_backend")
+    return backend is not None and backend.has_abandoned_files()
 
 
 class LazyGroup(click.Group):
@@ -47,6 +54,12 @@ class LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except EastkdError as e:
+            if _hdf5_write_failed():
+                # HDF5 crashes when it flushes a file into a full disk at exit: skip that
+                click.echo(f"Error: {e}", err=True)
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(1)
             raise click.ClickException(str(e)) from None
         except KeyboardInterrupt:
             click.echo("interrupted; finished work is kept: rerun the same command to continue "

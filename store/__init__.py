@@ -3,7 +3,13 @@
 Nothing outside this package imports zarr or h5py. See ``docs/store-format.md``.
 """
 
-from eastkd.store.errors import EastkdError, StoreMismatchError, StoreNotFoundError
+from eastkd.store.errors import (
+    EastkdError,
+    StoreDamageError,
+    StoreMismatchError,
+    StoreNotFoundError,
+    StoreWriteError,
+)
 from eastkd.store.items import SPLITS, ItemsTable
 from eastkd.store.store import (
     FORMAT_NAME,
@@ -24,7 +30,8 @@ from eastkd.store.store import (
 )
 
 __all__ = [
-    "EastkdError", "StoreMismatchError", "StoreNotFoundError", "SPLITS", "ItemsTable",
+    "EastkdError", "StoreDamageError", "StoreMismatchError", "StoreNotFoundError",
+    "StoreWriteError", "SPLITS", "ItemsTable",
     "FORMAT_NAME", "FORMAT_VERSION", "OK", "PENDING", "SKIPPED", "ArraySpec", "Section", "Store",
     "StoreArray", "backend_name", "chunk_items", "create_store", "eastkd_version",
     "open_for_dataset", "open_store",

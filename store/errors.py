@@ -18,3 +18,15 @@ class StoreNotFoundError(EastkdError, FileNotFoundError):
 
 class StoreMismatchError(EastkdError, ValueError):
     """The store was written for another dataset, teacher or option set."""
+
+
+class StoreDamageError(EastkdError, OSError):
+    """Stored bytes fail their checksum, do not decode, or are missing where rows are done."""
+
+
+class StoreWriteError(EastkdError, OSError):
+    """The store cannot be written: disk full, permission denied or a read-only file system."""
+
+    def __init__(self, message: str, disk_full: bool = False) -> None:
+        super().__init__(message)
+        self.disk_full = disk_full

@@ -10,25 +10,55 @@ marked done, and the next run redoes only what is not.
 
 from __future__ import annotations
 
+import functools
+import json
 import os
 import shutil
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from eastkd.store.backends.base import Backend
-from eastkd.store.errors import EastkdError, StoreMismatchError, StoreNotFoundError
+from eastkd.store.damage import write_failure
+from eastkd.store.errors import (
+    EastkdError,
+    StoreDamageError,
+    StoreMismatchError,
+    StoreNotFoundError,
+)
 from eastkd.store.items import ItemsTable
 
 FORMAT_NAME = "eastkd-store"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: checksummed chunks, NaN fill for floats, dimension names
 SECTION_KINDS = ("features", "embeddings", "targets")
 PENDING, OK, SKIPPED = 0, 1, 2
 _TARGET_CHUNK_BYTES = 4 << 20
 _MAX_CHUNK_ITEMS = 8192
+ITEM_DIM = "item"
+# names of the row axes (after "item") of the arrays eastkd writes; others get NAME_0, NAME_1 ...
+ROW_DIMS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("features", "values"): ("mel", "frame"),
+    ("embeddings", "clip"): ("dim",),
+    ("embeddings", "frames"): ("frame", "dim"),
+    ("targets", "values"): ("dim",),
+    ("items", "labels"): ("class",),
+}
+
+
+def dimension_names(kind: str, array: str, row_ndim: int) -> tuple[str, ...]:
+    """``("item", ...)``: the names of an item-aligned array's dimensions (xarray's dims)."""
+    row = ROW_DIMS.get((kind, array))
+    if row is None or len(row) != row_ndim:
+        row = tuple(f"{array}_{i}" for i in range(row_ndim))
+    return (ITEM_DIM, *row)
+
+
+def _same_json(a: Any, b: Any) -> bool:
+    """Whether two attribute values are equal once stored (tuples and lists compare equal)."""
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
 
 
 def eastkd_version() -> str:
@@ -77,6 +107,7 @@ class ArraySpec:
 
     row_shape: tuple[int, ...]
     dtype: Any
+    dims: tuple[str, ...] | None = None  # row axes' names; default from ROW_DIMS
 
 
 class StoreArray:
@@ -134,11 +165,17 @@ class StoreArray:
             stop = min(n, start + step)
             yield start, stop, self.backend.read(self.path, slice(start, stop))
 
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
     def to_dask(self) -> Any:
-        """The array as a dask array over the store's own chunks."""
+        """The array as a dask array over the store's own chunks, read through the same checks
+        as every other read (a damaged or missing chunk is one clear error)."""
         import dask.array as da
 
-        return da.from_array(self.backend.native(self.path), chunks=self.chunks)
+        return da.from_array(self, chunks=self.chunks, asarray=True,
+                             meta=np.empty((0,) * self.ndim, dtype=self.dtype))
 
 
 class Section:
@@ -295,46 +332,54 @@ class Store:
     @property
     def items(self) -> ItemsTable:
         if self._items is None:
-            self._items = _read_items(self.backend)
+            items = _read_items(self.backend)
+            check_items(self.path, items, self.backend.get_attrs("items"),
+                        self.attrs.get("dataset", {}))
+            self._items = items
         return self._items
 
     @property
     def dataset_fingerprint(self) -> str:
         return str(self.attrs["dataset"]["fingerprint"])
 
-    def update_items(self, items: ItemsTable, rows: np.ndarray,
+    def update_items(self, items: ItemsTable, reason: str,
                      note: dict[str, Any] | None = None) -> None:
-        """Write ``items``' sha256, duration and extra columns at ``rows`` into the items table
-        (creating extra columns the store lacks, whole), and record the new dataset
-        fingerprint; ``note`` (e.g. which items were re-hashed and when) is appended to the
-        root attribute ``items_updates``. Used by ``extract --rehash`` and to add the file-stat
-        columns to older stores."""
+        """Replace the items table's content: the same items in the same order whose file
+        hashes, durations, labels or extra columns changed (files re-hashed by
+        ``extract --rehash`` or after a repair; file-stat columns added to an older store).
+        Columns the store lacks are created. The table's checksum and the dataset fingerprint
+        are recorded again; a changed fingerprint keeps the previous one in
+        ``dataset.previous_fingerprints`` with ``reason``, and ``note`` is appended to the root
+        attribute ``items_updates``."""
         if self.read_only:
             raise EastkdError(f"{self.path}: store is open read-only")
-        n = len(self.items)
-        if len(items) != n or list(items.ids) != list(self.items.ids):
-            raise StoreMismatchError(f"{self.path}: items differ from the store's; cannot update")
-        rows = np.asarray(rows, dtype=np.int64)
-        cols = {"sha256": np.asarray(items.sha256, dtype=object),
-                "duration": np.asarray(items.durations, dtype=np.float32),
-                **{k: np.asarray(v) for k, v in items.extra.items()}}
-        for name, col in cols.items():
-            path = f"items/{name}"
-            if not self.backend.exists(path):
+        if list(items.ids) != list(self.items.ids):
+            raise StoreMismatchError(f"{self.path}: the items differ from the store's (ids or "
+                                     "order); an update must keep them")
+        n = len(items)
+        for name, col in items.extra.items():
+            if not self.backend.exists(f"items/{name}"):
+                col = np.asarray(col)
                 dtype = object if col.dtype.kind in "OUS" else col.dtype
-                self.backend.create_array(path, (n,), (chunk_items(256, n),), dtype,
-                                          data=col.astype(dtype))
-            elif rows.size:
-                current = self.backend.read(path)
-                current[rows] = col[rows]
-                self.backend.write(path, slice(None), current)
-        dataset = {**self.attrs["dataset"], "fingerprint": items.fingerprint()}
+                self.backend.create_array(f"items/{name}", (n,), (chunk_items(256, n),), dtype,
+                                          data=col.astype(dtype), dims=(ITEM_DIM,))
+        _write_item_columns(self.backend, items)
+        self.backend.update_attrs("items", {"class_names": list(items.class_names),
+                                            "multi_label": bool(items.multi_label)})
+        self._items = None
+        self.backend.update_attrs("items", {"checksum": _read_items(self.backend)
+                                            .content_sha256()})
+        dataset = dict(self.attrs.get("dataset", {}))
+        if dataset.get("fingerprint") != items.fingerprint():
+            previous = list(dataset.get("previous_fingerprints", []))
+            previous.append({"fingerprint": dataset.get("fingerprint"), "reason": reason,
+                             "until": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+            dataset.update(fingerprint=items.fingerprint(), previous_fingerprints=previous)
         update: dict[str, Any] = {"dataset": dataset}
         if note:
             update["items_updates"] = list(self.attrs.get("items_updates", [])) + [note]
         self.backend.update_attrs("", update)
         self.backend.flush()
-        self._items = None
 
     # -- sections ------------------------------------------------------------------------------
     def section_names(self, kind: str) -> list[str]:
@@ -372,19 +417,31 @@ class Store:
             if overwrite and self.backend.get_attrs(path).get("identity") is not None:
                 self.backend.delete(path)
         n = len(self.items)
-        self.backend.create_group(path, {**attrs, "identity": identity})
+        self._require_group(path, {**attrs, "identity": identity})
         units = []
         for aname, spec in arrays.items():
             row_bytes = int(np.prod(spec.row_shape or (1,))) * np.dtype(spec.dtype).itemsize
             ck = chunk_items(row_bytes, n, max_items=max_chunk_items)
             units.append(ck)
+            dims = (ITEM_DIM, *spec.dims) if spec.dims else \
+                dimension_names(kind, aname, len(spec.row_shape))
             self._create_if_missing(f"{path}/{aname}", (n, *spec.row_shape),
-                                    (ck, *spec.row_shape), spec.dtype)
+                                    (ck, *spec.row_shape), spec.dtype, dims)
         unit = max(units) if units else chunk_items(1, n, max_items=max_chunk_items)
-        self._create_if_missing(f"{path}/status", (n,), (unit,), np.uint8)
-        self._create_if_missing(f"{path}/error", (n,), (unit,), object)
+        self._create_if_missing(f"{path}/status", (n,), (unit,), np.uint8, (ITEM_DIM,))
+        self._create_if_missing(f"{path}/error", (n,), (unit,), object, (ITEM_DIM,))
         self.backend.flush()
         return Section(self, kind, name)
+
+    def _require_group(self, path: str, attrs: dict[str, Any]) -> None:
+        """Create group ``path`` or update its attributes, writing nothing when they already
+        hold these values (a run with nothing to do must work on a read-only store)."""
+        if self.backend.exists(path):
+            old = self.backend.get_attrs(path)
+            attrs = {k: v for k, v in attrs.items() if not _same_json(old.get(k), v)}
+            if not attrs:
+                return
+        self.backend.create_group(path, attrs)
 
     def check_identity(self, kind: str, name: str, identity: dict[str, Any],
                        overwrite: bool = False) -> None:
@@ -402,7 +459,7 @@ class Store:
             )
 
     def _create_if_missing(self, path: str, shape: tuple[int, ...], chunks: tuple[int, ...],
-                           dtype: Any) -> None:
+                           dtype: Any, dims: tuple[str, ...]) -> None:
         if self.backend.exists(path):
             if tuple(self.backend.shape(path)) != tuple(shape):
                 raise StoreMismatchError(
@@ -411,7 +468,7 @@ class Store:
                 )
             return
         try:
-            self.backend.create_array(path, shape, chunks, dtype)
+            self.backend.create_array(path, shape, chunks, dtype, dims=dims)
         except FileExistsError:  # a concurrent writer created it first
             pass
 
@@ -435,13 +492,18 @@ class Store:
             path = f"{section.path}/params/{pname}"
             self.backend.delete(path)
             shape = value.shape or (1,)
+            dims = tuple(f"{pname}_{i}" for i in range(len(shape)))
             self.backend.create_array(path, shape, shape, value.dtype,
-                                      data=value.reshape(shape))
+                                      data=value.reshape(shape), dims=dims)
         self.backend.flush()
 
     def read_params(self, section: Section) -> dict[str, np.ndarray]:
         base = f"{section.path}/params"
         return {p: self.backend.read(f"{base}/{p}") for p in self.backend.children(base)}
+
+
+ITEMS_DAMAGED = ("the items table cannot be repaired in place: restore the store from a copy, "
+                 "or extract again into a new store")
 
 
 def _read_items(backend: Backend) -> ItemsTable:
@@ -452,18 +514,37 @@ def _read_items(backend: Backend) -> ItemsTable:
     if missing:
         raise EastkdError(f"{backend.path}: items table lacks {sorted(missing)}; the store is "
                           "damaged or half-written: recreate it with `eastkd extract`")
-    extra = {c: backend.read(f"items/{c}") for c in sorted(cols - core - {"label"})}
-    return ItemsTable(
-        ids=[str(x) for x in backend.read("items/id")],
-        paths=[str(x) for x in backend.read("items/path")],
-        sha256=[str(x) for x in backend.read("items/sha256")],
-        durations=backend.read("items/duration").astype(np.float32),
-        splits=[str(x) for x in backend.read("items/split")],
-        labels=backend.read("items/labels").astype(np.uint8),
-        class_names=list(attrs.get("class_names", [])),
-        multi_label=bool(attrs.get("multi_label", False)),
-        extra=extra,
-    )
+    try:
+        extra = {c: backend.read(f"items/{c}", allow_missing=True)
+                 for c in sorted(cols - core - {"label"})}
+        return ItemsTable(
+            ids=[str(x) for x in backend.read("items/id")],
+            paths=[str(x) for x in backend.read("items/path")],
+            sha256=[str(x) for x in backend.read("items/sha256")],
+            durations=backend.read("items/duration", allow_missing=True).astype(np.float32),
+            splits=[str(x) for x in backend.read("items/split")],
+            labels=backend.read("items/labels").astype(np.uint8),
+            class_names=list(attrs.get("class_names", [])),
+            multi_label=bool(attrs.get("multi_label", False)),
+            extra=extra,
+        )
+    except StoreDamageError as e:
+        raise StoreDamageError(f"{str(e).split('; run `eastkd verify')[0]}; "
+                               f"{ITEMS_DAMAGED}") from None
+
+
+def check_items(path: str, items: ItemsTable, items_attrs: dict[str, Any],
+                dataset: dict[str, Any]) -> None:
+    """Refuse an items table whose content checksum (format 2) or dataset fingerprint differs
+    from the one recorded at creation: a damaged table would misalign every array."""
+    stored = items_attrs.get("checksum")
+    if stored is not None and stored != items.content_sha256():
+        raise StoreDamageError(f"{path}: items table damaged (checksum mismatch); "
+                               f"{ITEMS_DAMAGED}")
+    fp = dataset.get("fingerprint")
+    if fp is not None and fp != items.fingerprint():
+        raise StoreDamageError(f"{path}: items table does not match the dataset fingerprint "
+                               f"recorded at creation; {ITEMS_DAMAGED}")
 
 
 def _write_items(backend: Backend, items: ItemsTable) -> None:
@@ -471,22 +552,45 @@ def _write_items(backend: Backend, items: ItemsTable) -> None:
     ck = chunk_items(256, n)
     backend.create_group("items", {"class_names": list(items.class_names),
                                    "multi_label": bool(items.multi_label)})
+    item = (ITEM_DIM,)
     strings = {"id": items.ids, "path": items.paths, "sha256": items.sha256, "split": items.splits}
     for name, col in strings.items():
         backend.create_array(f"items/{name}", (n,), (ck,), object,
-                             data=np.asarray(col, dtype=object))
+                             data=np.asarray(col, dtype=object), dims=item)
     backend.create_array("items/duration", (n,), (ck,), np.float32,
-                         data=np.asarray(items.durations, dtype=np.float32))
+                         data=np.asarray(items.durations, dtype=np.float32), dims=item)
     labels = np.asarray(items.labels, dtype=np.uint8).reshape(n, -1)
     if labels.shape[1] == 0:  # unlabelled data: one all-zero column keeps the layout uniform
         labels = np.zeros((n, 1), dtype=np.uint8)
     c = labels.shape[1]
-    backend.create_array("items/labels", (n, c), (ck, c), np.uint8, data=labels)
-    backend.create_array("items/label", (n,), (ck,), np.int32, data=items.label)
+    backend.create_array("items/labels", (n, c), (ck, c), np.uint8, data=labels,
+                         dims=dimension_names("items", "labels", 1))
+    backend.create_array("items/label", (n,), (ck,), np.int32, data=items.label, dims=item)
     for name, col in items.extra.items():
         col = np.asarray(col)
         dtype = object if col.dtype.kind in "OUS" else col.dtype
-        backend.create_array(f"items/{name}", (n,), (ck,), dtype, data=col.astype(dtype))
+        backend.create_array(f"items/{name}", (n,), (ck,), dtype, data=col.astype(dtype),
+                             dims=item)
+    # the checksum of the table as it reads back, so that any later change is caught
+    backend.update_attrs("items", {"checksum": _read_items(backend).content_sha256()})
+
+
+def _write_item_columns(backend: Backend, items: ItemsTable) -> None:
+    """Overwrite the columns of an existing items table in place (same rows and columns)."""
+    n = len(items)
+    strings = {"id": items.ids, "path": items.paths, "sha256": items.sha256, "split": items.splits}
+    for name, col in strings.items():
+        backend.write(f"items/{name}", slice(0, n), np.asarray(col, dtype=object))
+    backend.write("items/duration", slice(0, n), np.asarray(items.durations, dtype=np.float32))
+    labels = np.asarray(items.labels, dtype=np.uint8).reshape(n, -1)
+    if labels.shape[1] == 0:
+        labels = np.zeros((n, 1), dtype=np.uint8)
+    backend.write("items/labels", slice(0, n), labels)
+    backend.write("items/label", slice(0, n), items.label)
+    for name, col in items.extra.items():
+        col = np.asarray(col)
+        backend.write(f"items/{name}", slice(0, n), col.astype(object if col.dtype.kind in "OUS"
+                                                                else col.dtype))
 
 
 def open_store(path: str, mode: str = "r") -> Store:
@@ -496,6 +600,23 @@ def open_store(path: str, mode: str = "r") -> Store:
     return Store(path, _backend_for(path, "r" if mode == "r" else "a"))
 
 
+def _write_errors_as_one_line(fn: Callable[..., Store]) -> Callable[..., Store]:
+    """A full disk or a permission error while creating the store becomes one line."""
+
+    @functools.wraps(fn)
+    def wrapper(path: str, *args: Any, **kwargs: Any) -> Store:
+        try:
+            return fn(path, *args, **kwargs)
+        except OSError as e:
+            err = write_failure(str(path), "a new store", e)
+            if err is None or isinstance(e, EastkdError):
+                raise
+            raise err from None
+
+    return wrapper
+
+
+@_write_errors_as_one_line
 def create_store(path: str, items: ItemsTable, dataset: dict[str, Any]) -> Store:
     """Create a new store holding the items table, atomically.
 

@@ -242,8 +242,9 @@ def test_evaluate_on_other_stores(fitnet_run, demo_manifest, demo_store, tmp_pat
         evaluate(str(out), str(m64))
 
     with open_store(str(demo_store), "r+") as s:
-        names = list(s.items.class_names)
-        s.backend.update_attrs("items", {"class_names": names[::-1]})
+        items = s.items
+        items.class_names = list(items.class_names)[::-1]
+        s.update_items(items, "test: other class names")
     with pytest.raises(StoreMismatchError, match="classes differ"):
         evaluate(str(out), str(demo_store))
 

@@ -33,6 +33,7 @@ from eastkd.store import (
 )
 from eastkd.store.backends.hdf5_backend import HDF5Backend
 from eastkd.store.backends.zarr_backend import ZarrBackend
+from eastkd.store.errors import StoreDamageError
 
 N = 37  # not a power of two: last chunks are partial
 D = 6
@@ -226,7 +227,10 @@ class TestBackend:
         sec = _section(store, identity=other, overwrite=True)
         assert sec.attrs["identity"] == other
         assert sec.counts()["pending"] == N
-        assert not sec.array("clip")[:].any()
+        # pending rows are never read as data: they hold the NaN fill value, which readers refuse
+        with pytest.raises(StoreDamageError, match=r"clip items 0-36: chunk missing or never "):
+            sec.array("clip")[:]
+        assert np.isnan(store.backend.read(f"{sec.path}/clip", allow_missing=True)).all()
         store.delete_section("embeddings", "k")
         assert not store.has_section("embeddings", "k")
         store.close()

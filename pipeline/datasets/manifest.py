@@ -67,7 +67,8 @@ def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]
             reader = csv.DictReader(fh)
             columns = [c.strip() for c in (reader.fieldnames or [])]
             reader.fieldnames = columns
-            rows = [(reader.line_num, row) for row in reader]
+            rows = [(reader.line_num, _check_fields(path, reader.line_num, columns, row))
+                    for row in reader]
         return columns, rows
     columns: list[str] = []
     rows = []
@@ -89,6 +90,22 @@ def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]
             columns.extend(k for k in row if k not in columns)
             rows.append((lineno, row))
     return columns, rows
+
+
+def _check_fields(path: Path, lineno: int, columns: list[str], row: dict[Any, Any]
+                  ) -> dict[str, Any]:
+    """A CSV row with exactly the header's fields; more or fewer is refused, naming the line
+    (an unquoted comma inside a label or path is the usual cause)."""
+    extra = row.get(None)
+    short = [c for c in columns if row.get(c) is None]
+    if extra or short:
+        n = len(columns) + len(extra or []) - len(short)
+        raise EastkdError(
+            f"{path}:{lineno}: {n} fields, the header has {len(columns)} "
+            f"({', '.join(columns)}); put a field that contains a comma in double quotes, "
+            'e.g. "brass, reed" (several labels: a labels column with ; between them)'
+        )
+    return row
 
 
 def _split_labels(value: Any) -> list[str]:
@@ -146,7 +163,7 @@ def load_manifest(path: str) -> DatasetSpec:
             raise EastkdError(f"{where}: empty path for id {item_id!r}")
         audio = Path(rel).expanduser()
         audio = audio if audio.is_absolute() else base / audio
-        if not audio.is_file():
+        if not _is_audio_entry(audio):
             raise EastkdError(
                 f"{where}: audio file {audio} for id {item_id!r} does not exist; paths are "
                 "relative to the manifest's folder or absolute"
@@ -187,11 +204,17 @@ def load_manifest(path: str) -> DatasetSpec:
 # class folders
 
 
+def _is_audio_entry(path: Path) -> bool:
+    """A file, or something in its place that extract records as a skipped item (under
+    ``--on-error skip``; with ``fail`` it stops naming it): a dangling link, a folder."""
+    return path.is_file() or path.is_symlink() or path.is_dir()
+
+
 def _audio_files(folder: Path) -> list[Path]:
     return sorted(
         p
         for p in folder.rglob("*")
-        if p.is_file()
+        if _is_audio_entry(p)
         and p.suffix.lower() in AUDIO_EXTENSIONS
         and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     )

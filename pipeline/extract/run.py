@@ -106,7 +106,7 @@ def open_or_create(store_path: str, spec: DatasetSpec, progress: bool = True, wo
         return _apply_rehash(store_path, items, known)
     store = open_for_dataset(store_path, items)
     if SIZE not in known.extra or MTIME not in known.extra:  # a store from before the cache
-        store.update_items(items, np.arange(0))
+        store.update_items(items, "file size and mtime columns added (hash cache)")
     return store
 
 
@@ -116,7 +116,7 @@ def _apply_rehash(store_path: str, items: ItemsTable, known: ItemsTable) -> Stor
     note = {"rehashed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "changed_items": len(ids), "ids": ids[:1000]}
     store = open_store(store_path, "r+")
-    store.update_items(items, np.arange(len(items)), note)  # and the fresh sizes and mtimes
+    store.update_items(items, "extract --rehash", note)  # and the fresh sizes and mtimes
     if not ids:
         return store
     for kind in ("features", "embeddings", "targets"):

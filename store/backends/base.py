@@ -8,9 +8,12 @@ Strings are variable-length UTF-8 in both backends.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import numpy as np
+
+from eastkd.store.damage import write_failure
 
 
 class Backend(ABC):
@@ -29,8 +32,10 @@ class Backend(ABC):
         dtype: Any,
         attrs: dict[str, Any] | None = None,
         data: np.ndarray | None = None,
+        dims: tuple[str, ...] | None = None,
     ) -> None:
-        """Create an array (fill value 0, compressed) and optionally write ``data`` into it."""
+        """Create an array (compressed and checksummed; fill value NaN for floats, else 0 or
+        ``""``) with dimension names ``dims``, and optionally write ``data`` into it."""
 
     @abstractmethod
     def create_group(self, path: str, attrs: dict[str, Any] | None = None) -> None:
@@ -56,8 +61,13 @@ class Backend(ABC):
     def chunks(self, path: str) -> tuple[int, ...]: ...
 
     @abstractmethod
-    def read(self, path: str, selection: Any = slice(None)) -> np.ndarray:
-        """Read a basic selection; strings come back as a numpy array of ``str`` objects."""
+    def read(self, path: str, selection: Any = slice(None), allow_missing: bool = False
+             ) -> np.ndarray:
+        """Read a basic selection; strings come back as a numpy array of ``str`` objects.
+
+        A chunk that fails its checksum or does not decode raises
+        :class:`~eastkd.store.errors.StoreDamageError` naming its rows; so do rows of a
+        NaN-fill array that read as fill (a missing chunk) unless ``allow_missing``."""
 
     @abstractmethod
     def write(self, path: str, selection: Any, value: np.ndarray) -> None: ...
@@ -75,6 +85,38 @@ class Backend(ABC):
     @abstractmethod
     def nbytes_stored(self) -> int:
         """Bytes the store occupies on disk."""
+
+    @abstractmethod
+    def fill_value(self, path: str) -> Any: ...
+
+    @abstractmethod
+    def checksummed(self, path: str) -> bool:
+        """Whether every chunk of the array carries a checksum (format 2 numeric arrays)."""
+
+    @abstractmethod
+    def stored_chunks(self, path: str) -> set[int] | None:
+        """Indices (along items) of the chunks present on disk; None where it cannot tell."""
+
+    @abstractmethod
+    def reset_chunk(self, path: str, index: int) -> None:
+        """Replace item-chunk ``index`` by the fill value without reading it (repair)."""
+
+    def chunk_checks(self, path: str) -> Iterator[tuple[int, int, str]] | None:
+        """Check every stored chunk's checksum on its raw bytes, without decoding:
+        ``(item-chunk index, bytes on disk, problem or "")`` per chunk; None where this
+        backend or array cannot (then verify decodes every chunk instead)."""
+        return None
+
+    @contextmanager
+    def writing(self, what: str) -> Iterator[None]:
+        """Turn a full disk or a permission error while writing ``what`` into one line."""
+        try:
+            yield
+        except OSError as e:
+            err = write_failure(self.path, what, e)
+            if err is None:
+                raise
+            raise err from None
 
     def flush(self) -> None:
         """Make everything written so far durable (no-op where writes already are)."""

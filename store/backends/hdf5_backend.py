@@ -5,21 +5,52 @@ so that any h5py reader can see them. Strings are variable-length UTF-8. The fil
 lazily (on first use) so that an object made before a DataLoader forks opens its own handle in
 each worker: h5py handles do not survive fork. HDF5 has no safe concurrent writers, so sharded
 extraction is Zarr only.
+
+Numeric arrays carry HDF5's fletcher32 checksum per chunk (after gzip + shuffle); float arrays
+have fill value NaN. HDF5 cannot filter variable-length strings, so string arrays carry no
+checksum (the items table is covered by its own checksum attribute). A store opened for writing
+that the user may not write (a read-only file or medium) is opened for reading, so a run with
+nothing to do works on it; a write then fails with one line.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any
+import sys
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import h5py
 import numpy as np
 
 from eastkd.store.backends.base import Backend, is_string_dtype
-from eastkd.store.errors import EastkdError
+from eastkd.store.damage import check_not_missing, is_nan_fill, read_failure, write_failure
+from eastkd.store.errors import EastkdError, StoreWriteError
 
 _STR = h5py.string_dtype("utf-8")
+# handles dropped after a failed write: closing (or garbage-collecting) them flushes into the
+# same full disk, which crashes h5py; they are kept open until the process ends
+_ABANDONED: list[h5py.File] = []
+
+
+def has_abandoned_files() -> bool:
+    """Whether a write failed (e.g. disk full): HDF5 then crashes when it flushes its open
+    files at process exit, so the CLI ends the process without that flush."""
+    return bool(_ABANDONED)
+
+
+def _quiet_release_errors(hook: Any) -> Any:
+    """An unraisable-exception hook that drops h5py's repeats of a failed write (raised while
+    releasing handles after the failure was already reported as one line)."""
+
+    def quiet(args: Any) -> None:
+        if isinstance(args.exc_value, RuntimeError) and "file write failed" in str(args.exc_value):
+            return
+        hook(args)
+
+    quiet._eastkd = True  # type: ignore[attr-defined]
+    return quiet
 
 
 def _encode(v: Any) -> Any:
@@ -47,16 +78,54 @@ class HDF5Backend(Backend):
         self._mode = "r" if self.read_only else "a"
         self._file: h5py.File | None = None
         self._pid = -1
-        self._f()  # fail early on a bad path
+        try:
+            self._f()  # fail early on a bad path
+        except StoreWriteError:
+            # a read-only file or medium: open it for reading; a write then fails in one line
+            self._mode = "r"
+            self._f()
 
     def _f(self) -> h5py.File:
         if self._file is None or self._pid != os.getpid():
             try:
                 self._file = h5py.File(self.path, self._mode)
             except OSError as e:
-                raise EastkdError(f"{self.path}: cannot open as HDF5 ({e})") from e
+                err = write_failure(self.path, "the file", e) if self._mode != "r" else None
+                raise (err or EastkdError(f"{self.path}: cannot open as HDF5 ({e})")) from None
             self._pid = os.getpid()
         return self._file
+
+    def _fw(self) -> h5py.File:
+        """The file, for a write (opened read-only when the file or medium is)."""
+        if self.read_only:
+            raise EastkdError(f"{self.path}: store is open read-only")
+        if self._mode == "r":
+            raise write_failure(self.path, "the file", PermissionError(13, "read-only"))
+        return self._f()
+
+    @contextmanager
+    def writing(self, what: str) -> Iterator[None]:
+        """Like :meth:`Backend.writing`, for h5py's errors too (a failed flush is a
+        RuntimeError); after such a failure the file handle is dropped unflushed, so that
+        nothing half-written is flushed later (and no write fails again at exit)."""
+        try:
+            yield
+        except EastkdError:
+            raise
+        except (OSError, RuntimeError) as e:
+            err = write_failure(self.path, what, e if isinstance(e, OSError) else OSError(str(e)))
+            if err is None:
+                raise
+            if err.disk_full:  # HDF5 holds unflushed data it can never write
+                self._abandon()
+            raise err from None
+
+    def _abandon(self) -> None:
+        if self._file is not None:
+            _ABANDONED.append(self._file)
+        self._file = None
+        if not getattr(sys.unraisablehook, "_eastkd", False):
+            sys.unraisablehook = _quiet_release_errors(sys.unraisablehook)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -64,26 +133,31 @@ class HDF5Backend(Backend):
         return state
 
     def create_group(self, path: str, attrs: dict[str, Any] | None = None) -> None:
-        g = self._f().require_group(path)
-        for k, v in (attrs or {}).items():
-            g.attrs[k] = _encode(v)
+        with self.writing(path):
+            g = self._fw().require_group(path)
+            for k, v in (attrs or {}).items():
+                g.attrs[k] = _encode(v)
 
-    def create_array(self, path, shape, chunks, dtype, attrs=None, data=None) -> None:
-        f = self._f()
-        if path in f:
+    def create_array(self, path, shape, chunks, dtype, attrs=None, data=None, dims=None) -> None:
+        if path in self._f():
             raise FileExistsError(path)
         string = is_string_dtype(dtype)
+        numeric = not string and all(shape)
         chunks = tuple(max(1, min(c, s)) for c, s in zip(chunks, shape))
-        ds = f.create_dataset(
-            path, shape=tuple(shape), chunks=chunks if all(shape) else None,
-            dtype=_STR if string else np.dtype(dtype),
-            compression=None if string else "gzip", compression_opts=None if string else 4,
-            shuffle=not string and all(shape),
-        )
-        for k, v in (attrs or {}).items():
-            ds.attrs[k] = _encode(v)
-        if data is not None:
-            ds[...] = data
+        dt = _STR if string else np.dtype(dtype)
+        with self.writing(path):
+            ds = self._fw().create_dataset(
+                path, shape=tuple(shape), chunks=chunks if all(shape) else None, dtype=dt,
+                compression="gzip" if numeric else None, compression_opts=4 if numeric else None,
+                shuffle=numeric, fletcher32=numeric,
+                fillvalue=np.nan if not string and dt.kind == "f" else None,
+            )
+            for k, v in (attrs or {}).items():
+                ds.attrs[k] = _encode(v)
+            if dims:
+                ds.attrs["dimension_names"] = _encode(list(dims))
+            if data is not None:
+                ds[...] = data
 
     def exists(self, path: str) -> bool:
         return path in self._f()
@@ -111,14 +185,54 @@ class HDF5Backend(Backend):
     def chunks(self, path):
         return tuple(self._ds(path).chunks or self._ds(path).shape)
 
-    def read(self, path, selection=slice(None)):
+    def read(self, path, selection=slice(None), allow_missing=False):
         ds = self._ds(path)
-        if h5py.check_string_dtype(ds.dtype):
-            return np.asarray(ds.asstr()[selection], dtype=object)
-        return ds[selection]
+        n, chunk = ds.shape[0], (ds.chunks or ds.shape)[0]
+        string = h5py.check_string_dtype(ds.dtype)
+        view = ds.asstr() if string else ds
+        try:
+            out = np.asarray(view[selection], dtype=object) if string else ds[selection]
+        except (OSError, RuntimeError, ValueError) as e:
+            raise read_failure(self.path, path, n, chunk, selection, e,
+                               lambda s: view[s]) from None
+        if not allow_missing and not string and is_nan_fill(ds.dtype, ds.fillvalue):
+            check_not_missing(self.path, path, n, chunk, selection, out)
+        return out
 
     def write(self, path, selection, value) -> None:
-        self._ds(path)[selection] = value
+        with self.writing(path):
+            self._fw()
+            ds = self._ds(path)
+            ds[selection] = value
+            ds.flush()  # h5py ignores write errors when a dataset handle is released
+
+    def fill_value(self, path: str) -> Any:
+        return self._ds(path).fillvalue
+
+    def checksummed(self, path: str) -> bool:
+        return bool(self._ds(path).fletcher32)
+
+    def stored_chunks(self, path: str) -> set[int] | None:
+        ds = self._ds(path)
+        if ds.chunks is None:
+            return None
+        return {ds.id.get_chunk_info(i).chunk_offset[0] // ds.chunks[0]
+                for i in range(ds.id.get_num_chunks())}
+
+    def reset_chunk(self, path: str, index: int) -> None:
+        self._fw()
+        ds = self._ds(path)
+        chunks = ds.chunks or ds.shape
+        lo = index * chunks[0]
+        with self.writing(path):
+            if h5py.check_string_dtype(ds.dtype):
+                ds[lo:lo + chunks[0]] = np.full(min(chunks[0], ds.shape[0] - lo), "", object)
+                return
+            # HDF5 reads a chunk before overwriting it, so a damaged one is replaced raw, with
+            # every filter marked as skipped for this chunk
+            fill = np.full(chunks, ds.fillvalue, dtype=ds.dtype)
+            ds.id.write_direct_chunk((lo,) + (0,) * (ds.ndim - 1), fill.tobytes(),
+                                     filter_mask=0xFFFFFFFF)
 
     def get_attrs(self, path: str = "") -> dict[str, Any]:
         node = self._f().get(path) if path else self._f()
@@ -127,21 +241,24 @@ class HDF5Backend(Backend):
         return {k: _decode(v) for k, v in node.attrs.items()}
 
     def update_attrs(self, path: str, attrs: dict[str, Any]) -> None:
-        node = self._f()[path] if path else self._f()
-        for k, v in attrs.items():
-            node.attrs[k] = _encode(v)
+        with self.writing(f"{path or 'root'} attributes"):
+            f = self._fw()
+            node = f[path] if path else f
+            for k, v in attrs.items():
+                node.attrs[k] = _encode(v)
 
     def delete(self, path: str) -> None:
-        f = self._f()
-        if path in f:
-            del f[path]
+        if path in self._f():
+            with self.writing(path):
+                del self._fw()[path]
 
     def nbytes_stored(self) -> int:
         return os.path.getsize(self.path)
 
     def flush(self) -> None:
-        if self._file is not None:
-            self._file.flush()
+        if self._file is not None and self._mode != "r":
+            with self.writing("its data"):
+                self._file.flush()
 
     def close(self) -> None:
         if self._file is not None:

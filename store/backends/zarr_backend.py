@@ -3,20 +3,34 @@
 Each chunk is its own object, written atomically by zarr's LocalStore (temp file + rename), so
 writers that own whole chunks never lose each other's data and a killed writer leaves either the
 old or the new chunk, never half of one. No sharding codec is used (see zarr-python #3682).
+Every chunk ends in a crc32c checksum of its compressed bytes (codecs bytes -> zstd -> crc32c);
+float arrays have fill value NaN, so a chunk missing from disk reads as NaN and is caught.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
-from typing import Any
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Iterator
 
+import google_crc32c
 import numpy as np
 import zarr
 import zarr.errors
+from zarr.codecs import Crc32cCodec, ZstdCodec
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
 from zarr.storage import LocalStore, ZipStore
 
 from eastkd.store.backends.base import Backend, is_string_dtype
-from eastkd.store.errors import EastkdError, StoreNotFoundError
+from eastkd.store.damage import check_not_missing, is_nan_fill, read_failure
+from eastkd.store.errors import EastkdError, StoreDamageError, StoreNotFoundError
+
+COMPRESSORS = (ZstdCodec(), Crc32cCodec())
+_CHECK_BATCH = 32  # chunks fetched concurrently while checking checksums
+_READ_AHEAD = 4  # local chunk files read concurrently while checking checksums
 
 
 def _du(path: str) -> int:
@@ -28,6 +42,21 @@ def _du(path: str) -> int:
             except OSError:
                 pass
     return total
+
+
+def _read_file(path: str) -> np.ndarray:
+    with open(path, "rb") as f:
+        return np.frombuffer(f.read(), dtype=np.uint8)
+
+
+def _crc_problem(data: np.ndarray) -> str:
+    """"" when the chunk's last 4 bytes are the crc32c of the rest (Zarr's crc32c codec)."""
+    if data.size < 4:
+        return "chunk damaged (checksum mismatch: too short)"
+    stored = int.from_bytes(data[-4:].tobytes(), "little")
+    if google_crc32c.value(data[:-4]) != stored:
+        return "chunk damaged (checksum mismatch)"
+    return ""
 
 
 class ZarrBackend(Backend):
@@ -58,26 +87,30 @@ class ZarrBackend(Backend):
     def create_group(self, path: str, attrs: dict[str, Any] | None = None) -> None:
         # one zarr.json holding the attributes, written atomically: concurrent openers never
         # see the group without its attributes
-        try:
-            self.root.create_group(path, attributes=attrs or {}, overwrite=False)
-        except zarr.errors.ContainsGroupError:
-            if attrs:
-                self.root[path].attrs.update(attrs)
+        with self.writing(path):
+            try:
+                self.root.create_group(path, attributes=attrs or {}, overwrite=False)
+            except zarr.errors.ContainsGroupError:
+                if attrs:
+                    self.root[path].attrs.update(attrs)
 
-    def create_array(self, path, shape, chunks, dtype, attrs=None, data=None) -> None:
+    def create_array(self, path, shape, chunks, dtype, attrs=None, data=None, dims=None) -> None:
         if is_string_dtype(dtype):
             dtype, fill = str, ""
         else:
-            dtype, fill = np.dtype(dtype), 0
-        try:
-            arr = self.root.create_array(
-                path, shape=tuple(shape), chunks=tuple(chunks), dtype=dtype, fill_value=fill,
-                attributes=attrs or {}, overwrite=False,
-            )
-        except (zarr.errors.ContainsArrayError, zarr.errors.ContainsGroupError) as e:
-            raise FileExistsError(path) from e
-        if data is not None:
-            arr[...] = data
+            dtype = np.dtype(dtype)
+            fill = np.nan if dtype.kind == "f" else 0
+        with self.writing(path):
+            try:
+                arr = self.root.create_array(
+                    path, shape=tuple(shape), chunks=tuple(chunks), dtype=dtype,
+                    fill_value=fill, compressors=COMPRESSORS, attributes=attrs or {},
+                    dimension_names=tuple(dims) if dims else None, overwrite=False,
+                )
+            except (zarr.errors.ContainsArrayError, zarr.errors.ContainsGroupError) as e:
+                raise FileExistsError(path) from e
+            if data is not None:
+                arr[...] = data
 
     def exists(self, path: str) -> bool:
         return path in self.root
@@ -92,7 +125,20 @@ class ZarrBackend(Backend):
         return sorted(k for k, _ in node.members())
 
     def _arr(self, path: str) -> zarr.Array:
-        node = self.root.get(path)
+        """The array at ``path``; its metadata is read once (shape, chunks and codecs never
+        change after creation; attributes are always read fresh by get_attrs)."""
+        cache = self.__dict__.setdefault("_arrays", {})
+        if path not in cache:
+            cache[path] = self._open_array(path)
+        return cache[path]
+
+    def _open_array(self, path: str) -> zarr.Array:
+        try:
+            node = self.root.get(path)
+        except Exception as e:  # unparseable zarr.json: zarr raises many types
+            raise StoreDamageError(
+                f"{self.path}: {path}/zarr.json is damaged ({type(e).__name__}); the store "
+                "cannot be repaired in place: recreate it or restore it from a copy") from None
         if not isinstance(node, zarr.Array):
             raise EastkdError(f"{self.path}: no array {path!r} in this store")
         return node
@@ -107,14 +153,86 @@ class ZarrBackend(Backend):
     def chunks(self, path):
         return tuple(self._arr(path).chunks)
 
-    def read(self, path, selection=slice(None)):
-        out = self._arr(path)[selection]
+    def read(self, path, selection=slice(None), allow_missing=False):
+        arr = self._arr(path)
+        n, chunk = arr.shape[0], arr.chunks[0]
+        try:
+            out = arr[selection]
+        except Exception as e:  # checksum or codec failure; zarr raises many types
+            raise read_failure(self.path, path, n, chunk, selection, e,
+                               lambda s: arr[s]) from None
         if isinstance(out, np.ndarray) and out.dtype.kind == "T":
             out = out.astype(object)
+        if not allow_missing and is_nan_fill(arr.dtype, arr.fill_value):
+            check_not_missing(self.path, path, n, chunk, selection, out)
         return out
 
     def write(self, path, selection, value) -> None:
-        self._arr(path)[selection] = value
+        with self.writing(path):
+            self._arr(path)[selection] = value
+
+    def fill_value(self, path: str) -> Any:
+        return self._arr(path).fill_value
+
+    def checksummed(self, path: str) -> bool:
+        return any(isinstance(c, Crc32cCodec) for c in self._arr(path).compressors)
+
+    def stored_chunks(self, path: str) -> set[int] | None:
+        prefix = f"{path}/c/"
+
+        async def keys() -> list[str]:  # zips may list their folders too ("a/c/1/")
+            return [k async for k in self._store.list_prefix(prefix) if not k.endswith("/")]
+
+        return {int(k[len(prefix):].split("/")[0]) for k in sync(keys())}
+
+    def chunk_checks(self, path: str) -> Iterator[tuple[int, int, str]] | None:
+        arr = self._arr(path)
+        if not arr.compressors or not isinstance(arr.compressors[-1], Crc32cCodec):
+            return None  # format 1: no checksum to check without decoding
+        prefix = f"{path}/c/"
+
+        async def keys() -> list[str]:  # zips may list their folders too ("a/c/1/")
+            return sorted([k async for k in self._store.list_prefix(prefix)
+                           if not k.endswith("/")])
+
+        return self._check_keys(sync(keys()), prefix)
+
+    def _check_keys(self, keys: list[str], prefix: str) -> Iterator[tuple[int, int, str]]:
+        for key, data in self._raw(keys):
+            index = int(key[len(prefix):].split("/")[0])
+            yield index, data.size, _crc_problem(data)
+
+    def _raw(self, keys: list[str]) -> Iterator[tuple[str, np.ndarray]]:
+        """The stored bytes of ``keys``: plain file reads for a local folder (as fast as the
+        disk), concurrent gets through the zarr store otherwise."""
+        if isinstance(self._store, LocalStore):
+            root = str(self._store.root)
+            # a few reads in flight keep the disk busy while the checksums are computed
+            with ThreadPoolExecutor(_READ_AHEAD) as pool:
+                pending: deque[tuple[str, Future[np.ndarray]]] = deque()
+                for key in keys:
+                    pending.append((key, pool.submit(_read_file, os.path.join(root, key))))
+                    if len(pending) > _READ_AHEAD:
+                        key0, fut = pending.popleft()
+                        yield key0, fut.result()
+                for key0, fut in pending:
+                    yield key0, fut.result()
+            return
+        proto = default_buffer_prototype()
+
+        async def fetch(batch: list[str]) -> list[Any]:
+            return await asyncio.gather(*(self._store.get(k, prototype=proto) for k in batch))
+
+        for i in range(0, len(keys), _CHECK_BATCH):
+            batch = keys[i:i + _CHECK_BATCH]
+            for key, buf in zip(batch, sync(fetch(batch))):
+                yield key, buf.as_numpy_array() if buf is not None else np.empty(0, np.uint8)
+
+    def reset_chunk(self, path: str, index: int) -> None:
+        arr = self._arr(path)
+        key = f"{path}/" + arr.metadata.encode_chunk_key((index,) + (0,) * (arr.ndim - 1))
+        with self.writing(path):
+            sync(self._store.delete(key))
 
     def get_attrs(self, path: str = "") -> dict[str, Any]:
         node = self.root if not path else self.root.get(path)
@@ -124,11 +242,14 @@ class ZarrBackend(Backend):
 
     def update_attrs(self, path: str, attrs: dict[str, Any]) -> None:
         node = self.root if not path else self.root[path]
-        node.attrs.update(attrs)
+        with self.writing(f"{path or 'root'} attributes"):
+            node.attrs.update(attrs)
 
     def delete(self, path: str) -> None:
+        self.__dict__.get("_arrays", {}).clear()
         if path in self.root:
-            del self.root[path]
+            with self.writing(path):
+                del self.root[path]
 
     def nbytes_stored(self) -> int:
         if self.path.endswith(".zip"):
