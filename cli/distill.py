@@ -37,7 +37,9 @@ import click
 @click.option("--schedule", type=click.Choice(["cosine", "plateau"]), default="cosine",
               help="Learning-rate schedule: cosine over --epochs, or reduce-on-plateau (x0.2).")
 @click.option("--patience", type=click.IntRange(min=0), default=10,
-              help="Stop after this many epochs without a better validation metric (0: never).")
+              help="Stop after this many epochs without a higher validation metric (0: never). "
+                   "An equal metric with a lower validation loss becomes the best epoch but "
+                   "does not reset this count.")
 @click.option("--seed", type=int, default=0, help="Seed of initialisation and batch order.")
 @click.option("--device", default="auto", help="auto, cpu or cuda.")
 @click.option("--fold", type=click.IntRange(1, 5),
@@ -48,7 +50,8 @@ import click
                    "splits are streamed from the store chunk by chunk. 0 always streams.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in RUN_DIR.")
 @click.option("--overwrite", is_flag=True, help="Replace a run already in RUN_DIR.")
-@click.option("--progress/--no-progress", default=True, help="Show a progress bar per epoch.")
+@click.option("--progress/--no-progress", default=True,
+              help="Show progress bars; without them, print one line per epoch.")
 def command(store: str, targets: str | None, out_dir: str, student: str, width: int, kd: str,
             lam: float, teacher_linear: bool, teacher_linear_dim: int | None,
             frame_targets: bool, epochs: int, batch_size: int, lr: float, weight_decay: float,

@@ -23,7 +23,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compress": ("eastkd.cli.compress", "Fit PCA or a learned transformation; write targets."),
     "distill": ("eastkd.cli.distill", "Train a student from the store alone (task + KD loss)."),
     "evaluate": ("eastkd.cli.evaluate", "Evaluate a trained student on a store's split."),
+    "predict": ("eastkd.cli.predict", "Labels and scores of a trained student for new audio."),
+    "export": ("eastkd.cli.export", "Export a student with its front end (TorchScript, ONNX)."),
+    "runs": ("eastkd.cli.runs", "One table of every run under a folder (mean ± std over seeds)."),
 }
+
+
+class OneLineUsageError(click.ClickException):
+    """A usage error (bad or missing argument or option) printed as one ``Error:`` line."""
+
+    exit_code = 2
 
 
 class LazyGroup(click.Group):
@@ -48,6 +57,10 @@ class LazyGroup(click.Group):
             return super().invoke(ctx)
         except EastkdError as e:
             raise click.ClickException(str(e)) from None
+        except click.UsageError as e:
+            # click prints usage + hint + error on three lines; the project's form is one line
+            cmd = f"eastkd {e.ctx.info_name}" if e.ctx and e.ctx.parent else "eastkd"
+            raise OneLineUsageError(f"{e.format_message()} (see `{cmd} --help`)") from None
         except KeyboardInterrupt:
             click.echo("interrupted; finished work is kept: rerun the same command to continue "
                        "(distill: add --resume)", err=True)
@@ -67,6 +80,8 @@ def cli(verbose: bool) -> None:
     2. compress  fit PCA / a learned teacher transformation, write compact targets
     3. distill   train a small student from the store alone (the teacher never runs)
     4. evaluate  score a trained student on any store with matching inputs
+
+    Then: predict (new audio), export (TorchScript/ONNX), runs (a table over runs).
     """
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")

@@ -186,7 +186,8 @@ def _resolve_segment(opts: ExtractOptions, durations: np.ndarray) -> Segment:
 def open_or_create(store_path: str, spec: DatasetSpec, progress: bool = True) -> Store:
     """The store for this dataset: created with its items table, or reopened after a check."""
     items = build_items_table(spec, progress=progress)
-    dataset = {"name": spec.name, "source": spec.source, "description": spec.description}
+    dataset = {"name": spec.name, "source": spec.source, "description": spec.description,
+               "split": spec.split_info}
     if os.path.exists(store_path):
         return open_for_dataset(store_path, items)
     return create_store(store_path, items, dataset)

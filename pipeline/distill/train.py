@@ -18,8 +18,10 @@ towards the *detached* transformed targets by ``L_kd``. The optimised sum is
 ``(1 - λ) L_task + λ L_kd + L_teacher``; the two parameter sets are disjoint.
 
 AdamW, a cosine (default) or reduce-on-plateau schedule, gradient clipping at 1.0, early
-stopping on the validation metric (accuracy, or mAP for multi-label; ties go to the lower
-validation loss), best epoch kept. The teacher's code is never imported.
+stopping on the validation metric (accuracy, or mAP for multi-label), best epoch kept. A tie on
+the metric with a lower validation loss becomes the best epoch but does not reset the patience
+counter (:func:`rank_epoch`), so a run whose validation accuracy sits at 1.0 still stops. The
+teacher's code is never imported.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from eastkd.pipeline import registry
+from eastkd.pipeline.datasets.splits import missing_class_warnings
 from eastkd.pipeline.device import resolve_device
 from eastkd.pipeline.distill.complexity import count_parameters
 from eastkd.pipeline.distill.data import (
@@ -98,6 +101,31 @@ class TeacherLinear(nn.Module):
     def forward(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.transform(t)
         return z, self.classifier(z.mean(dim=1) if z.dim() == 3 else z)
+
+
+def rank_epoch(best: float | None, best_loss: float | None, score: float,
+               v_loss: float) -> tuple[bool, bool]:
+    """``(is_best, resets_patience)`` of an epoch against the best so far.
+
+    A higher validation metric is a new best and resets the patience counter; an equal metric
+    with a lower validation loss is a new best (its checkpoint is kept) but counts towards
+    patience like an epoch without improvement.
+    """
+    if best is None or score > best:
+        return True, True
+    return score == best and best_loss is not None and v_loss < best_loss, False
+
+
+def _epoch_line(record: dict[str, Any], epochs: int, metric: str, state: dict[str, Any]) -> str:
+    """The one line per epoch printed when progress bars are off."""
+    parts = [f"epoch {record['epoch']}/{epochs}", f"loss {record['train_loss']:.4f}"]
+    parts += [f"{k[len('train_'):]} {v:.4f}" for k, v in record.items()
+              if k.startswith("train_") and k != "train_loss"]
+    parts += [f"valid loss {record['valid_loss']:.4f}",
+              f"valid {metric} {record.get(f'valid_{metric}', float('nan')):.4f}",
+              f"best {state['best']:.4f}@{state['best_epoch']}" + (" *" if record["best"] else ""),
+              f"{record['seconds']:.1f} s"]
+    return ", ".join(parts)
 
 
 def _task_loss(multi_label: bool) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -300,6 +328,10 @@ def distill(store_path: str, targets: str | None, out_dir: str, *, student: str 
             raise EastkdError(f"{store_path}: need train and valid items (have {sizes}); check "
                               "the manifest's split column or --fold")
         config = _build_config(store, store_path, spec, options, sizes)
+        if fold is None:
+            items = store.items
+            for warning in missing_class_warnings(items.class_names, items.labels, items.splits):
+                log(warning)
         resuming = _prepare_run_dir(out_dir, config, resume, overwrite)
 
         multi_label = config["multi_label"]
@@ -391,14 +423,11 @@ def distill(store_path: str, targets: str | None, out_dir: str, *, student: str 
                 else:
                     sched.step()
                 state["epoch"] = epoch
-                best = state["best"]
-                improved = best is None or score > best or (score == best and
-                                                             v_loss < state["best_loss"])
+                improved, resets = rank_epoch(state["best"], state["best_loss"], score, v_loss)
                 if improved:
-                    state.update(best=score, best_loss=v_loss, best_epoch=epoch, bad=0)
+                    state.update(best=score, best_loss=v_loss, best_epoch=epoch)
                     checkpoint(os.path.join(out_dir, BEST))
-                else:
-                    state["bad"] += 1
+                state["bad"] = 0 if resets else state["bad"] + 1
                 state["seconds"] += time.perf_counter() - e0
                 record = {"epoch": epoch, "lr": lr_now,
                           **{f"train_{k}": v for k, v in means.items()},
@@ -419,6 +448,8 @@ def distill(store_path: str, targets: str | None, out_dir: str, *, student: str 
                 ebar.set_postfix({"loss": f"{record['train_loss']:.3f}",
                                   f"valid {metric}": f"{score:.3f}",
                                   "best": f"{state['best']:.3f}@{state['best_epoch']}"})
+                if not progress:
+                    log(_epoch_line(record, epochs, metric, state))
                 if callback is not None:
                     callback(record)
 
