@@ -48,6 +48,9 @@ import click
 @click.option("--memory-limit", default="4G",
               help="Load the training inputs into memory up to this size (float32); larger "
                    "splits are streamed from the store chunk by chunk. 0 always streams.")
+@click.option("--threads", type=click.IntRange(min=1), default=1,
+              help="Intra-op CPU threads (CPU runs). Results depend on this count, so a fixed "
+                   "one makes a run repeat on any machine; more are faster on many cores.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in RUN_DIR.")
 @click.option("--overwrite", is_flag=True, help="Replace a run already in RUN_DIR.")
 @click.option("--progress/--no-progress", default=True,
@@ -56,7 +59,7 @@ def command(store: str, targets: str | None, out_dir: str, student: str, width: 
             lam: float, teacher_linear: bool, teacher_linear_dim: int | None,
             frame_targets: bool, epochs: int, batch_size: int, lr: float, weight_decay: float,
             schedule: str, patience: int, seed: int, device: str, fold: int | None,
-            memory_limit: str, resume: bool, overwrite: bool, progress: bool) -> None:
+            memory_limit: str, threads: int, resume: bool, overwrite: bool, progress: bool) -> None:
     """Train a student on STORE's log-mel inputs with KD towards stored teacher targets.
 
     The teacher never runs: inputs, labels and targets all come from STORE. The best epoch
@@ -71,7 +74,8 @@ def command(store: str, targets: str | None, out_dir: str, student: str, width: 
                 frame_targets=frame_targets, epochs=epochs, batch_size=batch_size, lr=lr,
                 weight_decay=weight_decay, schedule=schedule, seed=seed, device=device,
                 patience=patience, resume=resume, overwrite=overwrite, fold=fold,
-                memory_limit=parse_bytes(memory_limit), progress=progress, log=click.echo)
+                memory_limit=parse_bytes(memory_limit), progress=progress, threads=threads,
+                log=click.echo)
     fmt = ", ".join
     valid = fmt(f"{k} {v:.4f}" for k, v in r.valid_metrics.items() if k != "loss")
     test = fmt(f"{k} {v:.4f}" for k, v in r.test_metrics.items()) or "no test items"

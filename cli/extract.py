@@ -54,7 +54,8 @@ from eastkd.cli.options import parse_key_values
 @click.option("--split-seed", type=int, default=0, help="Seed of that stratified split.")
 @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
 @click.pass_context
-def command(ctx: click.Context, dataset: str, store: str, teacher: str, teacher_opts: tuple[str, ...],
+def command(ctx: click.Context,
+            dataset: str, store: str, teacher: str, teacher_opts: tuple[str, ...],
             weights: str | None, key: str | None, segment: float | None, crop: str, dtype: str,
             frames: bool, batch_size: int, workers: int, device: str, on_error: str,
             overwrite: bool, shard: str, chunk_items: int | None, n_mels: int, student_sr: int,
@@ -67,19 +68,19 @@ def command(ctx: click.Context, dataset: str, store: str, teacher: str, teacher_
     command continues an interrupted run without recomputing finished chunks.
     """
     from eastkd.pipeline.datasets.manifest import resolve_dataset
-    from eastkd.pipeline.datasets.splits import parse_ratios
+    from eastkd.pipeline.datasets.splits import dataset_split_report, parse_ratios
     from eastkd.pipeline.extract import ExtractOptions, extract, parse_shard
     from eastkd.pipeline.features import LogMelParams
-    from eastkd.pipeline.datasets.splits import dataset_split_report
     from eastkd.pipeline.report import print_extract_summary
 
-    logmel = LogMelParams(sample_rate=student_sr, n_mels=n_mels, f_max=min(8000.0, student_sr / 2))
+    logmel = LogMelParams(sample_rate=student_sr, n_mels=n_mels,
+                          f_max=min(8000.0, student_sr / 2))
     if like:
         segment, crop, logmel = _like(ctx, like)
     spec = resolve_dataset(dataset, split_ratios=parse_ratios(split_ratios),
                            split_seed=split_seed)
     for line in dataset_split_report(spec):
-        click.echo(line, err=line.startswith("warning"))
+        click.echo(line)
 
     topts = parse_key_values(teacher_opts, "--teacher-opt")
     if weights:

@@ -12,7 +12,7 @@ import io
 import json
 import os
 import statistics
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +50,21 @@ def _read_json(path: str) -> dict[str, Any]:
         raise EastkdError(f"{path}: unreadable ({e}); remove the run or train it again") from None
 
 
+def _targets_label(targets: dict[str, Any]) -> str | None:
+    """``raw <key>`` for embeddings, ``<method>-<dim> of <key>`` for compressed targets: the
+    targets' settings rather than their name, so that runs whose targets were fitted with their
+    own seed (e.g. ``learned32-s0``, ``learned32-s1``) form one setting."""
+    section = targets.get("section")
+    if not section:
+        return None
+    attrs = targets.get("attrs") or {}
+    frames = " frames" if targets.get("frame_level") else ""
+    if section.startswith("targets/") and attrs.get("method"):
+        whiten = " whitened" if attrs.get("whiten") else ""
+        return f"{attrs['method']}-{attrs.get('dim')}{whiten} of {attrs.get('source')}{frames}"
+    return f"raw {section.split('/', 1)[-1]}{frames}"
+
+
 def read_run(run_dir: str, root: str) -> dict[str, Any]:
     """One row: the run's setting, seed, metrics and student parameters."""
     config = _read_json(os.path.join(run_dir, "config.json"))
@@ -62,7 +77,7 @@ def read_run(run_dir: str, root: str) -> dict[str, Any]:
         "run": os.path.relpath(run_dir, root),
         "dataset": (config.get("store") or {}).get("dataset"),
         "teacher": teacher if opts.get("kd") != "none" else None,
-        "targets": (f"{targets.get('section')}" if targets.get("section") else None),
+        "targets": _targets_label(targets),
         "kd": opts.get("kd"),
         "lambda": opts.get("lambda"),
         "teacher_linear": linear,
@@ -99,11 +114,15 @@ def _setting(rows: list[dict[str, Any]], metric_keys: list[str]) -> dict[str, An
     return out
 
 
-def runs_table(root: str) -> RunsTable:
-    """Every finished run under ``root`` and its settings (grouped over seeds), in path order."""
+def runs_table(root: str, select: Callable[[str], bool] | None = None) -> RunsTable:
+    """Every finished run under ``root`` and its settings (grouped over seeds), in path order.
+
+    ``select`` keeps only the runs whose path relative to ``root`` it accepts.
+    """
     if not os.path.isdir(root):
         raise EastkdError(f"{root}: no such folder; give the folder holding your RUN_DIRs")
-    rows = [read_run(d, root) for d in _run_dirs(root)]
+    rows = [read_run(d, root) for d in _run_dirs(root)
+            if select is None or select(os.path.relpath(d, root))]
     if not rows:
         raise EastkdError(f"{root}: holds no finished run (a folder with config.json and "
                           "metrics.json, written by `eastkd distill`)")

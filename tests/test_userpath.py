@@ -254,7 +254,7 @@ def test_runs_table_groups_seeds(demo_store_master: Path, tmp_path: Path) -> Non
     assert len(table.settings) == 2
     dc = next(s for s in table.settings if s["kd"] == "dc")
     assert dc["seeds"] == [0, 1] and dc["teacher"] == TEACHER and dc["lambda"] == 0.6
-    assert dc["targets"] == f"embeddings/{TEACHER}"
+    assert dc["targets"] == f"raw {TEACHER}"
     vals = [json.loads((root / f"dc-s{s}" / "metrics.json").read_text())["test"]["accuracy"]
             for s in (0, 1)]
     assert dc["test_accuracy"]["mean"] == pytest.approx(statistics.fmean(vals))

@@ -107,7 +107,8 @@ def missing_class_warnings(class_names: Sequence[str], labels: np.ndarray,
         if not rows.any():
             out.append(f"warning: the {split} split is empty")
             continue
-        lacking = [class_names[c] for c in np.flatnonzero(in_train & (labels[rows].sum(axis=0) == 0))]
+        absent = in_train & (labels[rows].sum(axis=0) == 0)
+        lacking = [class_names[c] for c in np.flatnonzero(absent)]
         if lacking:
             shown = ", ".join(lacking[:10]) + (f" (+{len(lacking) - 10} more)"
                                                if len(lacking) > 10 else "")

@@ -65,6 +65,9 @@ from eastkd.store import EastkdError, StoreMismatchError, eastkd_version, open_s
 KD_METHODS = ("fitnet", "dc", "none")
 SCHEDULES = ("cosine", "plateau")
 GRAD_CLIP = 1.0
+# intra-op CPU threads of distill unless --threads says otherwise: fixed, not the machine's
+# core count, so that a CPU run gives the same result on every machine (see README)
+DEFAULT_CPU_THREADS = 1
 LAST = "last.pt"
 METRICS, HISTORY, CURVES = "metrics.json", "history.csv", "curves.png"
 RUN_FILES = (CONFIG, BEST, LAST, METRICS, HISTORY, CURVES)
@@ -133,15 +136,20 @@ def _task_loss(multi_label: bool) -> Callable[[torch.Tensor, torch.Tensor], torc
 
 
 @contextmanager
-def _deterministic(enabled: bool) -> Iterator[None]:
-    """Deterministic kernels for the duration of a CPU run (restored afterwards)."""
+def _deterministic(enabled: bool, threads: int) -> Iterator[None]:
+    """Deterministic kernels and ``threads`` intra-op threads for the duration of a CPU run
+    (both restored afterwards). The thread count changes how CPU kernels split their sums, so
+    a fixed count is what makes a CPU run repeat bit for bit on another machine."""
     before = torch.are_deterministic_algorithms_enabled()
+    threads_before = torch.get_num_threads()
     if enabled:
         torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.set_num_threads(threads)
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(before)
+        torch.set_num_threads(threads_before)
 
 
 def _metrics_record(r: DistillResult) -> dict[str, Any]:
@@ -282,12 +290,13 @@ def distill(store_path: str, targets: str | None, out_dir: str, *, student: str 
             device: str = "auto", patience: int = 10, resume: bool = False,
             overwrite: bool = False, fold: int | None = None,
             memory_limit: int = DEFAULT_MEMORY_LIMIT, progress: bool = True,
-            log: Callable[[str], None] | None = None,
+            threads: int = DEFAULT_CPU_THREADS, log: Callable[[str], None] | None = None,
             callback: Callable[[dict[str, Any]], None] | None = None) -> DistillResult:
     """Train ``student`` on ``store_path`` with KD towards ``targets``; write RUN_DIR ``out_dir``.
 
     ``targets`` names ``targets/NAME`` or ``embeddings/NAME`` (unused with ``kd='none'``).
-    ``patience`` 0 disables early stopping. ``log`` receives one-line messages (start info);
+    ``patience`` 0 disables early stopping. ``threads`` fixes the intra-op CPU threads of a CPU
+    run (results depend on it; unused on CUDA). ``log`` receives one-line messages (start info);
     ``callback`` gets each epoch's history record after the epoch's checkpoints are written.
     """
     t0 = time.perf_counter()
@@ -304,6 +313,8 @@ def distill(store_path: str, targets: str | None, out_dir: str, *, student: str 
         raise EastkdError("--teacher-linear needs a KD loss (--kd fitnet or dc)")
     if epochs < 1 or batch_size < 2:
         raise EastkdError("--epochs must be >= 1 and --batch-size >= 2")
+    if threads < 1:
+        raise EastkdError(f"--threads {threads}: must be >= 1")
     dev = resolve_device(device)
     log = log or (lambda msg: None)
     options = {"student": student, "width": int(width), "kd": kd,
@@ -315,9 +326,10 @@ def distill(store_path: str, targets: str | None, out_dir: str, *, student: str 
                "epochs": int(epochs), "batch_size": int(batch_size), "lr": float(lr),
                "weight_decay": float(weight_decay), "schedule": schedule, "seed": int(seed),
                "patience": int(patience), "fold": fold, "grad_clip": GRAD_CLIP,
-               "device": device, "memory_limit": int(memory_limit), "progress": bool(progress)}
+               "device": device, "memory_limit": int(memory_limit), "progress": bool(progress),
+               "threads": int(threads) if dev.type == "cpu" else None}
 
-    with open_store(store_path, "r") as store:
+    with _deterministic(dev.type == "cpu", threads), open_store(store_path, "r") as store:
         spec = resolve_targets(store, targets, frame_targets) if kd != "none" else None
         train = load_split(store, "train", spec, fold, memory_limit)
         valid = load_split(store, "valid", None, fold, memory_limit)
@@ -404,7 +416,7 @@ def distill(store_path: str, targets: str | None, out_dir: str, *, student: str 
 
         ebar = tqdm(total=epochs, initial=state["epoch"], desc=f"distill {student}", unit="epoch",
                     disable=not progress)
-        with _deterministic(dev.type == "cpu"), ebar:
+        with ebar:
             while not state["finished"] and state["epoch"] < epochs:
                 e0 = time.perf_counter()
                 epoch = state["epoch"] + 1
