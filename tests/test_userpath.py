@@ -241,17 +241,26 @@ def test_export_torchscript_and_onnx_equal_the_run(trained_run: Path, demo_manif
 # -------------------------------------------------------------------------------- runs
 
 
-def test_runs_table_groups_seeds(demo_store_master: Path, tmp_path: Path) -> None:
-    root = tmp_path / "runs"
-    for kd, targets in (("none", None), ("dc", TEACHER)):
-        for seed in (0, 1):
-            distill(str(demo_store_master), targets, str(root / f"{kd}-s{seed}"), kd=kd,
-                    epochs=2, width=4, seed=seed, progress=False)
+def test_runs_table_groups_seeds(demo_store: Path, tmp_path: Path) -> None:
+    from eastkd.pipeline.compress.run import compress
     from eastkd.pipeline.runs import runs_table
 
+    root = tmp_path / "runs"
+    for seed in (0, 1):  # targets fitted per seed under their own names, as the demo does
+        compress(str(demo_store), TEACHER, "pca", 8, name=f"pca8-s{seed}", plot=False,
+                 progress=False)
+    for kd, targets in (("none", None), ("dc", TEACHER), ("fitnet", "pca8-s{seed}")):
+        for seed in (0, 1):
+            distill(str(demo_store), targets and targets.format(seed=seed),
+                    str(root / f"{kd}-s{seed}"), kd=kd, epochs=2, width=4, seed=seed,
+                    progress=False)
+
     table = runs_table(str(root))
-    assert [r["run"] for r in table.runs] == ["dc-s0", "dc-s1", "none-s0", "none-s1"]
-    assert len(table.settings) == 2
+    assert [r["run"] for r in table.runs] == ["dc-s0", "dc-s1", "fitnet-s0", "fitnet-s1",
+                                              "none-s0", "none-s1"]
+    assert len(table.settings) == 3
+    fitnet = next(s for s in table.settings if s["kd"] == "fitnet")
+    assert fitnet["targets"] == f"pca-8 of {TEACHER}" and fitnet["seeds"] == [0, 1]
     dc = next(s for s in table.settings if s["kd"] == "dc")
     assert dc["seeds"] == [0, 1] and dc["teacher"] == TEACHER and dc["lambda"] == 0.6
     assert dc["targets"] == f"raw {TEACHER}"
@@ -263,12 +272,12 @@ def test_runs_table_groups_seeds(demo_store_master: Path, tmp_path: Path) -> Non
     runner = CliRunner()
     res = runner.invoke(cli, ["runs", str(root)])
     assert res.exit_code == 0, res.output
-    assert "4 runs, 2 settings" in res.output and "±" in res.output
+    assert "6 runs, 3 settings" in res.output and "±" in res.output
     res = runner.invoke(cli, ["runs", str(root), "--csv"])
     rows = list(csv.DictReader(res.output.splitlines()))
-    assert len(rows) == 2 and float(rows[0]["test_accuracy_mean"]) >= 0
+    assert len(rows) == 3 and float(rows[0]["test_accuracy_mean"]) >= 0
     res = runner.invoke(cli, ["runs", str(root), "--json", "--per-run"])
-    assert len(json.loads(res.output)["runs"]) == 4
+    assert len(json.loads(res.output)["runs"]) == 6
     res = runner.invoke(cli, ["runs", str(tmp_path / "empty")])
     assert res.exit_code == 1 and "no such folder" in res.output
 
@@ -293,6 +302,24 @@ def test_tie_at_the_best_metric_does_not_reset_patience() -> None:
     assert stopped_at == 5 and state["best_epoch"] == 5
     assert rank_epoch(1.0, 0.2, 1.0, 0.3) == (False, False)
     assert rank_epoch(0.9, 0.2, 1.0, 0.3) == (True, True)
+
+
+def test_cpu_runs_do_not_depend_on_the_machines_thread_count(demo_store_master: Path,
+                                                            tmp_path: Path) -> None:
+    """The same run started under 2 and under 1 torch threads (as on a 2-core and a 1-core
+    machine) gives the same bits: distill fixes its own intra-op threads (--threads)."""
+    histories = []
+    for machine_threads in (2, 1):
+        torch.set_num_threads(machine_threads)
+        r = distill(str(demo_store_master), TEACHER, str(tmp_path / f"t{machine_threads}"),
+                    kd="dc", epochs=2, width=4, progress=False)
+        assert torch.get_num_threads() == machine_threads  # restored afterwards
+        histories.append([{k: v for k, v in h.items() if k != "seconds"} for h in r.history])
+    torch.set_num_threads(1)
+    assert histories[0] == histories[1]
+    a, b = (torch.load(tmp_path / f"t{n}" / "best.pt", weights_only=True)["student"]
+            for n in (2, 1))
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_no_progress_prints_one_line_per_epoch(demo_store_master: Path, tmp_path: Path) -> None:
