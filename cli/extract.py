@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from eastkd.cli.options import parse_key_values
+
+if TYPE_CHECKING:
+    from eastkd.pipeline.features import LogMelParams
 
 
 @click.command("extract", context_settings={"show_default": True})
@@ -94,7 +99,7 @@ def command(ctx: click.Context,
     print_extract_summary(extract(spec, store, opts))
 
 
-def _like(ctx: click.Context, like: str) -> tuple[float, str, "LogMelParams"]:  # noqa: F821
+def _like(ctx: click.Context, like: str) -> tuple[float, str, LogMelParams]:
     """Segment, crop and log-mel parameters from ``--like``; refuses flags given beside it."""
     from eastkd.pipeline.like import read_student_inputs
 

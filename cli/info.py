@@ -18,6 +18,10 @@ def _print_text(d: dict[str, Any], show_skipped: int) -> None:
                f"  source {ds.get('source', '') or '-'}")
     splits = ", ".join(f"{k} {v}" for k, v in d["splits"].items())
     click.echo(f"items    {d['items']}  ({splits})")
+    how = ds.get("split") or {}
+    if how.get("method") == "stratified":
+        click.echo(f"split    stratified by {how.get('stratified_on', 'label')}, ratios "
+                   f"{'/'.join(f'{r:g}' for r in how['ratios'])}, seed {how['seed']}")
     kind = "multi-label" if d["multi_label"] else "single-label"
     classes = ", ".join(f"{k} ({v})" for k, v in d["classes"].items())
     if len(classes) > 300:

@@ -107,7 +107,8 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, meta: dict[str, Any],
 
     batch = torch.export.Dim("batch", min=1, max=4096)
     tmp = f"{path}.partial"
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.export's own deprecation notes
         torch.onnx.export(model, (example,), tmp, input_names=["waveform"],
                           output_names=["scores"], dynamic_shapes={"wave": {0: batch}},
                           dynamo=True, external_data=False, verbose=False)

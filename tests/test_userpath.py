@@ -143,6 +143,8 @@ def test_extract_like_a_run_and_stratified_split_recorded(demo_manifest: Path, t
     res = runner.invoke(cli, ["evaluate", str(trained_run), like, "--split", "all",
                               "--no-progress"])
     assert res.exit_code == 0, res.output
+    res = runner.invoke(cli, ["info", like])
+    assert "split    stratified by label, ratios 0.5/0.25/0.25, seed 3" in res.output
 
     res = runner.invoke(cli, [*base[:2], like, *base[2:], "--like", str(trained_run),
                               "--n-mels", "64"])
