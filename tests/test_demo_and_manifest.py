@@ -304,8 +304,10 @@ def test_folder_split_puts_every_class_in_valid_and_test(tmp_path: Path) -> None
     spec = resolve_dataset(str(root), split_seed=5)
     per_class = Counter((i.labels[0], i.split) for i in spec.items)
     assert all(per_class[(c, "valid")] >= 1 and per_class[(c, "test")] >= 1 for c in range(10))
-    # 10 per class: 1.5 valid and 1.5 test round up to 2 each
-    assert Counter(i.split for i in spec.items) == {"train": 60, "valid": 20, "test": 20}
+    # 10 per class: 1.5 valid and 1.5 test each; every class gets 1, five classes a second,
+    # so that the dataset follows 0.7/0.15/0.15 exactly
+    assert Counter(i.split for i in spec.items) == {"train": 70, "valid": 15, "test": 15}
+    assert sorted(per_class[(c, "test")] for c in range(10)) == [1] * 5 + [2] * 5
 
 
 def test_folder_split_subfolders(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from eastkd.pipeline.datasets.splits import (
     missing_class_warnings,
     parse_ratios,
     rarest_label,
+    split_sizes,
     stratified_split,
 )
 from eastkd.pipeline.distill.train import distill, rank_epoch
@@ -70,6 +71,9 @@ def test_stratified_split_counts_seed_and_multi_label() -> None:
         mine = [s for s, st in zip(a, strata) if st == c]
         assert (mine.count("train"), mine.count("valid"), mine.count("test")) == (14, 3, 3)
     assert stratified_split(ids, strata, seed=0) == a
+    # 40 items: 6 valid and 6 test, the extra ones on different classes, 7 train in each
+    assert split_sizes([10] * 4, (0.7, 0.15, 0.15)) == [(7, 1, 2), (7, 1, 2), (7, 2, 1), (7, 2, 1)]
+    assert split_sizes([3, 3, 100], (0.7, 0.15, 0.15)) == [(1, 1, 1), (1, 1, 1), (70, 15, 15)]
     assert stratified_split(ids, strata, seed=1) != a
     # the order the items come in does not matter: the split follows the ids
     rev = stratified_split(ids[::-1], strata[::-1], seed=0)

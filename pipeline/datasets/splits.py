@@ -3,13 +3,15 @@ that warn when a split lacks a class.
 
 Class-folder datasets without split folders and manifests without a ``split`` column get
 :func:`stratified_split`: within each class (for multi-label data, each item's rarest label),
-items are shuffled with ``seed`` and cut by ``ratios``; every class of at least three items
+items are shuffled with ``seed`` and cut so that the whole dataset follows ``ratios`` as
+closely as whole items allow (:func:`split_sizes`) while every class of at least three items
 gets at least one valid and one test item. The split depends on the ids, labels, ratios and
 seed only, so it is the same on every machine.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -39,32 +41,50 @@ def parse_ratios(text: str | Sequence[float]) -> tuple[float, float, float]:
     return parts[0], parts[1], parts[2]
 
 
-def _class_counts(n: int, ratios: tuple[float, float, float]) -> tuple[int, int, int]:
-    """Items of one class of ``n`` items for train, valid, test: rounded shares, with at least
-    one valid and one test item when ``n >= 3`` and their ratio is positive."""
-    n_valid = int(n * ratios[1] + 0.5)  # half rounds up
-    n_test = int(n * ratios[2] + 0.5)
-    if n >= 3:
-        n_valid = max(n_valid, 1 if ratios[1] > 0 else 0)
-        n_test = max(n_test, 1 if ratios[2] > 0 else 0)
-    n_test = min(n_test, max(0, n - 1))  # train keeps at least one item
-    n_valid = min(n_valid, max(0, n - 1 - n_test))
-    return n - n_valid - n_test, n_valid, n_test
+def _allocate(sizes: list[int], ratio: float, caps: list[int], last_first: bool) -> list[int]:
+    """Items per class for one split of ``ratio``: the floor of each class's share (at least one
+    for classes of three or more items), then one more for the classes with the largest
+    remainders (ties: the first classes, or the last ones with ``last_first``) until the total
+    is the dataset's rounded share. No class gets more than its ``caps`` entry."""
+    exact = [n * ratio for n in sizes]
+    counts = [min(cap, max(int(e), 1 if n >= 3 and ratio > 0 else 0))
+              for n, e, cap in zip(sizes, exact, caps)]
+    target = int(sum(sizes) * ratio + 0.5)
+    tie = (lambda i: -i) if last_first else (lambda i: i)
+    for i in sorted(range(len(sizes)), key=lambda i: (int(exact[i]) - exact[i], tie(i))):
+        if sum(counts) >= target:
+            break
+        if counts[i] < min(caps[i], math.ceil(exact[i])):
+            counts[i] += 1
+    return counts
+
+
+def split_sizes(sizes: list[int], ratios: tuple[float, float, float]) -> list[tuple[int, int, int]]:
+    """(train, valid, test) items of each class: the whole dataset follows ``ratios`` as closely
+    as whole items allow, every class of three or more items has a valid and a test item, and
+    every class keeps at least one train item."""
+    test = _allocate(sizes, ratios[2], [max(0, n - 1) for n in sizes], last_first=False)
+    # valid's extra items go to other classes than test's, so train stays even across classes
+    valid = _allocate(sizes, ratios[1], [max(0, n - 1 - t) for n, t in zip(sizes, test)],
+                      last_first=True)
+    return [(n - v - t, v, t) for n, v, t in zip(sizes, valid, test)]
 
 
 def stratified_split(ids: Sequence[str], strata: Sequence[Any],
                      ratios: tuple[float, float, float] = DEFAULT_SPLIT_RATIOS,
                      seed: int = DEFAULT_SPLIT_SEED) -> list[str]:
-    """The split of each id: per stratum (class), a seeded shuffle cut by ``ratios``."""
+    """The split of each id: per stratum (class), a seeded shuffle cut into
+    :func:`split_sizes`."""
     rng = np.random.default_rng(seed)
     out = [""] * len(ids)
     by_stratum: dict[Any, list[int]] = {}
     for i, s in enumerate(strata):
         by_stratum.setdefault(s, []).append(i)
-    for stratum in sorted(by_stratum, key=str):
+    classes = sorted(by_stratum, key=str)
+    sizes = split_sizes([len(by_stratum[c]) for c in classes], ratios)
+    for stratum, (n_train, n_valid, _) in zip(classes, sizes):
         members = sorted(by_stratum[stratum], key=lambda i: ids[i])
         order = [members[j] for j in rng.permutation(len(members))]
-        n_train, n_valid, _ = _class_counts(len(order), ratios)
         for rank, i in enumerate(order):
             out[i] = ("train" if rank < n_train else
                       "valid" if rank < n_train + n_valid else "test")
