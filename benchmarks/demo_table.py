@@ -3,21 +3,22 @@ bundled demo, mean ± std over seeds, evaluated on the demo's test split.
 
     python benchmarks/demo_table.py [--dir demo] [--seeds 0 1 2] [--epochs 30] [--teacher-linear]
 
-Prints one JSON object (per-run metrics, mean and std per row) and the markdown table.
+Prints one JSON object (per-run metrics, mean and std per row), the `eastkd runs` table of
+these runs and the markdown table; the figures come from `eastkd runs` (each run's
+metrics.json: test metrics of its best epoch).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
 
 
 def main() -> None:
     from eastkd.pipeline.demo import DemoOptions, run_demo
-    from eastkd.pipeline.distill.evaluate import evaluate
     from eastkd.pipeline.distill.train import distill
+    from eastkd.pipeline.runs import render_text, runs_table
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dir", default="demo", help="demo folder (rendered and extracted once)")
@@ -30,36 +31,37 @@ def main() -> None:
                          "raw embeddings (to --dim dims)")
     args = ap.parse_args()
 
-    per_run: dict[str, list[float]] = {}
-    metric_name = None
+    settings = {f"{args.student}-d{args.dim}-e{args.epochs}-s{seed}" for seed in args.seeds}
     for seed in args.seeds:
         report = run_demo(Path(args.dir), DemoOptions(seed=seed, epochs=args.epochs,
                                                       student=args.student, dim=args.dim,
                                                       progress=False))
-        for run, r in report["results"].items():
-            metric_name = metric_name or next(iter(r["metrics"]))
-            per_run.setdefault(run, []).append(float(r["metrics"][metric_name]))
         if args.teacher_linear:
             # the paper's extra linear layer, trained jointly on the raw embeddings
             setting = f"{args.student}-d{args.dim}-e{args.epochs}-s{seed}"
             raw = report["results"]["dc-raw"]["targets"]
             for kd in ("fitnet", "dc"):
-                run = f"{kd}-raw+linear"
-                run_dir = Path(args.dir) / "runs" / setting / run
+                run_dir = Path(args.dir) / "runs" / setting / f"{kd}-raw+linear"
                 if not (run_dir / "metrics.json").exists():
                     distill(report["store"], raw, str(run_dir), kd=kd,
                             teacher_linear=True, teacher_linear_dim=args.dim,
                             student=args.student, epochs=args.epochs, seed=seed,
                             progress=False, resume=(run_dir / "last.pt").exists())
-                ev = evaluate(str(run_dir), report["store"], split="test")
-                per_run.setdefault(run, []).append(float(ev["metrics"][metric_name]))
+    # the table is `eastkd runs` over this invocation's runs: test metrics of each best epoch
+    table = runs_table(str(Path(args.dir) / "runs"),
+                       select=lambda rel: Path(rel).parts[0] in settings)
+    metric_name = "accuracy"
     rows = {}
-    for run, vals in per_run.items():
-        rows[run] = {"mean": statistics.mean(vals),
-                     "std": statistics.stdev(vals) if len(vals) > 1 else 0.0, "values": vals}
+    for s in table.settings:
+        name = Path(s["runs"][0]).name
+        values = [r[f"test_{metric_name}"] for r in table.runs if r["run"] in s["runs"]]
+        rows[name] = {"mean": s[f"test_{metric_name}"]["mean"],
+                      "std": s[f"test_{metric_name}"]["std"], "values": values}
     print(json.dumps({"metric": metric_name, "split": "test", "seeds": args.seeds,
                       "epochs": args.epochs, "student": args.student, "dim": args.dim,
                       "rows": rows}, indent=2))
+    print()
+    print(render_text(table))
     print(f"\n| run | test {metric_name} (mean ± std, {len(args.seeds)} seeds) |\n|---|---|")
     for run, r in rows.items():
         print(f"| {run} | {r['mean']:.3f} ± {r['std']:.3f} |")

@@ -31,10 +31,10 @@ import click
               help="learned: maximum epochs (stops early when validation stops improving).")
 @click.option("--patience", default=10, type=click.IntRange(min=1),
               help="learned: epochs without validation improvement before stopping.")
-@click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@click.option("--progress/--no-progress", default=True, help="Show progress bars.")
 def command(store: str, key: str | None, method: str, dim: str, name: str | None,
             fit_split: str, whiten: bool, overwrite: bool, plot_path: str | None, seed: int,
-            epochs: int, patience: int, no_progress: bool) -> None:
+            epochs: int, patience: int, progress: bool) -> None:
     """Fit a compressor on STORE's embeddings and write targets/<name> into STORE.
 
     \b
@@ -46,7 +46,7 @@ def command(store: str, key: str | None, method: str, dim: str, name: str | None
 
     r = compress(store, key, method, dim, name=name, fit_split=fit_split, whiten=whiten,
                  overwrite=overwrite, plot=plot_path, seed=seed, epochs=epochs,
-                 patience=patience, progress=not no_progress)
+                 patience=patience, progress=progress)
     if r.explained_variance is not None:
         quality = f"explained variance {100 * r.explained_variance:.2f} %"
     elif r.metric_value is not None:

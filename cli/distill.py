@@ -37,7 +37,9 @@ import click
 @click.option("--schedule", type=click.Choice(["cosine", "plateau"]), default="cosine",
               help="Learning-rate schedule: cosine over --epochs, or reduce-on-plateau (x0.2).")
 @click.option("--patience", type=click.IntRange(min=0), default=10,
-              help="Stop after this many epochs without a better validation metric (0: never).")
+              help="Stop after this many epochs without a higher validation metric (0: never). "
+                   "An equal metric with a lower validation loss becomes the best epoch but "
+                   "does not reset this count.")
 @click.option("--seed", type=int, default=0, help="Seed of initialisation and batch order.")
 @click.option("--device", default="auto", help="auto, cpu or cuda.")
 @click.option("--fold", type=click.IntRange(1, 5),
@@ -53,15 +55,19 @@ import click
 @click.option("--workers", type=click.IntRange(min=0),
               help="Reader processes for streamed splits (0: one background thread)  "
                    "[default: half the CPU cores, 1 to 4]")
+@click.option("--threads", type=click.IntRange(min=1), default=1,
+              help="Intra-op CPU threads (CPU runs). Results depend on this count, so a fixed "
+                   "one makes a run repeat on any machine; more are faster on many cores.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in RUN_DIR.")
 @click.option("--overwrite", is_flag=True, help="Replace a run already in RUN_DIR.")
-@click.option("--progress/--no-progress", default=True, help="Show a progress bar per epoch.")
+@click.option("--progress/--no-progress", default=True,
+              help="Show progress bars; without them, print one line per epoch.")
 def command(store: str, targets: str | None, out_dir: str, student: str, width: int, kd: str,
             lam: float, teacher_linear: bool, teacher_linear_dim: int | None,
             frame_targets: bool, epochs: int, batch_size: int, lr: float, weight_decay: float,
             schedule: str, patience: int, seed: int, device: str, fold: int | None,
-            memory_limit: str, shuffle_buffer: str, workers: int | None, resume: bool,
-            overwrite: bool, progress: bool) -> None:
+            memory_limit: str, shuffle_buffer: str, workers: int | None, threads: int,
+            resume: bool, overwrite: bool, progress: bool) -> None:
     """Train a student on STORE's log-mel inputs with KD towards stored teacher targets.
 
     The teacher never runs: inputs, labels and targets all come from STORE. The best epoch
@@ -78,7 +84,7 @@ def command(store: str, targets: str | None, out_dir: str, student: str, width: 
                 patience=patience, resume=resume, overwrite=overwrite, fold=fold,
                 memory_limit=parse_bytes(memory_limit), workers=workers,
                 shuffle_buffer=parse_bytes(shuffle_buffer, "--shuffle-buffer"),
-                progress=progress, log=click.echo)
+                threads=threads, progress=progress, log=click.echo)
     fmt = ", ".join
     valid = fmt(f"{k} {v:.4f}" for k, v in r.valid_metrics.items() if k != "loss")
     test = fmt(f"{k} {v:.4f}" for k, v in r.test_metrics.items()) or "no test items"

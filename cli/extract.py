@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from eastkd.cli.options import parse_key_values
 
 RESAMPLER_NAMES = ["kaiser-best", "fast"]  # eastkd.pipeline.audio.RESAMPLERS (kept light here)
+
+if TYPE_CHECKING:
+    from eastkd.pipeline.features import LogMelParams
 
 
 @click.command("extract", context_settings={"show_default": True})
@@ -63,13 +68,23 @@ RESAMPLER_NAMES = ["kaiser-best", "fast"]  # eastkd.pipeline.audio.RESAMPLERS (k
 @click.option("--n-mels", type=click.IntRange(min=8), default=96, help="Log-mel bands.")
 @click.option("--student-sr", type=click.IntRange(min=8000), default=16000,
               help="Sample rate of the student's log-mel input.")
+@click.option("--like", metavar="RUN_DIR|STORE",
+              help="Copy the student-input settings (segment, crop, log-mel parameters) of a "
+                   "trained run or another store, so that this store matches it (e.g. to "
+                   "evaluate or predict with that run). Replaces --segment, --crop, --n-mels, "
+                   "--student-sr.")
+@click.option("--split-ratios", default="0.7,0.15,0.15", metavar="TRAIN,VALID,TEST",
+              help="Stratified split of folders and manifests that name no splits.")
+@click.option("--split-seed", type=int, default=0, help="Seed of that stratified split.")
 @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
-def command(dataset: str, store: str, teacher: str, teacher_opts: tuple[str, ...],
+@click.pass_context
+def command(ctx: click.Context,
+            dataset: str, store: str, teacher: str, teacher_opts: tuple[str, ...],
             weights: str | None, key: str | None, segment: float | None, crop: str, dtype: str,
             frames: bool, batch_size: int, batch_seconds: float | None, workers: int | None,
             resampler: str, device: str, on_error: str, overwrite: bool, rehash: bool,
             shard: str, chunk_items: int | None, n_mels: int, student_sr: int,
-            progress: bool) -> None:
+            like: str | None, split_ratios: str, split_seed: int, progress: bool) -> None:
     """Run TEACHER once over DATASET and write embeddings and log-mel features into STORE.
 
     DATASET is a manifest (.csv/.jsonl with id, path, label or labels, split), a folder with
@@ -78,9 +93,20 @@ def command(dataset: str, store: str, teacher: str, teacher_opts: tuple[str, ...
     command continues an interrupted run without recomputing finished chunks; a rerun reads no
     audio for indexing (file hashes are cached by path, size and mtime).
     """
+    from eastkd.pipeline.datasets.manifest import resolve_dataset
+    from eastkd.pipeline.datasets.splits import dataset_split_report, parse_ratios
     from eastkd.pipeline.extract import ExtractOptions, extract, parse_shard
     from eastkd.pipeline.features import LogMelParams
     from eastkd.pipeline.report import print_extract_summary
+
+    logmel = LogMelParams(sample_rate=student_sr, n_mels=n_mels,
+                          f_max=min(8000.0, student_sr / 2))
+    if like:
+        segment, crop, logmel = _like(ctx, like)
+    spec = resolve_dataset(dataset, split_ratios=parse_ratios(split_ratios),
+                           split_seed=split_seed)
+    for line in dataset_split_report(spec):
+        click.echo(line)
 
     topts = parse_key_values(teacher_opts, "--teacher-opt")
     if weights:
@@ -90,7 +116,19 @@ def command(dataset: str, store: str, teacher: str, teacher_opts: tuple[str, ...
         frames=frames, batch_size=batch_size, batch_seconds=batch_seconds, workers=workers,
         resampler=resampler, device=device, on_error=on_error, overwrite=overwrite,
         rehash=rehash, shard=parse_shard(shard), progress=progress, chunk_items=chunk_items,
-        logmel=LogMelParams(sample_rate=student_sr, n_mels=n_mels,
-                            f_max=min(8000.0, student_sr / 2)),
+        logmel=logmel,
     )
-    print_extract_summary(extract(dataset, store, opts))
+    print_extract_summary(extract(spec, store, opts))
+
+
+def _like(ctx: click.Context, like: str) -> tuple[float, str, LogMelParams]:
+    """Segment, crop and log-mel parameters from ``--like``; refuses flags given beside it."""
+    from eastkd.pipeline.like import read_student_inputs
+
+    given = [f"--{name.replace('_', '-')}" for name in ("segment", "crop", "n_mels", "student_sr")
+             if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
+    if given:
+        raise click.UsageError(f"--like sets the student inputs; drop {', '.join(given)}")
+    inputs = read_student_inputs(like)
+    click.echo(f"student inputs like {like}: {inputs.flags()}")
+    return inputs.segment, inputs.crop, inputs.logmel

@@ -18,6 +18,10 @@ def _print_text(d: dict[str, Any], show_skipped: int) -> None:
                f"  source {ds.get('source', '') or '-'}")
     splits = ", ".join(f"{k} {v}" for k, v in d["splits"].items())
     click.echo(f"items    {d['items']}  ({splits})")
+    how = ds.get("split") or {}
+    if how.get("method") == "stratified":
+        click.echo(f"split    stratified by {how.get('stratified_on', 'label')}, ratios "
+                   f"{'/'.join(f'{r:g}' for r in how['ratios'])}, seed {how['seed']}")
     kind = "multi-label" if d["multi_label"] else "single-label"
     classes = ", ".join(f"{k} ({v})" for k, v in d["classes"].items())
     if len(classes) > 300:
@@ -63,7 +67,9 @@ def _print_text(d: dict[str, Any], show_skipped: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @click.option("--show-skipped", type=click.IntRange(min=0), default=10,
               help="How many skipped items to list per section in the text view.")
-def command(store: str, as_json: bool, show_skipped: int) -> None:
+@click.option("--progress/--no-progress", default=True,
+              help="Accepted for uniformity (info prints no progress bar).")
+def command(store: str, as_json: bool, show_skipped: int, progress: bool) -> None:
     """Show what STORE holds: items, splits, classes, features, teachers' embeddings,
     compressed targets (with status and provenance), skipped items and bytes on disk.
 

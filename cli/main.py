@@ -25,12 +25,21 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "distill": ("eastkd.cli.distill", "Train a student from the store alone (task + KD loss)."),
     "evaluate": ("eastkd.cli.evaluate", "Evaluate a trained student on a store's split."),
     "verify": ("eastkd.cli.verify", "Read every chunk of a store; report and repair damage."),
+    "predict": ("eastkd.cli.predict", "Labels and scores of a trained student for new audio."),
+    "export": ("eastkd.cli.export", "Export a student with its front end (TorchScript, ONNX)."),
+    "runs": ("eastkd.cli.runs", "One table of every run under a folder (mean ± std over seeds)."),
 }
 
 
 def _hdf5_write_failed() -> bool:
     backend = sys.modules.get("eastkd.store.backends.hdf5_backend")
     return backend is not None and backend.has_abandoned_files()
+
+
+class OneLineUsageError(click.ClickException):
+    """A usage error (bad or missing argument or option) printed as one ``Error:`` line."""
+
+    exit_code = 2
 
 
 class LazyGroup(click.Group):
@@ -61,6 +70,10 @@ class LazyGroup(click.Group):
                 sys.stderr.flush()
                 os._exit(1)
             raise click.ClickException(str(e)) from None
+        except click.UsageError as e:
+            # click prints usage + hint + error on three lines; the project's form is one line
+            cmd = f"eastkd {e.ctx.info_name}" if e.ctx and e.ctx.parent else "eastkd"
+            raise OneLineUsageError(f"{e.format_message()} (see `{cmd} --help`)") from None
         except KeyboardInterrupt:
             click.echo("interrupted; finished work is kept: rerun the same command to continue "
                        "(distill: add --resume)", err=True)
@@ -80,6 +93,8 @@ def cli(verbose: bool) -> None:
     2. compress  fit PCA / a learned teacher transformation, write compact targets
     3. distill   train a small student from the store alone (the teacher never runs)
     4. evaluate  score a trained student on any store with matching inputs
+
+    Then: predict (new audio), export (TorchScript/ONNX), runs (a table over runs).
     """
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")

@@ -46,8 +46,8 @@ def _print_text(report) -> None:  # noqa: ANN001 (VerifyReport; imported lazily)
               help="Also decode every data chunk (slower). By default data chunks are checked "
                    "on their raw bytes where the format allows (Zarr: crc32c), which proves "
                    "them intact at the speed of reading them.")
-@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-def command(store: str, as_json: bool, repair: bool, deep: bool, no_progress: bool) -> None:
+@click.option("--progress/--no-progress", default=True, help="Show the progress bar.")
+def command(store: str, as_json: bool, repair: bool, deep: bool, progress: bool) -> None:
     """Read every chunk of STORE and check it: checksums, chunks missing where rows are marked
     done, shapes, the items table and provenance (dataset fingerprints).
 
@@ -62,7 +62,7 @@ def command(store: str, as_json: bool, repair: bool, deep: bool, no_progress: bo
     from eastkd.cli.options import echo_json
     from eastkd.store.verify import verify
 
-    report = verify(store, repair=repair, progress=not no_progress and not as_json, deep=deep)
+    report = verify(store, repair=repair, progress=progress and not as_json, deep=deep)
     if as_json:
         echo_json(report.as_dict())
     else:

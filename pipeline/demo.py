@@ -93,7 +93,9 @@ def run_demo(out_dir: str | Path, opts: DemoOptions) -> dict[str, Any]:
         else:
             distill(store, tgt, str(run_dir), student=opts.student, kd=kd, epochs=opts.epochs,
                     seed=opts.seed, device=opts.device, progress=opts.progress,
-                    resume=(run_dir / "last.pt").exists())
+                    resume=(run_dir / "last.pt").exists(),
+                    # without progress bars, one line per epoch instead of minutes of silence
+                    log=None if opts.progress else (lambda m: click.echo(f"    {m}")))
         ev = evaluate(str(run_dir), store, split="test")
         results[run_name] = {"kd": kd, "targets": tgt, "metrics": ev["metrics"]}
         metric = next(iter(ev["metrics"].items()))

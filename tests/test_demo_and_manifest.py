@@ -13,7 +13,6 @@ import pytest
 import soundfile as sf
 
 from eastkd.pipeline.datasets.manifest import (
-    hash_split,
     load_folder,
     load_manifest,
     resolve_dataset,
@@ -204,17 +203,26 @@ def test_jsonl_multilabel_manifest(tmp_path: Path) -> None:
     assert spec.items[2].extra == {"year": 1999}
 
 
-def test_manifest_without_split_column_uses_hash_split(tmp_path: Path) -> None:
+def test_manifest_without_split_column_gets_a_stratified_split(tmp_path: Path) -> None:
     rows = ["id,path,label"]
     for k in range(40):
         _wav(tmp_path / f"{k}.wav", n=10)
         rows.append(f"clip{k},{k}.wav,{'xy'[k % 2]}")
     (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
     spec = load_manifest(str(tmp_path / "m.csv"))
-    assert [i.split for i in spec.items] == [hash_split(f"clip{k}") for k in range(40)]
-    assert hash_split("clip0") == hash_split("clip0")
-    counts = Counter(hash_split(f"item-{k}") for k in range(3000))
-    assert 0.66 < counts["train"] / 3000 < 0.74 and 0.12 < counts["test"] / 3000 < 0.18
+    assert spec.split_info == {"method": "stratified", "ratios": [0.7, 0.15, 0.15], "seed": 0,
+                               "stratified_on": "label"}
+    per_class = Counter((spec.class_names[i.labels[0]], i.split) for i in spec.items)
+    # 20 items per class: round(20 * 0.15) = 3 valid and 3 test each, the rest train
+    assert per_class == {(c, s): n for c in "xy" for s, n in
+                         (("train", 14), ("valid", 3), ("test", 3))}
+    again = load_manifest(str(tmp_path / "m.csv"))
+    assert [i.split for i in again.items] == [i.split for i in spec.items]
+    other = load_manifest(str(tmp_path / "m.csv"), split_seed=1)
+    assert [i.split for i in other.items] != [i.split for i in spec.items]
+    custom = resolve_dataset(str(tmp_path / "m.csv"), split_ratios=(0.5, 0.25, 0.25))
+    assert Counter(i.split for i in custom.items) == {"train": 20, "valid": 10, "test": 10}
+    assert custom.split_info["ratios"] == [0.5, 0.25, 0.25]
 
 
 @pytest.mark.parametrize(
@@ -269,7 +277,7 @@ def test_missing_manifest_file(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------- folders
 
 
-def test_folder_hash_split(tmp_path: Path) -> None:
+def test_folder_stratified_split(tmp_path: Path) -> None:
     root = tmp_path / "sounds"
     _wav(root / "dog" / "a.wav")
     _wav(root / "dog" / "deeper" / "b.FLAC")
@@ -279,13 +287,27 @@ def test_folder_hash_split(tmp_path: Path) -> None:
     (root / "empty").mkdir()
     spec = load_folder(str(root))
     assert spec.name == "sounds" and spec.class_names == ["cat", "dog"]
+    # classes of 1 and 2 items: 15 % of them rounds to 0, and train keeps at least one item
     assert [(i.id, i.labels, i.split) for i in spec.items] == [
-        ("cat/c", [0], hash_split("cat/c")),
-        ("dog/a", [1], hash_split("dog/a")),
-        ("dog/deeper/b", [1], hash_split("dog/deeper/b")),
-    ]
+        ("cat/c", [0], "train"), ("dog/a", [1], "train"), ("dog/deeper/b", [1], "train")]
+    assert spec.split_info["method"] == "stratified"
     assert all(Path(i.path).is_file() for i in spec.items)
     assert [i.id for i in resolve_dataset(f"folder:{root}").items] == [i.id for i in spec.items]
+
+
+def test_folder_split_puts_every_class_in_valid_and_test(tmp_path: Path) -> None:
+    """The issue's case: 10 classes of 10 clips; hash splits left a class without test items."""
+    root = tmp_path / "digits"
+    for c in range(10):
+        for k in range(10):
+            _wav(root / f"d{c}" / f"{k}.wav", n=10)
+    spec = resolve_dataset(str(root), split_seed=5)
+    per_class = Counter((i.labels[0], i.split) for i in spec.items)
+    assert all(per_class[(c, "valid")] >= 1 and per_class[(c, "test")] >= 1 for c in range(10))
+    # 10 per class: 1.5 valid and 1.5 test each; every class gets 1, five classes a second,
+    # so that the dataset follows 0.7/0.15/0.15 exactly
+    assert Counter(i.split for i in spec.items) == {"train": 70, "valid": 15, "test": 15}
+    assert sorted(per_class[(c, "test")] for c in range(10)) == [1] * 5 + [2] * 5
 
 
 def test_folder_split_subfolders(tmp_path: Path) -> None:

@@ -156,12 +156,13 @@ def test_own_teacher_failing_on_the_probe_is_one_line(
     (tmp_path / "own_teacher_b.py").write_text(
         (tmp_path / "own_teacher_b.py").read_text().replace("int(0.0 * 8000) - 1", "6000"))
     monkeypatch.syspath_prepend(str(tmp_path))
-    code, out = _run("extract", str(clips), str(tmp_path / "s.zarr"), "--teacher",
-                     "python:own_teacher_b:make", "--segment", "0.5", "--workers", "0",
-                     "--no-progress")
-    assert code == 1 and "Traceback" not in out
-    line = out.strip()
-    assert "\n" not in line and "0.5 s probe" in line and "min_seconds" in line, out
+    res = CliRunner().invoke(cli, ["extract", str(clips), str(tmp_path / "s.zarr"), "--teacher",
+                                   "python:own_teacher_b:make", "--segment", "0.5",
+                                   "--workers", "0", "--no-progress"], catch_exceptions=False)
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    line = res.stderr.strip()  # stdout holds the split report, printed before the teacher loads
+    assert "\n" not in line and line.startswith("Error:"), res.output
+    assert "0.5 s probe" in line and "min_seconds" in line, res.output
     code, out = _run("extract", str(clips), str(tmp_path / "t.zarr"), "--teacher",
                      "python:own_teacher_b:make", "--key", "a/b", "--no-progress")
     assert code == 1 and "--key" in out and "Traceback" not in out

@@ -39,6 +39,9 @@ class DatasetSpec:
     multi_label: bool = False
     source: str = ""
     description: str = ""
+    # how the splits were made, recorded in the store's dataset attrs (``split``): e.g.
+    # {"method": "stratified", "ratios": [0.7, 0.15, 0.15], "seed": 0}; empty = the dataset's own
+    split_info: dict[str, Any] = field(default_factory=dict)
 
 
 def find_metadata(root: Path, relative: str, adapter: str, expect: str) -> Path:

@@ -7,12 +7,17 @@ folder) into a :class:`~eastkd.pipeline.datasets.base.DatasetSpec`.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 from eastkd.pipeline.datasets.base import DatasetSpec, Item
+from eastkd.pipeline.datasets.splits import (
+    DEFAULT_SPLIT_RATIOS,
+    DEFAULT_SPLIT_SEED,
+    rarest_label,
+    stratified_split,
+)
 from eastkd.store.errors import EastkdError
 
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
@@ -39,14 +44,25 @@ def normalise_split(value: str, where: str) -> str:
     return split
 
 
-def hash_split(item_id: str) -> str:
-    """A deterministic ~70/15/15 train/valid/test split from the SHA-1 of the item id.
-
-    The split of an item depends on its id alone, so it is stable when items are added or
-    removed and identical on every machine.
-    """
-    h = int.from_bytes(hashlib.sha1(item_id.encode("utf-8")).digest()[:8], "big") / 2.0**64
-    return "train" if h < 0.70 else "valid" if h < 0.85 else "test"
+def _assign_missing_splits(items: list[Item], names: list[list[str]], multi_label: bool,
+                           ratios: tuple[float, float, float], seed: int) -> dict[str, Any]:
+    """Give items without a split (``""``) a stratified one; the ``split_info`` to record."""
+    todo = [i for i, it in enumerate(items) if not it.split]
+    if not todo:
+        return {"method": "given by the dataset"}
+    ids = [items[i].id for i in todo]
+    if multi_label:
+        index = {n: k for k, n in enumerate(sorted({n for ns in names for n in ns}))}
+        strata: list[Any] = rarest_label([[index[n] for n in names[i]] for i in todo])
+    else:
+        strata = [names[i][0] for i in todo]
+    for i, split in zip(todo, stratified_split(ids, strata, ratios, seed)):
+        items[i].split = split
+    info: dict[str, Any] = {"method": "stratified", "ratios": list(ratios), "seed": int(seed),
+                            "stratified_on": "rarest label" if multi_label else "label"}
+    if len(todo) < len(items):
+        info["items"] = len(todo)  # the rest had their split from the dataset
+    return info
 
 
 def _dataset_name(path: Path) -> str:
@@ -116,13 +132,16 @@ def _split_labels(value: Any) -> list[str]:
     return [v.strip() for v in str(value).split(";") if v.strip()]
 
 
-def load_manifest(path: str) -> DatasetSpec:
+def load_manifest(path: str, split_ratios: tuple[float, float, float] = DEFAULT_SPLIT_RATIOS,
+                  split_seed: int = DEFAULT_SPLIT_SEED) -> DatasetSpec:
     """Load a ``.csv`` or ``.jsonl`` manifest with fields ``id, path, label|labels, split``.
 
     ``label`` holds one class name per item (single-label); ``labels`` holds ``;``-separated
     names (in JSONL also a list) and makes the dataset multi-label. ``path`` is relative to the
     manifest's folder or absolute. ``split`` is train/valid/test (val, validation accepted); when
-    the column is absent altogether, :func:`hash_split` assigns one. Other fields are kept in
+    the column is absent altogether, items get a stratified split by class
+    (:func:`~eastkd.pipeline.datasets.splits.stratified_split` with ``split_ratios`` and
+    ``split_seed``), recorded in ``split_info``. Other fields are kept in
     ``Item.extra``. Class names are sorted and ``Item.labels`` index into them.
     """
     mpath = Path(path).expanduser()
@@ -168,10 +187,7 @@ def load_manifest(path: str) -> DatasetSpec:
                 f"{where}: audio file {audio} for id {item_id!r} does not exist; paths are "
                 "relative to the manifest's folder or absolute"
             )
-        if has_split:
-            split = normalise_split(str(row.get("split") or ""), where)
-        else:
-            split = hash_split(item_id)
+        split = normalise_split(str(row.get("split") or ""), where) if has_split else ""
         names = _split_labels(row.get("labels") if multi else row.get("label"))
         if not multi and not names:
             raise EastkdError(f"{where}: empty label for id {item_id!r}; every row needs a label")
@@ -190,6 +206,8 @@ def load_manifest(path: str) -> DatasetSpec:
     for item, names in raw:
         item.labels = sorted({index[n] for n in names})
         items.append(item)
+    split_info = _assign_missing_splits(items, [names for _, names in raw], multi, split_ratios,
+                                        split_seed)
     return DatasetSpec(
         name=_dataset_name(mpath),
         items=items,
@@ -197,6 +215,7 @@ def load_manifest(path: str) -> DatasetSpec:
         multi_label=multi,
         source=str(mpath.resolve()),
         description=f"manifest {mpath.name}",
+        split_info=split_info,
     )
 
 
@@ -224,14 +243,17 @@ def _subdirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def load_folder(path: str) -> DatasetSpec:
+def load_folder(path: str, split_ratios: tuple[float, float, float] = DEFAULT_SPLIT_RATIOS,
+                split_seed: int = DEFAULT_SPLIT_SEED) -> DatasetSpec:
     """Load a folder holding one sub-folder per class of audio files (any depth below it).
 
     Audio files are found by extension (wav, flac, ogg, mp3, aiff/aif, au; hidden files skipped).
     Splits come from the layout when it names them: either ``<class>/<split>/...`` inside every
     class folder, or ``<split>/<class>/...`` at the top (split folders train, valid, test; val
-    and validation accepted). Otherwise each item gets :func:`hash_split` of its id, a stable
-    ~70/15/15 split. The id of an item is its path relative to ``path`` without the extension.
+    and validation accepted). Otherwise items get a stratified split by class
+    (:func:`~eastkd.pipeline.datasets.splits.stratified_split` with ``split_ratios`` and
+    ``split_seed``), recorded in ``split_info``. The id of an item is its path relative to
+    ``path`` without the extension.
     """
     root = Path(path).expanduser()
     if not root.is_dir():
@@ -297,10 +319,12 @@ def load_folder(path: str) -> DatasetSpec:
             Item(
                 id=item_id,
                 path=str(f.resolve()),
-                split=split or hash_split(item_id),
+                split=split,
                 labels=[index[cls]],
             )
         )
+    split_info = _assign_missing_splits(items, [[class_names[i.labels[0]]] for i in items], False,
+                                        split_ratios, split_seed)
     return DatasetSpec(
         name=_dataset_name(root),
         items=items,
@@ -308,6 +332,7 @@ def load_folder(path: str) -> DatasetSpec:
         multi_label=False,
         source=str(root.resolve()),
         description=f"class folders under {root.name}",
+        split_info=split_info,
     )
 
 
@@ -315,12 +340,16 @@ def load_folder(path: str) -> DatasetSpec:
 # one string -> a dataset
 
 
-def resolve_dataset(spec: str) -> DatasetSpec:
+def resolve_dataset(spec: str, split_ratios: tuple[float, float, float] = DEFAULT_SPLIT_RATIOS,
+                    split_seed: int = DEFAULT_SPLIT_SEED) -> DatasetSpec:
     """A dataset from ``NAME:PATH`` (a registered adapter), a manifest file, or a class folder.
 
     ``NAME:PATH`` is only read as such when ``NAME`` is a registered dataset name and ``spec``
     itself is not an existing path, so ``C:\\data`` or ``./a:b`` stay plain paths.
+    ``split_ratios`` and ``split_seed`` make the stratified split of manifests and folders
+    that name no splits (the official layouts bring their own).
     """
+    split = {"split_ratios": tuple(split_ratios), "split_seed": int(split_seed)}
     from eastkd.pipeline import registry
 
     text = str(spec).strip()
@@ -329,7 +358,9 @@ def resolve_dataset(spec: str) -> DatasetSpec:
     target = Path(text).expanduser()
     name, sep, rest = text.partition(":")
     if sep and not target.exists() and name in registry.datasets.names():
-        dataset = registry.datasets.get(name)(rest)
+        factory = registry.datasets.get(name)
+        generic = factory in (load_manifest, load_folder)
+        dataset = factory(rest, **split) if generic else factory(rest)
         if not isinstance(dataset, DatasetSpec):
             raise EastkdError(
                 f"dataset adapter {name!r} returned {type(dataset).__name__}, not a DatasetSpec"
@@ -337,10 +368,10 @@ def resolve_dataset(spec: str) -> DatasetSpec:
         return dataset
     if target.is_file():
         if target.suffix.lower() in _MANIFEST_SUFFIXES:
-            return load_manifest(str(target))
+            return load_manifest(str(target), **split)
         raise EastkdError(f"dataset file {target} is not a .csv or .jsonl manifest")
     if target.is_dir():
-        return load_folder(str(target))
+        return load_folder(str(target), **split)
     raise EastkdError(
         f"dataset {text!r} does not exist; give a .csv/.jsonl manifest, a folder of class "
         f"folders, or NAME:PATH with NAME one of: {', '.join(registry.datasets.names())}"

@@ -92,7 +92,17 @@ def build_student(config: dict[str, Any]) -> torch.nn.Module:
                                     width=int(opts.get("width", 16)))
 
 
-def check_compatible(config: dict[str, Any], store: Store) -> None:
+def _input_flags(config: dict[str, Any]) -> str:
+    """The extract flags that reproduce a run's student inputs."""
+    from eastkd.pipeline.like import read_student_inputs_from_config
+
+    try:
+        return read_student_inputs_from_config(config, "run").flags()
+    except EastkdError:
+        return "--segment, --crop, --n-mels, --student-sr"
+
+
+def check_compatible(config: dict[str, Any], store: Store, run_dir: str = "RUN_DIR") -> None:
     """Refuse a store whose student inputs or classes differ from those the run trained on."""
     attrs = store.features(FEATURES).attrs
     theirs = {"logmel": attrs.get("params", {}), "segment": attrs.get("segment", {})}
@@ -105,7 +115,8 @@ def check_compatible(config: dict[str, Any], store: Store) -> None:
     if diffs:
         raise StoreMismatchError(
             f"{store.path}: student inputs differ from the run's ({'; '.join(diffs)}); extract "
-            "this dataset again with the run's log-mel settings")
+            f"this dataset again into a new store with `eastkd extract DATASET STORE --like "
+            f"{run_dir}` (the same as {_input_flags(config)})")
     items = store.items
     if list(items.class_names) != list(config["class_names"]):
         raise StoreMismatchError(
@@ -166,7 +177,7 @@ def evaluate(run_dir: str, store_path: str, split: str = "test", fold: int | Non
     config, ckpt = load_run(run_dir)
     dev = resolve_device(device)
     with open_store(store_path, "r") as store:
-        check_compatible(config, store)
+        check_compatible(config, store, run_dir)
         if fold is None and "fold" in store.items.extra:  # the run's own fold split by default
             fold = config["options"].get("fold")
         data = load_split(store, split, None, fold, pin_memory=dev.type == "cuda")

@@ -18,8 +18,10 @@ towards the *detached* transformed targets by ``L_kd``. The optimised sum is
 ``(1 - λ) L_task + λ L_kd + L_teacher``; the two parameter sets are disjoint.
 
 AdamW, a cosine (default) or reduce-on-plateau schedule, gradient clipping at 1.0, early
-stopping on the validation metric (accuracy, or mAP for multi-label; ties go to the lower
-validation loss), best epoch kept. The teacher's code is never imported.
+stopping on the validation metric (accuracy, or mAP for multi-label), best epoch kept. A tie on
+the metric with a lower validation loss becomes the best epoch but does not reset the patience
+counter (:func:`rank_epoch`), so a run whose validation accuracy sits at 1.0 still stops. The
+teacher's code is never imported.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from eastkd.pipeline import registry
+from eastkd.pipeline.datasets.splits import missing_class_warnings
 from eastkd.pipeline.device import resolve_device
 from eastkd.pipeline.distill.complexity import count_parameters
 from eastkd.pipeline.reading import (
@@ -63,6 +66,9 @@ from eastkd.store import EastkdError, StoreMismatchError, eastkd_version, open_s
 KD_METHODS = ("fitnet", "dc", "none")
 SCHEDULES = ("cosine", "plateau")
 GRAD_CLIP = 1.0
+# intra-op CPU threads of distill unless --threads says otherwise: fixed, not the machine's
+# core count, so that a CPU run gives the same result on every machine (see README)
+DEFAULT_CPU_THREADS = 1
 LAST = "last.pt"
 METRICS, HISTORY, CURVES = "metrics.json", "history.csv", "curves.png"
 RUN_FILES = (CONFIG, BEST, LAST, METRICS, HISTORY, CURVES)
@@ -101,20 +107,50 @@ class TeacherLinear(nn.Module):
         return z, self.classifier(z.mean(dim=1) if z.dim() == 3 else z)
 
 
+def rank_epoch(best: float | None, best_loss: float | None, score: float,
+               v_loss: float) -> tuple[bool, bool]:
+    """``(is_best, resets_patience)`` of an epoch against the best so far.
+
+    A higher validation metric is a new best and resets the patience counter; an equal metric
+    with a lower validation loss is a new best (its checkpoint is kept) but counts towards
+    patience like an epoch without improvement.
+    """
+    if best is None or score > best:
+        return True, True
+    return score == best and best_loss is not None and v_loss < best_loss, False
+
+
+def _epoch_line(record: dict[str, Any], epochs: int, metric: str, state: dict[str, Any]) -> str:
+    """The one line per epoch printed when progress bars are off."""
+    parts = [f"epoch {record['epoch']}/{epochs}", f"loss {record['train_loss']:.4f}"]
+    parts += [f"{k[len('train_'):]} {v:.4f}" for k, v in record.items()
+              if k.startswith("train_") and k != "train_loss"]
+    parts += [f"valid loss {record['valid_loss']:.4f}",
+              f"valid {metric} {record.get(f'valid_{metric}', float('nan')):.4f}",
+              f"best {state['best']:.4f}@{state['best_epoch']}" + (" *" if record["best"] else ""),
+              f"{record['seconds']:.1f} s"]
+    return ", ".join(parts)
+
+
 def _task_loss(multi_label: bool) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     return F.binary_cross_entropy_with_logits if multi_label else F.cross_entropy
 
 
 @contextmanager
-def _deterministic(enabled: bool) -> Iterator[None]:
-    """Deterministic kernels for the duration of a CPU run (restored afterwards)."""
+def _deterministic(enabled: bool, threads: int) -> Iterator[None]:
+    """Deterministic kernels and ``threads`` intra-op threads for the duration of a CPU run
+    (both restored afterwards). The thread count changes how CPU kernels split their sums, so
+    a fixed count is what makes a CPU run repeat bit for bit on another machine."""
     before = torch.are_deterministic_algorithms_enabled()
+    threads_before = torch.get_num_threads()
     if enabled:
         torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.set_num_threads(threads)
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(before)
+        torch.set_num_threads(threads_before)
 
 
 def _metrics_record(r: DistillResult) -> dict[str, Any]:
@@ -248,14 +284,15 @@ def distill(store_path: str, targets: str | None, out_dir: str, *, student: str 
             overwrite: bool = False, fold: int | None = None,
             memory_limit: int = DEFAULT_MEMORY_LIMIT, workers: int | None = None,
             shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, progress: bool = True,
-            log: Callable[[str], None] | None = None,
+            threads: int = DEFAULT_CPU_THREADS, log: Callable[[str], None] | None = None,
             callback: Callable[[dict[str, Any]], None] | None = None) -> DistillResult:
     """Train ``student`` on ``store_path`` with KD towards ``targets``; write RUN_DIR ``out_dir``.
 
     ``targets`` names ``targets/NAME`` or ``embeddings/NAME`` (unused with ``kd='none'``).
     ``memory_limit`` bytes of the splits are held in memory (train first), the rest streamed
     through ``shuffle_buffer`` bytes by ``workers`` reader processes (None: automatic).
-    ``patience`` 0 disables early stopping. ``log`` receives one-line messages (start info);
+    ``patience`` 0 disables early stopping. ``threads`` fixes the intra-op CPU threads of a CPU
+    run (results depend on it; unused on CUDA). ``log`` receives one-line messages (start info);
     ``callback`` gets each epoch's history record after the epoch's checkpoints are written.
     """
     t0 = time.perf_counter()
@@ -272,6 +309,8 @@ def distill(store_path: str, targets: str | None, out_dir: str, *, student: str 
         raise EastkdError("--teacher-linear needs a KD loss (--kd fitnet or dc)")
     if epochs < 1 or batch_size < 2:
         raise EastkdError("--epochs must be >= 1 and --batch-size >= 2")
+    if threads < 1:
+        raise EastkdError(f"--threads {threads}: must be >= 1")
     dev = resolve_device(device)
     log = log or (lambda msg: None)
     options = {"student": student, "width": int(width), "kd": kd,
@@ -284,9 +323,10 @@ def distill(store_path: str, targets: str | None, out_dir: str, *, student: str 
                "weight_decay": float(weight_decay), "schedule": schedule, "seed": int(seed),
                "patience": int(patience), "fold": fold, "grad_clip": GRAD_CLIP,
                "device": device, "memory_limit": int(memory_limit), "progress": bool(progress),
-               "workers": workers, "shuffle_buffer": int(shuffle_buffer)}
+               "workers": workers, "shuffle_buffer": int(shuffle_buffer),
+               "threads": int(threads) if dev.type == "cpu" else None}
 
-    with open_store(store_path, "r") as store:
+    with _deterministic(dev.type == "cpu", threads), open_store(store_path, "r") as store:
         spec = resolve_targets(store, targets, frame_targets) if kd != "none" else None
         feed = dict(shuffle_buffer=shuffle_buffer, workers=workers,
                     pin_memory=dev.type == "cuda")
@@ -301,6 +341,10 @@ def distill(store_path: str, targets: str | None, out_dir: str, *, student: str 
             raise EastkdError(f"{store_path}: need train and valid items (have {sizes}); check "
                               "the manifest's split column or --fold")
         config = _build_config(store, store_path, spec, options, sizes)
+        if fold is None:
+            items = store.items
+            for warning in missing_class_warnings(items.class_names, items.labels, items.splits):
+                log(warning)
         resuming = _prepare_run_dir(out_dir, config, resume, overwrite)
 
         multi_label = config["multi_label"]
@@ -373,7 +417,7 @@ def distill(store_path: str, targets: str | None, out_dir: str, *, student: str 
 
         ebar = tqdm(total=epochs, initial=state["epoch"], desc=f"distill {student}", unit="epoch",
                     disable=not progress)
-        with _deterministic(dev.type == "cpu"), ebar:
+        with ebar:
             while not state["finished"] and state["epoch"] < epochs:
                 e0 = time.perf_counter()
                 epoch = state["epoch"] + 1
@@ -392,14 +436,11 @@ def distill(store_path: str, targets: str | None, out_dir: str, *, student: str 
                 else:
                     sched.step()
                 state["epoch"] = epoch
-                best = state["best"]
-                improved = best is None or score > best or (score == best and
-                                                             v_loss < state["best_loss"])
+                improved, resets = rank_epoch(state["best"], state["best_loss"], score, v_loss)
                 if improved:
-                    state.update(best=score, best_loss=v_loss, best_epoch=epoch, bad=0)
+                    state.update(best=score, best_loss=v_loss, best_epoch=epoch)
                     checkpoint(os.path.join(out_dir, BEST))
-                else:
-                    state["bad"] += 1
+                state["bad"] = 0 if resets else state["bad"] + 1
                 state["seconds"] += time.perf_counter() - e0
                 record = {"epoch": epoch, "lr": lr_now,
                           **{f"train_{k}": v for k, v in means.items()},
@@ -420,6 +461,8 @@ def distill(store_path: str, targets: str | None, out_dir: str, *, student: str 
                 ebar.set_postfix({"loss": f"{record['train_loss']:.3f}",
                                   f"valid {metric}": f"{score:.3f}",
                                   "best": f"{state['best']:.3f}@{state['best_epoch']}"})
+                if not progress:
+                    log(_epoch_line(record, epochs, metric, state))
                 if callback is not None:
                     callback(record)
 

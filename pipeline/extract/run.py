@@ -90,7 +90,8 @@ def open_or_create(store_path: str, spec: DatasetSpec, progress: bool = True, wo
     audio; ``rehash`` hashes every file again, and files whose bytes changed get their items
     row updated and their rows of every section marked pending (recomputed by this run).
     """
-    dataset = {"name": spec.name, "source": spec.source, "description": spec.description}
+    dataset = {"name": spec.name, "source": spec.source, "description": spec.description,
+               "split": spec.split_info}
     if not os.path.exists(store_path):
         items = build_items_table(spec, progress, workers)
         return create_store(store_path, items, dataset)
