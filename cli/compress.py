@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import click
 
+from eastkd.cli.options import store_access
+
 
 @click.command("compress", context_settings={"show_default": True})
-@click.argument("store", type=click.Path(exists=True, dir_okay=True, file_okay=True))
+@click.argument("store")
 @click.option("--embeddings", "key", default=None, metavar="KEY",
               help="Embeddings to compress (a key shown by `eastkd info`).  "
                    "[default: the only one in the store]")
@@ -32,6 +34,7 @@ import click
 @click.option("--patience", default=10, type=click.IntRange(min=1),
               help="learned: epochs without validation improvement before stopping.")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@store_access
 def command(store: str, key: str | None, method: str, dim: str, name: str | None,
             fit_split: str, whiten: bool, overwrite: bool, plot_path: str | None, seed: int,
             epochs: int, patience: int, no_progress: bool) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from eastkd.cli.options import parse_key_values
+from eastkd.cli.options import parse_key_values, store_access
 
 
 @click.command("extract", context_settings={"show_default": True})
@@ -45,6 +45,7 @@ from eastkd.cli.options import parse_key_values
 @click.option("--student-sr", type=click.IntRange(min=8000), default=16000,
               help="Sample rate of the student's log-mel input.")
 @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
+@store_access
 def command(dataset: str, store: str, teacher: str, teacher_opts: tuple[str, ...],
             weights: str | None, key: str | None, segment: float | None, crop: str, dtype: str,
             frames: bool, batch_size: int, workers: int, device: str, on_error: str,

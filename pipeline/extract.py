@@ -13,7 +13,6 @@ bit.
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +40,7 @@ from eastkd.store import (
     create_store,
     eastkd_version,
     open_for_dataset,
+    store_exists,
 )
 
 ON_ERROR = ("fail", "skip")
@@ -187,7 +187,7 @@ def open_or_create(store_path: str, spec: DatasetSpec, progress: bool = True) ->
     """The store for this dataset: created with its items table, or reopened after a check."""
     items = build_items_table(spec, progress=progress)
     dataset = {"name": spec.name, "source": spec.source, "description": spec.description}
-    if os.path.exists(store_path):
+    if store_exists(store_path):
         return open_for_dataset(store_path, items)
     return create_store(store_path, items, dataset)
 

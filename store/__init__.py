@@ -5,6 +5,10 @@ Nothing outside this package imports zarr or h5py. See ``docs/store-format.md``.
 
 from eastkd.store.errors import EastkdError, StoreMismatchError, StoreNotFoundError
 from eastkd.store.items import SPLITS, ItemsTable
+from eastkd.store.location import AccessOptions, access_options, is_url
+from eastkd.store.location import absolute as store_location
+from eastkd.store.location import basename as store_name
+from eastkd.store.location import configure as configure_access
 from eastkd.store.store import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -21,11 +25,13 @@ from eastkd.store.store import (
     eastkd_version,
     open_for_dataset,
     open_store,
+    store_exists,
 )
 
 __all__ = [
     "EastkdError", "StoreMismatchError", "StoreNotFoundError", "SPLITS", "ItemsTable",
     "FORMAT_NAME", "FORMAT_VERSION", "OK", "PENDING", "SKIPPED", "ArraySpec", "Section", "Store",
     "StoreArray", "backend_name", "chunk_items", "create_store", "eastkd_version",
-    "open_for_dataset", "open_store",
+    "open_for_dataset", "open_store", "store_exists", "AccessOptions", "access_options",
+    "configure_access", "is_url", "store_location", "store_name",
 ]

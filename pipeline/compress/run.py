@@ -36,7 +36,10 @@ from eastkd.store import (
     Section,
     Store,
     eastkd_version,
+    is_url,
     open_store,
+    store_location,
+    store_name,
 )
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
@@ -86,8 +89,11 @@ def default_name(key: str, method: str, dim: int | float) -> str:
 
 
 def default_plot_path(store_path: str, name: str) -> str:
-    """``<store>.<name>.png`` beside the store (never inside it)."""
-    return f"{os.path.abspath(store_path.rstrip('/'))}.{name}.png"
+    """``<store>.<name>.png`` beside the store (never inside it); for a store at a URL, in the
+    current folder."""
+    if is_url(store_path):
+        return os.path.abspath(f"{store_name(store_path)}.{name}.png")
+    return f"{store_location(store_path).rstrip('/')}.{name}.png"
 
 
 def _json_safe(value: Any) -> Any:

@@ -57,7 +57,13 @@ from eastkd.pipeline.distill.evaluate import (
     selection_metric,
 )
 from eastkd.pipeline.distill.run_files import plot_curves, save_atomic, write_history, write_json
-from eastkd.store import EastkdError, StoreMismatchError, eastkd_version, open_store
+from eastkd.store import (
+    EastkdError,
+    StoreMismatchError,
+    eastkd_version,
+    open_store,
+    store_location,
+)
 
 KD_METHODS = ("fitnet", "dc", "none")
 SCHEDULES = ("cosine", "plateau")
@@ -191,7 +197,7 @@ def _build_config(store: Any, store_path: str, spec: TargetsSpec | None, options
         "eastkd_version": eastkd_version(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "options": options,
-        "store": {"path": os.path.abspath(store_path), "backend": store.backend_name,
+        "store": {"path": store_location(store_path), "backend": store.backend_name,
                   "dataset_fingerprint": store.dataset_fingerprint,
                   "dataset": store.attrs.get("dataset", {}).get("name")},
         "logmel": fattrs.get("params", {}), "segment": fattrs.get("segment", {}),

@@ -33,15 +33,20 @@ def _du(path: str) -> int:
 class ZarrBackend(Backend):
     name = "zarr"
 
-    def __init__(self, path: str, mode: str = "r") -> None:
+    def __init__(self, path: str, mode: str = "r", store: Any = None) -> None:
+        """Open the store at ``path``; ``store`` is a zarr Store to use instead of a local
+        folder or zip (a URL store, made by :mod:`eastkd.store.location`)."""
         self.path = path
         self.read_only = mode == "r"
-        if path.endswith(".zip"):
+        self._remote = store is not None
+        if store is not None:
+            self._store: Any = store
+        elif path.endswith(".zip"):
             if not self.read_only:
                 raise EastkdError(
                     f"{path}: zipped stores are read-only; unzip it to a .zarr folder to write"
                 )
-            self._store: Any = ZipStore(path, mode="r")
+            self._store = ZipStore(path, mode="r")
         else:
             self._store = LocalStore(path, read_only=self.read_only)
         try:
@@ -131,6 +136,10 @@ class ZarrBackend(Backend):
             del self.root[path]
 
     def nbytes_stored(self) -> int:
+        if self._remote:
+            from eastkd.store.location import url_nbytes
+
+            return url_nbytes(self.path)
         if self.path.endswith(".zip"):
             return os.path.getsize(self.path)
         return _du(self.path)
