@@ -67,6 +67,7 @@ class ExtractOptions:
     shard: tuple[int, int] = (0, 1)
     progress: bool = True
     chunk_items: int | None = None  # cap on items per chunk (power of two) of new sections
+    units: list[int] | None = None  # only these unit indices (a distributed task's share)
 
 
 @dataclass
@@ -231,6 +232,13 @@ def extract(dataset: str | DatasetSpec, store_path: str, opts: ExtractOptions) -
         store.close()
 
 
+def extract_into(store: Store, store_path: str, teacher: Teacher, device: torch.device,
+                 opts: ExtractOptions) -> ExtractSummary:
+    """Fill ``store`` (open for writing, items table written) with a loaded teacher: what a
+    distributed task runs for its ``opts.units`` without re-hashing the dataset."""
+    return _extract_into(store, store_path, teacher, device, opts)
+
+
 def _extract_into(store: Store, store_path: str, teacher: Teacher, device: torch.device,
                   opts: ExtractOptions) -> ExtractSummary:
     shard_i, shard_n = opts.shard
@@ -281,7 +289,7 @@ def _extract_into(store: Store, store_path: str, teacher: Teacher, device: torch
     todo: list[tuple[int, int, bool]] = []  # blocks to do: (start, stop, with features)
     already = 0
     for u, u_start in enumerate(range(0, n, unit)):
-        if u % shard_n != shard_i:
+        if u % shard_n != shard_i or (opts.units is not None and u not in opts.units):
             continue
         u_stop = min(n, u_start + unit)
         for s in range(u_start, u_stop, block):

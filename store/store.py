@@ -470,6 +470,8 @@ def open_store(path: str, mode: str = "r") -> Store:
     (``s3://bucket/x.zarr``; see :mod:`eastkd.store.location`)."""
     if not location.is_url(path) and not os.path.exists(location.local_path(path)):
         raise StoreNotFoundError(f"{path}: no such store; create it with `eastkd extract`")
+    if location.is_url(path):
+        location.check_remote_kind(path)
     if location.is_url(path) and not location.url_exists(path):
         raise StoreNotFoundError(f"{path}: no such store; create it with `eastkd extract` "
                                  "(check the URL and --storage-option endpoint_url)")
