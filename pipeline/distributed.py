@@ -83,7 +83,7 @@ def dask_client(cluster: Any) -> Iterator[Any]:
     spec = Cluster.parse(cluster) if isinstance(cluster, str) else cluster
     if spec.address is not None:
         try:
-            client = Client(spec.address, timeout="20s")
+            client = Client(spec.address)  # waits distributed.comm.timeouts.connect
         except OSError as e:
             raise EastkdError(f"--dask {spec.address}: no scheduler answers there ({e}); "
                               "start one (`dask scheduler`) or use --dask local:N") from e
@@ -104,11 +104,13 @@ def extract_distributed(dataset: str | DatasetSpec, store_path: str, opts: Extra
         raise EastkdError("--dask needs a Zarr store (HDF5 has no safe concurrent writers)")
     if opts.shard != (0, 1):
         raise EastkdError("--dask and --shard are two ways to split the work: use one")
+    if isinstance(cluster, str):
+        cluster = Cluster.parse(cluster)
     spec = resolve_dataset(dataset) if isinstance(dataset, str) else dataset
     t0 = time.perf_counter()
-    open_or_create(store_path, spec, opts.progress).close()  # the items table: once, here
     access = access_options()
     with dask_client(cluster) as client:
+        open_or_create(store_path, spec, opts.progress).close()  # the items table: once, here
         threads = _threads_per_worker(client)
         task_opts = replace(opts, progress=False, workers=0, units=[])
         prep = client.submit(_run_units, store_path, task_opts, access, threads, pure=False,

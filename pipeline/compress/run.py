@@ -141,11 +141,15 @@ def _split_rows(store: Store, status: np.ndarray, split: str) -> np.ndarray:
 def compress(store_path: str, embeddings_key: str | None, method: str, dim: int | float | str,
              name: str | None = None, fit_split: str = "train", whiten: bool = False,
              overwrite: bool = False, plot: str | None | bool = None, seed: int = 0,
-             epochs: int = 100, patience: int = 10, progress: bool = True) -> CompressResult:
+             epochs: int = 100, patience: int = 10, progress: bool = True,
+             dask: Any = None) -> CompressResult:
     """Fit ``method`` on ``embeddings/<key>`` (``fit_split`` rows) and write ``targets/<name>``.
 
     ``plot`` is a PNG path, None for ``<store>.<name>.png`` beside the store, or False for none.
+    ``dask`` (``local:N``, a scheduler address or a Client) fits PCA on that cluster.
     """
+    if dask is not None and method != "pca":
+        raise EastkdError(f"--dask fits --method pca only, not {method!r}; drop --dask")
     t0 = time.perf_counter()
     dim = parse_dim(dim)
     cls = registry.compressors.get(method)
@@ -195,7 +199,12 @@ def compress(store_path: str, embeddings_key: str | None, method: str, dim: int 
 
         tf = time.perf_counter()
         valid_rows = _split_rows(store, status, "valid") if fit_split != "valid" else None
-        comp.fit(src, rows, store.items, valid_rows, progress)
+        if dask is not None:
+            from eastkd.pipeline.compress.pca_dask import fit_on_cluster
+
+            fit_on_cluster(comp, store_path, emb.path, "clip", rows, dask)
+        else:
+            comp.fit(src, rows, store.items, valid_rows, progress)
         fit_seconds = time.perf_counter() - tf
         d_out = comp.out_dim
         summary = comp.summary()
