@@ -39,6 +39,7 @@ class ZarrBackend(Backend):
         self.path = path
         self.read_only = mode == "r"
         self._remote = store is not None
+        self._arrays: dict[str, zarr.Array] = {}
         if store is not None:
             self._store: Any = store
         elif path.endswith(".zip"):
@@ -97,9 +98,12 @@ class ZarrBackend(Backend):
         return sorted(k for k, _ in node.members())
 
     def _arr(self, path: str) -> zarr.Array:
-        node = self.root.get(path)
+        # array handles are kept while the store is open: on object storage every metadata
+        # read is a round trip, and reads go block by block
+        node = self._arrays.get(path) or self.root.get(path)
         if not isinstance(node, zarr.Array):
             raise EastkdError(f"{self.path}: no array {path!r} in this store")
+        self._arrays[path] = node
         return node
 
     def shape(self, path):
@@ -132,6 +136,8 @@ class ZarrBackend(Backend):
         node.attrs.update(attrs)
 
     def delete(self, path: str) -> None:
+        self._arrays = {k: v for k, v in self._arrays.items()
+                        if k != path and not k.startswith(f"{path}/")}
         if path in self.root:
             del self.root[path]
 

@@ -1,0 +1,218 @@
+"""Benchmark scaling out: extract in-process vs on a dask LocalCluster, and reading a store from
+S3 (a moto server on 127.0.0.1) vs local disk.
+
+Renders the demo dataset (``--clips`` clips of ``--seconds`` s) into a temporary folder, then:
+
+* extract: the same clips in-process (``workers=0``, torch's default threads) and with
+  ``--dask local:N`` for each N of ``--workers``. ``cluster_start_s`` is the LocalCluster's
+  start (spawned worker processes), ``extract_s`` the extract call on the started cluster (the
+  workers load the teacher once each), ``end_to_end_s`` their sum. ``overhead_vs_in_process``
+  compares ``extract_s`` with the in-process run (target at one worker: <= 1.10);
+  ``end_to_end_overhead`` includes the start, which a long extract amortises.
+* read: every chunk of the store's log-mel features and clip embeddings (what distill and
+  compress read), from the local folder, from S3 with no cache, and from S3 with a warm
+  ``--cache-dir`` (target: warm-cache throughput >= 0.8x local disk), three passes per open as
+  streaming epochs do (the first chunk of each section costs one metadata round trip: the
+  cache namespace). Opening the store (a few metadata round trips, once per run) is timed
+  apart; plus one distill epoch (open, load, train) from each.
+
+Prints one JSON object. Usage: ``python benchmarks/scale.py [--clips 96] [--workers 1 2]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from eastkd.pipeline.demo_data import render_demo_dataset
+from eastkd.pipeline.distributed import extract_distributed
+from eastkd.pipeline.extract import ExtractOptions, extract
+from eastkd.store import configure_access, open_store
+
+
+def _subset_manifest(manifest: Path, n: int, out: Path) -> Path:
+    with manifest.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))[:n]
+    for r in rows:
+        r["path"] = str((manifest.parent / r["path"]).resolve())
+    with out.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, ["id", "path", "label", "split"])
+        w.writeheader()
+        w.writerows(rows)
+    return out
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def bench_extract(manifest: Path, tmp: Path, opts: ExtractOptions, n_clips: int,
+                  workers: list[int]) -> dict[str, Any]:
+    import dask
+    from distributed import Client, LocalCluster
+
+    base_s, _ = _timed(lambda: extract(str(manifest), str(tmp / "inproc.zarr"), opts))
+    out: dict[str, Any] = {"in_process": {"extract_s": round(base_s, 3),
+                                          "clips_per_s": round(n_clips / base_s, 2),
+                                          "torch_threads": torch.get_num_threads()}}
+    for n in workers:
+        t0 = time.perf_counter()
+        with dask.config.set({"distributed.worker.multiprocessing-method": "spawn"}):
+            with LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                              dashboard_address=":0") as lc, Client(lc) as client:
+                start_s = time.perf_counter() - t0
+                ext_s, summary = _timed(lambda: extract_distributed(
+                    str(manifest), str(tmp / f"dask{n}.zarr"), opts, client))
+        assert summary.written == n_clips, summary
+        out[f"local:{n}"] = {
+            "cluster_start_s": round(start_s, 3),
+            "extract_s": round(ext_s, 3),
+            "end_to_end_s": round(start_s + ext_s, 3),
+            "clips_per_s": round(n_clips / ext_s, 2),
+            "overhead_vs_in_process": round(ext_s / base_s, 3),
+            "end_to_end_overhead": round((start_s + ext_s) / base_s, 3),
+        }
+    return out
+
+
+PASSES = 3
+
+
+def _read_all(store_path: str) -> tuple[float, float, int]:
+    """Open the store (timed apart: a few metadata round trips, paid once per run), then read
+    every chunk of the features and clip embeddings ``PASSES`` times, as epochs that stream
+    do: (open s, read s, bytes read)."""
+    t0 = time.perf_counter()
+    with open_store(store_path) as s:
+        key = s.section_names("embeddings")[0]
+        arrays = [s.features().array("values"), s.embeddings(key).array("clip")]
+        for arr in arrays:
+            arr.shape  # noqa: B018  (the array's metadata, as a reader opens it)
+        t1 = time.perf_counter()
+        total = sum(block.nbytes for _ in range(PASSES) for arr in arrays
+                    for _, _, block in arr.iter_blocks())
+        return t1 - t0, time.perf_counter() - t1, total
+
+
+def _distill_epoch(store_path: str, out: Path) -> float:
+    from eastkd.pipeline.distill.train import distill
+
+    s, _ = _timed(lambda: distill(store_path, None, str(out), kd="none", width=8, epochs=1,
+                                  progress=False, overwrite=True))
+    return s
+
+
+def bench_read(store: Path, tmp: Path, repeats: int) -> dict[str, Any]:
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        os.environ.setdefault(k, "bench")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        import s3fs
+
+        endpoint = f"http://127.0.0.1:{port}"
+        fs = s3fs.S3FileSystem(endpoint_url=endpoint)
+        fs.mkdir("bench")
+        fs.put(str(store), "bench/store.zarr", recursive=True)
+        url, cache = "s3://bench/store.zarr", str(tmp / "cache")
+        runs: dict[str, list[tuple[float, float, int]]] = {
+            "local": [], "s3_no_cache": [], "s3_warm_cache": []}
+        for _ in range(repeats):
+            configure_access()
+            runs["local"].append(_read_all(str(store)))
+            configure_access({"endpoint_url": endpoint})
+            runs["s3_no_cache"].append(_read_all(url))
+            configure_access({"endpoint_url": endpoint}, cache_dir=cache)
+            _read_all(url)  # fills the cache on the first repeat
+            runs["s3_warm_cache"].append(_read_all(url))
+        best = {k: min(r[1] for r in v) for k, v in runs.items()}
+        opens = {k: min(r[0] for r in v) for k, v in runs.items()}
+        nbytes = runs["local"][0][2]
+        configure_access()
+        local_epoch = _distill_epoch(str(store), tmp / "run-local")
+        configure_access({"endpoint_url": endpoint}, cache_dir=cache)
+        s3_epoch = _distill_epoch(url, tmp / "run-s3")
+        configure_access()
+        return {
+            "bytes_read": nbytes,
+            "chunks_per_array": math.ceil(len(open_store(str(store)).items)
+                                          / open_store(str(store)).features()
+                                          .array("values").chunks[0]),
+            **{f"{k}_open_s": round(v, 4) for k, v in opens.items()},
+            **{f"{k}_read_s": round(v, 4) for k, v in best.items()},
+            **{f"{k}_MB_per_s": round(nbytes / v / 1e6, 1) for k, v in best.items()},
+            "s3_warm_cache_vs_local": round(best["local"] / best["s3_warm_cache"], 3),
+            "s3_no_cache_vs_local": round(best["local"] / best["s3_no_cache"], 3),
+            "distill_1_epoch_local_s": round(local_epoch, 3),
+            "distill_1_epoch_s3_warm_cache_s": round(s3_epoch, 3),
+            "distill_s3_vs_local": round(local_epoch / s3_epoch, 3),
+        }
+    finally:
+        server.stop()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--teacher", default="crepe-tiny", choices=["crepe", "crepe-tiny"])
+    ap.add_argument("--clips", type=int, default=96)
+    ap.add_argument("--seconds", type=float, default=2.0)
+    ap.add_argument("--chunk-items", type=int, default=8)
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--parts", nargs="+", default=["extract", "read"],
+                    choices=["extract", "read"])
+    ap.add_argument("--out", default=None, help="also write the JSON here")
+    args = ap.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="eastkd-scale-"))
+    try:
+        full = render_demo_dataset(tmp / "demo", clips_per_class=math.ceil(args.clips / 5),
+                                   seconds=args.seconds, seed=0, progress=False)
+        manifest = _subset_manifest(full, args.clips, tmp / "bench.csv")
+        opts = ExtractOptions(teacher=args.teacher, workers=0, device="cpu", progress=False,
+                              chunk_items=args.chunk_items, batch_size=args.chunk_items)
+        result = {
+            "machine": "2-core CPU VM shared with other jobs",
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "teacher": args.teacher, "clips": args.clips, "clip_seconds": args.seconds,
+            "chunk_items": args.chunk_items,
+        }
+        if "extract" in args.parts:
+            result["extract"] = bench_extract(manifest, tmp, opts, args.clips, args.workers)
+        else:
+            extract(str(manifest), str(tmp / "inproc.zarr"), opts)
+        if "read" in args.parts:
+            result["read"] = bench_read(tmp / "inproc.zarr", tmp, args.repeats)
+        text = json.dumps(result, indent=2)
+        print(text)
+        if args.out:
+            Path(args.out).write_text(text + "\n")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
