@@ -70,7 +70,8 @@ def command(store: str, as_json: bool, show_skipped: int) -> None:
     """Show what STORE holds: items, splits, classes, features, teachers' embeddings,
     compressed targets (with status and provenance), skipped items and bytes on disk.
 
-    STORE may be a .zarr folder, a .zip of one (read-only) or an .h5 file.
+    STORE may be a .zarr folder, a .zip of one (read-only), an .h5 file, or a Zarr store at a
+    URL (s3://bucket/name.zarr; see --storage-option).
     """
     from eastkd.cli.options import echo_json
     from eastkd.store import open_store

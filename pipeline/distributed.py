@@ -43,6 +43,7 @@ from eastkd.store import (
     backend_name,
     configure_access,
     open_store,
+    store_location,
 )
 
 RETRIES = 2
@@ -113,10 +114,11 @@ def extract_distributed(dataset: str | DatasetSpec, store_path: str, opts: Extra
         open_or_create(store_path, spec, opts.progress).close()  # the items table: once, here
         threads = _threads_per_worker(client)
         task_opts = replace(opts, progress=False, workers=0, units=[])
-        prep = client.submit(_run_units, store_path, task_opts, access, threads, pure=False,
+        where = store_location(store_path)  # workers may run in other folders
+        prep = client.submit(_run_units, where, task_opts, access, threads, pure=False,
                              retries=retries).result()
         key, todo = prep["key"], prep["units"]
-        futures = [client.submit(_run_units, store_path, replace(task_opts, units=[u]), access,
+        futures = [client.submit(_run_units, where, replace(task_opts, units=[u]), access,
                                  threads, pure=False, retries=retries, key=f"extract-unit-{u}")
                    for u in todo]
         done = _gather(client, futures, prep["pending"], key, opts.progress)
@@ -151,24 +153,27 @@ def _gather(client: Any, futures: list[Any], pending: int, key: str,
     return done
 
 
-def _threads_per_worker(client: Any) -> int:
-    """Torch threads per worker: the machine's cores shared by the workers on it."""
+def _threads_per_worker(client: Any) -> dict[str, int]:
+    """Torch threads of each worker (by address): its machine's cores shared by the workers
+    on that machine."""
     info = client.scheduler_info(n_workers=-1)["workers"]
-    hosts: dict[str, int] = {}
+    cores = client.run(os.cpu_count)
+    per_host: dict[str, int] = {}
     for w in info.values():
-        hosts[w["host"]] = hosts.get(w["host"], 0) + 1
-    per_host = max(hosts.values()) if hosts else 1
-    return max(1, (os.cpu_count() or 1) // per_host)
+        per_host[w["host"]] = per_host.get(w["host"], 0) + 1
+    return {addr: max(1, (cores.get(addr) or 1) // per_host[w["host"]])
+            for addr, w in info.items()}
 
 
 def _run_units(store_path: str, opts: ExtractOptions, access: AccessOptions,
-               threads: int) -> Any:
+               threads: dict[str, int]) -> Any:
     """A task: fill ``opts.units`` of the store (``[]``: create the sections and report the
     pending units instead)."""
     import torch
+    from distributed import get_worker
 
     configure_access(access.storage_options, access.cache_dir)
-    torch.set_num_threads(threads)
+    torch.set_num_threads(threads.get(get_worker().address, 1))
     teacher, device = _teacher(opts)
     with open_store(store_path, "r+") as store:
         summary = extract_into(store, store_path, teacher, device, opts)

@@ -15,7 +15,14 @@ from typing import Any
 import numpy as np
 
 from eastkd.pipeline.compress.pca import PCACompressor
-from eastkd.store import AccessOptions, EastkdError, access_options, configure_access, open_store
+from eastkd.store import (
+    AccessOptions,
+    EastkdError,
+    access_options,
+    configure_access,
+    open_store,
+    store_location,
+)
 
 Moments = tuple[int, np.ndarray, np.ndarray]  # (rows, mean, centred scatter)
 FAN_IN = 8
@@ -41,7 +48,8 @@ def fit_on_cluster(comp: PCACompressor, store_path: str, section: str, array: st
             blocks.append((start, min(n_items, start + step), rows[lo:hi]))
     access = access_options()
     with dask_client(cluster) as client:
-        parts = [client.submit(_chunk_moments, store_path, kind, name, array, *block, access,
+        where = store_location(store_path)  # workers may run in other folders
+        parts = [client.submit(_chunk_moments, where, kind, name, array, *block, access,
                                pure=False, retries=2) for block in blocks]
         while len(parts) > 1:
             parts = [client.submit(_merge, *parts[i:i + fan_in], pure=False, retries=2)
