@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -52,7 +53,8 @@ def s3() -> Iterator[S3Server]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:
-        srv = S3Server(f"http://127.0.0.1:{port}", "eastkd-test")
+        # moto keeps its buckets per Python process: a fresh name for each module's server
+        srv = S3Server(f"http://127.0.0.1:{port}", f"eastkd-test-{uuid.uuid4().hex[:8]}")
         srv.fs.mkdir(srv.bucket)
         yield srv
     finally:
