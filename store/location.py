@@ -162,7 +162,15 @@ class ChunkCache(WrapperStore[ZarrStore]):
         value = await self._store.get(key, prototype, byte_range)
         if ckey is not None and value is not None:
             await self._cache.set(ckey, value)
+        elif value is not None and byte_range is None and key.rsplit("/", 1)[-1] == "zarr.json":
+            self._note_marker(key, value)  # metadata read anyway: saves a round trip later
         return value
+
+    def _note_marker(self, key: str, meta: Buffer) -> None:
+        group = key[:-len("zarr.json")].rstrip("/")
+        if group.count("/") <= 1 and group != "items":
+            attrs = json.loads(meta.to_bytes()).get("attributes", {})
+            self._markers[group] = attrs.get("identity" if group else "created")
 
     async def _cache_key(self, key: str, prototype: BufferPrototype) -> str | None:
         """``<namespace>/<key>`` for an immutable chunk, None for what must be read afresh."""
@@ -184,7 +192,7 @@ class ChunkCache(WrapperStore[ZarrStore]):
             meta = await self._store.get(f"{group}/zarr.json" if group else "zarr.json",
                                          prototype)
             attrs = {} if meta is None else json.loads(meta.to_bytes()).get("attributes", {})
-            self._markers[group] = attrs.get(attr)
+            self._markers.setdefault(group, attrs.get(attr))
         return self._markers[group]
 
 
