@@ -136,13 +136,18 @@ def extract_distributed(dataset: str | DatasetSpec, store_path: str, opts: Extra
 def _gather(client: Any, futures: list[Any], pending: int, key: str,
             progress: bool) -> list[ExtractSummary]:
     """Wait for every unit, with a progress bar; on the first failure cancel the rest."""
-    from distributed import as_completed
+    from distributed import KilledWorker, as_completed
 
     done: list[ExtractSummary] = []
     bar = tqdm(total=pending, desc=f"extract {key} (dask)", unit="clip", disable=not progress)
     try:
         for fut in as_completed(futures):
-            summary = fut.result()  # re-raises the task's EastkdError here
+            try:
+                summary = fut.result()  # re-raises the task's EastkdError here
+            except KilledWorker as e:
+                raise EastkdError(
+                    f"{fut.key}: its workers died every time it ran ({e}); check the workers' "
+                    "memory, then rerun the same command (finished units are kept)") from None
             done.append(summary)
             bar.update(summary.written + summary.skipped_now)
     except BaseException:
