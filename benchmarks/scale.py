@@ -40,7 +40,7 @@ from typing import Any, Callable
 import torch
 
 from eastkd.pipeline.demo_data import render_demo_dataset
-from eastkd.pipeline.distributed import extract_distributed
+from eastkd.pipeline.distributed import dask_client, extract_distributed
 from eastkd.pipeline.extract import ExtractOptions, extract
 from eastkd.store import configure_access, open_store
 
@@ -65,21 +65,16 @@ def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
 
 def bench_extract(manifest: Path, tmp: Path, opts: ExtractOptions, n_clips: int,
                   workers: list[int]) -> dict[str, Any]:
-    import dask
-    from distributed import Client, LocalCluster
-
     base_s, _ = _timed(lambda: extract(str(manifest), str(tmp / "inproc.zarr"), opts))
     out: dict[str, Any] = {"in_process": {"extract_s": round(base_s, 3),
                                           "clips_per_s": round(n_clips / base_s, 2),
                                           "torch_threads": torch.get_num_threads()}}
     for n in workers:
         t0 = time.perf_counter()
-        with dask.config.set({"distributed.worker.multiprocessing-method": "spawn"}):
-            with LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                              dashboard_address=":0") as lc, Client(lc) as client:
-                start_s = time.perf_counter() - t0
-                ext_s, summary = _timed(lambda: extract_distributed(
-                    str(manifest), str(tmp / f"dask{n}.zarr"), opts, client))
+        with dask_client(f"local:{n}") as client:  # what `--dask local:N` starts
+            start_s = time.perf_counter() - t0
+            ext_s, summary = _timed(lambda: extract_distributed(
+                str(manifest), str(tmp / f"dask{n}.zarr"), opts, client))
         assert summary.written == n_clips, summary
         out[f"local:{n}"] = {
             "cluster_start_s": round(start_s, 3),

@@ -91,10 +91,21 @@ def dask_client(cluster: Any) -> Iterator[Any]:
         with client:
             yield client
         return
-    with dask.config.set({"distributed.worker.multiprocessing-method": "spawn"}):
+    with dask.config.set(local_cluster_config(spec.n_workers)):
         with LocalCluster(n_workers=spec.n_workers, threads_per_worker=1, processes=True,
                           dashboard_address=":0") as lc, Client(lc) as client:
             yield client
+
+
+def local_cluster_config(n_workers: int) -> dict[str, Any]:
+    """dask settings for a LocalCluster of torch workers: spawned processes (forking after
+    torch started its thread pools can deadlock), each with its share of this machine's cores
+    for OpenMP/MKL (dask's default of one thread each would slow the teacher down)."""
+    threads = str(max(1, (os.cpu_count() or 1) // n_workers))
+    env = "distributed.nanny.pre-spawn-environ"
+    return {"distributed.worker.multiprocessing-method": "spawn",
+            f"{env}.OMP_NUM_THREADS": threads, f"{env}.MKL_NUM_THREADS": threads,
+            f"{env}.OPENBLAS_NUM_THREADS": threads}
 
 
 def extract_distributed(dataset: str | DatasetSpec, store_path: str, opts: ExtractOptions,

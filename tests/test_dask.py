@@ -60,9 +60,11 @@ def cluster(slow_teacher: str):
     import dask
     from distributed import Client, LocalCluster
 
+    from eastkd.pipeline.distributed import local_cluster_config
+
     sys.path.insert(0, slow_teacher)  # spawned workers start with this process's sys.path
     try:
-        with dask.config.set({"distributed.worker.multiprocessing-method": "spawn"}):
+        with dask.config.set(local_cluster_config(2)):
             with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                               dashboard_address=":0", host="127.0.0.1") as lc, \
                     Client(lc) as client:
