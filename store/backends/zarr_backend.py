@@ -86,7 +86,7 @@ class ZarrBackend(Backend):
             arr[...] = data
 
     def exists(self, path: str) -> bool:
-        return path in self.root
+        return path in self._arrays or path in self.root
 
     def is_array(self, path: str) -> bool:
         return isinstance(self.root.get(path), zarr.Array)
