@@ -98,6 +98,14 @@ def test_every_stage_runs_on_a_store_at_an_s3_url(demo_manifest: Path, tmp_path:
     assert info["path"] == url and info["items"] == 15 and info["bytes_on_disk"] > 0
     assert info["embeddings"]["crepe-tiny"]["complete"]
 
+    # the identity checks hold at a URL: other teacher options, another dataset
+    other = CliRunner().invoke(cli, ["extract", str(manifest), url, "--teacher-opt",
+                                     "hop_ms=50", *common[2:], *s3.cli_options])
+    assert other.exit_code == 1 and "--overwrite" in other.output, other.output
+    fewer = small_manifest(demo_manifest, tmp_path / "fewer.csv", per_class=1)
+    other = CliRunner().invoke(cli, ["extract", str(fewer), url, *common, *s3.cli_options])
+    assert other.exit_code == 1 and "another dataset" in other.output, other.output
+
     for store in (url, local):
         invoke("compress", store, "--method", "pca", "--dim", "4", "--plot",
                str(tmp_path / "pca.png"), "--no-progress", *s3.cli_options)
