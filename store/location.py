@@ -102,8 +102,7 @@ def fsspec_store(url: str, read_only: bool) -> ZarrStore:
         store: ZarrStore = FsspecStore.from_url(url, storage_options=_access.storage_options,
                                                 read_only=read_only)
     except (ImportError, ValueError, TypeError) as e:
-        raise EastkdError(f"{url}: cannot open this URL ({e}); check the scheme and "
-                          "--storage-option values") from e
+        raise _unopenable(url, e) from e
     if read_only and _access.cache_dir:
         store = ChunkCache(store, url, _access.cache_dir)
     return store
@@ -114,9 +113,9 @@ def url_exists(url: str) -> bool:
     fs, path = _fs(url)
     try:
         return bool(fs.exists(path))
-    except (PermissionError, OSError) as e:
-        raise EastkdError(f"{url}: cannot reach it ({e}); check credentials and "
-                          "--storage-option endpoint_url") from e
+    except Exception as e:  # the filesystem's own errors (credentials, network) vary by kind
+        raise EastkdError(f"{url}: cannot reach it ({type(e).__name__}: {e}); check the "
+                          "credentials and --storage-option endpoint_url") from e
 
 
 def url_nbytes(url: str) -> int:
@@ -128,7 +127,15 @@ def url_nbytes(url: str) -> int:
 def _fs(url: str) -> tuple[Any, str]:
     from fsspec.core import url_to_fs
 
-    return url_to_fs(url, **_access.storage_options)
+    try:
+        return url_to_fs(url, **_access.storage_options)
+    except (ImportError, ValueError, TypeError) as e:
+        raise _unopenable(url, e) from e
+
+
+def _unopenable(url: str, e: Exception) -> EastkdError:
+    return EastkdError(f"{url}: cannot open this URL ({e}); check the scheme (s3:// needs "
+                       "s3fs: pip install 'eastkd[s3]') and the --storage-option values")
 
 
 class ChunkCache(WrapperStore[ZarrStore]):
