@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from eastkd.cli.options import echo_json
+from eastkd.cli.options import echo_json, store_access
 
 
 @click.command("evaluate", context_settings={"show_default": True})
@@ -18,6 +18,7 @@ from eastkd.cli.options import echo_json
 @click.option("--device", default="auto", help="auto, cpu or cuda.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object (metrics, n_items, complexity, ...) instead of tables.")
+@store_access
 def command(run_dir: str, store: str, split: str, fold: int | None, device: str,
             as_json: bool) -> None:
     """Score the best student of RUN_DIR on SPLIT of STORE.

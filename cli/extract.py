@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from eastkd.cli.options import parse_key_values
+from eastkd.cli.options import parse_key_values, store_access
 
 RESAMPLER_NAMES = ["kaiser-best", "fast"]  # eastkd.pipeline.audio.RESAMPLERS (kept light here)
 
@@ -54,6 +54,11 @@ RESAMPLER_NAMES = ["kaiser-best", "fast"]  # eastkd.pipeline.audio.RESAMPLERS (k
                    "table and extracted again.")
 @click.option("--shard", default="0/1", metavar="I/N",
               help="Fill only unit u with u % N == I, so N processes can share one Zarr store.")
+@click.option("--dask", "dask_cluster", default=None, metavar="local:N|ADDRESS",
+              help="Run the units as tasks on a dask.distributed cluster: local:N starts N "
+                   "worker processes here, ADDRESS (tcp://host:8786) joins a running scheduler "
+                   "whose workers reach the audio and the store. Bit-identical to a run "
+                   "without it; a lost worker's units are run again.  [default: in-process]")
 @click.option("--chunk-items", type=click.IntRange(min=1), default=None, metavar="N",
               help="Cap items per chunk (a power of two) of the arrays this run creates; only "
                    "ever makes chunks smaller than the ~4 MB default, giving finer --shard and "
@@ -64,19 +69,21 @@ RESAMPLER_NAMES = ["kaiser-best", "fast"]  # eastkd.pipeline.audio.RESAMPLERS (k
 @click.option("--student-sr", type=click.IntRange(min=8000), default=16000,
               help="Sample rate of the student's log-mel input.")
 @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
+@store_access
 def command(dataset: str, store: str, teacher: str, teacher_opts: tuple[str, ...],
             weights: str | None, key: str | None, segment: float | None, crop: str, dtype: str,
             frames: bool, batch_size: int, batch_seconds: float | None, workers: int | None,
             resampler: str, device: str, on_error: str, overwrite: bool, rehash: bool,
-            shard: str, chunk_items: int | None, n_mels: int, student_sr: int,
-            progress: bool) -> None:
+            shard: str, dask_cluster: str | None, chunk_items: int | None, n_mels: int,
+            student_sr: int, progress: bool) -> None:
     """Run TEACHER once over DATASET and write embeddings and log-mel features into STORE.
 
     DATASET is a manifest (.csv/.jsonl with id, path, label or labels, split), a folder with
     one sub-folder per class, or NAME:PATH for a known dataset (esc50, mtat, fma-small).
-    STORE is a Zarr directory (*.zarr, default) or an HDF5 file (*.h5). Rerunning the same
-    command continues an interrupted run without recomputing finished chunks; a rerun reads no
-    audio for indexing (file hashes are cached by path, size and mtime).
+    STORE is a Zarr directory (*.zarr, default), an HDF5 file (*.h5), or a Zarr store at a URL
+    (s3://bucket/name.zarr, gs://..., with --storage-option). Rerunning the same command
+    continues an interrupted run without recomputing finished chunks; a rerun reads no audio
+    for indexing (file hashes are cached by path, size and mtime).
     """
     from eastkd.pipeline.extract import ExtractOptions, extract, parse_shard
     from eastkd.pipeline.features import LogMelParams
@@ -93,4 +100,9 @@ def command(dataset: str, store: str, teacher: str, teacher_opts: tuple[str, ...
         logmel=LogMelParams(sample_rate=student_sr, n_mels=n_mels,
                             f_max=min(8000.0, student_sr / 2)),
     )
-    print_extract_summary(extract(dataset, store, opts))
+    if dask_cluster:
+        from eastkd.pipeline.distributed import extract_distributed
+
+        print_extract_summary(extract_distributed(dataset, store, opts, dask_cluster))
+    else:
+        print_extract_summary(extract(dataset, store, opts))
