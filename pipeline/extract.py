@@ -220,6 +220,7 @@ def extract(dataset: str | DatasetSpec, store_path: str, opts: ExtractOptions) -
         raise EastkdError("--shard needs a Zarr store (HDF5 has no safe concurrent writers)")
     spec = resolve_dataset(dataset) if isinstance(dataset, str) else dataset
     teacher = load_teacher(opts.teacher, opts.teacher_options)
+    teacher.set_frames(opts.frames)
     device = resolve_device(opts.device)
     teacher.to(device)
     teacher.model.eval()
@@ -264,6 +265,7 @@ def _extract_into(store: Store, store_path: str, teacher: Teacher, device: torch
         attrs={"teacher": teacher.name, "weights_sha256": teacher.weights_sha256,
                "teacher_parameters": teacher.num_parameters, "sample_rate": teacher.sample_rate,
                "embedding_dim": teacher.embedding_dim, "frame_rate": teacher.frame_rate,
+               "frame_offset": teacher.frame_offset,
                "n_frames": t_frames, "pooling": teacher.pooling,
                "segment": segment.as_dict(), "eastkd_version": eastkd_version(),
                "dataset_fingerprint": store.dataset_fingerprint,
@@ -271,7 +273,7 @@ def _extract_into(store: Store, store_path: str, teacher: Teacher, device: torch
                                    "frames": opts.frames, "crop": opts.crop,
                                    "segment": segment.seconds, "on_error": opts.on_error,
                                    "device": device.type,
-                                   "autocast_float16": device.type == "cuda"}},
+                                   "autocast_float16": teacher.autocast_on(device)}},
         identity=identity, overwrite=opts.overwrite, max_chunk_items=opts.chunk_items,
     )
 
@@ -305,7 +307,7 @@ def _extract_into(store: Store, store_path: str, teacher: Teacher, device: torch
     audio_s = 0.0
     total = sum(e - s for s, e, _ in todo)
     bar = tqdm(total=total, desc=f"extract {key}", unit="clip", disable=not opts.progress)
-    autocast = device.type == "cuda"
+    autocast = teacher.autocast_on(device)
     try:
         blocks = iter(todo)
         buf: _BlockBuffer | None = None

@@ -29,7 +29,7 @@ FAST = {"frame_window_s": 0.25, "frame_hop_s": 0.25}  # keeps CPU time small
 @pytest.fixture(scope="module")
 def passt_teacher():
     torch.manual_seed(0)
-    return teachers.create("passt", random_init=True, **FAST)
+    return teachers.create("passt", random_init=True, frames=True, **FAST)
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +94,7 @@ def test_passt_random_fingerprint_follows_weights(passt_teacher):
 def test_passt_checkpoint_round_trip(passt_teacher, wave32k, tmp_path, monkeypatch):
     ckpt = tmp_path / "passt.pt"
     torch.save(passt_teacher.model.passt.net.state_dict(), ckpt)  # the release file's layout
-    loaded = teachers.create("passt", weights=str(ckpt), **FAST)
+    loaded = teachers.create("passt", weights=str(ckpt), frames=True, **FAST)
     assert loaded.weights_sha256 == file_sha256(str(ckpt)) != passt_teacher.weights_sha256
     a, b = passt_teacher(wave32k), loaded(wave32k)
     torch.testing.assert_close(a.clip, b.clip)
@@ -107,9 +107,13 @@ def test_passt_checkpoint_round_trip(passt_teacher, wave32k, tmp_path, monkeypat
     assert url.startswith("https://github.com/kkoutini/PaSST/releases/")
     (tmp_path / "home/hub/checkpoints").mkdir(parents=True)
     (tmp_path / "home/hub/checkpoints/passt-s-f128-p16-s10-ap.476-swa.pt").symlink_to(ckpt)
-    default = teachers.create("passt", frames=False)
-    assert default.weights_sha256 == loaded.weights_sha256 and default.frame_rate is None
-    torch.testing.assert_close(default(wave32k).clip, a.clip)
+    default = teachers.create("passt")  # frames only when asked
+    assert default.weights_sha256 == loaded.weights_sha256 and default.frame_rate == 2.0
+    plain = default(wave32k)
+    torch.testing.assert_close(plain.clip, a.clip)
+    assert plain.frames is None
+    default.set_frames(True)  # what extract --frames does
+    assert default(wave32k).frames.shape == (2, 2, 768)  # 1 s windows every 0.5 s
 
 
 def test_passt_missing_or_bad_checkpoint(tmp_path, monkeypatch):
