@@ -178,6 +178,7 @@ def mule_file(tmp_path):
 def test_mule_contract(mule_file):
     t = teachers.create("mule", weights=mule_file)
     assert (t.name, t.sample_rate, t.embedding_dim, t.frame_rate) == ("mule", 16000, 1728, 0.5)
+    assert t.frame_offset == 2.0  # first slice centred at mel frame 200 = 2 s
     assert t.weights_sha256 == file_sha256(mule_file)
     g = torch.Generator().manual_seed(2)
     out = t(0.1 * torch.randn(2, 5 * 16000, generator=g))
@@ -225,8 +226,10 @@ def test_mule_fingerprint_follows_the_file(mule_file, tmp_path):
 
 
 def test_mule_whole_pipeline_export(tmp_path):
-    t = mule_mod.mule(weights=_script(WaveNet(), tmp_path / "w.pt"), input="wave")
-    assert t.frame_rate == 0.5 and t.options == {"input": "wave", "frame_rate": 0.5}
+    t = mule_mod.mule(weights=_script(WaveNet(), tmp_path / "w.pt"), input="wave",
+                      frame_offset=1.0)  # WaveNet's frames: 2 s chunks, centred at 1, 3, 5 s
+    assert (t.frame_rate, t.frame_offset) == (0.5, 1.0)
+    assert t.options == {"input": "wave", "frame_rate": 0.5, "frame_offset": 1.0}
     out = t(torch.randn(2, 6 * 16000))
     assert out.frames.shape == (2, 3, 1728)
     torch.testing.assert_close(out.clip, out.frames.mean(dim=1))
