@@ -14,7 +14,9 @@ import click
               help="RUN_DIR for config.json, best.pt, last.pt, metrics.json, history.csv, "
                    "curves.png.")
 @click.option("--student", "-s", default="vgg",
-              help="Student architecture (vgg, mobilenet or any in the eastkd.students group).")
+              help="Student architecture: vgg, mobilenet, mobilefcn (EAsT's MagnaTagATune "
+                   "student, 0.31 M at width 16), cpresnet (receptive-field-regularised "
+                   "CP-ResNet, 5.5 M at width 16) or any in the eastkd.students group.")
 @click.option("--width", type=click.IntRange(min=1), default=16,
               help="Student width (channels of its first stage).")
 @click.option("--kd", type=click.Choice(["fitnet", "dc", "dc-unbiased", "none"]),
