@@ -278,6 +278,16 @@ def test_multi_label_store_with_folds(demo_manifest, tmp_path):
     assert ev["metrics"] == r.test_metrics
     assert 0.0 < ev["metrics"]["pr_auc"] <= 1.0 and 0.0 <= ev["metrics"]["roc_auc"] <= 1.0
     assert evaluate(str(tmp_path / "run"), str(store), fold=5)["n_items"] == 16
+    # compress --fold K fits on fold K's train items; distill refuses them for another fold
+    from eastkd.pipeline.compress.run import compress
+
+    compress(str(store), TEACHER, "learned", 8, name="l-f2", fold=2, epochs=5, plot=False,
+             progress=False)
+    with pytest.raises(EastkdError, match="targets/l-f2 was fitted on 16 items that are test "
+                                          "items of this run"):
+        distill(str(store), "l-f2", str(tmp_path / "leak"), kd="dc", fold=3, **FAST)
+    r = distill(str(store), "l-f2", str(tmp_path / "clean"), kd="dc", fold=2, **FAST)
+    assert r.n_items["train"] == 48
 
 
 def test_fold_needs_fold_column(demo_store_master, tmp_path):

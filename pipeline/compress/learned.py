@@ -40,6 +40,7 @@ class LearnedCompressor:
     """Linear teacher transformation trained through a linear probe on the task labels."""
 
     method = "learned"
+    uses_valid_rows = True  # early stopping: compress records which rows (run.py)
 
     def __init__(self, dim: int | float, whiten: bool = False, seed: int = 0, epochs: int = 100,
                  patience: int = 10, batch_size: int = 64, lr: float = 1e-3,

@@ -1,12 +1,12 @@
 """Small CNN students that learn from log-mel input and stored teacher targets.
 
 ``vgg`` and ``mobilenet`` are eastkd's small defaults; ``mobilefcn`` and ``cpresnet`` are the
-EAsT paper's students (MagnaTagATune and OpenMIC). All students map a log-mel batch (B, n_mels, T) to a :class:`StudentOutput`: the task logits,
-the clip-level feature vector of the last convolutional stage (the vector the distance loss
-regularises, as in EAsT) and that stage's frame-level map, so that frame-level teacher targets
-can be aligned in time. Inputs are normalised inside the model (a frozen per-mel-bin mean/std
-set from the training data, then a BatchNorm over mel bins), so a trained student is
-self-contained at inference.
+EAsT paper's students (MagnaTagATune and OpenMIC). All students map a log-mel batch
+(B, n_mels, T) to a :class:`StudentOutput`: the task logits, the clip-level feature vector of
+the last convolutional stage (the vector the distance loss regularises, as in EAsT) and that
+stage's frame-level map, so that frame-level teacher targets can be aligned in time. Inputs
+are normalised inside the model (a frozen per-mel-bin mean/std set from the training data,
+then a BatchNorm over mel bins), so a trained student is self-contained at inference.
 """
 
 from __future__ import annotations

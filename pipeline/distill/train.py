@@ -43,6 +43,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from eastkd.pipeline import registry
+from eastkd.pipeline.compress.run import check_fit_rows
 from eastkd.pipeline.device import resolve_device
 from eastkd.pipeline.distill.complexity import count_parameters
 from eastkd.pipeline.distill.data import (
@@ -310,6 +311,8 @@ def distill(store_path: str, targets: str | None, out_dir: str, *, student: str 
 
     with open_store(store_path, "r") as store:
         spec = resolve_targets(store, targets, frame_targets) if kd != "none" else None
+        if spec is not None:  # targets fitted on this run's valid/test items are a leak
+            check_fit_rows(store, spec.section, spec.attrs, fold)
         train = load_split(store, "train", spec, fold, memory_limit)
         valid = load_split(store, "valid", None, fold, memory_limit)
         test = load_split(store, "test", None, fold, memory_limit)

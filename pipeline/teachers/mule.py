@@ -10,8 +10,9 @@ centre reflect padding, 96 HTK mel bands 0-8 kHz, each filter scaled to unit L2 
 ``log10(10000 x + 1)`` -> 300-frame slices (3 s) centred every 200 frames (2 s) from frame 200
 on, centres clamped to [150, n_frames - 150] -> each slice standardised (mean 0, population std,
 std floored at 0.01) -> network -> one 1728-d embedding per slice. Frames are the slice
-embeddings (``frame_rate`` 0.5 Hz, ``frame_offset`` 2 s: MULE's timeline); the clip is their mean (MULE's
-``TimelineAverage``). MULE yields nothing for clips under 3 s; here they are zero-padded to 3 s.
+embeddings (``frame_rate`` 0.5 Hz, ``frame_offset`` 2 s: MULE's timeline); the clip is their
+mean (MULE's ``TimelineAverage``). MULE yields nothing for clips under 3 s; here they are
+zero-padded to 3 s.
 The front end always runs in float32 (under float16 autocast ``10000 * mel`` overflows); the
 exported network's float16 behaviour is unknown, so MULE is not ``autocast_safe``.
 
