@@ -146,4 +146,5 @@ def test_complexity_of_students(name: str) -> None:
     assert 1.7 < macs_long / macs_short < 2.2
     assert count_macs(model, torch.randn(2, 96, 100)) == 2 * macs_short
     ms = cpu_ms_per_clip(model, torch.randn(2, 96, 100), repeats=3, warmup=1)
-    assert math.isfinite(ms) and 0.0 < ms < 1000.0
+    # a sanity bound (the shared CPU may be busy): CP-ResNet is ~20x the MACs of the others
+    assert math.isfinite(ms) and 0.0 < ms < (20_000.0 if name == "cpresnet" else 1000.0)
