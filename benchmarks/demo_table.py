@@ -2,17 +2,52 @@
 bundled demo, mean ± std over seeds, evaluated on the demo's test split.
 
     python benchmarks/demo_table.py [--dir demo] [--seeds 0 1 2] [--epochs 30] [--teacher-linear]
+                                    [--dc-unbiased]
 
-Prints one JSON object (per-run metrics, mean and std per row), the `eastkd runs` table of
-these runs and the markdown table; the figures come from `eastkd runs` (each run's
+``--teacher-linear`` adds FitNet and DC with the jointly trained linear layer on the raw
+embeddings; ``--dc-unbiased`` adds the bias-corrected distance correlation on every target.
+For every KD run the table also reports the KD term on the last epoch's training batches
+(``train_kd``) and on a shuffled pairing of the same batches (``train_kd_shuffled``): when the
+two are close the term carries little signal.
+
+Prints one JSON object (per-run metrics, mean and std per row, KD terms), the `eastkd runs`
+table of these runs and the markdown table; the figures come from `eastkd runs` (each run's
 metrics.json: test metrics of its best epoch).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import statistics
 from pathlib import Path
+from typing import Any
+
+
+def _kd_terms(run_dir: Path) -> dict[str, float] | None:
+    """``train_kd`` and ``train_kd_shuffled`` of the run's last epoch (None without KD)."""
+    with open(run_dir / "history.csv", encoding="utf-8") as f:
+        last = list(csv.DictReader(f))[-1]
+    if not last.get("train_kd_shuffled"):
+        return None
+    return {"kd": float(last["train_kd"]), "kd_shuffled": float(last["train_kd_shuffled"])}
+
+
+def _extra_runs(args: argparse.Namespace, report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """(run name -> distill keyword arguments) of the optional rows."""
+    results = report["results"]
+    runs: dict[str, dict[str, Any]] = {}
+    if args.teacher_linear:  # the paper's extra linear layer, trained jointly on the raw targets
+        for kd in ("fitnet", "dc"):
+            runs[f"{kd}-raw+linear"] = {"targets": results["dc-raw"]["targets"], "kd": kd,
+                                        "teacher_linear": True,
+                                        "teacher_linear_dim": args.dim}
+    if args.dc_unbiased:
+        for label in ("raw", "pca", "learned"):
+            runs[f"dc-unbiased-{label}"] = {"targets": results[f"dc-{label}"]["targets"],
+                                            "kd": "dc-unbiased"}
+    return runs
 
 
 def main() -> None:
@@ -29,6 +64,8 @@ def main() -> None:
     ap.add_argument("--teacher-linear", action="store_true",
                     help="also train FitNet and DC with the jointly trained linear layer on the "
                          "raw embeddings (to --dim dims)")
+    ap.add_argument("--dc-unbiased", action="store_true",
+                    help="also train with the bias-corrected distance correlation on every target")
     args = ap.parse_args()
 
     settings = {f"{args.student}-d{args.dim}-e{args.epochs}-s{seed}" for seed in args.seeds}
@@ -36,20 +73,16 @@ def main() -> None:
         report = run_demo(Path(args.dir), DemoOptions(seed=seed, epochs=args.epochs,
                                                       student=args.student, dim=args.dim,
                                                       progress=False))
-        if args.teacher_linear:
-            # the paper's extra linear layer, trained jointly on the raw embeddings
-            setting = f"{args.student}-d{args.dim}-e{args.epochs}-s{seed}"
-            raw = report["results"]["dc-raw"]["targets"]
-            for kd in ("fitnet", "dc"):
-                run_dir = Path(args.dir) / "runs" / setting / f"{kd}-raw+linear"
-                if not (run_dir / "metrics.json").exists():
-                    distill(report["store"], raw, str(run_dir), kd=kd,
-                            teacher_linear=True, teacher_linear_dim=args.dim,
-                            student=args.student, epochs=args.epochs, seed=seed,
-                            progress=False, resume=(run_dir / "last.pt").exists())
+        setting = f"{args.student}-d{args.dim}-e{args.epochs}-s{seed}"
+        for run, kwargs in _extra_runs(args, report).items():
+            run_dir = Path(args.dir) / "runs" / setting / run
+            if not (run_dir / "metrics.json").exists():
+                distill(report["store"], out_dir=str(run_dir), student=args.student,
+                        epochs=args.epochs, seed=seed, progress=False,
+                        resume=(run_dir / "last.pt").exists(), **kwargs)
     # the table is `eastkd runs` over this invocation's runs: test metrics of each best epoch
-    table = runs_table(str(Path(args.dir) / "runs"),
-                       select=lambda rel: Path(rel).parts[0] in settings)
+    root = Path(args.dir) / "runs"
+    table = runs_table(str(root), select=lambda rel: Path(rel).parts[0] in settings)
     metric_name = "accuracy"
     rows = {}
     for s in table.settings:
@@ -57,14 +90,21 @@ def main() -> None:
         values = [r[f"test_{metric_name}"] for r in table.runs if r["run"] in s["runs"]]
         rows[name] = {"mean": s[f"test_{metric_name}"]["mean"],
                       "std": s[f"test_{metric_name}"]["std"], "values": values}
+        terms = [t for t in (_kd_terms(root / run) for run in s["runs"]) if t is not None]
+        if terms:
+            rows[name]["last_epoch_kd"] = terms
     print(json.dumps({"metric": metric_name, "split": "test", "seeds": args.seeds,
                       "epochs": args.epochs, "student": args.student, "dim": args.dim,
                       "rows": rows}, indent=2))
     print()
     print(render_text(table))
-    print(f"\n| run | test {metric_name} (mean ± std, {len(args.seeds)} seeds) |\n|---|---|")
+    print(f"\n| run | test {metric_name} (mean ± std, {len(args.seeds)} seeds) "
+          f"| KD term, last epoch: paired / shuffled |\n|---|---|---|")
     for run, r in rows.items():
-        print(f"| {run} | {r['mean']:.3f} ± {r['std']:.3f} |")
+        terms = r.get("last_epoch_kd")
+        kd = (" / ".join(f"{statistics.mean(t[k] for t in terms):.3f}"
+                         for k in ("kd", "kd_shuffled")) if terms else "—")
+        print(f"| {run} | {r['mean']:.3f} ± {r['std']:.3f} | {kd} |")
 
 
 if __name__ == "__main__":

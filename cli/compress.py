@@ -13,8 +13,10 @@ from eastkd.cli.options import store_access
               help="Embeddings to compress (a key shown by `eastkd info`).  "
                    "[default: the only one in the store]")
 @click.option("--method", default="pca", metavar="NAME",
-              help="Compressor: pca (unsupervised, streaming) or learned (linear map trained "
-                   "through a linear probe on the labels, Ding & Lerch 2024).")
+              help="Compressor: pca (unsupervised, streaming) or learned (a two-stage, offline "
+                   "teacher transformation: a linear map trained through a linear probe on the "
+                   "labels before distillation; the paper trains it jointly with the student, "
+                   "which is `distill --teacher-linear`).")
 @click.option("--dim", default="128", metavar="D",
               help="Output dimensions; for pca a fraction in (0, 1) keeps that share of the "
                    "train variance instead (e.g. 0.95).")
@@ -22,6 +24,11 @@ from eastkd.cli.options import store_access
               help="Targets name in the store.  [default: <key>-<method><dim>]")
 @click.option("--fit-split", default="train", help="Split whose items the compressor is fitted "
               "on (targets are written for every item).")
+@click.option("--fold", type=click.IntRange(1, 5), default=None,
+              help="Test fold K of a store with an items 'fold' column (ESC-50): fit on the "
+                   "train items of `distill --fold K` and early-stop on its valid items. "
+                   "distill refuses targets whose fit saw its valid or test items.  "
+                   "[default: the stored split]")
 @click.option("--whiten", is_flag=True, help="pca: scale components to unit train variance.")
 @click.option("--overwrite", is_flag=True,
               help="Replace existing targets of this name written with other settings.")
@@ -39,19 +46,21 @@ from eastkd.cli.options import store_access
 @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
 @store_access
 def command(store: str, key: str | None, method: str, dim: str, name: str | None,
-            fit_split: str, whiten: bool, overwrite: bool, plot_path: str | None, seed: int,
-            epochs: int, patience: int, dask_cluster: str | None, progress: bool) -> None:
+            fit_split: str, fold: int | None, whiten: bool, overwrite: bool,
+            plot_path: str | None, seed: int, epochs: int, patience: int,
+            dask_cluster: str | None, progress: bool) -> None:
     """Fit a compressor on STORE's embeddings and write targets/<name> into STORE.
 
     \b
     Examples:
       eastkd compress demo.zarr --method pca --dim 0.95
       eastkd compress demo.zarr --embeddings crepe-tiny --method learned --dim 64
+      eastkd compress esc50.zarr --method learned --dim 128 --fold 3 --name learned128-f3
     """
     from eastkd.pipeline.compress.run import compress
 
-    r = compress(store, key, method, dim, name=name, fit_split=fit_split, whiten=whiten,
-                 overwrite=overwrite, plot=plot_path, seed=seed, epochs=epochs,
+    r = compress(store, key, method, dim, name=name, fit_split=fit_split, fold=fold,
+                 whiten=whiten, overwrite=overwrite, plot=plot_path, seed=seed, epochs=epochs,
                  patience=patience, progress=progress, dask=dask_cluster)
     if r.explained_variance is not None:
         quality = f"explained variance {100 * r.explained_variance:.2f} %"
@@ -66,7 +75,8 @@ def command(store: str, key: str | None, method: str, dim: str, name: str | None
         ("embeddings", r.source),
         ("dims", f"{r.input_dim} -> {r.output_dim}"),
         ("quality", quality),
-        ("fit rows", f"{r.fit_rows} ({r.fit_split})"),
+        ("fit rows", f"{r.fit_rows} ({r.fit_split}"
+                     + (f", fold {r.fold} held out)" if r.fold is not None else ")")),
         ("items", f"{r.n_items}" + (f" ({r.skipped} skipped)" if r.skipped else "")),
         ("time", f"fit {r.fit_seconds:.2f} s, total {r.seconds:.2f} s"),
     ]

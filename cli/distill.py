@@ -16,17 +16,24 @@ from eastkd.cli.options import store_access
               help="RUN_DIR for config.json, best.pt, last.pt, metrics.json, history.csv, "
                    "curves.png.")
 @click.option("--student", "-s", default="vgg",
-              help="Student architecture (vgg, mobilenet or any in the eastkd.students group).")
+              help="Student architecture: vgg, mobilenet, mobilefcn (EAsT's MagnaTagATune "
+                   "student, 0.31 M at width 16), cpresnet (receptive-field-regularised "
+                   "CP-ResNet, 5.5 M at width 16) or any in the eastkd.students group.")
 @click.option("--width", type=click.IntRange(min=1), default=16,
               help="Student width (channels of its first stage).")
-@click.option("--kd", type=click.Choice(["fitnet", "dc", "none"]), default="fitnet",
-              help="Distance loss: FitNet (MSE after a learned regressor), distance correlation,"
-                   " or none (task loss only: the no-teacher baseline).")
+@click.option("--kd", type=click.Choice(["fitnet", "dc", "dc-unbiased", "none"]),
+              default="fitnet",
+              help="Distance loss: FitNet (MSE after a learned regressor), dc (distance "
+                   "correlation, EAsT's estimator: biased towards 1 in high dimensions), "
+                   "dc-unbiased (bias-corrected distance correlation, Székely & Rizzo 2014), "
+                   "or none (task loss only: the no-teacher baseline).")
 @click.option("--lambda", "lam", type=click.FloatRange(0.0, 1.0), default=0.6,
               help="Weight λ in L = (1-λ)·L_task + λ·L_kd (EAsT reference convention).")
 @click.option("--teacher-linear", is_flag=True,
-              help="Train a linear map on the targets jointly (with its own classifier and "
-                   "task loss); the student learns from the transformed targets.")
+              help="The compression paper's teacher transformation: a linear map on the targets "
+                   "trained jointly with the student (by its own classifier and task loss); the "
+                   "student learns from the transformed targets. (compress --method learned is "
+                   "the two-stage, offline variant.)")
 @click.option("--teacher-linear-dim", type=click.IntRange(min=1),
               help="Output size of --teacher-linear  [default: the targets' size]")
 @click.option("--frame-targets", is_flag=True,

@@ -75,9 +75,10 @@ class TargetsSpec:
         """How the student's features meet these targets in time (what the KD losses do)."""
         if self.frame_level:
             rate = self.attrs.get("frame_rate")
-            return ("frame-level: the student's last conv stage averaged over frequency and the "
-                    f"teacher frames ({rate} /s) each repeated by integer factors, then cut to "
-                    "the shorter length (EAsT)")
+            offset = self.attrs.get("frame_offset") or 0.0
+            return ("frame-level: the student's last conv stage averaged over frequency; each "
+                    f"of its frames takes the target frame ({rate} /s, first centred at "
+                    f"{offset} s) whose centre is nearest in time")
         return "clip-level: the student's last conv stage averaged over frequency and time"
 
     @property

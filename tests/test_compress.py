@@ -20,7 +20,14 @@ from sklearn.decomposition import PCA
 from eastkd.cli.main import cli
 from eastkd.pipeline.compress.learned import LearnedCompressor
 from eastkd.pipeline.compress.pca import PCACompressor
-from eastkd.pipeline.compress.run import compress, default_plot_path, parse_dim
+from eastkd.pipeline.compress.run import (
+    check_fit_rows,
+    compress,
+    default_plot_path,
+    parse_dim,
+    rows_fingerprint,
+)
+from eastkd.pipeline.datasets.esc50 import esc50_split_for_fold
 from eastkd.pipeline.registry import compressors
 from eastkd.store import (
     OK,
@@ -63,15 +70,17 @@ def synthetic(n: int, d: int, n_classes: int = 4, seed: int = 0, multi_label: bo
 def make_store(path: Path, x: np.ndarray, labels: np.ndarray, multi_label: bool = False,
                status: np.ndarray | None = None, errors: list[str] | None = None,
                key: str = KEY, units_written: int | None = None,
-               class_names: list[str] | None = None) -> str:
+               class_names: list[str] | None = None, splits: list[str] | None = None,
+               extra: dict[str, np.ndarray] | None = None) -> str:
     """A store whose embeddings/<key> holds ``x`` (written in whole units, status last)."""
     n = len(x)
     ids = [f"clip{i:05d}" for i in range(n)]
     items = ItemsTable(
         ids=ids, paths=[f"/data/{i}.wav" for i in ids],
         sha256=[hashlib.sha256(i.encode()).hexdigest() for i in ids],
-        durations=np.full(n, 1.0, np.float32), splits=[SPLIT_OF[i % 5] for i in range(n)],
-        labels=labels,
+        durations=np.full(n, 1.0, np.float32),
+        splits=splits or [SPLIT_OF[i % 5] for i in range(n)], labels=labels,
+        extra=dict(extra or {}),
         class_names=[f"c{j}" for j in range(labels.shape[1])] if class_names is None
         else class_names,
         multi_label=multi_label,
@@ -414,6 +423,83 @@ def test_zarr_and_hdf5_give_equal_targets(tmp_path: Path, method: str) -> None:
     assert aa["identity"] == ab["identity"]
 
 
+# ------------------------------------------------------------------------------------ folds
+
+
+def _fold_store(path: Path, test_fold: int | None = None) -> tuple[str, np.ndarray]:
+    """ESC-50-like: 500 items in folds 1-5 (``i % 5 + 1``), stored split = fold 5 test, fold 4
+    valid; with ``test_fold`` the stored split is that fold's and the fold column is dropped."""
+    x, labels = synthetic(500, 24, n_classes=4, seed=21, sep=0.6)
+    folds = np.arange(500) % 5 + 1
+    split_fold = test_fold or 5
+    splits = [esc50_split_for_fold(int(f), split_fold) for f in folds]
+    extra = {} if test_fold else {"fold": folds}
+    return make_store(path, x, labels, splits=splits, extra=extra), folds
+
+
+def test_compress_fold_fits_on_the_folds_distill_trains_on(tmp_path: Path) -> None:
+    path, folds = _fold_store(tmp_path / "f.zarr")
+    r = compress(path, KEY, "learned", 4, name="l-f3", fold=3, epochs=30, plot=False,
+                 progress=False)
+    _, _, attrs, params = read_targets(path, "l-f3")
+    train = np.flatnonzero(np.isin(folds, [1, 4, 5]))  # fold 3 test, fold 2 valid
+    assert r.fold == 3 and r.fit_rows == attrs["fit_rows"] == len(train) == 300
+    assert attrs["fold"] == 3 and attrs["fit_split"] == "train"
+    with open_store(path) as store:
+        assert attrs["fit_rows_sha256"] == rows_fingerprint(store, train)
+        assert attrs["valid_rows_sha256"] == rows_fingerprint(store, np.flatnonzero(folds == 2))
+    # the same fit as on a store whose stored split is fold 3's
+    same = _fold_store(tmp_path / "s.zarr", test_fold=3)[0]
+    compress(same, KEY, "learned", 4, name="l", epochs=30, plot=False, progress=False)
+    ref = read_targets(same, "l")[3]
+    for k in ("weight", "bias", "input_mean", "input_std"):
+        np.testing.assert_array_equal(params[k], ref[k])
+    # PCA early-stops on nothing: it records no valid rows
+    compress(path, KEY, "pca", 4, name="p-f3", fold=3, plot=False, progress=False)
+    assert read_targets(path, "p-f3")[2]["valid_rows_sha256"] is None
+    with pytest.raises(EastkdError, match="needs an items column 'fold'"):
+        compress(same, KEY, "pca", 4, name="p", fold=3, plot=False, progress=False)
+
+
+def test_targets_that_saw_a_runs_valid_or_test_items_are_refused(tmp_path: Path) -> None:
+    path, _ = _fold_store(tmp_path / "f.zarr")
+    compress(path, KEY, "learned", 4, name="stored", epochs=5, plot=False, progress=False)
+    compress(path, KEY, "learned", 4, name="f3", fold=3, epochs=5, plot=False, progress=False)
+    compress(path, KEY, "pca", 4, name="pca-f3", fold=3, plot=False, progress=False)
+    with open_store(path) as store:
+        def check(name: str, fold: int | None) -> None:
+            sec = store.targets(name)
+            check_fit_rows(store, sec.path, sec.attrs, fold)
+
+        check("stored", None)  # stored split = fold 5's: fine for fold 5
+        check("stored", 5)
+        check("f3", 3)
+        check("pca-f3", 3)
+        # the issue's README recipe: targets fitted on the stored split used for folds 1-4
+        for fold in (1, 2, 3):
+            with pytest.raises(EastkdError, match=rf"fitted on 100 items that are test items "
+                                                  rf"of this run \(compress fold None, "
+                                                  rf"distill fold {fold}\)"):
+                check("stored", fold)
+        with pytest.raises(EastkdError, match="fitted on 100 items that are valid items"):
+            check("stored", 4)  # fold 3 (fitted on) is fold 4's valid fold
+        with pytest.raises(EastkdError, match="valid items .*compress --fold 2"):
+            check("f3", 2)  # fold 3's fit rows (folds 1, 4, 5) hold fold 2's valid fold 1
+        # PCA of fold 3 against fold 4: its fit rows (folds 1, 4, 5) hold fold 4's test items
+        with pytest.raises(EastkdError, match="fitted on 100 items that are test items"):
+            check("pca-f3", 4)
+        # raw embeddings carry no fit: nothing to check
+        check_fit_rows(store, f"embeddings/{KEY}", store.embeddings(KEY).attrs, 2)
+    # the learned targets of fold 5 early-stop on fold 4: refused for a run testing on fold 4
+    compress(path, KEY, "learned", 4, name="f5", fold=5, epochs=5, plot=False, progress=False)
+    compress(path, KEY, "learned", 4, name="f4v", fold=4, fit_split="valid", epochs=5,
+             plot=False, progress=False)
+    with open_store(path) as store:
+        sec = store.targets("f4v")  # fitted on fold 3 = fold 4's valid items
+        with pytest.raises(EastkdError, match="fitted on 100 items that are valid items"):
+            check_fit_rows(store, sec.path, sec.attrs, 4)
+
+
 def test_registry_and_parse_dim() -> None:
     assert compressors.get("pca") is PCACompressor
     assert compressors.get("learned") is LearnedCompressor
@@ -451,4 +537,9 @@ def test_cli_prints_a_table_writes_a_png_and_fails_in_one_line(tmp_path: Path) -
     assert "Traceback" not in res.output
 
     res = runner.invoke(cli, ["compress", "--help"])
-    assert res.exit_code == 0 and "[default: <key>-<method><dim>]" in " ".join(res.output.split())
+    text = " ".join(res.output.split())
+    assert res.exit_code == 0 and "[default: <key>-<method><dim>]" in text
+    assert "two-stage, offline" in text and "--teacher-linear" in text and "--fold" in text
+
+    res = runner.invoke(cli, ["compress", path, "--dim", "4", "--fold", "2", "--no-progress"])
+    assert res.exit_code == 1 and "needs an items column 'fold'" in res.output

@@ -93,6 +93,12 @@ def test_dc_student_beats_chance(demo_store_master, tmp_path):
                 lr=2e-3, seed=0, progress=False)
     assert r.test_metrics["accuracy"] >= 0.5
     assert r.valid_metrics["accuracy"] >= 0.5
+    # the KD term on a shuffled pairing of the same batches: higher once the student follows
+    # its own items' targets, which shows the term carries signal
+    last = r.history[-1]
+    assert last["train_kd_shuffled"] > last["train_kd"] + 0.05
+    header = (tmp_path / "dc" / "history.csv").read_text().splitlines()[0].split(",")
+    assert "train_kd_shuffled" in header
 
 
 def test_targets_section_and_teacher_linear(demo_store, tmp_path):
@@ -120,7 +126,7 @@ def test_targets_section_and_teacher_linear(demo_store, tmp_path):
     assert teacher_loss[-1] < teacher_loss[0]  # the linear map learns the task from the targets
 
 
-@pytest.mark.parametrize("kd", ["fitnet", "dc"])
+@pytest.mark.parametrize("kd", ["fitnet", "dc", "dc-unbiased"])
 def test_frame_level_targets_are_aligned_in_time(demo_store_master, tmp_path, kd):
     """Raw frame embeddings (N x T x D) as targets: the run trains, and config.json records the
     frame-level alignment used by the losses."""
@@ -131,7 +137,8 @@ def test_frame_level_targets_are_aligned_in_time(demo_store_master, tmp_path, kd
     cfg = json.loads((tmp_path / kd / "config.json").read_text())
     t = cfg["targets"]
     assert t["array"] == "frames" and t["frame_level"] and t["dim"] == frames_shape[2]
-    assert "frame-level" in t["alignment"] and "repeated" in t["alignment"]
+    assert "frame-level" in t["alignment"] and "nearest in time" in t["alignment"]
+    assert t["attrs"]["frame_rate"] == 10.0 and t["attrs"]["frame_offset"] == 0.0  # hop 100 ms
     kd_losses = [h["train_kd"] for h in r.history]
     assert all(np.isfinite(kd_losses)) and kd_losses[-1] < kd_losses[0]
     # clip-level runs record the time-averaged alignment instead
@@ -273,6 +280,16 @@ def test_multi_label_store_with_folds(demo_manifest, tmp_path):
     assert ev["metrics"] == r.test_metrics
     assert 0.0 < ev["metrics"]["pr_auc"] <= 1.0 and 0.0 <= ev["metrics"]["roc_auc"] <= 1.0
     assert evaluate(str(tmp_path / "run"), str(store), fold=5)["n_items"] == 16
+    # compress --fold K fits on fold K's train items; distill refuses them for another fold
+    from eastkd.pipeline.compress.run import compress
+
+    compress(str(store), TEACHER, "learned", 8, name="l-f2", fold=2, epochs=5, plot=False,
+             progress=False)
+    with pytest.raises(EastkdError, match="targets/l-f2 was fitted on 16 items that are test "
+                                          "items of this run"):
+        distill(str(store), "l-f2", str(tmp_path / "leak"), kd="dc", fold=3, **FAST)
+    r = distill(str(store), "l-f2", str(tmp_path / "clean"), kd="dc", fold=2, **FAST)
+    assert r.n_items["train"] == 48
 
 
 def test_fold_needs_fold_column(demo_store_master, tmp_path):

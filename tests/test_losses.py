@@ -13,8 +13,12 @@ import torch.nn.functional as F
 from eastkd.pipeline.distill.losses import (
     DistanceCorrelationLoss,
     FitNetLoss,
+    FrameTiming,
+    TimeAlignment,
+    UnbiasedDistanceCorrelationLoss,
     align_time,
     distance_correlation,
+    unbiased_distance_correlation,
 )
 from eastkd.pipeline.registry import losses
 from eastkd.store.errors import EastkdError
@@ -93,21 +97,64 @@ def test_dcor_batched_over_leading_dims_and_constant_batch() -> None:
     assert distance_correlation(torch.ones(4, 3), torch.randn(4, 2)).item() == pytest.approx(0.0)
 
 
-def test_align_time() -> None:
+def test_align_time_without_timing_spans_the_clip_evenly() -> None:
     s = torch.arange(12.0).view(1, 12, 1)
     t = torch.tensor([[[10.0], [20.0], [30.0]]])
     s2, t2 = align_time(s, t)
     assert torch.equal(s2, s)
     assert t2.flatten().tolist() == [10.0] * 4 + [20.0] * 4 + [30.0] * 4
-    # 5 vs 2: teacher frames repeated 3x (6 frames), cut to 5.
+    # 5 vs 2: student centres 0.1 .. 0.9 of the clip, teacher centres 0.25 and 0.75.
     s2, t2 = align_time(torch.zeros(2, 5, 3), torch.tensor([[[1.0], [2.0]]] * 2))
     assert s2.shape == (2, 5, 3) and t2.shape == (2, 5, 1)
-    assert t2[0].flatten().tolist() == [1.0, 1.0, 1.0, 2.0, 2.0]
-    # Student shorter: 2 vs 7 -> student repeated 4x (8), both cut to 7.
-    s2, t2 = align_time(torch.tensor([[[1.0], [2.0]]]), torch.zeros(1, 7, 4))
-    assert s2.flatten().tolist() == [1.0] * 4 + [2.0] * 3 and t2.shape == (1, 7, 4)
+    assert t2[0].flatten().tolist() == [1.0, 1.0, 2.0, 2.0, 2.0]  # 0.5 ties to the later
+    # Student shorter: 2 vs 7 -> each student frame takes the teacher frame at its centre.
+    s2, t2 = align_time(torch.tensor([[[1.0], [2.0]]]), torch.arange(7.0).view(1, 7, 1))
+    assert s2.flatten().tolist() == [1.0, 2.0] and t2.flatten().tolist() == [1.0, 5.0]
     with pytest.raises(EastkdError):
         align_time(torch.zeros(2, 3), torch.zeros(2, 3, 1))
+
+
+def _nearest_by_search(student_centres: list[float], teacher_centres: list[float]) -> list[int]:
+    """Index of the nearest teacher centre per student centre, by exhaustive search."""
+    return [min(range(len(teacher_centres)), key=lambda k: (abs(c - teacher_centres[k]), -k))
+            for c in student_centres]
+
+
+def test_align_time_pairs_a_2hz_teacher_with_a_50hz_student_by_time() -> None:
+    # 10 s clip: 501 log-mel frames at 50 /s (centre of frame j: j * 0.02 s);
+    # teacher frames at 2 Hz centred at 0, 0.5, ..., 10 s (PaSST's timestamp embeddings).
+    n_in, n_t = 501, 21
+    timing = TimeAlignment(FrameTiming(50.0), n_in, FrameTiming(2.0))
+    teacher = torch.arange(float(n_t)).view(1, n_t, 1).expand(3, n_t, 1)
+    s, t = align_time(torch.zeros(3, n_in, 4), teacher, timing)  # a stride-1 student
+    paired = t[0, :, 0].long().tolist()
+    assert paired == _nearest_by_search([j * 0.02 for j in range(n_in)],
+                                        [k * 0.5 for k in range(n_t)])
+    assert paired[12] == 0 and paired[13] == 1  # 0.24 s -> 0 s; 0.26 s -> 0.5 s
+    assert paired[-1] == 20 and s.shape == (3, n_in, 4) and t.shape == (3, n_in, 1)
+    # A stride-8 student (VGG): its frame j covers input frames 8j..8j+7, centre (8j + 3.5) / 50.
+    n_s = math.ceil(n_in / 8)
+    _, t = align_time(torch.zeros(1, n_s, 4), teacher[:1], timing)
+    stride = n_in / n_s
+    centres = [(stride * j + 0.5 * (stride - 1)) / 50 for j in range(n_s)]
+    assert t[0, :, 0].long().tolist() == _nearest_by_search(centres, [k * 0.5 for k in range(n_t)])
+
+
+def test_align_time_uses_the_teacher_offset() -> None:
+    # MULE: 0.5 Hz frames centred from 2 s on; 29 s at 50 /s. Student time 0-3 s takes frame 0.
+    n_in = 1451
+    timing = TimeAlignment(FrameTiming(50.0), n_in, FrameTiming(0.5, 2.0))
+    teacher = torch.arange(14.0).view(1, 14, 1)
+    _, t = align_time(torch.zeros(1, n_in, 2), teacher, timing)
+    paired = t[0, :, 0].long().tolist()
+    assert set(paired[:150]) == {0}  # 0 .. 2.98 s: nearest centre is 2 s
+    assert paired[151] == 1  # 3.02 s: nearer 4 s than 2 s
+    assert paired == _nearest_by_search([j / 50 for j in range(n_in)],
+                                        [2.0 + 2.0 * k for k in range(14)])
+    # count-based repetition (the EAsT reference) would pair 0-2 s with frame 0 as well, but
+    # student time 26-29 s with frame 13 at 28 s only by accident of the counts; by time the
+    # last student frame (29 s) takes frame 13 (28 s): the nearest, never one past the end.
+    assert paired[-1] == 13
 
 
 def test_dc_loss_frame_level_is_mean_over_frames() -> None:
@@ -154,7 +201,7 @@ def test_fitnet_projects_to_target_dim_per_frame() -> None:
         fit(torch.randn(2, 4), torch.randn(2, 5))
 
 
-@pytest.mark.parametrize("name", ["fitnet", "dc"])
+@pytest.mark.parametrize("name", ["fitnet", "dc", "dc-unbiased"])
 @pytest.mark.parametrize("frames", [False, True])
 def test_gradients_reach_student_features(name: str, frames: bool) -> None:
     torch.manual_seed(3)
@@ -177,3 +224,67 @@ def test_gradients_reach_student_features(name: str, frames: bool) -> None:
 def test_mismatched_batches_raise() -> None:
     with pytest.raises(EastkdError, match="batch sizes differ"):
         DistanceCorrelationLoss()(torch.randn(4, 3), torch.randn(5, 3))
+
+
+# ------------------------------------------------- bias-corrected distance correlation
+
+
+def dcor_u_numpy(x: np.ndarray, y: np.ndarray) -> float:
+    """R*(x, y) of Székely & Rizzo (2014) straight from the paper's formulas, O(n^2) numpy."""
+    n = len(x)
+
+    def u_centred(z: np.ndarray) -> np.ndarray:
+        a = np.sqrt(((z[:, None, :] - z[None, :, :]) ** 2).sum(-1))
+        u = (a - a.sum(1, keepdims=True) / (n - 2) - a.sum(0, keepdims=True) / (n - 2)
+             + a.sum() / ((n - 1) * (n - 2)))
+        np.fill_diagonal(u, 0.0)
+        return u
+
+    a, b = u_centred(x), u_centred(y)
+
+    def dot(u: np.ndarray, v: np.ndarray) -> float:
+        return float((u * v).sum() / (n * (n - 3)))
+
+    return dot(a, b) / math.sqrt(dot(a, a) * dot(b, b))
+
+
+def test_unbiased_dcor_matches_reference_implementations() -> None:
+    import dcor
+
+    rng = np.random.default_rng(4)
+    for p, q in ((3, 5), (128, 256)):
+        x, y = rng.normal(size=(16, p)), rng.normal(size=(16, q))
+        y[:, 0] += 3 * x[:, 0]
+        expected = dcor_u_numpy(x, y)
+        assert expected == pytest.approx(dcor.u_distance_correlation_sqr(x, y), abs=1e-10)
+        got = unbiased_distance_correlation(t64(x), t64(y), eps=0.0, dcor_eps=0.0).item()
+        assert got == pytest.approx(expected, abs=1e-10)
+        # the reference epsilons move it only negligibly
+        assert unbiased_distance_correlation(t64(x), t64(y)).item() == pytest.approx(
+            expected, abs=1e-5)
+
+
+def test_unbiased_dcor_is_near_0_for_independent_and_1_for_linear_features() -> None:
+    rng = np.random.default_rng(5)
+    unbiased, biased = [], []
+    for _ in range(50):  # batch 16, 128-d student against 256-d independent targets
+        x, y = t64(rng.normal(size=(16, 128))), t64(rng.normal(size=(16, 256)))
+        unbiased.append(unbiased_distance_correlation(x, y).item())
+        biased.append(distance_correlation(x, y).item())
+    assert abs(np.mean(unbiased)) < 0.05 and max(abs(v) for v in unbiased) < 0.5
+    assert np.mean(biased) > 0.95  # the EAsT estimator reads "almost 1" for unrelated batches
+    x = rng.normal(size=(16, 128))
+    q = np.linalg.qr(rng.normal(size=(256, 128)))[0]  # (256, 128) orthonormal columns
+    y = -2.0 * x @ q.T + 1.0  # a similarity map into 256-d
+    assert unbiased_distance_correlation(t64(x), t64(y)).item() == pytest.approx(1.0, abs=1e-6)
+    loss = losses.create("dc-unbiased", 128, 256)
+    assert isinstance(loss, UnbiasedDistanceCorrelationLoss)
+    assert loss(t64(x), t64(y)).item() == pytest.approx(0.0, abs=1e-6)
+    assert loss(t64(x), t64(rng.normal(size=(16, 256)))).item() > 0.5
+
+
+def test_unbiased_dcor_needs_four_items() -> None:
+    with pytest.raises(EastkdError, match="at least 4 items"):
+        unbiased_distance_correlation(torch.randn(3, 2), torch.randn(3, 2))
+    s = torch.randn(3, 4, requires_grad=True)  # a short last batch: no signal, no error
+    assert UnbiasedDistanceCorrelationLoss()(s, torch.randn(3, 5)).item() == 0.0

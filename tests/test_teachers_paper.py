@@ -29,7 +29,7 @@ FAST = {"frame_window_s": 0.25, "frame_hop_s": 0.25}  # keeps CPU time small
 @pytest.fixture(scope="module")
 def passt_teacher():
     torch.manual_seed(0)
-    return teachers.create("passt", random_init=True, **FAST)
+    return teachers.create("passt", random_init=True, frames=True, **FAST)
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +94,7 @@ def test_passt_random_fingerprint_follows_weights(passt_teacher):
 def test_passt_checkpoint_round_trip(passt_teacher, wave32k, tmp_path, monkeypatch):
     ckpt = tmp_path / "passt.pt"
     torch.save(passt_teacher.model.passt.net.state_dict(), ckpt)  # the release file's layout
-    loaded = teachers.create("passt", weights=str(ckpt), **FAST)
+    loaded = teachers.create("passt", weights=str(ckpt), frames=True, **FAST)
     assert loaded.weights_sha256 == file_sha256(str(ckpt)) != passt_teacher.weights_sha256
     a, b = passt_teacher(wave32k), loaded(wave32k)
     torch.testing.assert_close(a.clip, b.clip)
@@ -107,9 +107,13 @@ def test_passt_checkpoint_round_trip(passt_teacher, wave32k, tmp_path, monkeypat
     assert url.startswith("https://github.com/kkoutini/PaSST/releases/")
     (tmp_path / "home/hub/checkpoints").mkdir(parents=True)
     (tmp_path / "home/hub/checkpoints/passt-s-f128-p16-s10-ap.476-swa.pt").symlink_to(ckpt)
-    default = teachers.create("passt", frames=False)
-    assert default.weights_sha256 == loaded.weights_sha256 and default.frame_rate is None
-    torch.testing.assert_close(default(wave32k).clip, a.clip)
+    default = teachers.create("passt")  # frames only when asked
+    assert default.weights_sha256 == loaded.weights_sha256 and default.frame_rate == 2.0
+    plain = default(wave32k)
+    torch.testing.assert_close(plain.clip, a.clip)
+    assert plain.frames is None
+    default.set_frames(True)  # what extract --frames does
+    assert default(wave32k).frames.shape == (2, 2, 768)  # 1 s windows every 0.5 s
 
 
 def test_passt_missing_or_bad_checkpoint(tmp_path, monkeypatch):
@@ -174,6 +178,7 @@ def mule_file(tmp_path):
 def test_mule_contract(mule_file):
     t = teachers.create("mule", weights=mule_file)
     assert (t.name, t.sample_rate, t.embedding_dim, t.frame_rate) == ("mule", 16000, 1728, 0.5)
+    assert t.frame_offset == 2.0  # first slice centred at mel frame 200 = 2 s
     assert t.weights_sha256 == file_sha256(mule_file)
     g = torch.Generator().manual_seed(2)
     out = t(0.1 * torch.randn(2, 5 * 16000, generator=g))
@@ -221,8 +226,10 @@ def test_mule_fingerprint_follows_the_file(mule_file, tmp_path):
 
 
 def test_mule_whole_pipeline_export(tmp_path):
-    t = mule_mod.mule(weights=_script(WaveNet(), tmp_path / "w.pt"), input="wave")
-    assert t.frame_rate == 0.5 and t.options == {"input": "wave", "frame_rate": 0.5}
+    t = mule_mod.mule(weights=_script(WaveNet(), tmp_path / "w.pt"), input="wave",
+                      frame_offset=1.0)  # WaveNet's frames: 2 s chunks, centred at 1, 3, 5 s
+    assert (t.frame_rate, t.frame_offset) == (0.5, 1.0)
+    assert t.options == {"input": "wave", "frame_rate": 0.5, "frame_offset": 1.0}
     out = t(torch.randn(2, 6 * 16000))
     assert out.frames.shape == (2, 3, 1728)
     torch.testing.assert_close(out.clip, out.frames.mean(dim=1))

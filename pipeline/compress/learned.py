@@ -1,5 +1,7 @@
-"""The learned teacher transformation of Ding & Lerch (2024): a linear map D -> d trained with
-the target task's labels through a linear classifier d -> C.
+"""The learned teacher transformation of Ding & Lerch (2024), fitted in two stages: a linear map
+D -> d trained offline, before distillation, with the target task's labels through a linear
+classifier d -> C; the targets are then fixed. (The paper trains the transformation jointly with
+the student: that is ``distill --teacher-linear``.)
 
 Only the map and the classifier are trained; the teacher embeddings are fixed inputs read from
 the store and streamed in batches through :mod:`eastkd.pipeline.reading` (held in memory only
@@ -7,7 +9,8 @@ while the split fits ``memory_limit``). Inputs are standardised with the fit spl
 std (streaming float64 moments). Training uses AdamW on minibatches (CPU, seeded: the same call
 gives the same weights), cross-entropy for single-label
 and BCE-with-logits for multi-label data, and stops early on the validation split (accuracy, or
-macro mAP for multi-label), keeping the best epoch's weights. The targets are the map's outputs.
+mAP for multi-label: :func:`eastkd.pipeline.metrics.multilabel_scores`), keeping the best
+epoch's weights. The targets are the map's outputs.
 """
 
 from __future__ import annotations
@@ -21,28 +24,16 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from eastkd.pipeline.metrics import multilabel_scores
 from eastkd.pipeline.reading import DEFAULT_MEMORY_LIMIT, RowStream
 from eastkd.store import EastkdError, ItemsTable, StoreArray
-
-
-def multilabel_scores(y: np.ndarray, scores: np.ndarray) -> dict[str, float]:
-    """Macro ROC-AUC and mAP over the classes where they are defined (NaN if none is)."""
-    from sklearn.metrics import average_precision_score, roc_auc_score
-
-    pos = y.sum(axis=0)
-    has_pos = pos > 0
-    both = has_pos & (pos < len(y))
-    auc = float(roc_auc_score(y[:, both], scores[:, both], average="macro")) \
-        if both.any() else math.nan
-    ap = float(average_precision_score(y[:, has_pos], scores[:, has_pos], average="macro")) \
-        if has_pos.any() else math.nan
-    return {"roc_auc": auc, "map": ap}
 
 
 class LearnedCompressor:
     """Linear teacher transformation trained through a linear probe on the task labels."""
 
     method = "learned"
+    uses_valid_rows = True  # early stopping: compress records which rows (run.py)
 
     def __init__(self, dim: int | float, whiten: bool = False, seed: int = 0, epochs: int = 100,
                  patience: int = 10, batch_size: int = 64, lr: float = 1e-3,

@@ -31,6 +31,7 @@ class PCACompressor:
     """
 
     method = "pca"
+    uses_valid_rows = False  # unsupervised: fitted on the fit rows alone
 
     def __init__(self, dim: int | float, whiten: bool = False, **_unused: Any) -> None:
         if isinstance(dim, float) and not 0.0 < dim < 1.0:

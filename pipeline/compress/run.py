@@ -3,13 +3,23 @@
 ``targets/<name>`` gets an item-aligned ``values`` array (N x d float32), a status copied from
 the embeddings (skipped items stay skipped), the fitted parameters under ``params/`` and
 provenance attributes chained to the embeddings' own (teacher weights sha256 and the dataset
-fingerprint). The embeddings are only read. A name re-used with other settings is refused unless
-``overwrite``; a rerun with the same settings on unchanged embeddings reuses the finished
-targets (and redraws the plot) instead of fitting again.
+fingerprint). The embeddings are only read.
+
+Fitting uses exactly the rows distill trains on: ``fit_split`` under the stored split, or under
+``fold`` K re-derived the way ``distill --fold K`` derives it (one function:
+``reading.item_splits``), with valid rows of the same derivation for early stopping. The
+targets record ``fold``, ``fit_split`` and sha256 fingerprints of the item ids fitted on
+(``fit_rows_sha256``) and early-stopped on (``valid_rows_sha256``); :func:`check_fit_rows`
+(called by distill) refuses targets whose fit saw the run's valid or test items.
+
+A name re-used with other settings is refused unless ``overwrite``; a rerun with the same
+settings on unchanged embeddings reuses the finished targets (and redraws the plot) instead of
+fitting again.
 
 A compressor (entry point group ``eastkd.compressors``) is a class built as
 ``cls(dim, whiten=..., seed=..., epochs=..., patience=...)`` (ignoring options it does not use)
 with ``identity()``, ``fit(source, rows, items, valid_rows, progress)``, ``out_dim``,
+``uses_valid_rows`` (whether ``fit`` early-stops on ``valid_rows``; assumed when absent),
 ``transform(x)``, ``params()``, ``summary()`` and a static ``plot(fig, attrs, params)``.
 """
 
@@ -28,6 +38,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from eastkd.pipeline import registry
+from eastkd.pipeline.reading import item_splits
 from eastkd.store import (
     OK,
     SKIPPED,
@@ -56,6 +67,7 @@ class CompressResult:
     input_dim: int
     output_dim: int
     fit_split: str
+    fold: int | None
     fit_rows: int
     n_items: int
     skipped: int
@@ -133,17 +145,58 @@ def _source(store: Store, key: str | None) -> tuple[str, Section]:
     return key, emb
 
 
-def _split_rows(store: Store, status: np.ndarray, split: str) -> np.ndarray:
-    rows = store.items.split_indices(split)
-    return rows[status[rows] == OK]
+def fit_rows(store: Store, status: np.ndarray, split: str, fold: int | None) -> np.ndarray:
+    """The rows of ``split`` under ``fold`` as distill derives them (``item_splits``), with
+    embeddings OK: distill's rows of that split (it also drops unlabelled items; the learned
+    compressor ignores those too)."""
+    return np.flatnonzero((item_splits(store, fold) == split) & (status == OK))
+
+
+def rows_fingerprint(store: Store, rows: np.ndarray | None) -> str | None:
+    """sha256 of the item ids of ``rows`` (None for no rows)."""
+    if rows is None:
+        return None
+    ids = store.items.ids
+    return _sha([ids[int(r)] for r in rows])
+
+
+def check_fit_rows(store: Store, section: str, attrs: dict[str, Any], fold: int | None) -> None:
+    """Refuse targets whose fit saw a valid or test item of a distill run with ``fold``.
+
+    The rows fitted on are re-derived from the targets' ``fit_split`` and ``fold`` (and their
+    fingerprint checked); raw embeddings and targets without ``fit_split`` pass.
+    """
+    if not section.startswith("targets/") or "fit_split" not in attrs:
+        return
+    status = store.section(*section.split("/", 1)).status()
+    fit_fold, fit_split = attrs.get("fold"), attrs["fit_split"]
+    fitted = fit_rows(store, status, fit_split, fit_fold)
+    recorded = attrs.get("fit_rows_sha256")
+    if recorded is not None and recorded != rows_fingerprint(store, fitted):
+        raise EastkdError(f"{section}: the rows it was fitted on no longer match this store's "
+                          "items; fit it again with `eastkd compress --overwrite`")
+    # (rows, use, the run's splits they must not touch): early stopping on valid is intended
+    seen = [(fitted, "fitted on", ("test", "valid"))]
+    if attrs.get("valid_rows_sha256") is not None:
+        seen.append((fit_rows(store, status, "valid", fit_fold), "early-stopped on", ("test",)))
+    run_splits = item_splits(store, fold)
+    for rows, use, forbidden in seen:
+        for split in forbidden:
+            n = int((run_splits[rows] == split).sum())
+            if n:
+                raise EastkdError(
+                    f"{section} was {use} {n} items that are {split} items of this run "
+                    f"(compress fold {fit_fold}, distill fold {fold}); fit targets for this "
+                    f"fold: eastkd compress --fold {fold} --name NAME")
 
 
 def compress(store_path: str, embeddings_key: str | None, method: str, dim: int | float | str,
              name: str | None = None, fit_split: str = "train", whiten: bool = False,
              overwrite: bool = False, plot: str | None | bool = None, seed: int = 0,
-             epochs: int = 100, patience: int = 10, progress: bool = True,
-             dask: Any = None) -> CompressResult:
-    """Fit ``method`` on ``embeddings/<key>`` (``fit_split`` rows) and write ``targets/<name>``.
+             epochs: int = 100, patience: int = 10, fold: int | None = None,
+             progress: bool = True, dask: Any = None) -> CompressResult:
+    """Fit ``method`` on ``embeddings/<key>`` (``fit_split`` rows, under ``fold`` K when given:
+    the splits of ``distill --fold K``) and write ``targets/<name>``.
 
     ``plot`` is a PNG path, None for ``<store>.<name>.png`` beside the store, or False for none.
     ``dask`` (``local:N``, a scheduler address or a Client) fits PCA on that cluster.
@@ -164,11 +217,11 @@ def compress(store_path: str, embeddings_key: str | None, method: str, dim: int 
             raise EastkdError(f"--dim {dim} is larger than the {d_in}-d embeddings {key!r}; "
                               f"choose at most {d_in}")
         status = emb.status()
-        splits = sorted(set(store.items.splits))
+        splits = sorted(set(item_splits(store, fold)))
         if fit_split not in splits:
             raise EastkdError(f"--fit-split {fit_split!r}: no such split in {store_path} "
                               f"(have: {', '.join(splits)})")
-        rows = _split_rows(store, status, fit_split)
+        rows = fit_rows(store, status, fit_split, fold)
         if rows.size == 0:
             raise EastkdError(f"--fit-split {fit_split!r}: no item of it has embeddings "
                               f"{key!r} (all skipped); choose another split")
@@ -185,6 +238,7 @@ def compress(store_path: str, embeddings_key: str | None, method: str, dim: int 
             "dataset_fingerprint": store.dataset_fingerprint,
             "method": method,
             "fit_split": fit_split,
+            **({"fold": fold} if fold is not None else {}),
             "whiten": bool(whiten),
             **comp.identity(),
         })
@@ -198,7 +252,7 @@ def compress(store_path: str, embeddings_key: str | None, method: str, dim: int 
                 return _reuse(store, old, cls, plot, t0, store_path, name)
 
         tf = time.perf_counter()
-        valid_rows = _split_rows(store, status, "valid") if fit_split != "valid" else None
+        valid_rows = fit_rows(store, status, "valid", fold) if fit_split != "valid" else None
         if dask is not None:
             from eastkd.pipeline.compress.pca_dask import fit_on_cluster
 
@@ -219,7 +273,11 @@ def compress(store_path: str, embeddings_key: str | None, method: str, dim: int 
             "dataset_fingerprint": store.dataset_fingerprint,
             "fingerprint": _sha(identity),
             "fit_split": fit_split,
+            "fold": fold,
             "fit_rows": int(summary.get("fit_rows", rows.size)),
+            "fit_rows_sha256": rows_fingerprint(store, rows),
+            "valid_rows_sha256": rows_fingerprint(store, valid_rows)
+            if getattr(comp, "uses_valid_rows", True) else None,
             "input_dim": d_in,
             "dim": d_out,
             "whiten": bool(whiten),
@@ -288,7 +346,8 @@ def _result(store_path: str, name: str, attrs: dict[str, Any], n_items: int, ski
     return CompressResult(
         store=store_path, name=name, method=attrs["method"], source=attrs["source"],
         input_dim=int(attrs["input_dim"]), output_dim=int(attrs["dim"]),
-        fit_split=attrs["fit_split"], fit_rows=int(attrs["fit_rows"]), n_items=n_items,
+        fit_split=attrs["fit_split"], fold=attrs.get("fold"), fit_rows=int(attrs["fit_rows"]),
+        n_items=n_items,
         skipped=skipped, fit_seconds=fit_seconds, seconds=time.perf_counter() - t0,
         explained_variance=attrs.get("explained_variance"),
         metric=probe.get("name"), metric_value=probe.get("value"),

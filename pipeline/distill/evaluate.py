@@ -14,11 +14,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import accuracy_score, average_precision_score, f1_score, roc_auc_score
+from sklearn.metrics import accuracy_score, f1_score
 
 from eastkd.pipeline import registry
 from eastkd.pipeline.device import resolve_device
 from eastkd.pipeline.distill.complexity import count_macs, count_parameters, cpu_ms_per_clip
+from eastkd.pipeline.metrics import multilabel_scores
 from eastkd.pipeline.reading import FEATURES, SplitData, load_split
 from eastkd.store import EastkdError, Store, StoreMismatchError, open_store
 
@@ -32,8 +33,8 @@ def selection_metric(multi_label: bool) -> str:
 
 
 def compute_metrics(logits: np.ndarray, labels: np.ndarray, multi_label: bool) -> dict[str, float]:
-    """Single-label: accuracy and macro-F1. Multi-label: macro ROC-AUC and PR-AUC (= mAP) over
-    the classes that have both positive and negative items in ``labels``."""
+    """Single-label: accuracy and macro-F1. Multi-label: macro ROC-AUC and PR-AUC (= mAP), as
+    defined once in :func:`eastkd.pipeline.metrics.multilabel_scores`."""
     logits = np.asarray(logits, dtype=np.float64)
     labels = np.asarray(labels)
     if len(labels) == 0:
@@ -44,14 +45,8 @@ def compute_metrics(logits: np.ndarray, labels: np.ndarray, multi_label: bool) -
         return {"accuracy": float(accuracy_score(labels, pred)),
                 "macro_f1": float(f1_score(labels, pred, labels=classes, average="macro",
                                            zero_division=0))}
-    pos = labels.sum(axis=0)
-    keep = (pos > 0) & (pos < len(labels))
-    if not keep.any():
-        return {"roc_auc": float("nan"), "pr_auc": float("nan")}
-    scores = 1.0 / (1.0 + np.exp(-logits[:, keep]))
-    y = labels[:, keep]
-    return {"roc_auc": float(roc_auc_score(y, scores, average="macro")),
-            "pr_auc": float(average_precision_score(y, scores, average="macro"))}
+    s = multilabel_scores(labels, logits)  # rank metrics: logits rank as probabilities do
+    return {"roc_auc": s["roc_auc"], "pr_auc": s["map"]}
 
 
 @torch.no_grad()

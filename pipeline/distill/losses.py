@@ -1,18 +1,26 @@
 """Distance losses between student features and stored teacher targets (EAsT's L_reg).
 
-Two losses, both called ``loss(student_features, targets) -> scalar``:
+Three losses, all called ``loss(student_features, targets) -> scalar``:
 
-* :class:`FitNetLoss` — MSE between a learned linear regressor of the student feature
-  (student_dim -> target_dim) and the target;
-* :class:`DistanceCorrelationLoss` — 1 - squared distance correlation between the batch's
-  student features and targets, averaged over time frames; no regressor, any sizes.
+* :class:`FitNetLoss` (``fitnet``) — MSE between a learned linear regressor of the student
+  feature (student_dim -> target_dim) and the target;
+* :class:`DistanceCorrelationLoss` (``dc``) — 1 - squared V-statistic distance correlation of
+  the batch's student features and targets, averaged over time frames (the EAsT estimator;
+  biased towards 1 in high dimensions: about 0.93-0.98 at batch 16 for independent features);
+* :class:`UnbiasedDistanceCorrelationLoss` (``dc-unbiased``) — 1 - the bias-corrected distance
+  correlation of U-centred distance matrices (Székely & Rizzo 2014), about 0 for independent
+  features at any dimension.
 
 Inputs are clip-level (B, C) / (B, d) or frame-level (B, T, C) / (B, T2, d). Frame-level pairs
-are aligned with :func:`align_time`; a clip-level target against a frame-level student uses the
+are aligned by time with :func:`align_time`: each student frame takes the target frame whose
+centre is nearest, using the loss's ``timing`` (a :class:`TimeAlignment`, set by distill from
+the store's frame rates and offsets). A clip-level target against a frame-level student uses the
 student's time average (and a frame-level target against a clip-level student the target's).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -26,11 +34,50 @@ DIST_EPS = 1e-12
 DCOR_EPS = 1e-9
 
 
-def align_time(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Align (B, T, C) and (B, T2, d) sequences on time, as the EAsT reference does.
+@dataclass(frozen=True)
+class FrameTiming:
+    """When the frames of a sequence happen: frame ``i`` is centred at ``offset + i / rate`` s."""
 
-    The shorter sequence has each frame repeated ``ceil(longer / shorter)`` times (the longer
-    one once); both are then cut to the shorter of the two new lengths.
+    rate: float
+    offset: float = 0.0
+
+    def centres(self, n: int) -> torch.Tensor:
+        """Centres in seconds of the first ``n`` frames (float64)."""
+        return self.offset + torch.arange(n, dtype=torch.float64) / self.rate
+
+
+@dataclass(frozen=True)
+class TimeAlignment:
+    """Timing of both sides: the student's *input* frames (log-mel, ``n_input`` of them per
+    clip) and the target frames. The student's feature map has ``T' < n_input`` frames; frame
+    ``j`` is taken to cover input frames ``[j s, (j + 1) s)`` with stride ``s = n_input / T'``."""
+
+    student_input: FrameTiming
+    n_input: int
+    target: FrameTiming
+
+    def student(self, n_frames: int) -> FrameTiming:
+        """Timing of a student feature map with ``n_frames`` frames."""
+        stride = self.n_input / n_frames
+        inp = self.student_input
+        return FrameTiming(inp.rate / stride, inp.offset + 0.5 * (stride - 1) / inp.rate)
+
+
+def nearest_frames(student: FrameTiming, n_student: int, target: FrameTiming,
+                   n_target: int) -> torch.Tensor:
+    """For each of ``n_student`` frames, the index of the target frame with the nearest centre
+    (ties to the later frame), clamped to the ``n_target`` frames that exist."""
+    position = (student.centres(n_student) - target.offset) * target.rate
+    return torch.floor(position + 0.5).long().clamp(0, n_target - 1)
+
+
+def align_time(student: torch.Tensor, teacher: torch.Tensor,
+               timing: TimeAlignment | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Align (B, T, C) and (B, T2, d) sequences by time: each student frame is paired with the
+    teacher frame whose centre is nearest; returns (B, T, C) and (B, T, d).
+
+    Without ``timing`` both sequences are taken to span the same clip evenly (frame ``i`` of
+    ``T`` centred at ``(i + 0.5) / T`` of it).
     """
     if student.dim() != 3 or teacher.dim() != 3:
         raise EastkdError(
@@ -40,19 +87,19 @@ def align_time(student: torch.Tensor, teacher: torch.Tensor) -> tuple[torch.Tens
     t_s, t_t = student.shape[1], teacher.shape[1]
     if t_s == 0 or t_t == 0:
         raise EastkdError("align_time: a sequence has no frames; check the stored targets")
-    if t_s < t_t:
-        student = student.repeat_interleave(-(-t_t // t_s), dim=1)
-    elif t_t < t_s:
-        teacher = teacher.repeat_interleave(-(-t_s // t_t), dim=1)
-    n = min(student.shape[1], teacher.shape[1])
-    return student[:, :n], teacher[:, :n]
+    if timing is None:
+        s_time, t_time = FrameTiming(t_s, 0.5 / t_s), FrameTiming(t_t, 0.5 / t_t)
+    else:
+        s_time, t_time = timing.student(t_s), timing.target
+    idx = nearest_frames(s_time, t_s, t_time, t_t).to(teacher.device)
+    return student, teacher.index_select(1, idx)
 
 
 def match_shapes(
-    student: torch.Tensor, target: torch.Tensor
+    student: torch.Tensor, target: torch.Tensor, timing: TimeAlignment | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Bring student features and targets to the same level: both (B, C)/(B, d) or both
-    (B, T, C)/(B, T, d) (frame-level pairs through :func:`align_time`)."""
+    (B, T, C)/(B, T, d) (frame-level pairs through :func:`align_time` with ``timing``)."""
     if student.dim() not in (2, 3) or target.dim() not in (2, 3):
         raise EastkdError(
             f"distance loss: expected (batch, dim) or (batch, frames, dim) inputs, got "
@@ -68,12 +115,12 @@ def match_shapes(
     if student.dim() == 2 and target.dim() == 3:
         return student, target.mean(dim=1)
     if student.dim() == 3:
-        return align_time(student, target)
+        return align_time(student, target, timing)
     return student, target
 
 
-def _double_centred_distances(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """Double-centred pairwise Euclidean distances of (..., n, p) -> (..., n, n).
+def _distances(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Pairwise Euclidean distances ``sqrt(d2 + eps)`` of (..., n, p) -> (..., n, n).
 
     Squared distances come from Gram matrices of the batch-centred points (memory O(n^2), not
     O(n^2 p)); the diagonal is set to exactly 0 before ``sqrt(. + eps)``.
@@ -81,9 +128,17 @@ def _double_centred_distances(x: torch.Tensor, eps: float) -> torch.Tensor:
     x = x - x.mean(dim=-2, keepdim=True)
     sq = (x * x).sum(dim=-1)
     d2 = sq.unsqueeze(-1) + sq.unsqueeze(-2) - 2.0 * (x @ x.transpose(-1, -2))
+    return torch.sqrt(d2.clamp(min=0.0) * _off_diagonal(x) + eps)
+
+
+def _off_diagonal(x: torch.Tensor) -> torch.Tensor:
     n = x.shape[-2]
-    off_diag = ~torch.eye(n, dtype=torch.bool, device=x.device)
-    d = torch.sqrt(d2.clamp(min=0.0) * off_diag + eps)
+    return ~torch.eye(n, dtype=torch.bool, device=x.device)
+
+
+def _double_centred_distances(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Double-centred pairwise Euclidean distances of (..., n, p) -> (..., n, n)."""
+    d = _distances(x, eps)
     return d - d.mean(dim=-1, keepdim=True) - d.mean(dim=-2, keepdim=True) + d.mean(
         dim=(-1, -2), keepdim=True
     )
@@ -110,7 +165,54 @@ def distance_correlation(
     return dcov_xy / torch.sqrt(dvar + dcor_eps)
 
 
-class DistanceCorrelationLoss(nn.Module):
+def _u_centred_distances(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """U-centred pairwise distances of (..., n, p) -> (..., n, n) (Székely & Rizzo 2014):
+    ``a_ij - a_i./(n-2) - a_.j/(n-2) + a../((n-1)(n-2))`` off the diagonal, 0 on it."""
+    off = _off_diagonal(x)
+    d = _distances(x, eps) * off
+    n = x.shape[-2]
+    row = d.sum(dim=-1, keepdim=True) / (n - 2)
+    col = d.sum(dim=-2, keepdim=True) / (n - 2)
+    total = d.sum(dim=(-1, -2), keepdim=True) / ((n - 1) * (n - 2))
+    return (d - row - col + total) * off
+
+
+def unbiased_distance_correlation(
+    x: torch.Tensor, y: torch.Tensor, eps: float = DIST_EPS, dcor_eps: float = DCOR_EPS
+) -> torch.Tensor:
+    """Bias-corrected distance correlation of (..., n, p) and (..., n, q) batches, n >= 4.
+
+    R* = (A~ . B~) / sqrt((A~ . A~)(B~ . B~)) with A~, B~ the U-centred distance matrices and
+    (A~ . B~) = sum_{i != j} A~_ij B~_ij / (n (n - 3)), the unbiased estimator of dCov^2
+    (Székely & Rizzo 2014, the estimator of ``dcor.u_distance_correlation_sqr``). It is about
+    0 for independent batches whatever their dimensions (it may be slightly negative) and 1 for
+    y = a*x + b. Pass ``eps=0, dcor_eps=0`` for the textbook value.
+    """
+    if x.shape[:-1] != y.shape[:-1]:
+        raise EastkdError(
+            f"distance_correlation: sample dimensions differ: {tuple(x.shape)} vs {tuple(y.shape)}"
+        )
+    n = x.shape[-2]
+    if n < 4:
+        raise EastkdError(f"unbiased distance correlation needs at least 4 items per batch, got "
+                          f"{n}; use a larger --batch-size")
+    a = _u_centred_distances(x, eps)
+    b = _u_centred_distances(y, eps)
+    scale = 1.0 / (n * (n - 3))
+    dcov_xy = (a * b).sum(dim=(-1, -2)) * scale
+    dvar = ((a * a).sum(dim=(-1, -2)) * scale).clamp(min=0.0) * (
+        (b * b).sum(dim=(-1, -2)) * scale).clamp(min=0.0)
+    return dcov_xy / torch.sqrt(dvar + dcor_eps)
+
+
+class _TimedLoss(nn.Module):
+    """A distance loss with an optional :class:`TimeAlignment` for frame-level pairs."""
+
+    #: Set by distill for frame-level targets; None: both sequences span the clip evenly.
+    timing: TimeAlignment | None = None
+
+
+class DistanceCorrelationLoss(_TimedLoss):
     """L_DC = mean over time frames of (1 - R_t), R_t the squared distance correlation of the
     batch's student features and targets at frame t (a single "frame" for clip-level inputs).
 
@@ -123,14 +225,34 @@ class DistanceCorrelationLoss(nn.Module):
         self.target_dim = target_dim
 
     def forward(self, student: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        s, t = match_shapes(student, target)
+        s, t = match_shapes(student, target, self.timing)
         t = t.to(s.dtype)
         if s.dim() == 3:  # (B, T, C) -> one batch of B points per frame: (T, B, C)
             s, t = s.transpose(0, 1), t.transpose(0, 1)
-        return (1.0 - distance_correlation(s, t)).mean()
+        return (1.0 - self.correlation(s, t)).mean()
+
+    @staticmethod
+    def correlation(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The estimator: EAsT's squared V-statistic distance correlation."""
+        return distance_correlation(x, y)
 
 
-class FitNetLoss(nn.Module):
+class UnbiasedDistanceCorrelationLoss(DistanceCorrelationLoss):
+    """L = mean over time frames of (1 - R*_t), R*_t the bias-corrected distance correlation
+    (:func:`unbiased_distance_correlation`); batches of fewer than 4 items contribute 0."""
+
+    def forward(self, student: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if student.shape[0] < 4:  # the estimator is undefined: no signal from this batch
+            return student.sum() * 0.0
+        return super().forward(student, target)
+
+    @staticmethod
+    def correlation(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The estimator: bias-corrected (U-centred) distance correlation."""
+        return unbiased_distance_correlation(x, y)
+
+
+class FitNetLoss(_TimedLoss):
     """FitNet hint loss: MSE(regressor(student), target), the regressor a learned linear map
     student_dim -> target_dim applied per clip or per frame (its parameters train with the
     student and must be given to the optimiser)."""
@@ -148,5 +270,5 @@ class FitNetLoss(nn.Module):
                 f"target_dim={self.target_dim} got features of size {student.shape[-1]} and "
                 f"targets of size {target.shape[-1]}; rebuild the loss with the right sizes"
             )
-        s, t = match_shapes(student, target)
+        s, t = match_shapes(student, target, self.timing)
         return F.mse_loss(self.regressor(s), t.to(s.dtype))

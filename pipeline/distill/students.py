@@ -1,15 +1,17 @@
 """Small CNN students that learn from log-mel input and stored teacher targets.
 
-Both students map a log-mel batch (B, n_mels, T) to a :class:`StudentOutput`: the task logits,
-the clip-level feature vector of the last convolutional stage (the vector the distance loss
-regularises, as in EAsT) and that stage's frame-level map, so that frame-level teacher targets
-can be aligned in time. Inputs are normalised inside the model (a frozen per-mel-bin mean/std
-set from the training data, then a BatchNorm over mel bins), so a trained student is
-self-contained at inference.
+``vgg`` and ``mobilenet`` are eastkd's small defaults; ``mobilefcn`` and ``cpresnet`` are the
+EAsT paper's students (MagnaTagATune and OpenMIC). All students map a log-mel batch
+(B, n_mels, T) to a :class:`StudentOutput`: the task logits, the clip-level feature vector of
+the last convolutional stage (the vector the distance loss regularises, as in EAsT) and that
+stage's frame-level map, so that frame-level teacher targets can be aligned in time. Inputs
+are normalised inside the model (a frozen per-mel-bin mean/std set from the training data,
+then a BatchNorm over mel bins), so a trained student is self-contained at inference.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -173,3 +175,112 @@ class MobileNetStudent(_Student):
                 c_in = c_out
         layers.append(_conv_bn_act(c_in, self.feature_dim, 1, act=nn.ReLU6))
         self.body = nn.Sequential(*layers)
+
+
+def _dw_separable(c_in: int, c_out: int, pool: tuple[int, int] | int) -> nn.Sequential:
+    """Depthwise 3x3 conv-BN-ReLU, pointwise 1x1 conv-BN-ReLU, max-pool (freq, time)."""
+    return nn.Sequential(
+        _conv_bn_act(c_in, c_in, 3, groups=c_in),
+        _conv_bn_act(c_in, c_out, 1),
+        nn.MaxPool2d(pool, ceil_mode=True),
+    )
+
+
+class MobileFCNStudent(_Student):
+    """EAsT's MagnaTagATune student (Ding & Lerch 2023, after Won et al.'s FCN): two conv
+    blocks, then six depthwise-separable blocks up to 256 channels, each block followed by a
+    max-pool over (frequency, time); dropout 0.5 before blocks 5 and 7 and the head.
+
+    Pools (freq x time): 2x4, 2x3, 2x2, 3x2 (4x2 for 128 mels), 4x2, then none: 96 (or 128)
+    mel bins pool to 1 and the time axis by 96 (~1.9 s per frame at 50 frames/s). Width 16 is
+    the paper's size (channels 64, 128, ..., 256; ~0.31 M parameters for 50 tags); channels
+    scale with ``width / 16``. Pools use ceil mode, so short or narrow inputs still fit.
+    """
+
+    time_stride = 96
+
+    def __init__(self, n_mels: int, n_classes: int, width: int = 16, dropout: float = 0.5) -> None:
+        c64, c128, c256 = (max(1, round(c * width / 16)) for c in (64, 128, 256))
+        super().__init__(n_mels, n_classes, c256, dropout)
+        fourth = (4, 2) if n_mels == 128 else (3, 2)
+        self.body = nn.Sequential(
+            _conv_bn_act(1, c64, 3), nn.MaxPool2d((2, 4), ceil_mode=True),
+            _conv_bn_act(c64, c128, 3), nn.MaxPool2d((2, 3), ceil_mode=True),
+            _dw_separable(c128, c128, (2, 2)),
+            _dw_separable(c128, c128, fourth),
+            nn.Dropout(dropout),
+            _dw_separable(c128, c128, (4, 2)),
+            _dw_separable(c128, c256, 1),
+            nn.Dropout(dropout),
+            _dw_separable(c256, c256, 1),
+            _dw_separable(c256, c256, 1),
+        )
+
+
+class _BasicBlock(nn.Module):
+    """CP-ResNet's residual block: conv(k1)-BN-ReLU, conv(k2)-BN, + shortcut, ReLU; a kernel
+    of 3 is padded by 1, a kernel of 1 by 0."""
+
+    def __init__(self, c_in: int, c_out: int, k1: int, k2: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, k1, padding=k1 // 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, k2, padding=k2 // 3, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut: nn.Module = nn.Identity()
+        if c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False),
+                                          nn.BatchNorm2d(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return torch.relu(y + self.shortcut(x))
+
+
+class CPResNetStudent(_Student):
+    """Receptive-field-regularised CP-ResNet (Koutini et al. 2019), EAsT's OpenMIC student.
+
+    A 5x5 stride-2 stem, then three stages of four residual blocks (``base``, ``2 base``,
+    ``4 base`` channels; 2x2 max-pools after blocks 1, 2 and 4 of the first stage). ``rho``
+    bounds the receptive field: each kernel is 3x3 only where ``rho`` reaches its threshold in
+    :attr:`KERNEL_RHO` (else 1x1), as in the reference implementation. Width 16 is the paper's
+    size (base 128 channels, rho 7: ~5.5 M parameters for 20 classes); ``base`` scales with
+    ``width / 16``. Time stride 16; the last stage (``4 base`` channels) is distilled.
+    """
+
+    time_stride = 16
+    #: Smallest rho at which each block's (conv1, conv2) kernel is 3x3, per stage.
+    KERNEL_RHO: tuple[tuple[tuple[float, float], ...], ...] = (
+        ((-math.inf, math.inf), (1, 2), (3, 4), (5, 6)),
+        ((7, math.inf), (9, 2), (11, 4), (13, 6)),
+        ((15, 16), (17, 18), (19, 20), (21, 22)),
+    )
+    POOL_AFTER = (0, 1, 3)  # blocks of the first stage followed by a 2x2 max-pool
+
+    def __init__(self, n_mels: int, n_classes: int, width: int = 16, rho: int = 7,
+                 dropout: float = 0.0) -> None:
+        base = max(1, round(128 * width / 16))
+        super().__init__(n_mels, n_classes, 4 * base, dropout)
+        layers: list[nn.Module] = [_conv_bn_act(1, base, 5, stride=2)]
+        c_in = base
+        for stage, (c_out, thresholds) in enumerate(zip((base, 2 * base, 4 * base),
+                                                        self.KERNEL_RHO)):
+            for b, (t1, t2) in enumerate(thresholds):
+                layers.append(_BasicBlock(c_in, c_out, 3 if rho >= t1 else 1,
+                                          3 if rho >= t2 else 1))
+                c_in = c_out
+                if stage == 0 and b in self.POOL_AFTER:
+                    layers.append(nn.MaxPool2d(2, ceil_mode=True))
+        self.body = nn.Sequential(*layers)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """He init, with each residual branch's last conv zeroed (Fixup, as the reference)."""
+        blocks = [m for m in self.body.modules() if isinstance(m, _BasicBlock)]
+        for m in self.body.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+        for b in blocks:
+            b.conv1.weight.data.mul_(len(blocks) ** -0.5)
+            nn.init.zeros_(b.conv2.weight)

@@ -5,13 +5,18 @@ The loss follows the EAsT reference implementation::
     L = (1 - λ) · L_task + λ · L_kd          (λ = 0.6 by default, the reference's MTAT value)
 
 ``L_task`` is cross-entropy (single-label) or BCE-with-logits (multi-label); ``L_kd`` is the
-FitNet loss (MSE after a learned regressor, trained with the student) or the distance
-correlation loss between the student's last-stage features and the stored targets. With
+FitNet loss (MSE after a learned regressor, trained with the student) or a distance
+correlation loss (``dc``: EAsT's estimator; ``dc-unbiased``: the bias-corrected one) between the
+student's last-stage features and the stored targets; frame-level targets are paired with the
+student's frames by time (nearest frame centre, see ``losses.align_time``). History also logs
+``train_kd_shuffled``: the KD term with every target moved to the next item of its batch, i.e.
+what the term reads for unrelated pairs (a term that barely differs from ``train_kd`` carries
+little signal). With
 ``kd='none'`` the loss is plain ``L_task`` (the no-KD baseline). Targets are centred and scaled
 by one scalar (train statistics) so the FitNet MSE has the same size for every teacher; the
 distance correlation is unaffected by that.
 
-``teacher_linear`` adds the compression paper's extra linear layer, trained jointly: a linear
+``teacher_linear`` is the compression paper's teacher transformation, trained jointly: a linear
 map on the targets with its own linear classifier, trained by the task loss on the transformed
 targets (``L_teacher``, which updates only the map and its classifier); the student is pulled
 towards the *detached* transformed targets by ``L_kd``. The optimised sum is
@@ -40,6 +45,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from eastkd.pipeline import registry
+from eastkd.pipeline.compress.run import check_fit_rows
 from eastkd.pipeline.datasets.splits import missing_class_warnings
 from eastkd.pipeline.device import resolve_device
 from eastkd.pipeline.distill.complexity import count_parameters
@@ -50,6 +56,7 @@ from eastkd.pipeline.distill.evaluate import (
     predict,
     selection_metric,
 )
+from eastkd.pipeline.distill.losses import FrameTiming, TimeAlignment
 from eastkd.pipeline.distill.run_files import plot_curves, save_atomic, write_history, write_json
 from eastkd.pipeline.reading import (
     DEFAULT_MEMORY_LIMIT,
@@ -69,7 +76,7 @@ from eastkd.store import (
     store_location,
 )
 
-KD_METHODS = ("fitnet", "dc", "none")
+KD_METHODS = ("fitnet", "dc", "dc-unbiased", "none")
 SCHEDULES = ("cosine", "plateau")
 GRAD_CLIP = 1.0
 # intra-op CPU threads of distill unless --threads says otherwise: fixed, not the machine's
@@ -209,6 +216,16 @@ def _prepare_run_dir(out_dir: str, config: dict[str, Any], resume: bool,
     return False
 
 
+def _time_alignment(config: dict[str, Any], spec: TargetsSpec) -> TimeAlignment:
+    """Frame timing of both sides: log-mel frames centred every hop from 0 (STFT centre=True),
+    target frames at the ``frame_rate`` and ``frame_offset`` recorded at extract (offset 0 in
+    stores written before it was recorded)."""
+    lm = config["logmel"]
+    return TimeAlignment(FrameTiming(lm["sample_rate"] / lm["hop_length"]), config["n_frames"],
+                         FrameTiming(float(spec.attrs["frame_rate"]),
+                                     float(spec.attrs.get("frame_offset") or 0.0)))
+
+
 def _build_config(store: Any, store_path: str, spec: TargetsSpec | None, options: dict[str, Any],
                   sizes: dict[str, int]) -> dict[str, Any]:
     items = store.items
@@ -248,7 +265,7 @@ def _train_epoch(model: nn.Module, kd_loss: nn.Module | None, tlin: TeacherLinea
     """
     model.train()
     params = list(model.parameters()) + (list(kd_loss.parameters()) if kd_loss else [])
-    keys = ["loss", "task"] + (["kd"] if kd_loss is not None else []) \
+    keys = ["loss", "task"] + (["kd", "kd_shuffled"] if kd_loss is not None else []) \
         + (["teacher"] if tlin is not None else [])
     sums = {k: torch.zeros((), dtype=torch.float64, device=dev) for k in keys}
     n_seen = 0
@@ -263,8 +280,11 @@ def _train_epoch(model: nn.Module, kd_loss: nn.Module | None, tlin: TeacherLinea
                 t, t_logits = tlin(t)
                 parts["teacher"] = task_loss(t_logits, y)  # trains only the linear map + head
                 t = t.detach()  # the student follows the map; the KD loss does not train it
-            parts["kd"] = kd_loss(out.feature_map if t.dim() == 3 else out.features, t)
+            feats = out.feature_map if t.dim() == 3 else out.features
+            parts["kd"] = kd_loss(feats, t)
             loss = (1.0 - lam) * parts["task"] + lam * parts["kd"] + parts.get("teacher", 0.0)
+            with torch.no_grad():  # the same term with each item paired with another's target
+                parts["kd_shuffled"] = kd_loss(feats, t.roll(1, dims=0))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(params, GRAD_CLIP)
@@ -273,7 +293,7 @@ def _train_epoch(model: nn.Module, kd_loss: nn.Module | None, tlin: TeacherLinea
         opt.step()
         k = len(y)
         n_seen += k
-        for key, v in {"loss": loss, **parts}.items():
+        for key, v in {"loss": loss, **parts}.items():  # kd_shuffled: not optimised, logged
             sums[key] += v.detach() * k
         bar.update(1)
     means = {k: float(v) / max(1, n_seen) for k, v in sums.items()}
@@ -334,6 +354,8 @@ def distill(store_path: str, targets: str | None, out_dir: str, *, student: str 
 
     with _deterministic(dev.type == "cpu", threads), open_store(store_path, "r") as store:
         spec = resolve_targets(store, targets, frame_targets) if kd != "none" else None
+        if spec is not None:  # targets fitted on this run's valid/test items are a leak
+            check_fit_rows(store, spec.section, spec.attrs, fold)
         feed = dict(shuffle_buffer=shuffle_buffer, workers=workers,
                     pin_memory=dev.type == "cuda")
         train = load_split(store, "train", spec, fold, memory_limit, **feed)
@@ -374,6 +396,8 @@ def distill(store_path: str, targets: str | None, out_dir: str, *, student: str 
                 t_dim = int(teacher_linear_dim or spec.dim)
                 tlin = TeacherLinear(spec.dim, t_dim, n_classes).to(dev)
             kd_loss = registry.losses.create(kd, model.feature_dim, t_dim).to(dev)
+            if spec.frame_level:
+                kd_loss.timing = _time_alignment(config, spec)
         model.to(dev)
         log(f"student {student}: {n_params:,} parameters (feature dim {model.feature_dim}); "
             f"items train {sizes['train']}, valid {sizes['valid']}, test {sizes['test']}"

@@ -53,6 +53,7 @@ def extract(dataset: str | DatasetSpec, store_path: str, opts: ExtractOptions) -
     _check_options(opts, store_path)
     spec = resolve_dataset(dataset) if isinstance(dataset, str) else dataset
     teacher = load_teacher(opts.teacher, opts.teacher_options)
+    teacher.set_frames(opts.frames)  # before the probe: PaSST computes frames only when asked
     device = resolve_device(opts.device)
     teacher.to(device)
     teacher.model.eval()
@@ -156,7 +157,7 @@ def _sections(store: Store, teacher: Teacher, device: torch.device, opts: Extrac
         attrs={"teacher": teacher.name, "weights_sha256": teacher.weights_sha256,
                "teacher_parameters": teacher.num_parameters, "sample_rate": teacher.sample_rate,
                "embedding_dim": teacher.embedding_dim, "frame_rate": teacher.frame_rate,
-               "frame_offset": float(getattr(teacher, "frame_offset", 0.0)),
+               "frame_offset": float(teacher.frame_offset),
                "n_frames": t_frames, "pooling": teacher.pooling,
                "min_seconds": teacher.min_seconds, "segment": segment.as_dict(),
                "eastkd_version": eastkd_version(),
@@ -165,7 +166,7 @@ def _sections(store: Store, teacher: Teacher, device: torch.device, opts: Extrac
                                    "frames": opts.frames, "crop": opts.crop,
                                    "segment": segment.seconds, "on_error": opts.on_error,
                                    "resampler": opts.resampler, "device": device.type,
-                                   "autocast_float16": _autocast(teacher, device)}},
+                                   "autocast_float16": teacher.autocast_on(device)}},
         identity={"teacher": teacher.name, "weights_sha256": teacher.weights_sha256,
                   "teacher_options": {k: teacher.options[k] for k in sorted(teacher.options)},
                   "sample_rate": teacher.sample_rate, "segment": segment.as_dict(),
@@ -184,11 +185,6 @@ def _probe(teacher: Teacher, device: torch.device, segment: Segment, frames: boo
     if teacher.frame_rate is None or probe.frames is None:
         raise EastkdError(f"teacher {teacher.name!r} has no frame-level embeddings; drop --frames")
     return int(probe.frames.shape[1])
-
-
-def _autocast(teacher: Teacher, device: torch.device) -> bool:
-    """float16 autocast only on CUDA and only for teachers that declare themselves safe."""
-    return device.type == "cuda" and bool(getattr(teacher, "autocast_safe", False))
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -295,7 +291,7 @@ def _forward(data: dict[str, Any], batch: Batch, front: FrontEnd, teacher: Teach
     if ok_rows:
         wave = data["teacher"] if len(ok_rows) == len(errors) else \
             data["teacher"].index_select(0, to_device(ok_rows, data["teacher"].device))
-        with torch.inference_mode(), torch.autocast("cuda", enabled=_autocast(teacher, device)):
+        with torch.inference_mode(), torch.autocast("cuda", enabled=teacher.autocast_on(device)):
             out = teacher(wave.to(device, non_blocking=cuda))
         clip = out.clip.to("cpu", non_blocking=cuda)
         if frames:

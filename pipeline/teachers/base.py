@@ -32,7 +32,11 @@ class Teacher:
     """A frozen embedding model and the facts the store records about it.
 
     ``model`` maps a (B, S) float32 waveform batch at ``sample_rate`` to a :class:`TeacherOutput`.
-    ``frame_rate`` is frames per second of ``frames`` (None for clip-only teachers).
+    ``frame_rate`` is frames per second of ``frames`` (None for clip-only teachers) and
+    ``frame_offset`` the centre in seconds of the first frame, so frame ``i`` is centred at
+    ``frame_offset + i / frame_rate`` (extract records both; distill aligns targets by them).
+    ``autocast_safe`` declares that the model may run under float16 autocast on CUDA (its front
+    end stays float32 either way); extract uses mixed precision only for such teachers.
     ``options`` are the teacher's own settings (e.g. hop), recorded in provenance.
     ``min_seconds`` is the shortest input the model accepts: shorter inputs (a ``--segment``
     below it) are zero-padded at the end to that length before the forward pass.
@@ -45,6 +49,8 @@ class Teacher:
     embedding_dim: int
     weights_sha256: str
     frame_rate: float | None = None
+    frame_offset: float = 0.0
+    autocast_safe: bool = False
     pooling: str = "mean over frames"
     options: dict[str, Any] = field(default_factory=dict)
     min_seconds: float = 0.0
@@ -56,6 +62,16 @@ class Teacher:
     def to(self, device: torch.device | str) -> "Teacher":
         self.model.to(device)
         return self
+
+    def autocast_on(self, device: torch.device) -> bool:
+        """Whether extract runs this teacher under float16 autocast on ``device``."""
+        return device.type == "cuda" and self.autocast_safe
+
+    def set_frames(self, on: bool) -> None:
+        """Ask for frame embeddings or not; a model with a boolean ``frames`` attribute (PaSST)
+        then computes them only when asked (extract calls this with ``--frames``)."""
+        if isinstance(getattr(self.model, "frames", None), bool):
+            self.model.frames = bool(on)
 
     @property
     def num_parameters(self) -> int:
@@ -99,6 +115,12 @@ def tensor_bytes(tensor: torch.Tensor) -> bytes:
         t = t.to_dense()
     t = t.cpu().contiguous().reshape(-1)
     return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+
+
+def float32_front_end(device: torch.device) -> torch.autocast:
+    """Autocast switched off on ``device``: a teacher's front end (spectrogram, mel, log,
+    normalisation) runs in float32 under it even when extract runs the model in float16."""
+    return torch.autocast(device.type, enabled=False)
 
 
 def state_dict_sha256(module: torch.nn.Module) -> str:

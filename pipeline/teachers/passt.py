@@ -5,8 +5,10 @@ class and distillation tokens after the last layer norm (768-d). Clips up to 10 
 model in one pass; longer clips are cut into 10 s windows every 2.5 s (reflect-padded by half a
 window at both ends) and the window embeddings are averaged, as ``get_scene_embeddings`` does.
 Frames are hear21passt's timestamp embeddings: the same 768-d embedding of short windows
-(default 1 s every 0.5 s, so ``frame_rate`` = 2 Hz) centred at ``i * hop``; off with
-``frames=False``.
+(default 1 s every 0.5 s, so ``frame_rate`` = 2 Hz) centred at ``i * hop`` (``frame_offset``
+0). They cost about as much again as the clip embedding, so they are computed only when asked:
+option ``frames=True``, or extract ``--frames`` (through :meth:`Teacher.set_frames`).
+The mel front end runs in float32; the transformer is float16-safe (``autocast_safe``).
 
 hear21passt fetches weights from GitHub at load time; here nothing is downloaded. The
 architecture is built with random weights and the state dict is read from ``weights`` or, when
@@ -26,7 +28,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from eastkd.pipeline.teachers.base import Teacher, TeacherOutput, file_sha256, state_dict_sha256
+from eastkd.pipeline.teachers.base import (
+    Teacher,
+    TeacherOutput,
+    file_sha256,
+    float32_front_end,
+    state_dict_sha256,
+)
 from eastkd.store.errors import EastkdError
 
 SAMPLE_RATE = 32000
@@ -45,7 +53,7 @@ DEFAULTS: dict[str, Any] = {
     "arch": DEFAULT_ARCH,
     "window_s": 10.0,  # longest input the model takes in one pass (its time embedding)
     "hop_s": 2.5,  # hop between windows for clips longer than window_s
-    "frames": True,
+    "frames": False,  # compute frame embeddings (extract --frames turns them on)
     "frame_window_s": 1.0,
     "frame_hop_s": 0.5,
     "max_batch_seconds": 80.0,  # audio per forward pass; bounds attention memory
@@ -89,7 +97,14 @@ class PasstEmbedder(torch.nn.Module):
         with warnings.catch_warnings():
             for pattern in _QUIET:
                 warnings.filterwarnings("ignore", message=pattern)
-            return torch.cat([self.passt(c) for c in segments.split(per_chunk)])
+            return torch.cat([self._passt(c) for c in segments.split(per_chunk)])
+
+    def _passt(self, segments: torch.Tensor) -> torch.Tensor:
+        """hear21passt's ``embed_only`` forward pass, with the mel front end in float32."""
+        with float32_front_end(segments.device):
+            specs = self.passt.mel(segments.float())
+        _, features = self.passt.net(specs.unsqueeze(1))
+        return features.float()
 
     def _windowed(self, wave: torch.Tensor, window: int, hop: int) -> torch.Tensor:
         """hear21passt's windowing: pad window//2 at both ends, windows every ``hop``."""
@@ -180,7 +195,7 @@ def _options(options: dict[str, Any]) -> dict[str, Any]:
             raise EastkdError(f"PaSST option {key} must be positive, got {opts[key]}")
     if opts["window_s"] > 10.0:
         raise EastkdError("PaSST option window_s must be at most 10 s (the model's time embedding)")
-    if opts["frames"] and _samples(opts["frame_window_s"]) < MIN_SAMPLES:
+    if _samples(opts["frame_window_s"]) < MIN_SAMPLES:
         raise EastkdError("PaSST option frame_window_s must be at least 0.16 s (one patch)")
     opts["frames"] = bool(opts["frames"])
     opts["random_init"] = bool(opts["random_init"])
@@ -191,7 +206,8 @@ def passt(weights: str | None = None, **options: Any) -> Teacher:
     """PaSST-S (AudioSet, 768-d) at 32 kHz; ``weights`` is a local checkpoint (see module doc).
 
     Options: ``arch`` (one of :data:`ARCHS`), ``window_s``/``hop_s`` (long-clip windowing),
-    ``frames``, ``frame_window_s``/``frame_hop_s`` (frame embeddings), ``max_batch_seconds``,
+    ``frames`` (compute frame embeddings; off unless asked), ``frame_window_s``/``frame_hop_s``
+    (frame embeddings), ``max_batch_seconds``,
     ``random_init`` (random weights; tests only, excludes ``weights``).
     """
     opts = _options(options)
@@ -215,7 +231,7 @@ def passt(weights: str | None = None, **options: Any) -> Teacher:
         _load_state(wrapper.net, checkpoint)
     model = PasstEmbedder(wrapper, opts)
     frames = (f"; frames: the same embedding of {opts['frame_window_s']:g} s windows every "
-              f"{opts['frame_hop_s']:g} s" if opts["frames"] else "")
+              f"{opts['frame_hop_s']:g} s")
     pooling = (f"mean of class and distillation tokens (hear21passt scene embedding); clips over "
                f"{opts['window_s']:g} s: mean over {opts['window_s']:g} s windows every "
                f"{opts['hop_s']:g} s{frames}")
@@ -225,7 +241,9 @@ def passt(weights: str | None = None, **options: Any) -> Teacher:
         sample_rate=SAMPLE_RATE,
         embedding_dim=EMBEDDING_DIM,
         weights_sha256=file_sha256(checkpoint) if checkpoint else state_dict_sha256(model),
-        frame_rate=1.0 / opts["frame_hop_s"] if opts["frames"] else None,
+        frame_rate=1.0 / opts["frame_hop_s"],
+        frame_offset=0.0,
+        autocast_safe=True,
         pooling=pooling,
-        options={k: v for k, v in opts.items() if k != "max_batch_seconds"},
+        options={k: v for k, v in opts.items() if k not in ("max_batch_seconds", "frames")},
     )
