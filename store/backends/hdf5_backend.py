@@ -196,7 +196,8 @@ class HDF5Backend(Backend):
             raise read_failure(self.path, path, n, chunk, selection, e,
                                lambda s: view[s]) from None
         if not allow_missing and not string and is_nan_fill(ds.dtype, ds.fillvalue):
-            check_not_missing(self.path, path, n, chunk, selection, out)
+            check_not_missing(self.path, path, n, chunk, selection, out,
+                              lambda rows: self.pending_rows(path, rows))
         return out
 
     def write(self, path, selection, value) -> None:
