@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -41,12 +42,12 @@ EXTRACT_ARGS = ("--teacher", "crepe-tiny", "--teacher-opt", "hop_ms=100", "--chu
                 "--frames", "-j", "0", "--no-progress")
 
 
-def _extract(manifest: Path, store: Path) -> None:
+def _extract(manifest: Path, store: Path, units: list[int] | None = None) -> None:
     from eastkd.pipeline.extract import ExtractOptions, extract
 
     extract(str(manifest), str(store), ExtractOptions(
         teacher="crepe-tiny", teacher_options=dict(TEACHER_OPTS), progress=False, workers=0,
-        chunk_items=4, frames=True))
+        chunk_items=4, frames=True, units=units))
 
 
 def _compress(store: Path) -> None:
@@ -386,17 +387,56 @@ def test_disk_full_keeps_finished_rows(tiny_manifest: Path, tmp_path: Path, back
             np.testing.assert_array_equal(
                 clip, s.embeddings(KEY).array("clip").read_rows(np.flatnonzero(done)))
         subprocess.run(["mount", "-o", "remount,size=4m", str(small)], check=True)
-        _extract(tiny_manifest, path)
+        # the file left by the full disk is whole: the same command finishes it (HDF5 in a
+        # subprocess too: a failed write leaves a handle this test process must not hold)
+        code, out = run("extract", tiny_manifest, path, *EXTRACT_ARGS) if backend == "zarr" \
+            else _extract_cli(tiny_manifest, path)
+        assert code == 0, out
         _compress(path)
         assert_same_store(path, built)
 
 
-def _extract_cli(manifest: Path, store: Path) -> tuple[int, str]:
-    """In a subprocess: HDF5 ends a process whose file could not be flushed itself."""
-    import sys
+def test_hdf5_chunk_beyond_the_files_end_is_one_line_then_repaired(
+        built: Path, tmp_path: Path, tiny_manifest: Path) -> None:
+    """A process that ended after a dataset flush but before the file flush (as a full disk
+    did before every write flushed the whole file) leaves an index naming a chunk beyond the
+    file's recorded end: every later read or write of it fails in HDF5 ("addr overflow")."""
+    if built.is_dir():
+        pytest.skip("HDF5 only")
+    store = tmp_path / built.name
+    _extract(tiny_manifest, store, units=[0, 1, 2])  # rows 12-14 (unit 3) pending
+    with open_store(str(built)) as s:
+        rows = s.embeddings(KEY).array("clip")[12:15]
+    script = f"""if True:
+        import os, h5py, numpy as np
+        f = h5py.File({str(store)!r}, "a")
+        ds = f["embeddings/{KEY}/clip"]
+        ds[12:15] = np.asarray({rows.tolist()!r}, ds.dtype)  # a new chunk, at the file's end
+        ds.flush()  # its index entry is written, the file's end-of-allocation is not
+        os._exit(0)
+    """
+    subprocess.run([sys.executable, "-c", script], check=True)
+    # every command in a subprocess: a failed HDF5 write ends the CLI's process at once
+    code, out = _extract_cli(tiny_manifest, store)
+    assert_one_line_error(code, out, f"{store}: writing embeddings/{KEY}/clip failed (HDF5: ",
+                          "the file is damaged", f"eastkd verify {store} --repair")
+    code, out = _cli("verify", store, "--repair", "--no-progress")
+    assert code == 1 and f"DAMAGED  embeddings/{KEY}/clip items 12-14" in out, out
+    assert "rows marked pending" in out, out
+    code, out = _extract_cli(tiny_manifest, store)
+    assert code == 0, out
+    assert run("verify", store, "--no-progress")[0] == 0
+    _compress(store)
+    assert_same_store(store, built)
 
-    cmd = [sys.executable, "-m", "eastkd.cli.main", "extract", str(manifest), str(store),
-           *EXTRACT_ARGS]
+
+def _extract_cli(manifest: Path, store: Path) -> tuple[int, str]:
+    return _cli("extract", manifest, store, *EXTRACT_ARGS)
+
+
+def _cli(*args: str | Path) -> tuple[int, str]:
+    """In a subprocess: HDF5 ends a process whose file could not be flushed itself."""
+    cmd = [sys.executable, "-m", "eastkd.cli.main", *map(str, args)]
     res = subprocess.run(cmd, capture_output=True, text=True,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     return res.returncode, res.stdout + res.stderr

@@ -25,12 +25,19 @@ import h5py
 import numpy as np
 
 from eastkd.store.backends.base import Backend, is_string_dtype
-from eastkd.store.damage import check_not_missing, is_nan_fill, read_failure, write_failure
-from eastkd.store.errors import EastkdError, StoreWriteError
+from eastkd.store.damage import (
+    check_not_missing,
+    is_nan_fill,
+    read_failure,
+    repair_hint,
+    write_failure,
+)
+from eastkd.store.errors import EastkdError, StoreDamageError, StoreWriteError
 
 _STR = h5py.string_dtype("utf-8")
-# handles dropped after a failed write: closing (or garbage-collecting) them flushes into the
-# same full disk, which crashes h5py; they are kept open until the process ends
+# handles dropped after a failed write or close: closing (or garbage-collecting) them flushes
+# data HDF5 can never write, which fails or crashes h5py; they are kept open until the process
+# ends (the CLI then exits without HDF5's exit flush)
 _ABANDONED: list[h5py.File] = []
 
 
@@ -106,19 +113,25 @@ class HDF5Backend(Backend):
     @contextmanager
     def writing(self, what: str) -> Iterator[None]:
         """Like :meth:`Backend.writing`, for h5py's errors too (a failed flush is a
-        RuntimeError); after such a failure the file handle is dropped unflushed, so that
-        nothing half-written is flushed later (and no write fails again at exit)."""
+        RuntimeError). After a failed write HDF5 holds data it can never write, so the file
+        handle is dropped unflushed: nothing half-written is flushed later, and no close or
+        garbage collection fails (or crashes) on it. A full disk says to free space; any other
+        failure of HDF5 (e.g. a file whose index names chunks beyond its end) is damage."""
         try:
             yield
         except EastkdError:
             raise
         except (OSError, RuntimeError) as e:
             err = write_failure(self.path, what, e if isinstance(e, OSError) else OSError(str(e)))
-            if err is None:
-                raise
-            if err.disk_full:  # HDF5 holds unflushed data it can never write
-                self._abandon()
-            raise err from None
+            if err is not None and not err.disk_full:
+                raise err from None  # permission denied: refused before anything was written
+            self._abandon()
+            raise (err or self._damaged(f"writing {what}", e)) from None
+
+    def _damaged(self, doing: str, exc: BaseException) -> StoreDamageError:
+        first = (str(exc).splitlines() or [""])[0]
+        return StoreDamageError(f"{self.path}: {doing} failed (HDF5: {first}); the file is "
+                                f"damaged: {repair_hint(self.path)}")
 
     def _abandon(self) -> None:
         if self._file is not None:
@@ -202,10 +215,15 @@ class HDF5Backend(Backend):
 
     def write(self, path, selection, value) -> None:
         with self.writing(path):
-            self._fw()
+            f = self._fw()
             ds = self._ds(path)
             ds[selection] = value
-            ds.flush()  # h5py ignores write errors when a dataset handle is released
+            # the whole file, while ds lives (h5py ignores write errors when a dataset handle
+            # is released): the chunk, then the chunk index together with the superblock's
+            # end-of-allocation address. A dataset flush alone writes the index but not that
+            # address, and a file left so by a failed later write names chunks beyond its end
+            # (HDF5: "addr overflow" on every later read or write of them)
+            f.flush()
 
     def fill_value(self, path: str) -> Any:
         return self._ds(path).fillvalue
@@ -262,9 +280,15 @@ class HDF5Backend(Backend):
                 self._file.flush()
 
     def close(self) -> None:
-        if self._file is not None:
+        if self._file is None:
+            return
+        try:
             self._file.close()
-            self._file = None
+        except (OSError, RuntimeError) as e:  # HDF5 flushes on close: as a failed write
+            self._abandon()
+            raise (write_failure(self.path, "its data", OSError(str(e)))
+                   or self._damaged("closing the file", e)) from None
+        self._file = None
 
     def native(self, path: str) -> h5py.Dataset:
         return self._ds(path)
