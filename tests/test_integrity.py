@@ -6,6 +6,7 @@ backends; damage is done to the bytes on disk the way a bad copy or disk would."
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import json
 import os
@@ -21,6 +22,7 @@ from click.testing import CliRunner
 
 from eastkd.cli.main import cli
 from eastkd.store import open_store
+from eastkd.store.backends.hdf5_backend import has_abandoned_files
 from eastkd.store.errors import StoreDamageError
 
 TEACHER_OPTS = {"hop_ms": 100}
@@ -374,11 +376,12 @@ def test_disk_full_keeps_finished_rows(tiny_manifest: Path, tmp_path: Path, back
     size = {"zarr": "240k", "hdf5": "160k"}[backend]  # room for a few blocks, not all
     with _mount(small, "-t", "tmpfs", "-o", f"size={size}"):
         path = small / f"s.{SUFFIX[backend]}"
-        if backend == "zarr":
-            code, out = run("extract", tiny_manifest, path, *EXTRACT_ARGS)
-        else:  # in a subprocess: the CLI ends a process whose HDF5 file cannot be flushed
-            code, out = _extract_cli(tiny_manifest, path)
+        code, out = run("extract", tiny_manifest, path, *EXTRACT_ARGS)
         assert_one_line_error(code, out, "disk full", "free space then rerun the same command")
+        # HDF5: the handle was closed without flushing into the full disk, none is left over
+        # (garbage-collecting one crashed h5py in a later test)
+        assert not has_abandoned_files()
+        gc.collect()
         with open_store(str(path)) as s:  # what status says is done is really there
             done = s.embeddings(KEY).status() == 1
             assert 0 < done.sum() < 15
@@ -387,24 +390,20 @@ def test_disk_full_keeps_finished_rows(tiny_manifest: Path, tmp_path: Path, back
             np.testing.assert_array_equal(
                 clip, s.embeddings(KEY).array("clip").read_rows(np.flatnonzero(done)))
         subprocess.run(["mount", "-o", "remount,size=4m", str(small)], check=True)
-        # the file left by the full disk is whole: the same command finishes it (HDF5 in a
-        # subprocess too: a failed write leaves a handle this test process must not hold)
-        code, out = run("extract", tiny_manifest, path, *EXTRACT_ARGS) if backend == "zarr" \
-            else _extract_cli(tiny_manifest, path)
+        # the file left by the full disk is whole: the same command finishes it
+        code, out = run("extract", tiny_manifest, path, *EXTRACT_ARGS)
         assert code == 0, out
         _compress(path)
         assert_same_store(path, built)
 
 
-def test_hdf5_chunk_beyond_the_files_end_is_one_line_then_repaired(
-        built: Path, tmp_path: Path, tiny_manifest: Path) -> None:
-    """A process that ended after a dataset flush but before the file flush (as a full disk
-    did before every write flushed the whole file) leaves an index naming a chunk beyond the
-    file's recorded end: every later read or write of it fails in HDF5 ("addr overflow")."""
-    if built.is_dir():
-        pytest.skip("HDF5 only")
-    store = tmp_path / built.name
-    _extract(tiny_manifest, store, units=[0, 1, 2])  # rows 12-14 (unit 3) pending
+def _chunk_beyond_the_end(built: Path, store: Path, manifest: Path) -> np.ndarray:
+    """An HDF5 store whose rows 12-14 are pending, with an index naming their clip chunk
+    beyond the file's recorded end, as a process leaves it that ended after a dataset flush
+    but before the file flush (a full disk did so before every write flushed the whole file):
+    every later read or write of that chunk fails in HDF5 ("addr overflow"). Returns the rows'
+    clip values, which a rerun writes again (a chunk of the same size, so in the same place)."""
+    _extract(manifest, store, units=[0, 1, 2])  # rows 12-14 (unit 3) pending
     with open_store(str(built)) as s:
         rows = s.embeddings(KEY).array("clip")[12:15]
     script = f"""if True:
@@ -416,10 +415,19 @@ def test_hdf5_chunk_beyond_the_files_end_is_one_line_then_repaired(
         os._exit(0)
     """
     subprocess.run([sys.executable, "-c", script], check=True)
-    # every command in a subprocess: a failed HDF5 write ends the CLI's process at once
+    return rows
+
+
+def test_hdf5_chunk_beyond_the_files_end_is_one_line_then_repaired(
+        built: Path, tmp_path: Path, tiny_manifest: Path) -> None:
+    if built.is_dir():
+        pytest.skip("HDF5 only")
+    store = tmp_path / built.name
+    _chunk_beyond_the_end(built, store, tiny_manifest)
+    # every command in a subprocess, as a user runs them
     code, out = _extract_cli(tiny_manifest, store)
-    assert_one_line_error(code, out, f"{store}: writing embeddings/{KEY}/clip failed (HDF5: ",
-                          "the file is damaged", f"eastkd verify {store} --repair")
+    assert_one_line_error(code, out, f"{store}: embeddings/{KEY}/clip items 12-14: chunk damaged",
+                          f"eastkd verify {store} --repair")
     code, out = _cli("verify", store, "--repair", "--no-progress")
     assert code == 1 and f"DAMAGED  embeddings/{KEY}/clip items 12-14" in out, out
     assert "rows marked pending" in out, out
@@ -428,6 +436,26 @@ def test_hdf5_chunk_beyond_the_files_end_is_one_line_then_repaired(
     assert run("verify", store, "--no-progress")[0] == 0
     _compress(store)
     assert_same_store(store, built)
+
+
+def test_hdf5_unreadable_chunk_is_not_overwritten(built: Path, tmp_path: Path,
+                                                  tiny_manifest: Path) -> None:
+    """Overwriting a stored chunk HDF5 cannot read is refused before HDF5 takes the write: it
+    would fail to flush it, on close too, and leave h5py objects that crash the process when
+    garbage-collected (as a later test's did)."""
+    if built.is_dir():
+        pytest.skip("HDF5 only")
+    store = tmp_path / built.name
+    rows = _chunk_beyond_the_end(built, store, tiny_manifest)
+    with open_store(str(store), "r+") as s:
+        sec = s.embeddings(KEY)
+        with pytest.raises(StoreDamageError, match=r"clip items 12-14: chunk damaged"):
+            sec.write_rows(12, {"clip": rows})
+        sec.write_rows(0, {"clip": s.embeddings(KEY).array("clip")[:4]})  # others still are
+    assert not has_abandoned_files()
+    gc.collect()
+    code, out = run("verify", store, "--no-progress")
+    assert code == 1 and f"DAMAGED  embeddings/{KEY}/clip items 12-14" in out, out
 
 
 def _extract_cli(manifest: Path, store: Path) -> tuple[int, str]:
