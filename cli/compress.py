@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import click
 
+from eastkd.cli.options import store_access
+
 
 @click.command("compress", context_settings={"show_default": True})
-@click.argument("store", type=click.Path(exists=True, dir_okay=True, file_okay=True))
+@click.argument("store")
 @click.option("--embeddings", "key", default=None, metavar="KEY",
               help="Embeddings to compress (a key shown by `eastkd info`).  "
                    "[default: the only one in the store]")
@@ -31,10 +33,14 @@ import click
               help="learned: maximum epochs (stops early when validation stops improving).")
 @click.option("--patience", default=10, type=click.IntRange(min=1),
               help="learned: epochs without validation improvement before stopping.")
+@click.option("--dask", "dask_cluster", default=None, metavar="local:N|ADDRESS",
+              help="pca: fit on a dask.distributed cluster (one task per chunk, moments merged "
+                   "in a tree); local:N starts N worker processes here.  [default: in-process]")
 @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
+@store_access
 def command(store: str, key: str | None, method: str, dim: str, name: str | None,
             fit_split: str, whiten: bool, overwrite: bool, plot_path: str | None, seed: int,
-            epochs: int, patience: int, progress: bool) -> None:
+            epochs: int, patience: int, dask_cluster: str | None, progress: bool) -> None:
     """Fit a compressor on STORE's embeddings and write targets/<name> into STORE.
 
     \b
@@ -46,7 +52,7 @@ def command(store: str, key: str | None, method: str, dim: str, name: str | None
 
     r = compress(store, key, method, dim, name=name, fit_split=fit_split, whiten=whiten,
                  overwrite=overwrite, plot=plot_path, seed=seed, epochs=epochs,
-                 patience=patience, progress=progress)
+                 patience=patience, progress=progress, dask=dask_cluster)
     if r.explained_variance is not None:
         quality = f"explained variance {100 * r.explained_variance:.2f} %"
     elif r.metric_value is not None:

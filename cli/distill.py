@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from eastkd.cli.options import store_access
+
 
 @click.command("distill", context_settings={"show_default": True})
 @click.argument("store")
@@ -62,6 +64,7 @@ import click
 @click.option("--overwrite", is_flag=True, help="Replace a run already in RUN_DIR.")
 @click.option("--progress/--no-progress", default=True,
               help="Show progress bars; without them, print one line per epoch.")
+@store_access
 def command(store: str, targets: str | None, out_dir: str, student: str, width: int, kd: str,
             lam: float, teacher_linear: bool, teacher_linear_dim: int | None,
             frame_targets: bool, epochs: int, batch_size: int, lr: float, weight_decay: float,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from eastkd.cli.options import echo_json
+from eastkd.cli.options import echo_json, store_access
 
 
 @click.command("evaluate", context_settings={"show_default": True})
@@ -20,6 +20,7 @@ from eastkd.cli.options import echo_json
               help="Print one JSON object (metrics, n_items, complexity, ...) instead of tables.")
 @click.option("--progress/--no-progress", default=True,
               help="Accepted for uniformity (evaluate prints no progress bar).")
+@store_access
 def command(run_dir: str, store: str, split: str, fold: int | None, device: str,
             as_json: bool, progress: bool) -> None:
     """Score the best student of RUN_DIR on SPLIT of STORE.

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from eastkd.cli.options import parse_key_values
+from eastkd.cli.options import parse_key_values, store_access
 
 RESAMPLER_NAMES = ["kaiser-best", "fast"]  # eastkd.pipeline.audio.RESAMPLERS (kept light here)
 
@@ -59,6 +59,11 @@ if TYPE_CHECKING:
                    "table and extracted again.")
 @click.option("--shard", default="0/1", metavar="I/N",
               help="Fill only unit u with u % N == I, so N processes can share one Zarr store.")
+@click.option("--dask", "dask_cluster", default=None, metavar="local:N|ADDRESS",
+              help="Run the units as tasks on a dask.distributed cluster: local:N starts N "
+                   "worker processes here, ADDRESS (tcp://host:8786) joins a running scheduler "
+                   "whose workers reach the audio and the store. Bit-identical to a run "
+                   "without it; a lost worker's units are run again.  [default: in-process]")
 @click.option("--chunk-items", type=click.IntRange(min=1), default=None, metavar="N",
               help="Cap items per chunk (a power of two) of the arrays this run creates; only "
                    "ever makes chunks smaller than the ~4 MB default, giving finer --shard and "
@@ -78,20 +83,23 @@ if TYPE_CHECKING:
 @click.option("--split-seed", type=int, default=0, help="Seed of that stratified split.")
 @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
 @click.pass_context
+@store_access
 def command(ctx: click.Context,
             dataset: str, store: str, teacher: str, teacher_opts: tuple[str, ...],
             weights: str | None, key: str | None, segment: float | None, crop: str, dtype: str,
             frames: bool, batch_size: int, batch_seconds: float | None, workers: int | None,
             resampler: str, device: str, on_error: str, overwrite: bool, rehash: bool,
-            shard: str, chunk_items: int | None, n_mels: int, student_sr: int,
-            like: str | None, split_ratios: str, split_seed: int, progress: bool) -> None:
+            shard: str, dask_cluster: str | None, chunk_items: int | None, n_mels: int,
+            student_sr: int, like: str | None, split_ratios: str, split_seed: int,
+            progress: bool) -> None:
     """Run TEACHER once over DATASET and write embeddings and log-mel features into STORE.
 
     DATASET is a manifest (.csv/.jsonl with id, path, label or labels, split), a folder with
     one sub-folder per class, or NAME:PATH for a known dataset (esc50, mtat, fma-small).
-    STORE is a Zarr directory (*.zarr, default) or an HDF5 file (*.h5). Rerunning the same
-    command continues an interrupted run without recomputing finished chunks; a rerun reads no
-    audio for indexing (file hashes are cached by path, size and mtime).
+    STORE is a Zarr directory (*.zarr, default), an HDF5 file (*.h5), or a Zarr store at a URL
+    (s3://bucket/name.zarr, gs://..., with --storage-option). Rerunning the same command
+    continues an interrupted run without recomputing finished chunks; a rerun reads no audio
+    for indexing (file hashes are cached by path, size and mtime).
     """
     from eastkd.pipeline.datasets.manifest import resolve_dataset
     from eastkd.pipeline.datasets.splits import dataset_split_report, parse_ratios
@@ -118,7 +126,12 @@ def command(ctx: click.Context,
         rehash=rehash, shard=parse_shard(shard), progress=progress, chunk_items=chunk_items,
         logmel=logmel,
     )
-    print_extract_summary(extract(spec, store, opts))
+    if dask_cluster:
+        from eastkd.pipeline.distributed import extract_distributed
+
+        print_extract_summary(extract_distributed(spec, store, opts, dask_cluster))
+    else:
+        print_extract_summary(extract(spec, store, opts))
 
 
 def _like(ctx: click.Context, like: str) -> tuple[float, str, LogMelParams]:

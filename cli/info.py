@@ -6,6 +6,8 @@ from typing import Any
 
 import click
 
+from eastkd.cli.options import store_access
+
 
 def _print_text(d: dict[str, Any], show_skipped: int) -> None:
     from eastkd.pipeline.report import human_bytes
@@ -69,11 +71,13 @@ def _print_text(d: dict[str, Any], show_skipped: int) -> None:
               help="How many skipped items to list per section in the text view.")
 @click.option("--progress/--no-progress", default=True,
               help="Accepted for uniformity (info prints no progress bar).")
+@store_access
 def command(store: str, as_json: bool, show_skipped: int, progress: bool) -> None:
     """Show what STORE holds: items, splits, classes, features, teachers' embeddings,
     compressed targets (with status and provenance), skipped items and bytes on disk.
 
-    STORE may be a .zarr folder, a .zip of one (read-only) or an .h5 file.
+    STORE may be a .zarr folder, a .zip of one (read-only), an .h5 file, or a Zarr store at a
+    URL (s3://bucket/name.zarr; see --storage-option).
     """
     from eastkd.cli.options import echo_json
     from eastkd.store import open_store

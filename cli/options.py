@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
-from typing import Any
+from typing import Any, Callable
 
 import click
 
@@ -24,3 +25,31 @@ def parse_key_values(pairs: tuple[str, ...], flag: str) -> dict[str, Any]:
 
 def echo_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, sort_keys=False, default=str))
+
+
+def store_access(command: Callable[..., Any] | None = None, *,
+                 cache: bool = True) -> Any:
+    """Add ``--storage-option KEY=VALUE`` and ``--cache-dir`` (only ``--storage-option`` with
+    ``cache=False``) to a command that takes a store, and apply them (to every store URL the
+    command opens) before it runs. Use as ``@store_access`` or ``@store_access(cache=False)``."""
+    if command is None:
+        return functools.partial(store_access, cache=cache)
+
+    @functools.wraps(command)
+    def run(*args: Any, storage_options: tuple[str, ...] = (), cache_dir: str | None = None,
+            **kwargs: Any) -> Any:
+        from eastkd.store import configure_access
+
+        configure_access(parse_key_values(storage_options, "--storage-option"), cache_dir)
+        return command(*args, **kwargs)
+
+    if cache:
+        run = click.option(
+            "--cache-dir", type=click.Path(file_okay=False), default=None,
+            help="Local folder caching the chunks read from a store at a URL (reused across "
+                 "runs; metadata and progress are always read afresh).")(run)
+    return click.option(
+        "--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
+        help="Option for a store at a URL (s3://, gs://, memory://), passed to its fsspec "
+             "filesystem, e.g. endpoint_url=http://127.0.0.1:9000 or anon=true (repeatable; "
+             "credentials also come from the usual environment variables).")(run)

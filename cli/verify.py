@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from eastkd.cli.options import store_access
+
 
 def _print_text(report) -> None:  # noqa: ANN001 (VerifyReport; imported lazily)
     from eastkd.pipeline.report import human_bytes
@@ -47,6 +49,7 @@ def _print_text(report) -> None:  # noqa: ANN001 (VerifyReport; imported lazily)
                    "on their raw bytes where the format allows (Zarr: crc32c), which proves "
                    "them intact at the speed of reading them.")
 @click.option("--progress/--no-progress", default=True, help="Show the progress bar.")
+@store_access(cache=False)
 def command(store: str, as_json: bool, repair: bool, deep: bool, progress: bool) -> None:
     """Read every chunk of STORE and check it: checksums, chunks missing where rows are marked
     done, shapes, the items table and provenance (dataset fingerprints).
@@ -58,6 +61,7 @@ def command(store: str, as_json: bool, repair: bool, deep: bool, progress: bool)
     Examples:
       eastkd verify received.zarr
       eastkd verify received.zarr --repair; eastkd extract DATASET received.zarr ...
+      eastkd verify s3://bucket/shared.zarr --storage-option endpoint_url=http://host:9000
     """
     from eastkd.cli.options import echo_json
     from eastkd.store.verify import verify

@@ -103,7 +103,12 @@ def _export_torchscript(model: nn.Module, example: torch.Tensor, meta: dict[str,
 
 def _export_onnx(model: nn.Module, example: torch.Tensor, meta: dict[str, Any],
                  path: str) -> None:
-    import onnx
+    try:
+        import onnx
+        import onnxscript  # noqa: F401 - torch.onnx's exporter needs it
+    except ImportError as e:
+        raise EastkdError(f"--format onnx needs the onnx packages ({e.name} is missing): "
+                          "pip install 'eastkd[onnx]', or use --format torchscript") from None
 
     batch = torch.export.Dim("batch", min=1, max=4096)
     tmp = f"{path}.partial"

@@ -37,7 +37,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from eastkd.store import OK, SKIPPED, EastkdError, Store, StoreArray, open_store
+from eastkd.store import (
+    OK,
+    SKIPPED,
+    EastkdError,
+    Store,
+    StoreArray,
+    access_options,
+    configure_access,
+    open_store,
+)
 
 FEATURES = "logmel"
 DEFAULT_MEMORY_LIMIT = 4 << 30  # bytes of float32 rows held in memory before streaming
@@ -269,12 +278,14 @@ class ReadTask:
 
 
 class _WindowReader(torch.utils.data.Dataset):
-    """Reads a window of streamed arrays; each process opens the store itself, on first use."""
+    """Reads a window of streamed arrays; each process opens the store itself, on first use,
+    with the storage options and chunk cache of the process that made the reader."""
 
     def __init__(self, arrays: dict[str, StoreArray], rows: np.ndarray) -> None:
         self.rows = rows
         self.paths = {k: a.path for k, a in arrays.items()}
         self.store_path = next(iter(arrays.values())).backend.path
+        self.access = access_options()  # a store at a URL: its options reach the workers too
         self._arrays: dict[str, StoreArray] | None = dict(arrays)
         self._pid: int | None = os.getpid()
 
@@ -285,6 +296,8 @@ class _WindowReader(torch.utils.data.Dataset):
 
     def arrays(self) -> dict[str, StoreArray]:
         if self._arrays is None or self._pid != os.getpid():
+            # a spawned worker starts with no storage options and no chunk cache configured
+            configure_access(self.access.storage_options, self.access.cache_dir)
             store = open_store(self.store_path)
             self._arrays = {k: store_array(store, p) for k, p in self.paths.items()}
             self._pid = os.getpid()

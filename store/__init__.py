@@ -11,6 +11,10 @@ from eastkd.store.errors import (
     StoreWriteError,
 )
 from eastkd.store.items import SPLITS, ItemsTable
+from eastkd.store.location import AccessOptions, access_options, is_url
+from eastkd.store.location import absolute as store_location
+from eastkd.store.location import basename as store_name
+from eastkd.store.location import configure as configure_access
 from eastkd.store.store import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -27,6 +31,7 @@ from eastkd.store.store import (
     eastkd_version,
     open_for_dataset,
     open_store,
+    store_exists,
 )
 
 __all__ = [
@@ -34,5 +39,6 @@ __all__ = [
     "StoreWriteError", "SPLITS", "ItemsTable",
     "FORMAT_NAME", "FORMAT_VERSION", "OK", "PENDING", "SKIPPED", "ArraySpec", "Section", "Store",
     "StoreArray", "backend_name", "chunk_items", "create_store", "eastkd_version",
-    "open_for_dataset", "open_store",
+    "open_for_dataset", "open_store", "store_exists", "AccessOptions", "access_options",
+    "configure_access", "is_url", "store_location", "store_name",
 ]

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from eastkd.store import location
 from eastkd.store.backends.base import OK, PENDING, SKIPPED, Backend
 from eastkd.store.damage import write_failure
 from eastkd.store.errors import (
@@ -86,6 +87,11 @@ def chunk_items(row_bytes: int, n_items: int, target_bytes: int = _TARGET_CHUNK_
 
 
 def _backend_for(path: str, mode: str) -> Backend:
+    if location.is_url(path):
+        from eastkd.store.backends.zarr_backend import ZarrBackend
+
+        return ZarrBackend(path, mode, store=location.fsspec_store(path, read_only=mode == "r"))
+    path = location.local_path(path)
     lower = path.lower().rstrip("/")
     if lower.endswith((".h5", ".hdf5")):
         from eastkd.store.backends.hdf5_backend import HDF5Backend
@@ -97,7 +103,28 @@ def _backend_for(path: str, mode: str) -> Backend:
 
 
 def backend_name(path: str) -> str:
-    return "hdf5" if path.lower().endswith((".h5", ".hdf5")) else "zarr"
+    return "hdf5" if str(path).lower().rstrip("/").endswith((".h5", ".hdf5")) else "zarr"
+
+
+def store_exists(path: str) -> bool:
+    """True when ``path`` (a local path or a URL) holds a complete eastkd store, or anything
+    else that is not a store's half-created remains: what ``extract`` opens rather than
+    creates. A URL without the format marker counts as absent (its creator was interrupted)."""
+    if not location.is_url(path):
+        return os.path.exists(location.local_path(path))
+    location.check_remote_kind(path)
+    return _has_marker(path)
+
+
+def _has_marker(url: str) -> bool:
+    try:
+        backend = _backend_for(url, "r")
+    except StoreNotFoundError:
+        return False
+    try:
+        return backend.get_attrs("").get("format") == FORMAT_NAME
+    finally:
+        backend.close()
 
 
 @dataclass
@@ -593,9 +620,17 @@ def _write_item_columns(backend: Backend, items: ItemsTable) -> None:
 
 
 def open_store(path: str, mode: str = "r") -> Store:
-    """Open an existing store; ``mode`` is ``"r"`` (read) or ``"r+"`` (read and write)."""
-    if not os.path.exists(path):
+    """Open an existing store; ``mode`` is ``"r"`` (read) or ``"r+"`` (read and write).
+
+    ``path`` is a local path (.zarr folder, .zip, .h5) or an fsspec URL of a Zarr store
+    (``s3://bucket/x.zarr``; see :mod:`eastkd.store.location`)."""
+    if not location.is_url(path) and not os.path.exists(location.local_path(path)):
         raise StoreNotFoundError(f"{path}: no such store; create it with `eastkd extract`")
+    if location.is_url(path):
+        location.check_remote_kind(path)
+    if location.is_url(path) and not location.url_exists(path):
+        raise StoreNotFoundError(f"{path}: no such store; create it with `eastkd extract` "
+                                 "(check the URL and --storage-option endpoint_url)")
     return Store(path, _backend_for(path, "r" if mode == "r" else "a"))
 
 
@@ -619,10 +654,15 @@ def _write_errors_as_one_line(fn: Callable[..., Store]) -> Callable[..., Store]:
 def create_store(path: str, items: ItemsTable, dataset: dict[str, Any]) -> Store:
     """Create a new store holding the items table, atomically.
 
-    The store is built under a temporary name beside ``path`` and renamed into place, so no
-    reader (and no concurrent creator) ever sees a half-written items table. If another process
-    created ``path`` first, that store is opened instead (after the dataset check).
+    A local store is built under a temporary name beside ``path`` and renamed into place, so
+    no reader (and no concurrent creator) ever sees a half-written items table. If another
+    process created ``path`` first, that store is opened instead (after the dataset check).
+    Object stores cannot rename: a URL store gets its items table first and the root
+    attributes with the ``format`` marker last (see :func:`_create_remote`).
     """
+    if location.is_url(path):
+        return _create_remote(path, items, dataset)
+    path = location.local_path(path)
     if os.path.exists(path):
         raise EastkdError(f"{path} already exists")
     parent = os.path.dirname(os.path.abspath(path))
@@ -635,13 +675,7 @@ def create_store(path: str, items: ItemsTable, dataset: dict[str, Any]) -> Store
         zarr.open_group(tmp, mode="w", zarr_format=3)
     backend = _backend_for(tmp, "a")
     try:
-        backend.update_attrs("", {
-            "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
-            "eastkd_version": eastkd_version(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "dataset": {**dataset, "fingerprint": items.fingerprint(), "n_items": len(items)},
-        })
+        backend.update_attrs("", _root_attrs(items, dataset))
         _write_items(backend, items)
         backend.close()
         try:
@@ -660,6 +694,35 @@ def create_store(path: str, items: ItemsTable, dataset: dict[str, Any]) -> Store
     if os.path.exists(tmp):  # lost the race against another creator
         shutil.rmtree(tmp, ignore_errors=True) if os.path.isdir(tmp) else os.remove(tmp)
     return open_for_dataset(path, items)
+
+
+def _root_attrs(items: ItemsTable, dataset: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "eastkd_version": eastkd_version(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "dataset": {**dataset, "fingerprint": items.fingerprint(), "n_items": len(items)},
+    }
+
+
+def _create_remote(url: str, items: ItemsTable, dataset: dict[str, Any]) -> Store:
+    """Create a store at a URL "marker last": the root group is written empty, then the items
+    table, then the root attributes with the ``format`` marker in one object PUT (atomic on
+    object stores). A reader or ``extract`` that finds no marker treats what is there as a
+    half-created store: ``extract`` takes it over (clears and recreates it)."""
+    import zarr
+
+    if store_exists(url):
+        raise EastkdError(f"{url} already exists")
+    zarr.open_group(location.fsspec_store(url, read_only=False), mode="w", zarr_format=3)
+    backend = _backend_for(url, "a")
+    try:
+        _write_items(backend, items)
+        backend.update_attrs("", _root_attrs(items, dataset))  # the marker: last
+    finally:
+        backend.close()
+    return open_for_dataset(url, items)
 
 
 def open_for_dataset(path: str, items: ItemsTable) -> Store:

@@ -24,6 +24,7 @@ from typing import Any, Iterator
 import numpy as np
 from tqdm.auto import tqdm
 
+from eastkd.store import location
 from eastkd.store.backends.base import Backend
 from eastkd.store.damage import is_nan_fill, missing_rows, reason_of, rows_text
 from eastkd.store.errors import EastkdError, StoreDamageError
@@ -499,7 +500,7 @@ def verify(path: str, repair: bool = False, progress: bool = True,
     as fast as reading them; ``deep`` decodes every chunk as well."""
     t0 = time.perf_counter()
     report = VerifyReport(store=path)
-    with open_store(path, "r+" if repair else "r") as store:
+    with location.uncached(), open_store(path, "r+" if repair else "r") as store:
         attrs = store.attrs
         report.backend = store.backend_name
         report.format_version = int(attrs.get("format_version", 0))

@@ -372,8 +372,11 @@ def test_every_command_takes_progress_flags_and_errors_fit_one_line(demo_store_m
     res = runner.invoke(cli, ["evaluate", str(trained_run), str(demo_store_master),
                               "--no-progress", "--json"])
     assert res.exit_code == 0, res.output
-    res = runner.invoke(cli, ["compress", str(tmp_path / "missing.zarr")])
+    res = runner.invoke(cli, ["compress", str(tmp_path / "missing.zarr")])  # a user error
+    assert res.exit_code == 1
+    assert res.output.count("\n") == 1 and "no such store" in res.output
+    res = runner.invoke(cli, ["compress"])  # a usage error
     assert res.exit_code == 2
-    assert res.output.count("\n") == 1 and res.output.startswith("Error: Invalid value for 'STORE'")
+    assert res.output.count("\n") == 1 and res.output.startswith("Error: Missing argument")
     res = runner.invoke(cli, ["nosuch"])
     assert res.exit_code == 2 and res.output.count("\n") == 1

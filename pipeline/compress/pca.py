@@ -95,6 +95,12 @@ class PCACompressor:
         self._finish(mean, np.triu(xc.T @ xc), x.shape[0])
         return self
 
+    def fit_moments(self, mean: np.ndarray, scatter: np.ndarray, n: int) -> "PCACompressor":
+        """Fit from moments computed elsewhere (e.g. merged on a cluster): the mean of ``n``
+        rows and their centred scatter matrix (full, or its upper triangle), float64."""
+        self._finish(np.asarray(mean, np.float64), np.array(scatter, np.float64, order="F"), n)
+        return self
+
     def _finish(self, mean: np.ndarray, scatter: np.ndarray, n: int) -> None:
         if not np.isfinite(scatter).all():
             raise EastkdError("embeddings contain NaN/inf; re-extract them (--dtype float32)")

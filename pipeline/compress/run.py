@@ -36,7 +36,10 @@ from eastkd.store import (
     Section,
     Store,
     eastkd_version,
+    is_url,
     open_store,
+    store_location,
+    store_name,
 )
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
@@ -86,8 +89,11 @@ def default_name(key: str, method: str, dim: int | float) -> str:
 
 
 def default_plot_path(store_path: str, name: str) -> str:
-    """``<store>.<name>.png`` beside the store (never inside it)."""
-    return f"{os.path.abspath(store_path.rstrip('/'))}.{name}.png"
+    """``<store>.<name>.png`` beside the store (never inside it); for a store at a URL, in the
+    current folder."""
+    if is_url(store_path):
+        return os.path.abspath(f"{store_name(store_path)}.{name}.png")
+    return f"{store_location(store_path).rstrip('/')}.{name}.png"
 
 
 def _json_safe(value: Any) -> Any:
@@ -135,11 +141,15 @@ def _split_rows(store: Store, status: np.ndarray, split: str) -> np.ndarray:
 def compress(store_path: str, embeddings_key: str | None, method: str, dim: int | float | str,
              name: str | None = None, fit_split: str = "train", whiten: bool = False,
              overwrite: bool = False, plot: str | None | bool = None, seed: int = 0,
-             epochs: int = 100, patience: int = 10, progress: bool = True) -> CompressResult:
+             epochs: int = 100, patience: int = 10, progress: bool = True,
+             dask: Any = None) -> CompressResult:
     """Fit ``method`` on ``embeddings/<key>`` (``fit_split`` rows) and write ``targets/<name>``.
 
     ``plot`` is a PNG path, None for ``<store>.<name>.png`` beside the store, or False for none.
+    ``dask`` (``local:N``, a scheduler address or a Client) fits PCA on that cluster.
     """
+    if dask is not None and method != "pca":
+        raise EastkdError(f"--dask fits --method pca only, not {method!r}; drop --dask")
     t0 = time.perf_counter()
     dim = parse_dim(dim)
     cls = registry.compressors.get(method)
@@ -189,7 +199,12 @@ def compress(store_path: str, embeddings_key: str | None, method: str, dim: int 
 
         tf = time.perf_counter()
         valid_rows = _split_rows(store, status, "valid") if fit_split != "valid" else None
-        comp.fit(src, rows, store.items, valid_rows, progress)
+        if dask is not None:
+            from eastkd.pipeline.compress.pca_dask import fit_on_cluster
+
+            fit_on_cluster(comp, store_path, emb.path, "clip", rows, dask)
+        else:
+            comp.fit(src, rows, store.items, valid_rows, progress)
         fit_seconds = time.perf_counter() - tf
         d_out = comp.out_dim
         summary = comp.summary()

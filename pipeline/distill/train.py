@@ -43,6 +43,14 @@ from eastkd.pipeline import registry
 from eastkd.pipeline.datasets.splits import missing_class_warnings
 from eastkd.pipeline.device import resolve_device
 from eastkd.pipeline.distill.complexity import count_parameters
+from eastkd.pipeline.distill.evaluate import (
+    BEST,
+    CONFIG,
+    compute_metrics,
+    predict,
+    selection_metric,
+)
+from eastkd.pipeline.distill.run_files import plot_curves, save_atomic, write_history, write_json
 from eastkd.pipeline.reading import (
     DEFAULT_MEMORY_LIMIT,
     DEFAULT_SHUFFLE_BUFFER,
@@ -53,15 +61,13 @@ from eastkd.pipeline.reading import (
     resolve_targets,
     skipped_count,
 )
-from eastkd.pipeline.distill.evaluate import (
-    BEST,
-    CONFIG,
-    compute_metrics,
-    predict,
-    selection_metric,
+from eastkd.store import (
+    EastkdError,
+    StoreMismatchError,
+    eastkd_version,
+    open_store,
+    store_location,
 )
-from eastkd.pipeline.distill.run_files import plot_curves, save_atomic, write_history, write_json
-from eastkd.store import EastkdError, StoreMismatchError, eastkd_version, open_store
 
 KD_METHODS = ("fitnet", "dc", "none")
 SCHEDULES = ("cosine", "plateau")
@@ -220,7 +226,7 @@ def _build_config(store: Any, store_path: str, spec: TargetsSpec | None, options
         "eastkd_version": eastkd_version(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "options": options,
-        "store": {"path": os.path.abspath(store_path), "backend": store.backend_name,
+        "store": {"path": store_location(store_path), "backend": store.backend_name,
                   "dataset_fingerprint": store.dataset_fingerprint,
                   "dataset": store.attrs.get("dataset", {}).get("name")},
         "logmel": fattrs.get("params", {}), "segment": fattrs.get("segment", {}),

@@ -17,7 +17,7 @@ from eastkd.pipeline.extract.options import (
     default_workers,
     parse_shard,
 )
-from eastkd.pipeline.extract.run import extract, open_or_create
+from eastkd.pipeline.extract.run import extract, extract_into, open_or_create
 
 __all__ = ["FEATURES", "ON_ERROR", "ExtractOptions", "ExtractSummary", "default_workers",
-           "extract", "open_or_create", "parse_shard"]
+           "extract", "extract_into", "open_or_create", "parse_shard"]

@@ -8,7 +8,6 @@ writer thread writes finished chunks and, last, each unit's status (``writer.Wri
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from typing import Any
 
@@ -45,6 +44,7 @@ from eastkd.store import (
     eastkd_version,
     open_for_dataset,
     open_store,
+    store_exists,
 )
 
 
@@ -92,7 +92,7 @@ def open_or_create(store_path: str, spec: DatasetSpec, progress: bool = True, wo
     """
     dataset = {"name": spec.name, "source": spec.source, "description": spec.description,
                "split": spec.split_info}
-    if not os.path.exists(store_path):
+    if not store_exists(store_path):
         items = build_items_table(spec, progress, workers)
         return create_store(store_path, items, dataset)
     with open_store(store_path) as old:
@@ -158,7 +158,8 @@ def _sections(store: Store, teacher: Teacher, device: torch.device, opts: Extrac
                "embedding_dim": teacher.embedding_dim, "frame_rate": teacher.frame_rate,
                "frame_offset": float(getattr(teacher, "frame_offset", 0.0)),
                "n_frames": t_frames, "pooling": teacher.pooling,
-               "min_seconds": teacher.min_seconds, "segment": segment.as_dict(), "eastkd_version": eastkd_version(),
+               "min_seconds": teacher.min_seconds, "segment": segment.as_dict(),
+               "eastkd_version": eastkd_version(),
                "dataset_fingerprint": store.dataset_fingerprint,
                "extract_options": {"batch_size": batch_size, "dtype": opts.dtype,
                                    "frames": opts.frames, "crop": opts.crop,
@@ -191,6 +192,14 @@ def _autocast(teacher: Teacher, device: torch.device) -> bool:
 
 
 # -- the run -----------------------------------------------------------------------------------
+
+
+def extract_into(store: Store, store_path: str, teacher: Teacher, device: torch.device,
+                 opts: ExtractOptions) -> ExtractSummary:
+    """Fill ``store`` (open for writing, items table written) with a loaded teacher: what a
+    distributed task runs for its ``opts.units`` without re-hashing the dataset."""
+    _check_options(opts, store_path)
+    return _extract_into(store, store_path, teacher, device, opts)
 
 
 def _extract_into(store: Store, store_path: str, teacher: Teacher, device: torch.device,

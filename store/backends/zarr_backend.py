@@ -62,15 +62,21 @@ def _crc_problem(data: np.ndarray) -> str:
 class ZarrBackend(Backend):
     name = "zarr"
 
-    def __init__(self, path: str, mode: str = "r") -> None:
+    def __init__(self, path: str, mode: str = "r", store: Any = None) -> None:
+        """Open the store at ``path``; ``store`` is a zarr Store to use instead of a local
+        folder or zip (a URL store, made by :mod:`eastkd.store.location`)."""
         self.path = path
         self.read_only = mode == "r"
-        if path.endswith(".zip"):
+        self._remote = store is not None
+        self._arrays: dict[str, zarr.Array] = {}
+        if store is not None:
+            self._store: Any = store
+        elif path.endswith(".zip"):
             if not self.read_only:
                 raise EastkdError(
                     f"{path}: zipped stores are read-only; unzip it to a .zarr folder to write"
                 )
-            self._store: Any = ZipStore(path, mode="r")
+            self._store = ZipStore(path, mode="r")
         else:
             self._store = LocalStore(path, read_only=self.read_only)
         try:
@@ -113,7 +119,7 @@ class ZarrBackend(Backend):
                 arr[...] = data
 
     def exists(self, path: str) -> bool:
-        return path in self.root
+        return path in self._arrays or path in self.root
 
     def is_array(self, path: str) -> bool:
         return isinstance(self.root.get(path), zarr.Array)
@@ -127,10 +133,11 @@ class ZarrBackend(Backend):
     def _arr(self, path: str) -> zarr.Array:
         """The array at ``path``; its metadata is read once (shape, chunks and codecs never
         change after creation; attributes are always read fresh by get_attrs)."""
-        cache = self.__dict__.setdefault("_arrays", {})
-        if path not in cache:
-            cache[path] = self._open_array(path)
-        return cache[path]
+        # one cache of array handles while the store is open: on object storage every metadata
+        # read is a round trip, and reads go block by block
+        if path not in self._arrays:
+            self._arrays[path] = self._open_array(path)
+        return self._arrays[path]
 
     def _open_array(self, path: str) -> zarr.Array:
         try:
@@ -247,12 +254,16 @@ class ZarrBackend(Backend):
             node.attrs.update(attrs)
 
     def delete(self, path: str) -> None:
-        self.__dict__.get("_arrays", {}).clear()
+        self._arrays.clear()
         if path in self.root:
             with self.writing(path):
                 del self.root[path]
 
     def nbytes_stored(self) -> int:
+        if self._remote:
+            from eastkd.store.location import url_nbytes
+
+            return url_nbytes(self.path)
         if self.path.endswith(".zip"):
             return os.path.getsize(self.path)
         return _du(self.path)
