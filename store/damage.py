@@ -3,8 +3,9 @@
 Readers call :func:`read_failure` when the library (zarr or h5py) fails to read a selection:
 it reads the selection's chunks one by one to find the first damaged one and names the store,
 the array and the item rows of that chunk. :func:`missing_rows` finds rows that read as the NaN
-fill value of a float array (a chunk that is not on disk). :func:`write_failure` turns a full
-disk or a permission error into the message that keeps finished work safe.
+fill value of a float array: damage where their status says done (the chunk is not on disk),
+unfinished work where it is pending. :func:`write_failure` turns a full disk or a permission
+error into the message that keeps finished work safe.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from eastkd.store.errors import StoreDamageError, StoreWriteError
+from eastkd.store.errors import EastkdError, StoreDamageError, StoreWriteError
 
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _NO_PERMISSION = {errno.EACCES, errno.EPERM, errno.EROFS}
@@ -91,14 +92,27 @@ def missing_rows(out: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 
 def check_not_missing(store: str, array: str, n: int, chunk: int, selection: Any,
-                      out: np.ndarray) -> None:
-    """Raise when rows of a NaN-fill array read as fill: their chunk is missing on disk."""
+                      out: np.ndarray, pending: Callable[[np.ndarray], np.ndarray]) -> None:
+    """Raise when rows of a NaN-fill array read as the fill value.
+
+    ``pending(rows)`` says which of those rows their section's status marks pending. Rows
+    marked done (ok or skipped) lost their chunk: that is damage. Pending rows were never
+    written: reading them is refused too (they hold no data), but as unfinished work, not
+    damage, since a repair has nothing to fix there."""
     rows = selection_rows(n, selection)
     bad = missing_rows(np.asarray(out), rows)
-    if bad.size:
-        lo, hi = chunk_ranges(bad[:1], chunk, n)[0]
+    if not bad.size:
+        return
+    waiting = np.asarray(pending(bad), dtype=bool)
+    lost = bad[~waiting]
+    if lost.size:
+        lo, hi = chunk_ranges(lost[:1], chunk, n)[0]
         raise damage_error(store, array, lo, hi,
                            "chunk missing or never written (rows read as the fill value)")
+    lo, hi = int(bad.min()), int(bad.max()) + 1
+    raise EastkdError(f"{store}: {array} {rows_text(lo, hi)}: not computed yet (status "
+                      "pending); read only rows whose status is done, or finish the section "
+                      "by rerunning the command that writes it (extract or compress)")
 
 
 def write_failure(store: str, what: str, exc: OSError) -> StoreWriteError | None:

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from eastkd.store import location
-from eastkd.store.backends.base import Backend
+from eastkd.store.backends.base import OK, PENDING, SKIPPED, Backend
 from eastkd.store.damage import write_failure
 from eastkd.store.errors import (
     EastkdError,
@@ -35,7 +35,6 @@ from eastkd.store.items import ItemsTable
 FORMAT_NAME = "eastkd-store"
 FORMAT_VERSION = 2  # 2: checksummed chunks, NaN fill for floats, dimension names
 SECTION_KINDS = ("features", "embeddings", "targets")
-PENDING, OK, SKIPPED = 0, 1, 2
 _TARGET_CHUNK_BYTES = 4 << 20
 _MAX_CHUNK_ITEMS = 8192
 ITEM_DIM = "item"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -12,6 +13,17 @@ import pytest
 DEMO_CLIPS_PER_CLASS = 16
 DEMO_SECONDS = 1.0
 TEACHER_OPTS = {"hop_ms": 100}
+
+
+@pytest.fixture(autouse=True)
+def no_hdf5_handle_left_open() -> Iterator[None]:
+    """No test may leave an HDF5 handle that a failed write could not close: it would crash
+    the process when it is garbage-collected later, in another test (run such a command in a
+    subprocess instead)."""
+    yield
+    from eastkd.store.backends.hdf5_backend import has_abandoned_files
+
+    assert not has_abandoned_files(), "an HDF5 handle was left open after a failed write"
 
 
 @pytest.fixture(scope="session")

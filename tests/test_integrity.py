@@ -6,11 +6,13 @@ backends; damage is done to the bytes on disk the way a bad copy or disk would."
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -20,6 +22,7 @@ from click.testing import CliRunner
 
 from eastkd.cli.main import cli
 from eastkd.store import open_store
+from eastkd.store.backends.hdf5_backend import has_abandoned_files
 from eastkd.store.errors import StoreDamageError
 
 TEACHER_OPTS = {"hop_ms": 100}
@@ -41,12 +44,12 @@ EXTRACT_ARGS = ("--teacher", "crepe-tiny", "--teacher-opt", "hop_ms=100", "--chu
                 "--frames", "-j", "0", "--no-progress")
 
 
-def _extract(manifest: Path, store: Path) -> None:
+def _extract(manifest: Path, store: Path, units: list[int] | None = None) -> None:
     from eastkd.pipeline.extract import ExtractOptions, extract
 
     extract(str(manifest), str(store), ExtractOptions(
         teacher="crepe-tiny", teacher_options=dict(TEACHER_OPTS), progress=False, workers=0,
-        chunk_items=4, frames=True))
+        chunk_items=4, frames=True, units=units))
 
 
 def _compress(store: Path) -> None:
@@ -373,11 +376,12 @@ def test_disk_full_keeps_finished_rows(tiny_manifest: Path, tmp_path: Path, back
     size = {"zarr": "240k", "hdf5": "160k"}[backend]  # room for a few blocks, not all
     with _mount(small, "-t", "tmpfs", "-o", f"size={size}"):
         path = small / f"s.{SUFFIX[backend]}"
-        if backend == "zarr":
-            code, out = run("extract", tiny_manifest, path, *EXTRACT_ARGS)
-        else:  # in a subprocess: the CLI ends a process whose HDF5 file cannot be flushed
-            code, out = _extract_cli(tiny_manifest, path)
+        code, out = run("extract", tiny_manifest, path, *EXTRACT_ARGS)
         assert_one_line_error(code, out, "disk full", "free space then rerun the same command")
+        # HDF5: the handle was closed without flushing into the full disk, none is left over
+        # (garbage-collecting one crashed h5py in a later test)
+        assert not has_abandoned_files()
+        gc.collect()
         with open_store(str(path)) as s:  # what status says is done is really there
             done = s.embeddings(KEY).status() == 1
             assert 0 < done.sum() < 15
@@ -386,17 +390,81 @@ def test_disk_full_keeps_finished_rows(tiny_manifest: Path, tmp_path: Path, back
             np.testing.assert_array_equal(
                 clip, s.embeddings(KEY).array("clip").read_rows(np.flatnonzero(done)))
         subprocess.run(["mount", "-o", "remount,size=4m", str(small)], check=True)
-        _extract(tiny_manifest, path)
+        # the file left by the full disk is whole: the same command finishes it
+        code, out = run("extract", tiny_manifest, path, *EXTRACT_ARGS)
+        assert code == 0, out
         _compress(path)
         assert_same_store(path, built)
 
 
-def _extract_cli(manifest: Path, store: Path) -> tuple[int, str]:
-    """In a subprocess: HDF5 ends a process whose file could not be flushed itself."""
-    import sys
+def _chunk_beyond_the_end(built: Path, store: Path, manifest: Path) -> np.ndarray:
+    """An HDF5 store whose rows 12-14 are pending, with an index naming their clip chunk
+    beyond the file's recorded end, as a process leaves it that ended after a dataset flush
+    but before the file flush (a full disk did so before every write flushed the whole file):
+    every later read or write of that chunk fails in HDF5 ("addr overflow"). Returns the rows'
+    clip values, which a rerun writes again (a chunk of the same size, so in the same place)."""
+    _extract(manifest, store, units=[0, 1, 2])  # rows 12-14 (unit 3) pending
+    with open_store(str(built)) as s:
+        rows = s.embeddings(KEY).array("clip")[12:15]
+    script = f"""if True:
+        import os, h5py, numpy as np
+        f = h5py.File({str(store)!r}, "a")
+        ds = f["embeddings/{KEY}/clip"]
+        ds[12:15] = np.asarray({rows.tolist()!r}, ds.dtype)  # a new chunk, at the file's end
+        ds.flush()  # its index entry is written, the file's end-of-allocation is not
+        os._exit(0)
+    """
+    subprocess.run([sys.executable, "-c", script], check=True)
+    return rows
 
-    cmd = [sys.executable, "-m", "eastkd.cli.main", "extract", str(manifest), str(store),
-           *EXTRACT_ARGS]
+
+def test_hdf5_chunk_beyond_the_files_end_is_one_line_then_repaired(
+        built: Path, tmp_path: Path, tiny_manifest: Path) -> None:
+    if built.is_dir():
+        pytest.skip("HDF5 only")
+    store = tmp_path / built.name
+    _chunk_beyond_the_end(built, store, tiny_manifest)
+    # every command in a subprocess, as a user runs them
+    code, out = _extract_cli(tiny_manifest, store)
+    assert_one_line_error(code, out, f"{store}: embeddings/{KEY}/clip items 12-14: chunk damaged",
+                          f"eastkd verify {store} --repair")
+    code, out = _cli("verify", store, "--repair", "--no-progress")
+    assert code == 1 and f"DAMAGED  embeddings/{KEY}/clip items 12-14" in out, out
+    assert "rows marked pending" in out, out
+    code, out = _extract_cli(tiny_manifest, store)
+    assert code == 0, out
+    assert run("verify", store, "--no-progress")[0] == 0
+    _compress(store)
+    assert_same_store(store, built)
+
+
+def test_hdf5_unreadable_chunk_is_not_overwritten(built: Path, tmp_path: Path,
+                                                  tiny_manifest: Path) -> None:
+    """Overwriting a stored chunk HDF5 cannot read is refused before HDF5 takes the write: it
+    would fail to flush it, on close too, and leave h5py objects that crash the process when
+    garbage-collected (as a later test's did)."""
+    if built.is_dir():
+        pytest.skip("HDF5 only")
+    store = tmp_path / built.name
+    rows = _chunk_beyond_the_end(built, store, tiny_manifest)
+    with open_store(str(store), "r+") as s:
+        sec = s.embeddings(KEY)
+        with pytest.raises(StoreDamageError, match=r"clip items 12-14: chunk damaged"):
+            sec.write_rows(12, {"clip": rows})
+        sec.write_rows(0, {"clip": s.embeddings(KEY).array("clip")[:4]})  # others still are
+    assert not has_abandoned_files()
+    gc.collect()
+    code, out = run("verify", store, "--no-progress")
+    assert code == 1 and f"DAMAGED  embeddings/{KEY}/clip items 12-14" in out, out
+
+
+def _extract_cli(manifest: Path, store: Path) -> tuple[int, str]:
+    return _cli("extract", manifest, store, *EXTRACT_ARGS)
+
+
+def _cli(*args: str | Path) -> tuple[int, str]:
+    """In a subprocess: HDF5 ends a process whose file could not be flushed itself."""
+    cmd = [sys.executable, "-m", "eastkd.cli.main", *map(str, args)]
     res = subprocess.run(cmd, capture_output=True, text=True,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     return res.returncode, res.stdout + res.stderr

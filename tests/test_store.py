@@ -227,13 +227,40 @@ class TestBackend:
         sec = _section(store, identity=other, overwrite=True)
         assert sec.attrs["identity"] == other
         assert sec.counts()["pending"] == N
-        # pending rows are never read as data: they hold the NaN fill value, which readers refuse
-        with pytest.raises(StoreDamageError, match=r"clip items 0-36: chunk missing or never "):
+        # pending rows are never read as data: they hold the NaN fill value, which readers
+        # refuse as unfinished work (not as damage: there is nothing to repair)
+        with pytest.raises(EastkdError, match=r"clip items 0-36: not computed yet") as e:
             sec.array("clip")[:]
+        assert not isinstance(e.value, StoreDamageError)
         assert np.isnan(store.backend.read(f"{sec.path}/clip", allow_missing=True)).all()
         store.delete_section("embeddings", "k")
         assert not store.has_section("embeddings", "k")
         store.close()
+
+    def test_fill_rows_are_damage_only_where_status_says_done(self, path: str) -> None:
+        store = create_store(path, make_items(), {"name": "toy"})
+        sec = _section(store, max_chunk_items=8)
+        assert sec.unit == 8
+        clip = np.ones((16, D), np.float32)
+        frames = np.ones((16, T, D), np.float16)
+        status = np.full(16, OK, np.uint8)
+        status[4] = SKIPPED  # skipped rows are written (zeros), never left as fill
+        sec.write_block(0, {"clip": clip[:8] * 0, "frames": frames[:8] * 0}, status[:8])
+        sec.write_block(8, {"clip": clip[8:], "frames": frames[8:]}, status[8:])
+        np.testing.assert_array_equal(sec.array("clip")[:16], np.r_[clip[:8] * 0, clip[8:]])
+        with pytest.raises(EastkdError, match=r"clip items 16-36: not computed yet \(status "
+                                              r"pending\)") as e:
+            sec.array("clip")[10:]
+        assert not isinstance(e.value, StoreDamageError)
+        # a chunk of done rows that is lost reads as fill too: that is damage
+        store.backend.reset_chunk(f"{sec.path}/clip", 1)
+        store.close()
+        with open_store(path) as s:
+            lost = s.embeddings("k").array("clip")
+            with pytest.raises(StoreDamageError, match=r"clip items 8-15: chunk missing or "):
+                lost[10:]
+            with pytest.raises(StoreDamageError, match=r"clip items 8-15: chunk missing or "):
+                lost.read_rows(np.asarray([30, 9]))
 
     def test_params_round_trip(self, path: str) -> None:
         store = create_store(path, make_items(), {"name": "toy"})

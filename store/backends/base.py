@@ -15,6 +15,9 @@ import numpy as np
 
 from eastkd.store.damage import write_failure
 
+# the status of a section's rows (docs/store-format.md, "Sections")
+PENDING, OK, SKIPPED = 0, 1, 2
+
 
 class Backend(ABC):
     """One open store file or directory."""
@@ -106,6 +109,18 @@ class Backend(ABC):
         ``(item-chunk index, bytes on disk, problem or "")`` per chunk; None where this
         backend or array cannot (then verify decodes every chunk instead)."""
         return None
+
+    def pending_rows(self, path: str, rows: np.ndarray) -> np.ndarray:
+        """Which of ``rows`` of the array at ``path`` its section's ``status`` marks pending
+        (never written yet); all False for arrays outside a section (no ``status`` beside
+        them). Only called for rows that read as the fill value, so it costs nothing on reads
+        of written data."""
+        rows = np.asarray(rows, dtype=np.int64)
+        parent, _, name = path.rpartition("/")
+        status = f"{parent}/status"
+        if not parent or name in ("status", "error") or not self.exists(status):
+            return np.zeros(rows.size, dtype=bool)
+        return self.read(status)[rows] == PENDING
 
     @contextmanager
     def writing(self, what: str) -> Iterator[None]:

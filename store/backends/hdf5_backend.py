@@ -25,12 +25,24 @@ import h5py
 import numpy as np
 
 from eastkd.store.backends.base import Backend, is_string_dtype
-from eastkd.store.damage import check_not_missing, is_nan_fill, read_failure, write_failure
-from eastkd.store.errors import EastkdError, StoreWriteError
+from eastkd.store.damage import (
+    check_not_missing,
+    chunk_ranges,
+    damage_error,
+    is_nan_fill,
+    read_failure,
+    reason_of,
+    repair_hint,
+    selection_rows,
+    write_failure,
+)
+from eastkd.store.errors import EastkdError, StoreDamageError, StoreWriteError
 
 _STR = h5py.string_dtype("utf-8")
-# handles dropped after a failed write: closing (or garbage-collecting) them flushes into the
-# same full disk, which crashes h5py; they are kept open until the process ends
+# handles dropped after a failed write or close that could not be closed unflushed (see
+# _close_unflushed; only where the file has no POSIX descriptor): closing (or garbage-collecting)
+# them flushes data HDF5 can never write, which fails or crashes h5py; they are kept open until
+# the process ends (the CLI then exits without HDF5's exit flush)
 _ABANDONED: list[h5py.File] = []
 
 
@@ -51,6 +63,28 @@ def _quiet_release_errors(hook: Any) -> Any:
 
     quiet._eastkd = True  # type: ignore[attr-defined]
     return quiet
+
+
+def _close_unflushed(f: h5py.File) -> bool:
+    """Close ``f`` without writing what HDF5 still holds for it (data it cannot write into a
+    full disk, or into a damaged file): its file descriptor is first pointed at /dev/null, so
+    the flush that HDF5 does on close writes nowhere. True when closed so; False where it
+    cannot be done (not a POSIX file descriptor), and the handle must then stay open."""
+    if os.name != "posix":
+        return False
+    try:
+        fd = f.id.get_vfd_handle()
+        if not isinstance(fd, int) or fd < 0:
+            return False
+        null = os.open(os.devnull, os.O_RDWR)
+        try:
+            os.dup2(null, fd)  # also releases HDF5's lock on the file
+        finally:
+            os.close(null)
+        f.close()
+    except Exception:  # noqa: BLE001 - any failure: keep the handle, as without this
+        return False
+    return True
 
 
 def _encode(v: Any) -> Any:
@@ -106,24 +140,36 @@ class HDF5Backend(Backend):
     @contextmanager
     def writing(self, what: str) -> Iterator[None]:
         """Like :meth:`Backend.writing`, for h5py's errors too (a failed flush is a
-        RuntimeError); after such a failure the file handle is dropped unflushed, so that
-        nothing half-written is flushed later (and no write fails again at exit)."""
+        RuntimeError). After a failed write HDF5 holds data it can never write, so the file
+        handle is dropped unflushed: nothing half-written is flushed later, and no close or
+        garbage collection fails (or crashes) on it. A full disk says to free space; any other
+        failure of HDF5 (e.g. a file whose index names chunks beyond its end) is damage."""
         try:
             yield
         except EastkdError:
             raise
         except (OSError, RuntimeError) as e:
             err = write_failure(self.path, what, e if isinstance(e, OSError) else OSError(str(e)))
-            if err is None:
-                raise
-            if err.disk_full:  # HDF5 holds unflushed data it can never write
-                self._abandon()
-            raise err from None
+            if err is not None and not err.disk_full:
+                raise err from None  # permission denied: refused before anything was written
+            self._abandon(unflushed=err is not None)
+            raise (err or self._damaged(f"writing {what}", e)) from None
 
-    def _abandon(self) -> None:
-        if self._file is not None:
-            _ABANDONED.append(self._file)
-        self._file = None
+    def _damaged(self, doing: str, exc: BaseException) -> StoreDamageError:
+        first = (str(exc).splitlines() or [""])[0]
+        return StoreDamageError(f"{self.path}: {doing} failed (HDF5: {first}); the file is "
+                                f"damaged: {repair_hint(self.path)}")
+
+    def _abandon(self, unflushed: bool = False) -> None:
+        """Drop the file handle after a failed write without flushing what HDF5 still holds:
+        the file keeps what the last successful flush wrote (every finished row). With
+        ``unflushed`` (the disk is full) it is closed writing nowhere; otherwise (HDF5 itself
+        refused, e.g. a damaged file, which it would refuse on close too, leaving h5py objects
+        that crash when garbage-collected) it is kept open."""
+        f, self._file = self._file, None
+        if f is None or (unflushed and _close_unflushed(f)):
+            return
+        _ABANDONED.append(f)  # kept open until the process ends; the CLI then skips HDF5's flush
         if not getattr(sys.unraisablehook, "_eastkd", False):
             sys.unraisablehook = _quiet_release_errors(sys.unraisablehook)
 
@@ -196,15 +242,39 @@ class HDF5Backend(Backend):
             raise read_failure(self.path, path, n, chunk, selection, e,
                                lambda s: view[s]) from None
         if not allow_missing and not string and is_nan_fill(ds.dtype, ds.fillvalue):
-            check_not_missing(self.path, path, n, chunk, selection, out)
+            check_not_missing(self.path, path, n, chunk, selection, out,
+                              lambda rows: self.pending_rows(path, rows))
         return out
 
     def write(self, path, selection, value) -> None:
         with self.writing(path):
-            self._fw()
+            f = self._fw()
             ds = self._ds(path)
+            self._check_overwritten(path, ds, selection)
             ds[selection] = value
-            ds.flush()  # h5py ignores write errors when a dataset handle is released
+            # the whole file, while ds lives (h5py ignores write errors when a dataset handle
+            # is released): the chunk, then the chunk index together with the superblock's
+            # end-of-allocation address. A dataset flush alone writes the index but not that
+            # address, and a file left so by a failed later write names chunks beyond its end
+            # (HDF5: "addr overflow" on every later read or write of them)
+            f.flush()
+
+    def _check_overwritten(self, path: str, ds: h5py.Dataset, selection: Any) -> None:
+        """Refuse to overwrite a stored chunk that cannot be read back (e.g. named beyond the
+        file's end): HDF5 would take the write, then fail to flush it, on close too, leaving
+        h5py objects that crash the process when garbage-collected. Only chunks already on
+        disk are read (raw, undecoded), so writing new rows costs nothing."""
+        if ds.chunks is None or h5py.check_string_dtype(ds.dtype):
+            return
+        n, chunk = ds.shape[0], ds.chunks[0]
+        for lo, hi in chunk_ranges(selection_rows(n, selection), chunk, n):
+            offset = (lo,) + (0,) * (ds.ndim - 1)
+            if ds.id.get_chunk_info_by_coord(offset).byte_offset is None:
+                continue  # not stored yet
+            try:
+                ds.id.read_direct_chunk(offset)
+            except (OSError, RuntimeError) as e:
+                raise damage_error(self.path, path, lo, hi, reason_of(e)) from None
 
     def fill_value(self, path: str) -> Any:
         return self._ds(path).fillvalue
@@ -291,9 +361,15 @@ class HDF5Backend(Backend):
                 self._file.flush()
 
     def close(self) -> None:
-        if self._file is not None:
+        if self._file is None:
+            return
+        try:
             self._file.close()
-            self._file = None
+        except (OSError, RuntimeError) as e:  # HDF5 flushes on close: as a failed write
+            self._abandon()
+            raise (write_failure(self.path, "its data", OSError(str(e)))
+                   or self._damaged("closing the file", e)) from None
+        self._file = None
 
     def native(self, path: str) -> h5py.Dataset:
         return self._ds(path)

@@ -171,7 +171,8 @@ class ZarrBackend(Backend):
         if isinstance(out, np.ndarray) and out.dtype.kind == "T":
             out = out.astype(object)
         if not allow_missing and is_nan_fill(arr.dtype, arr.fill_value):
-            check_not_missing(self.path, path, n, chunk, selection, out)
+            check_not_missing(self.path, path, n, chunk, selection, out,
+                              lambda rows: self.pending_rows(path, rows))
         return out
 
     def write(self, path, selection, value) -> None:
