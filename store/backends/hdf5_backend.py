@@ -305,10 +305,19 @@ class HDF5Backend(Backend):
         from numcodecs.fletcher32 import Fletcher32
 
         checker = Fletcher32()
+        fill = np.full(ds.chunks, ds.fillvalue, dtype=ds.dtype).tobytes()
         for offset in offsets:
-            _mask, raw = ds.id.read_direct_chunk(offset)
+            try:
+                mask, raw = ds.id.read_direct_chunk(offset)
+            except (OSError, RuntimeError) as e:  # e.g. named beyond the file's end
+                yield offset[0] // ds.chunks[0], 0, reason_of(e)
+                continue
             problem = ""
-            if not np.frombuffer(raw, dtype=np.uint8).any():
+            if mask and raw == fill:
+                continue  # replaced by the fill value by a repair (filters skipped): absent
+            if mask:
+                problem = "chunk damaged (stored without its filters)"
+            elif not np.frombuffer(raw, dtype=np.uint8).any():
                 # zeroed bytes (a hole from a partial copy) carry a matching zero checksum,
                 # but a gzip stream is never all zeros
                 problem = "chunk damaged (all bytes zero)"
