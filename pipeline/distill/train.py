@@ -572,10 +572,21 @@ def _evaluate_best(run: _Run, test: SplitData, config: dict[str, Any], out_dir: 
     return valid_at_best, test_metrics
 
 
-def _write_summary(result: DistillResult, out_dir: str) -> None:
-    """metrics.json and curves.png, the files written once a run has finished."""
+def _finish_run(run: _Run, splits: _Splits, config: dict[str, Any], out_dir: str,
+                n_params: int, t0: float, dev: torch.device) -> DistillResult:
+    """Evaluate the best epoch, close the splits and write metrics.json and curves.png."""
+    valid_at_best, test_metrics = _evaluate_best(run, splits.test, config, out_dir, dev)
+    splits.close()
+    state, metric = run.state, selection_metric(config["multi_label"])
+    result = DistillResult(
+        run_dir=out_dir, best_epoch=state["best_epoch"], epochs_run=state["epoch"],
+        stopped_early=state["epoch"] < config["options"]["epochs"], selection_metric=metric,
+        valid_metrics=valid_at_best, test_metrics=test_metrics, student_parameters=n_params,
+        n_items=splits.sizes, seconds=time.perf_counter() - t0, resumed_from=run.resumed_from,
+        history=state["history"])
     write_json(os.path.join(out_dir, METRICS), _metrics_record(result))
-    plot_curves(os.path.join(out_dir, CURVES), result.history, result.selection_metric)
+    plot_curves(os.path.join(out_dir, CURVES), state["history"], metric)
+    return result
 
 
 def distill(store_path: str, targets: str | None, out_dir: str, *, student: str = "vgg",
@@ -632,15 +643,4 @@ def distill(store_path: str, targets: str | None, out_dir: str, *, student: str 
             write_json(os.path.join(out_dir, CONFIG), config)
 
         _train_epochs(run, splits, config, out_dir, dev, log, callback)
-        valid_at_best, test_metrics = _evaluate_best(run, splits.test, config, out_dir, dev)
-        splits.close()
-        state = run.state
-        result = DistillResult(
-            run_dir=out_dir, best_epoch=state["best_epoch"], epochs_run=state["epoch"],
-            stopped_early=state["epoch"] < epochs, selection_metric=selection_metric(
-                config["multi_label"]), valid_metrics=valid_at_best,
-            test_metrics=test_metrics, student_parameters=n_params, n_items=splits.sizes,
-            seconds=time.perf_counter() - t0, resumed_from=run.resumed_from,
-            history=state["history"])
-        _write_summary(result, out_dir)
-        return result
+        return _finish_run(run, splits, config, out_dir, n_params, t0, dev)
