@@ -301,6 +301,294 @@ def _train_epoch(model: nn.Module, kd_loss: nn.Module | None, tlin: TeacherLinea
     return means
 
 
+@dataclass
+class _Splits:
+    """The three splits of a run and their item counts (``sizes`` also counts skipped items)."""
+
+    train: SplitData
+    valid: SplitData
+    test: SplitData
+    sizes: dict[str, int]
+
+    def close(self) -> None:
+        for split in (self.train, self.valid, self.test):
+            split.close()
+
+
+@dataclass
+class _Run:
+    """The trained parts of a run and its bookkeeping (``state`` is what last.pt resumes)."""
+
+    model: nn.Module
+    kd_loss: nn.Module | None
+    tlin: TeacherLinear | None
+    opt: torch.optim.Optimizer
+    sched: Any
+    gen: torch.Generator
+    norm: dict[str, Any]
+    state: dict[str, Any] = field(default_factory=lambda: {
+        "epoch": 0, "best": None, "best_loss": None, "best_epoch": 0, "bad": 0,
+        "history": [], "seconds": 0.0, "finished": False})
+    resumed_from: int = 0
+
+
+def _check_options(*, kd: str, schedule: str, lam: float, targets: str | None,
+                   teacher_linear: bool, epochs: int, batch_size: int, threads: int) -> None:
+    """Reject option values (and combinations) a run cannot use, one line each."""
+    if kd not in KD_METHODS:
+        raise EastkdError(f"--kd {kd!r}: choose one of {', '.join(KD_METHODS)}")
+    if schedule not in SCHEDULES:
+        raise EastkdError(f"--schedule {schedule!r}: choose one of {', '.join(SCHEDULES)}")
+    if not 0.0 <= lam <= 1.0:
+        raise EastkdError(f"--lambda {lam}: must be in [0, 1] (L = (1-λ) L_task + λ L_kd)")
+    if kd != "none" and not targets:
+        raise EastkdError(f"--kd {kd} needs --targets NAME (targets/NAME or embeddings/NAME); "
+                          "use --kd none for the baseline without a teacher")
+    if teacher_linear and kd == "none":
+        raise EastkdError("--teacher-linear needs a KD loss (--kd fitnet or dc)")
+    if epochs < 1 or batch_size < 2:
+        raise EastkdError("--epochs must be >= 1 and --batch-size >= 2")
+    if threads < 1:
+        raise EastkdError(f"--threads {threads}: must be >= 1")
+
+
+def _run_options(*, student: str, width: int, kd: str, lam: float, targets: str | None,
+                 teacher_linear: bool, teacher_linear_dim: int | None, frame_targets: bool,
+                 epochs: int, batch_size: int, lr: float, weight_decay: float, schedule: str,
+                 seed: int, patience: int, fold: int | None, device: str, memory_limit: int,
+                 progress: bool, workers: int | None, shuffle_buffer: int, threads: int,
+                 dev: torch.device) -> dict[str, Any]:
+    """The run's ``options`` as recorded in config.json (options a setting makes moot are
+    normalised, so that equal runs have equal options)."""
+    return {"student": student, "width": int(width), "kd": kd,
+            "lambda": float(lam) if kd != "none" else 0.0,
+            "targets": targets if kd != "none" else None,
+            "teacher_linear": bool(teacher_linear),
+            "teacher_linear_dim": teacher_linear_dim if teacher_linear else None,
+            "frame_targets": bool(frame_targets) if kd != "none" else False,
+            "epochs": int(epochs), "batch_size": int(batch_size), "lr": float(lr),
+            "weight_decay": float(weight_decay), "schedule": schedule, "seed": int(seed),
+            "patience": int(patience), "fold": fold, "grad_clip": GRAD_CLIP,
+            "device": device, "memory_limit": int(memory_limit), "progress": bool(progress),
+            "workers": workers, "shuffle_buffer": int(shuffle_buffer),
+            "threads": int(threads) if dev.type == "cpu" else None}
+
+
+def _resolve_run_targets(store: Any, options: dict[str, Any]) -> TargetsSpec | None:
+    """The KD targets of the run (None without KD), checked not to be fitted on held-out
+    items (targets fitted on this run's valid/test items are a leak)."""
+    if options["kd"] == "none":
+        return None
+    spec = resolve_targets(store, options["targets"], options["frame_targets"])
+    check_fit_rows(store, spec.section, spec.attrs, options["fold"])
+    return spec
+
+
+def _load_splits(store: Any, store_path: str, spec: TargetsSpec | None,
+                 options: dict[str, Any], dev: torch.device) -> _Splits:
+    """Open train (with targets), valid and test; ``memory_limit`` is shared in that order."""
+    feed = dict(shuffle_buffer=options["shuffle_buffer"], workers=options["workers"],
+                pin_memory=dev.type == "cuda")
+    fold, memory_limit = options["fold"], options["memory_limit"]
+    train = load_split(store, "train", spec, fold, memory_limit, **feed)
+    left = max(0, memory_limit - train.resident_bytes)
+    valid = load_split(store, "valid", None, fold, left, **feed)
+    test = load_split(store, "test", None, fold, max(0, left - valid.resident_bytes), **feed)
+    sizes = {"train": len(train), "valid": len(valid), "test": len(test),
+             "skipped": skipped_count(store, spec)}
+    if len(train) < 2 or len(valid) == 0:
+        raise EastkdError(f"{store_path}: need train and valid items (have {sizes}); check "
+                          "the manifest's split column or --fold")
+    return _Splits(train, valid, test, sizes)
+
+
+def _build_run(config: dict[str, Any], spec: TargetsSpec | None, train: SplitData,
+               dev: torch.device) -> _Run:
+    """Student, KD loss, teacher-linear map, optimizer, schedule and sampling generator, seeded
+    (the creation order fixes which random numbers each module's initial weights take)."""
+    o = config["options"]
+    n_classes = len(config["class_names"])
+    torch.manual_seed(o["seed"])
+    model = registry.students.create(o["student"], n_mels=config["n_mels"], n_classes=n_classes,
+                                     width=o["width"])
+    model.set_input_stats(*train.input_stats())
+    kd_loss: nn.Module | None = None
+    tlin: TeacherLinear | None = None
+    norm: dict[str, Any] = {}
+    if spec is not None:
+        mean, scale = train.target_stats()
+        train.normalise_targets(mean, scale)
+        norm = {"mean": mean, "scale": scale}
+        t_dim = spec.dim
+        if o["teacher_linear"]:
+            t_dim = int(o["teacher_linear_dim"] or spec.dim)
+            tlin = TeacherLinear(spec.dim, t_dim, n_classes).to(dev)
+        kd_loss = registry.losses.create(o["kd"], model.feature_dim, t_dim).to(dev)
+        if spec.frame_level:
+            kd_loss.timing = _time_alignment(config, spec)
+    model.to(dev)
+
+    student_params = list(model.parameters()) + (list(kd_loss.parameters()) if kd_loss else [])
+    groups: list[dict[str, Any]] = [{"params": student_params}]
+    if tlin is not None:
+        groups.append({"params": list(tlin.parameters())})
+    opt = torch.optim.AdamW(groups, lr=o["lr"], weight_decay=o["weight_decay"])
+    sched: Any = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=o["epochs"])
+                  if o["schedule"] == "cosine" else
+                  torch.optim.lr_scheduler.ReduceLROnPlateau(
+                      opt, mode="max", factor=0.2, patience=max(1, o["patience"] // 2)))
+    gen = torch.Generator().manual_seed(o["seed"])
+    return _Run(model, kd_loss, tlin, opt, sched, gen, norm)
+
+
+def _start_line(run: _Run, spec: TargetsSpec | None, splits: _Splits, options: dict[str, Any],
+                n_params: int, dev: torch.device) -> str:
+    """The one-line summary logged when a run starts."""
+    sizes, train = splits.sizes, splits.train
+    return (f"student {options['student']}: {n_params:,} parameters "
+            f"(feature dim {run.model.feature_dim}); "
+            f"items train {sizes['train']}, valid {sizes['valid']}, test {sizes['test']}"
+            + (f"; targets {spec.section}/{spec.array} ({spec.dim}-d), {options['kd']} "
+               f"λ={options['lambda']}" if spec else "; no KD (task loss only)")
+            + (f"; teacher-linear {spec.dim}->{run.tlin.transform.out_features}"
+               if spec is not None and run.tlin is not None else "")
+            + f"; device {dev}; train split "
+            + ("in memory" if train.in_memory else f"streamed ({train.workers} reader workers)"))
+
+
+def _checkpoint(run: _Run, **extra: Any) -> dict[str, Any]:
+    """A checkpoint dictionary (best.pt, last.pt): the weights of the student, the KD loss and
+    the teacher-linear map (None where the run has none), then ``extra``."""
+    return {"student": run.model.state_dict(),
+            "kd_loss": run.kd_loss.state_dict() if run.kd_loss is not None else None,
+            "teacher_linear": run.tlin.state_dict() if run.tlin is not None else None,
+            **extra}
+
+
+def _save_last(run: _Run, out_dir: str, dev: torch.device) -> None:
+    """last.pt: the weights plus everything :func:`_restore_last` needs to continue exactly."""
+    save_atomic(_checkpoint(
+        run, optimizer=run.opt.state_dict(), scheduler=run.sched.state_dict(),
+        generator=run.gen.get_state(), torch_rng=torch.get_rng_state(),
+        cuda_rng=torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None,
+        state=run.state), os.path.join(out_dir, LAST))
+
+
+def _restore_last(run: _Run, out_dir: str, dev: torch.device) -> None:
+    """Put ``run`` back where last.pt left it (weights, optimizer, schedule, random states)."""
+    last = torch.load(os.path.join(out_dir, LAST), map_location="cpu", weights_only=True)
+    run.model.load_state_dict(last["student"])
+    if run.kd_loss is not None:
+        run.kd_loss.load_state_dict(last["kd_loss"])
+    if run.tlin is not None:
+        run.tlin.load_state_dict(last["teacher_linear"])
+    run.opt.load_state_dict(last["optimizer"])
+    run.sched.load_state_dict(last["scheduler"])
+    run.gen.set_state(last["generator"])
+    torch.set_rng_state(last["torch_rng"])
+    if dev.type == "cuda" and last.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(last["cuda_rng"], dev)
+    run.state = last["state"]
+    run.resumed_from = run.state["epoch"]
+
+
+def _run_epoch(run: _Run, splits: _Splits, config: dict[str, Any], out_dir: str,
+               dev: torch.device) -> dict[str, Any]:
+    """Train one epoch, validate, step the schedule and update the best/patience bookkeeping
+    (best.pt on a new best); the epoch's history record (also appended to the state)."""
+    e0 = time.perf_counter()
+    o, state = config["options"], run.state
+    multi_label = config["multi_label"]
+    task_loss = _task_loss(multi_label)
+    epoch = state["epoch"] + 1
+    bar = tqdm(total=-(-len(splits.train) // o["batch_size"]), desc=f"epoch {epoch}/{o['epochs']}",
+               unit="batch", leave=False, position=1, disable=not o["progress"])
+    with bar:
+        means = _train_epoch(run.model, run.kd_loss, run.tlin, splits.train, run.opt, run.gen,
+                             task_loss, o["lambda"], o["batch_size"], dev, bar)
+    logits, labels = predict(run.model, splits.valid, dev)
+    v_loss = float(task_loss(logits, labels))
+    v_metrics = compute_metrics(logits.numpy(), labels.numpy(), multi_label)
+    score = v_metrics.get(selection_metric(multi_label), float("nan"))
+    lr_now = run.opt.param_groups[0]["lr"]
+    if o["schedule"] == "plateau":
+        run.sched.step(score)
+    else:
+        run.sched.step()
+    state["epoch"] = epoch
+    improved, resets = rank_epoch(state["best"], state["best_loss"], score, v_loss)
+    if improved:
+        state.update(best=score, best_loss=v_loss, best_epoch=epoch)
+        save_atomic(_checkpoint(run, target_norm=run.norm, epoch=epoch, config=config),
+                    os.path.join(out_dir, BEST))
+    state["bad"] = 0 if resets else state["bad"] + 1
+    state["seconds"] += time.perf_counter() - e0
+    record = {"epoch": epoch, "lr": lr_now, **{f"train_{k}": v for k, v in means.items()},
+              "valid_loss": v_loss, **{f"valid_{k}": v for k, v in v_metrics.items()},
+              "best": bool(improved), "seconds": round(time.perf_counter() - e0, 3)}
+    state["history"].append(record)
+    if o["patience"] and state["bad"] >= o["patience"]:
+        state["finished"] = True
+    return record
+
+
+def _train_epochs(run: _Run, splits: _Splits, config: dict[str, Any], out_dir: str,
+                  dev: torch.device, log: Callable[[str], None],
+                  callback: Callable[[dict[str, Any]], None] | None) -> None:
+    """Run epochs until the last one or early stopping; after each, write last.pt and
+    history.csv, then report the epoch (progress bar or log line, and ``callback``)."""
+    o, state = config["options"], run.state
+    epochs, metric = o["epochs"], selection_metric(config["multi_label"])
+    with tqdm(total=epochs, initial=state["epoch"], desc=f"distill {o['student']}",
+              unit="epoch", disable=not o["progress"]) as ebar:
+        while not run.state["finished"] and run.state["epoch"] < epochs:
+            record = _run_epoch(run, splits, config, out_dir, dev)
+            _save_last(run, out_dir, dev)
+            write_history(os.path.join(out_dir, HISTORY), run.state["history"])
+            ebar.update(1)
+            score = record.get(f"valid_{metric}", float("nan"))
+            ebar.set_postfix({"loss": f"{record['train_loss']:.3f}",
+                              f"valid {metric}": f"{score:.3f}",
+                              "best": f"{run.state['best']:.3f}@{run.state['best_epoch']}"})
+            if not o["progress"]:
+                log(_epoch_line(record, epochs, metric, run.state))
+            if callback is not None:
+                callback(record)
+
+
+def _evaluate_best(run: _Run, test: SplitData, config: dict[str, Any], out_dir: str,
+                   dev: torch.device) -> tuple[dict[str, float], dict[str, float]]:
+    """``(valid, test)`` metrics of the best epoch: valid from its history record, test by
+    loading best.pt into the student (no test metrics without test items)."""
+    best_ckpt = torch.load(os.path.join(out_dir, BEST), map_location="cpu", weights_only=True)
+    run.model.load_state_dict(best_ckpt["student"])
+    valid_at_best = {k[len("valid_"):]: v for k, v in
+                     run.state["history"][run.state["best_epoch"] - 1].items()
+                     if k.startswith("valid_")}
+    test_metrics: dict[str, float] = {}
+    if len(test):
+        logits, labels = predict(run.model, test, dev)
+        test_metrics = compute_metrics(logits.numpy(), labels.numpy(), config["multi_label"])
+    return valid_at_best, test_metrics
+
+
+def _finish_run(run: _Run, splits: _Splits, config: dict[str, Any], out_dir: str,
+                n_params: int, t0: float, dev: torch.device) -> DistillResult:
+    """Evaluate the best epoch, close the splits and write metrics.json and curves.png."""
+    valid_at_best, test_metrics = _evaluate_best(run, splits.test, config, out_dir, dev)
+    splits.close()
+    state, metric = run.state, selection_metric(config["multi_label"])
+    result = DistillResult(
+        run_dir=out_dir, best_epoch=state["best_epoch"], epochs_run=state["epoch"],
+        stopped_early=state["epoch"] < config["options"]["epochs"], selection_metric=metric,
+        valid_metrics=valid_at_best, test_metrics=test_metrics, student_parameters=n_params,
+        n_items=splits.sizes, seconds=time.perf_counter() - t0, resumed_from=run.resumed_from,
+        history=state["history"])
+    write_json(os.path.join(out_dir, METRICS), _metrics_record(result))
+    plot_curves(os.path.join(out_dir, CURVES), state["history"], metric)
+    return result
+
+
 def distill(store_path: str, targets: str | None, out_dir: str, *, student: str = "vgg",
             width: int = 16, kd: str = "fitnet", lam: float = 0.6, teacher_linear: bool = False,
             teacher_linear_dim: int | None = None, frame_targets: bool = False,
@@ -322,198 +610,37 @@ def distill(store_path: str, targets: str | None, out_dir: str, *, student: str 
     ``callback`` gets each epoch's history record after the epoch's checkpoints are written.
     """
     t0 = time.perf_counter()
-    if kd not in KD_METHODS:
-        raise EastkdError(f"--kd {kd!r}: choose one of {', '.join(KD_METHODS)}")
-    if schedule not in SCHEDULES:
-        raise EastkdError(f"--schedule {schedule!r}: choose one of {', '.join(SCHEDULES)}")
-    if not 0.0 <= lam <= 1.0:
-        raise EastkdError(f"--lambda {lam}: must be in [0, 1] (L = (1-λ) L_task + λ L_kd)")
-    if kd != "none" and not targets:
-        raise EastkdError(f"--kd {kd} needs --targets NAME (targets/NAME or embeddings/NAME); "
-                          "use --kd none for the baseline without a teacher")
-    if teacher_linear and kd == "none":
-        raise EastkdError("--teacher-linear needs a KD loss (--kd fitnet or dc)")
-    if epochs < 1 or batch_size < 2:
-        raise EastkdError("--epochs must be >= 1 and --batch-size >= 2")
-    if threads < 1:
-        raise EastkdError(f"--threads {threads}: must be >= 1")
+    _check_options(kd=kd, schedule=schedule, lam=lam, targets=targets,
+                   teacher_linear=teacher_linear, epochs=epochs, batch_size=batch_size,
+                   threads=threads)
     dev = resolve_device(device)
     log = log or (lambda msg: None)
-    options = {"student": student, "width": int(width), "kd": kd,
-               "lambda": float(lam) if kd != "none" else 0.0,
-               "targets": targets if kd != "none" else None,
-               "teacher_linear": bool(teacher_linear),
-               "teacher_linear_dim": teacher_linear_dim if teacher_linear else None,
-               "frame_targets": bool(frame_targets) if kd != "none" else False,
-               "epochs": int(epochs), "batch_size": int(batch_size), "lr": float(lr),
-               "weight_decay": float(weight_decay), "schedule": schedule, "seed": int(seed),
-               "patience": int(patience), "fold": fold, "grad_clip": GRAD_CLIP,
-               "device": device, "memory_limit": int(memory_limit), "progress": bool(progress),
-               "workers": workers, "shuffle_buffer": int(shuffle_buffer),
-               "threads": int(threads) if dev.type == "cpu" else None}
+    options = _run_options(
+        student=student, width=width, kd=kd, lam=lam, targets=targets,
+        teacher_linear=teacher_linear, teacher_linear_dim=teacher_linear_dim,
+        frame_targets=frame_targets, epochs=epochs, batch_size=batch_size, lr=lr,
+        weight_decay=weight_decay, schedule=schedule, seed=seed, patience=patience, fold=fold,
+        device=device, memory_limit=memory_limit, progress=progress, workers=workers,
+        shuffle_buffer=shuffle_buffer, threads=threads, dev=dev)
 
     with _deterministic(dev.type == "cpu", threads), open_store(store_path, "r") as store:
-        spec = resolve_targets(store, targets, frame_targets) if kd != "none" else None
-        if spec is not None:  # targets fitted on this run's valid/test items are a leak
-            check_fit_rows(store, spec.section, spec.attrs, fold)
-        feed = dict(shuffle_buffer=shuffle_buffer, workers=workers,
-                    pin_memory=dev.type == "cuda")
-        train = load_split(store, "train", spec, fold, memory_limit, **feed)
-        left = max(0, memory_limit - train.resident_bytes)
-        valid = load_split(store, "valid", None, fold, left, **feed)
-        test = load_split(store, "test", None, fold, max(0, left - valid.resident_bytes),
-                          **feed)
-        sizes = {"train": len(train), "valid": len(valid), "test": len(test),
-                 "skipped": skipped_count(store, spec)}
-        if len(train) < 2 or len(valid) == 0:
-            raise EastkdError(f"{store_path}: need train and valid items (have {sizes}); check "
-                              "the manifest's split column or --fold")
-        config = _build_config(store, store_path, spec, options, sizes)
+        spec = _resolve_run_targets(store, options)
+        splits = _load_splits(store, store_path, spec, options, dev)
+        config = _build_config(store, store_path, spec, options, splits.sizes)
         if fold is None:
             items = store.items
             for warning in missing_class_warnings(items.class_names, items.labels, items.splits):
                 log(warning)
         resuming = _prepare_run_dir(out_dir, config, resume, overwrite)
 
-        multi_label = config["multi_label"]
-        n_classes = len(config["class_names"])
-        metric = selection_metric(multi_label)
-        task_loss = _task_loss(multi_label)
-        torch.manual_seed(seed)
-        model = registry.students.create(student, n_mels=config["n_mels"], n_classes=n_classes,
-                                         width=width)
-        model.set_input_stats(*train.input_stats())
-        n_params = count_parameters(model)
-        kd_loss: nn.Module | None = None
-        tlin: TeacherLinear | None = None
-        norm: dict[str, Any] = {}
-        if spec is not None:
-            mean, scale = train.target_stats()
-            train.normalise_targets(mean, scale)
-            norm = {"mean": mean, "scale": scale}
-            t_dim = spec.dim
-            if teacher_linear:
-                t_dim = int(teacher_linear_dim or spec.dim)
-                tlin = TeacherLinear(spec.dim, t_dim, n_classes).to(dev)
-            kd_loss = registry.losses.create(kd, model.feature_dim, t_dim).to(dev)
-            if spec.frame_level:
-                kd_loss.timing = _time_alignment(config, spec)
-        model.to(dev)
-        log(f"student {student}: {n_params:,} parameters (feature dim {model.feature_dim}); "
-            f"items train {sizes['train']}, valid {sizes['valid']}, test {sizes['test']}"
-            + (f"; targets {spec.section}/{spec.array} ({spec.dim}-d), {kd} λ={lam}"
-               if spec else "; no KD (task loss only)")
-            + (f"; teacher-linear {spec.dim}->{t_dim}" if tlin is not None else "")
-            + f"; device {dev}; train split "
-            + ("in memory" if train.in_memory else f"streamed ({train.workers} reader workers)"))
-
-        student_params = list(model.parameters()) + (list(kd_loss.parameters()) if kd_loss else [])
-        groups: list[dict[str, Any]] = [{"params": student_params}]
-        if tlin is not None:
-            groups.append({"params": list(tlin.parameters())})
-        opt = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
-        sched: Any = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-                      if schedule == "cosine" else
-                      torch.optim.lr_scheduler.ReduceLROnPlateau(
-                          opt, mode="max", factor=0.2, patience=max(1, patience // 2)))
-        gen = torch.Generator().manual_seed(seed)
-        state = {"epoch": 0, "best": None, "best_loss": None, "best_epoch": 0, "bad": 0,
-                 "history": [], "seconds": 0.0, "finished": False}
-        resumed_from = 0
+        run = _build_run(config, spec, splits.train, dev)
+        n_params = count_parameters(run.model)
+        log(_start_line(run, spec, splits, options, n_params, dev))
         if resuming:
-            last = torch.load(os.path.join(out_dir, LAST), map_location="cpu", weights_only=True)
-            model.load_state_dict(last["student"])
-            if kd_loss is not None:
-                kd_loss.load_state_dict(last["kd_loss"])
-            if tlin is not None:
-                tlin.load_state_dict(last["teacher_linear"])
-            opt.load_state_dict(last["optimizer"])
-            sched.load_state_dict(last["scheduler"])
-            gen.set_state(last["generator"])
-            torch.set_rng_state(last["torch_rng"])
-            if dev.type == "cuda" and last.get("cuda_rng") is not None:
-                torch.cuda.set_rng_state(last["cuda_rng"], dev)
-            state = last["state"]
-            resumed_from = state["epoch"]
-            log(f"resuming {out_dir} after epoch {resumed_from}")
+            _restore_last(run, out_dir, dev)
+            log(f"resuming {out_dir} after epoch {run.resumed_from}")
         else:
             write_json(os.path.join(out_dir, CONFIG), config)
 
-        def checkpoint(path: str) -> None:
-            save_atomic({"student": model.state_dict(),
-                   "kd_loss": kd_loss.state_dict() if kd_loss is not None else None,
-                   "teacher_linear": tlin.state_dict() if tlin is not None else None,
-                   "target_norm": norm, "epoch": state["epoch"], "config": config}, path)
-
-        ebar = tqdm(total=epochs, initial=state["epoch"], desc=f"distill {student}", unit="epoch",
-                    disable=not progress)
-        with ebar:
-            while not state["finished"] and state["epoch"] < epochs:
-                e0 = time.perf_counter()
-                epoch = state["epoch"] + 1
-                bar = tqdm(total=-(-len(train) // batch_size), desc=f"epoch {epoch}/{epochs}",
-                           unit="batch", leave=False, position=1, disable=not progress)
-                with bar:
-                    means = _train_epoch(model, kd_loss, tlin, train, opt, gen, task_loss, lam,
-                                         batch_size, dev, bar)
-                logits, labels = predict(model, valid, dev)
-                v_loss = float(task_loss(logits, labels))
-                v_metrics = compute_metrics(logits.numpy(), labels.numpy(), multi_label)
-                score = v_metrics.get(metric, float("nan"))
-                lr_now = opt.param_groups[0]["lr"]
-                if schedule == "plateau":
-                    sched.step(score)
-                else:
-                    sched.step()
-                state["epoch"] = epoch
-                improved, resets = rank_epoch(state["best"], state["best_loss"], score, v_loss)
-                if improved:
-                    state.update(best=score, best_loss=v_loss, best_epoch=epoch)
-                    checkpoint(os.path.join(out_dir, BEST))
-                state["bad"] = 0 if resets else state["bad"] + 1
-                state["seconds"] += time.perf_counter() - e0
-                record = {"epoch": epoch, "lr": lr_now,
-                          **{f"train_{k}": v for k, v in means.items()},
-                          "valid_loss": v_loss, **{f"valid_{k}": v for k, v in v_metrics.items()},
-                          "best": bool(improved), "seconds": round(time.perf_counter() - e0, 3)}
-                state["history"].append(record)
-                if patience and state["bad"] >= patience:
-                    state["finished"] = True
-                save_atomic({"student": model.state_dict(),
-                       "kd_loss": kd_loss.state_dict() if kd_loss is not None else None,
-                       "teacher_linear": tlin.state_dict() if tlin is not None else None,
-                       "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                       "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
-                       "cuda_rng": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None,
-                       "state": state}, os.path.join(out_dir, LAST))
-                write_history(os.path.join(out_dir, HISTORY), state["history"])
-                ebar.update(1)
-                ebar.set_postfix({"loss": f"{record['train_loss']:.3f}",
-                                  f"valid {metric}": f"{score:.3f}",
-                                  "best": f"{state['best']:.3f}@{state['best_epoch']}"})
-                if not progress:
-                    log(_epoch_line(record, epochs, metric, state))
-                if callback is not None:
-                    callback(record)
-
-            best_ckpt = torch.load(os.path.join(out_dir, BEST), map_location="cpu",
-                                   weights_only=True)
-            model.load_state_dict(best_ckpt["student"])
-            valid_at_best = {k[len("valid_"):]: v for k, v in
-                             state["history"][state["best_epoch"] - 1].items()
-                             if k.startswith("valid_")}
-            test_metrics: dict[str, float] = {}
-            if len(test):
-                logits, labels = predict(model, test, dev)
-                test_metrics = compute_metrics(logits.numpy(), labels.numpy(), multi_label)
-        for split in (train, valid, test):
-            split.close()
-        stopped_early = state["epoch"] < epochs
-        result = DistillResult(
-            run_dir=out_dir, best_epoch=state["best_epoch"], epochs_run=state["epoch"],
-            stopped_early=stopped_early, selection_metric=metric, valid_metrics=valid_at_best,
-            test_metrics=test_metrics, student_parameters=n_params, n_items=sizes,
-            seconds=time.perf_counter() - t0, resumed_from=resumed_from, history=state["history"])
-        write_json(os.path.join(out_dir, METRICS), _metrics_record(result))
-        plot_curves(os.path.join(out_dir, CURVES), state["history"], metric)
-        return result
+        _train_epochs(run, splits, config, out_dir, dev, log, callback)
+        return _finish_run(run, splits, config, out_dir, n_params, t0, dev)
