@@ -317,7 +317,7 @@ class HDF5Backend(Backend):
                 continue  # replaced by the fill value by a repair (filters skipped): absent
             if mask:
                 problem = "chunk damaged (stored without its filters)"
-            elif not np.frombuffer(raw, dtype=np.uint8).any():
+            elif not any(raw[-4:]) and not np.frombuffer(raw, dtype=np.uint8).any():
                 # zeroed bytes (a hole from a partial copy) carry a matching zero checksum,
                 # but a gzip stream is never all zeros
                 problem = "chunk damaged (all bytes zero)"
