@@ -245,7 +245,7 @@ def main() -> None:
     ap.add_argument("--sleep-ms", type=float, default=None,
                     help="synthetic teacher's cost per batch [default: twice (b) per batch: "
                          "the sum of the stages is then at least 1.5 times their max]")
-    ap.add_argument("--overlap-batch-size", type=int, default=4,
+    ap.add_argument("--overlap-batch-size", type=int, default=16,
                     help="batch size of the overlap check (many batches)")
     ap.add_argument("--repeats", type=int, default=2,
                     help="(a), (b) and (c) are timed this often, alternating; fastest counts")
