@@ -138,10 +138,14 @@ def extract_distributed(dataset: str | DatasetSpec, store_path: str, opts: Extra
                    for u in todo]
         done = _gather(client, futures, prep["pending"], key, opts.progress)
     with open_store(store_path) as store:
-        skipped = store.embeddings(key).skipped()
+        emb = store.embeddings(key)
+        skipped, pending_now = emb.skipped(), int((emb.status() == PENDING).sum())
+    # counted from the store: a worker killed after a unit's status was written never reports
+    # it, and the unit's retry finds it done
+    skipped_now = sum(d.skipped_now for d in done)
     return ExtractSummary(
         store=store_path, key=key, teacher=prep["teacher"], items=prep["items"],
-        written=sum(d.written for d in done), skipped_now=sum(d.skipped_now for d in done),
+        written=prep["pending"] - pending_now - skipped_now, skipped_now=skipped_now,
         already_done=prep["items"] - prep["pending"], seconds=time.perf_counter() - t0,
         audio_seconds=sum(d.audio_seconds for d in done),
         forward_seconds=sum(d.forward_seconds for d in done), skipped=skipped,
