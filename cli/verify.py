@@ -46,7 +46,7 @@ def _print_text(report) -> None:  # noqa: ANN001 (VerifyReport; imported lazily)
                    "exactly those rows.")
 @click.option("--deep", is_flag=True,
               help="Also decode every data chunk (slower). By default data chunks are checked "
-                   "on their raw bytes where the format allows (Zarr: crc32c), which proves "
+                   "on their raw bytes (Zarr: crc32c; HDF5: fletcher32), which proves "
                    "them intact at the speed of reading them.")
 @click.option("--progress/--no-progress", default=True, help="Show the progress bar.")
 @store_access(cache=False)

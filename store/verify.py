@@ -496,8 +496,8 @@ def verify(path: str, repair: bool = False, progress: bool = True,
     """Read every chunk of the store at ``path`` and report damage; ``repair`` marks the rows
     of damaged chunks pending so that extract or compress recomputes exactly them.
 
-    Data chunks are checked on their raw bytes where the backend can (Zarr: crc32c), which is
-    as fast as reading them; ``deep`` decodes every chunk as well."""
+    Data chunks are checked on their raw bytes where the backend can (Zarr: crc32c; HDF5:
+    fletcher32), about as fast as reading them; ``deep`` decodes every chunk as well."""
     t0 = time.perf_counter()
     report = VerifyReport(store=path)
     with location.uncached(), open_store(path, "r+" if repair else "r") as store:

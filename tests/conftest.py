@@ -26,6 +26,18 @@ def no_hdf5_handle_left_open() -> Iterator[None]:
     assert not has_abandoned_files(), "an HDF5 handle was left open after a failed write"
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module's tests: faster on the shared 2-core machine and a
+    fixed reduction order (modules opt in with ``pytest.mark.usefixtures("one_thread")``)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def demo_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from eastkd.pipeline.demo_data import render_demo_dataset

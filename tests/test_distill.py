@@ -30,13 +30,7 @@ CREPE_TINY_PARAMS = 486_552
 FAST = dict(width=8, epochs=3, batch_size=16, progress=False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: faster on the shared 2-core machine and a fixed reduction order."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -23,8 +23,6 @@ from eastkd.store import OK, PENDING, EastkdError, open_store
 from tests.test_extract import (
     PY_KEY,
     PY_TEACHER,
-    TEACHER_MODULE,
-    TEACHER_SOURCE,
     _kill_when,
     _ok_rows,
     all_arrays,
@@ -32,22 +30,11 @@ from tests.test_extract import (
     opts,
     pick,
     run_cli,
+    teacher_dir,  # noqa: F401 - fixture used by user_teacher
+    user_teacher,  # noqa: F401 - fixture
     write_manifest,
 )
 
-
-@pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The user teacher module of test_extract (fast: random projections of 100 ms frames)."""
-    d = tmp_path_factory.mktemp("user_teacher")
-    (d / f"{TEACHER_MODULE}.py").write_text(TEACHER_SOURCE)
-    return d
-
-
-@pytest.fixture
-def user_teacher(teacher_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.syspath_prepend(str(teacher_dir))
-    return teacher_dir
 
 # ------------------------------------------------------------------------------------------
 # resampling

@@ -25,12 +25,7 @@ DIM = 8
 STORED_ROW_BYTES = (N_MELS * N_FRAMES + DIM) * 2  # float16 on disk
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _make(path: Path) -> str:

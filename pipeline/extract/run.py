@@ -200,7 +200,7 @@ def extract_into(store: Store, store_path: str, teacher: Teacher, device: torch.
 
 def _extract_into(store: Store, store_path: str, teacher: Teacher, device: torch.device,
                   opts: ExtractOptions) -> ExtractSummary:
-    key = check_key(opts.key or default_key(opts.teacher))
+    key = opts.key or default_key(opts.teacher)  # checked by _check_options
     items = store.items
     n = len(items)
     segment = resolve_segment(opts.segment, opts.crop, items.durations, items.ids)
