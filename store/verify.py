@@ -125,7 +125,8 @@ class _Reader:
         self.report, self.backend = report, backend
         self.bar = tqdm(total=total, desc="verify", unit="chunk", disable=not progress)
         self._pool: ThreadPoolExecutor | None = None
-        self._raw: dict[str, Future[list[tuple[int, int, str]] | None]] = {}
+        self._raw: Future[dict[str, list[tuple[int, int, str]]]] | None = None
+        self._raw_paths: set[str] = set()
 
     def chunks(self, path: str) -> Iterator[tuple[int, int, np.ndarray | None, str]]:
         """Every chunk of ``path`` decoded: ``(lo, hi, data or None, problem)``."""
@@ -143,23 +144,16 @@ class _Reader:
         """Check the raw chunks of ``paths`` in a background thread (I/O bound), while the
         main thread decodes the items table and the statuses (CPU bound)."""
         self._pool = ThreadPoolExecutor(1)
-        self._raw = {p: self._pool.submit(self._collect, p) for p in paths}
-
-    def _collect(self, path: str) -> list[tuple[int, int, str]] | None:
-        checks = self.backend.chunk_checks(path)
-        if checks is None:
-            return None
-        out = []
-        for check in checks:
-            out.append(check)
-            self.bar.update(1)
-        return out
+        self._raw = self._pool.submit(self.backend.chunk_checks, paths, self.bar.update)
+        self._raw_paths = set(paths)
 
     def raw_chunks(self, path: str) -> Iterator[tuple[int, str]] | None:
         """Every stored chunk's checksum checked on its raw bytes: ``(index, problem)``;
         None where the backend cannot (decode instead)."""
-        future = self._raw.get(path)
-        checks = future.result() if future is not None else self._collect(path)
+        if self._raw is not None and path in self._raw_paths:
+            checks = self._raw.result().get(path)
+        else:
+            checks = self.backend.chunk_checks([path], self.bar.update).get(path)
         if checks is None:
             return None
         self.report.arrays += 1
@@ -472,16 +466,26 @@ def _array_paths(store: Store, sections: list[Section]) -> list[str]:
     return paths
 
 
-def _verify_section(store: Store, sec: Section, reader: _Reader, report: VerifyReport,
-                    repair: bool, deep: bool) -> None:
+def _check_section(store: Store, sec: Section, reader: _Reader, report: VerifyReport
+                   ) -> tuple[_SectionCheck, np.ndarray] | None:
+    """Everything of a section but its data arrays: shapes, status, parameters, provenance
+    (done while the data chunks' checksums are still being computed in the background)."""
     if not _check_shapes(sec, report.items, report):
-        return
+        return None
     check = _SectionCheck(sec, reader, report)
     status = check.status(report.items)
-    for name in sec.array_names():
-        check.data(name, status, deep)
     check.params()
     _check_provenance(store, sec, status, report)
+    return check, status
+
+
+def _check_section_data(store: Store, check: _SectionCheck, status: np.ndarray,
+                        report: VerifyReport, repair: bool, deep: bool) -> None:
+    """The section's data arrays, then the command that recomputes what is damaged or
+    pending (and, with ``repair``, the damaged rows marked pending)."""
+    sec = check.sec
+    for name in sec.array_names():
+        check.data(name, status, deep)
     if check.pending_rows or check.reset:
         report.rerun.append(_rerun_hint(store, sec))
         if repair:
@@ -518,8 +522,10 @@ def verify(path: str, repair: bool = False, progress: bool = True,
             items = _check_items(store, reader, report)
             report.items = len(items) if items is not None else \
                 int(attrs.get("dataset", {}).get("n_items", 0))
-            for sec in sections:
-                _verify_section(store, sec, reader, report, repair, deep)
+            checks = [_check_section(store, sec, reader, report) for sec in sections]
+            for check in checks:
+                if check is not None:
+                    _check_section_data(store, *check, report, repair, deep)
         finally:
             reader.close()
     return _finish(report, t0)

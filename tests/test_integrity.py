@@ -438,6 +438,47 @@ def test_hdf5_chunk_beyond_the_files_end_is_one_line_then_repaired(
     assert_same_store(store, built)
 
 
+def test_hdf5_fletcher32_is_hdf5s_own_and_agrees_with_numcodecs() -> None:
+    """verify checks HDF5 chunks with libhdf5's own fletcher32 (outside the GIL); it agrees
+    with numcodecs' copy (the fallback) on even and odd lengths, and catches one flipped bit."""
+    from numcodecs.fletcher32 import Fletcher32
+
+    from eastkd.store.backends.hdf5_backend import _checksum_ok, _fletcher32
+
+    assert _fletcher32() is not None  # found beside h5py
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 3, 1001, 1 << 20):
+        raw = bytes(Fletcher32().encode(rng.integers(0, 256, n, dtype=np.uint8)))
+        assert _checksum_ok(raw) and _checksum_ok(bytearray(raw))
+        bad = bytearray(raw)
+        bad[n // 2] ^= 0x01
+        assert not _checksum_ok(bad)
+
+
+@pytest.mark.parametrize("fallback", ["hdf5-reads", "numcodecs"])
+def test_hdf5_verify_fallbacks_find_the_same_damage(
+        built: Path, tmp_path: Path, tiny_manifest: Path, fallback: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the superblock's end of allocation cannot be read, chunks are read through HDF5;
+    where libhdf5's checksum cannot be found, numcodecs' is used: both still find a flipped
+    chunk and a chunk beyond the file's end."""
+    if built.is_dir():
+        pytest.skip("HDF5 only")
+    import eastkd.store.backends.hdf5_backend as hdf5_backend
+
+    if fallback == "hdf5-reads":
+        monkeypatch.setattr(hdf5_backend, "end_of_allocation", lambda path: None)
+    else:
+        monkeypatch.setattr(hdf5_backend, "_fletcher32", lambda: None)
+    store = tmp_path / built.name
+    _chunk_beyond_the_end(built, store, tiny_manifest)
+    damage(store, "features/logmel/values", 1, "flip")
+    code, out = run("verify", store, "--no-progress")
+    assert code == 1, out
+    assert f"DAMAGED  embeddings/{KEY}/clip items 12-14" in out, out
+    assert "DAMAGED  features/logmel/values items 4-7: chunk damaged (checksum mismatch)" in out
+
+
 def test_hdf5_unreadable_chunk_is_not_overwritten(built: Path, tmp_path: Path,
                                                   tiny_manifest: Path) -> None:
     """Overwriting a stored chunk HDF5 cannot read is refused before HDF5 takes the write: it

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -104,11 +104,13 @@ class Backend(ABC):
     def reset_chunk(self, path: str, index: int) -> None:
         """Replace item-chunk ``index`` by the fill value without reading it (repair)."""
 
-    def chunk_checks(self, path: str) -> Iterator[tuple[int, int, str]] | None:
-        """Check every stored chunk's checksum on its raw bytes, without decoding:
-        ``(item-chunk index, bytes on disk, problem or "")`` per chunk; None where this
-        backend or array cannot (then verify decodes every chunk instead)."""
-        return None
+    def chunk_checks(self, paths: list[str], progress: Callable[[int], Any] = lambda n: None
+                     ) -> dict[str, list[tuple[int, int, str]]]:
+        """Check every stored chunk's checksum of the arrays at ``paths`` on its raw bytes,
+        without decoding: for each array this backend can check so, ``(item-chunk index,
+        bytes on disk, problem or "")`` per stored chunk; arrays it cannot check so (strings,
+        format 1) are left out, and verify decodes them instead. ``progress(1)`` per chunk."""
+        return {}
 
     def pending_rows(self, path: str, rows: np.ndarray) -> np.ndarray:
         """Which of ``rows`` of the array at ``path`` its section's ``status`` marks pending

@@ -15,11 +15,16 @@ nothing to do works on it; a write then fails with one line.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import json
 import os
+import struct
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, NamedTuple, Union
 
 import h5py
 import numpy as np
@@ -101,6 +106,113 @@ def _decode(v: Any) -> Any:
     if isinstance(v, np.generic):
         return v.item()
     return v
+
+
+Buffer = Union[bytes, bytearray, memoryview]  # a chunk's raw bytes (writable unless bytes)
+_CHECK_THREADS = min(4, os.cpu_count() or 1)  # spans of chunks read and checksummed at once
+_SPAN_BYTES = 8 << 20  # neighbouring chunks read at once, up to this long
+_SPAN_GAP = 64 << 10  # bytes between chunks read through (other arrays' small chunks)
+_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def end_of_allocation(path: str) -> int | None:
+    """The file's end of allocation as its superblock records it (HDF5 file format,
+    "Superblock"): HDF5 refuses to read a chunk past it, even where the bytes are there (a
+    writer that ended after flushing a dataset but not the file). None where it cannot be
+    read here (a user block, an unknown superblock version): then chunks are read through HDF5.
+    """
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if head[:8] != _SIGNATURE:
+        return None
+    version = head[8]
+    if version in (0, 1):
+        size, base = head[13], 24 if version == 0 else 28
+    elif version in (2, 3):
+        size, base = head[9], 12
+    else:
+        return None
+    fmt = {4: "<I", 8: "<Q"}.get(size)
+    if fmt is None:
+        return None
+    base_address, _, eoa = struct.unpack_from("<" + fmt[1] * 3, head, base)
+    return eoa if base_address == 0 else None
+
+
+@functools.cache
+def _fletcher32() -> Callable[[Buffer], int] | None:
+    """HDF5's own fletcher32 (``H5_checksum_fletcher32`` of the libhdf5 h5py runs on), called
+    through ctypes, which releases the GIL: checksums then run in parallel with each other and
+    with reads. None where that library cannot be found (then numcodecs' copy is used)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            libs = {line.split()[-1] for line in maps if "/libhdf5" in line
+                    and "libhdf5_hl" not in line}
+        lib = ctypes.CDLL(sorted(libs)[0])
+        fn = lib.H5_checksum_fletcher32
+    except (OSError, IndexError, AttributeError):
+        return None
+    fn.restype, fn.argtypes = ctypes.c_uint32, [ctypes.c_void_p, ctypes.c_size_t]
+
+    def fletcher32(raw: Buffer) -> int:
+        """Of all but the last 4 bytes (where HDF5 stores it)."""
+        data = raw if isinstance(raw, bytes) else ctypes.addressof(ctypes.c_char.from_buffer(raw))
+        return int(fn(data, len(raw) - 4))
+
+    return fletcher32
+
+
+def _checksum_ok(raw: Buffer) -> bool:
+    """Whether the chunk's last 4 bytes are the fletcher32 of the rest, as HDF5's filter
+    stores it (little-endian; or byte-swapped, as HDF5 1.6.0-1.6.4 did)."""
+    fletcher = _fletcher32()
+    if fletcher is None:
+        from numcodecs.fletcher32 import Fletcher32
+
+        try:
+            Fletcher32().decode(raw)
+            return True
+        except RuntimeError:
+            return False
+    value, stored = fletcher(raw), int.from_bytes(raw[-4:], "little")
+    swapped = ((value & 0x00FF00FF) << 8) | ((value & 0xFF00FF00) >> 8)
+    return stored in (value, swapped)
+
+
+def _chunk_problem(raw: Buffer, mask: int, fill: bytes) -> str | None:
+    """What is wrong with a stored chunk's raw bytes: "" for nothing, None for a chunk a repair
+    replaced by the fill value with every filter skipped (so absent)."""
+    if mask:
+        return None if raw == fill else "chunk damaged (stored without its filters)"
+    if not any(raw[-4:]) and not np.frombuffer(raw, dtype=np.uint8).any():
+        # zeroed bytes (a hole from a partial copy) carry a matching zero checksum, but a
+        # gzip stream is never all zeros
+        return "chunk damaged (all bytes zero)"
+    return "" if _checksum_ok(raw) else "chunk damaged (checksum mismatch)"
+
+
+class _RawChunk(NamedTuple):
+    offset: int  # in the file
+    size: int
+    mask: int  # filters skipped
+    position: tuple[int, ...]  # of its first element in the array
+    path: str
+    ds: h5py.Dataset
+    fill: bytes  # the chunk's bytes when a repair replaced it by the fill value
+
+
+def _spans(chunks: list[_RawChunk]) -> Iterator[list[_RawChunk]]:
+    """Chunks (in file order) grouped into runs of neighbours up to ``_SPAN_BYTES`` long, each
+    read at once: fewer reads, and fewer hand-overs of the GIL between threads."""
+    span: list[_RawChunk] = []
+    for chunk in chunks:
+        if span and (chunk.offset - (span[-1].offset + span[-1].size) > _SPAN_GAP
+                     or chunk.offset + chunk.size - span[0].offset > _SPAN_BYTES):
+            yield span
+            span = []
+        span.append(chunk)
+    if span:
+        yield span
 
 
 class HDF5Backend(Backend):
@@ -289,44 +401,77 @@ class HDF5Backend(Backend):
         return {ds.id.get_chunk_info(i).chunk_offset[0] // ds.chunks[0]
                 for i in range(ds.id.get_num_chunks())}
 
-    def chunk_checks(self, path: str) -> Iterator[tuple[int, int, str]] | None:
+    def chunk_checks(self, paths: list[str], progress: Callable[[int], Any] = lambda n: None
+                     ) -> dict[str, list[tuple[int, int, str]]]:
         """Each stored chunk's fletcher32 checksum checked on its raw (still compressed)
-        bytes, as HDF5's filter pipeline wrote them: no gzip decoding, so as fast as reading."""
-        ds = self._ds(path)
-        if ds.chunks is None or not ds.fletcher32:
-            return None  # strings (no filters) or a store without checksums: decode instead
-        offsets: list[tuple[int, ...]] = []
-        ds.id.chunk_iter(lambda info: offsets.append(info.chunk_offset))
-        return self._check_chunks(ds, sorted(offsets))
+        bytes, as HDF5's filter pipeline wrote them, without gzip decoding. The chunks of all
+        ``paths`` are read in one pass in file order (arrays interleave as extract wrote them),
+        with plain file reads wherever the file's end of allocation is known (so that a chunk
+        HDF5 would refuse to read is refused too), and checked in threads."""
+        self.flush()
+        chunks: list[_RawChunk] = []
+        out: dict[str, list[tuple[int, int, str]]] = {}
+        for path in paths:
+            ds = self._ds(path)
+            if ds.chunks is None or not ds.fletcher32:
+                continue  # strings (no filters) or a store without checksums: decode instead
+            out[path] = []
+            fill = np.full(ds.chunks, ds.fillvalue, dtype=ds.dtype).tobytes()
+            ds.id.chunk_iter(lambda c, p=path, ds=ds, fill=fill: chunks.append(_RawChunk(
+                c.byte_offset, c.size, c.filter_mask, c.chunk_offset, p, ds, fill)))
+        chunks.sort(key=lambda c: c.offset)
+        for chunk, (nbytes, problem) in zip(chunks, self._check_chunks(chunks)):
+            progress(1)
+            if problem is not None:
+                index = chunk.position[0] // chunk.ds.chunks[0]
+                out[chunk.path].append((index, nbytes, problem))
+        return out
 
-    @staticmethod
-    def _check_chunks(ds: h5py.Dataset, offsets: list[tuple[int, ...]]
-                      ) -> Iterator[tuple[int, int, str]]:
-        from numcodecs.fletcher32 import Fletcher32
+    def _check_chunks(self, chunks: list[_RawChunk]) -> Iterator[tuple[int, str | None]]:
+        """``(bytes read, problem)`` per chunk, in order; the problem None for a chunk a repair
+        replaced by the fill value (absent)."""
+        eoa = end_of_allocation(self.path)
+        local = threading.local()  # one reused buffer per thread: a fresh one per read would
+        # be zero-filled, a page fault per 4 KB, while holding the GIL
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
 
-        checker = Fletcher32()
-        fill = np.full(ds.chunks, ds.fillvalue, dtype=ds.dtype).tobytes()
-        for offset in offsets:
-            try:
-                mask, raw = ds.id.read_direct_chunk(offset)
-            except (OSError, RuntimeError) as e:  # e.g. named beyond the file's end
-                yield offset[0] // ds.chunks[0], 0, reason_of(e)
-                continue
-            problem = ""
-            if mask and raw == fill:
-                continue  # replaced by the fill value by a repair (filters skipped): absent
-            if mask:
-                problem = "chunk damaged (stored without its filters)"
-            elif not any(raw[-4:]) and not np.frombuffer(raw, dtype=np.uint8).any():
-                # zeroed bytes (a hole from a partial copy) carry a matching zero checksum,
-                # but a gzip stream is never all zeros
-                problem = "chunk damaged (all bytes zero)"
-            else:
+            def direct(chunk: _RawChunk) -> tuple[int, str | None]:
+                """Read through HDF5 (which refuses what lies past its end of allocation)."""
                 try:
-                    checker.decode(raw)
-                except RuntimeError:
-                    problem = "chunk damaged (checksum mismatch)"
-            yield offset[0] // ds.chunks[0], len(raw), problem
+                    raw = chunk.ds.id.read_direct_chunk(chunk.position)[1]
+                except (OSError, RuntimeError) as e:
+                    return 0, reason_of(e)
+                return len(raw), _chunk_problem(raw, chunk.mask, chunk.fill)
+
+            def check(span: list[_RawChunk]) -> list[tuple[int, str | None]]:
+                """One read for a span of neighbouring chunks, then each one's checksum."""
+                if eoa is None:
+                    return [direct(chunk) for chunk in span]
+                lo, hi = span[0].offset, span[-1].offset + span[-1].size
+                if len(getattr(local, "buf", b"")) < hi - lo:
+                    local.buf = bytearray(max(hi - lo, _SPAN_BYTES))
+                got = os.preadv(fd, [memoryview(local.buf)[:hi - lo]], lo)
+                out: list[tuple[int, str | None]] = []
+                for chunk in span:
+                    start, end = chunk.offset - lo, chunk.offset - lo + chunk.size
+                    if chunk.offset + chunk.size > eoa:
+                        out.append((0, "chunk damaged (beyond the file's end)"))
+                    elif end > got:
+                        out.append((0, "chunk damaged (file cut short)"))
+                    else:
+                        raw = memoryview(local.buf)[start:end]
+                        out.append((chunk.size, _chunk_problem(raw, chunk.mask, chunk.fill)))
+                return out
+
+            # spans read and checked in threads (file reads and HDF5's checksum run outside
+            # the GIL), all submitted at once: results are small, and no thread waits for
+            # another to hand out work
+            with ThreadPoolExecutor(_CHECK_THREADS) as pool:
+                for results in pool.map(check, _spans(chunks)):
+                    yield from results
+        finally:
+            os.close(fd)
 
     def reset_chunk(self, path: str, index: int) -> None:
         self._fw()

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterator
 
 import google_crc32c
 import numpy as np
@@ -30,7 +29,7 @@ from eastkd.store.errors import EastkdError, StoreDamageError, StoreNotFoundErro
 
 COMPRESSORS = (ZstdCodec(), Crc32cCodec())
 _CHECK_BATCH = 32  # chunks fetched concurrently while checking checksums
-_READ_AHEAD = 4  # local chunk files read concurrently while checking checksums
+_READ_AHEAD = 4  # local chunk files read and checksummed at once by verify
 
 
 def _du(path: str) -> int:
@@ -193,39 +192,48 @@ class ZarrBackend(Backend):
 
         return {int(k[len(prefix):].split("/")[0]) for k in sync(keys())}
 
-    def chunk_checks(self, path: str) -> Iterator[tuple[int, int, str]] | None:
-        arr = self._arr(path)
-        if not arr.compressors or not isinstance(arr.compressors[-1], Crc32cCodec):
-            return None  # format 1: no checksum to check without decoding
-        prefix = f"{path}/c/"
+    def chunk_checks(self, paths: list[str], progress: Callable[[int], Any] = lambda n: None
+                     ) -> dict[str, list[tuple[int, int, str]]]:
+        out = {}
+        for path in paths:
+            arr = self._arr(path)
+            if not arr.compressors or not isinstance(arr.compressors[-1], Crc32cCodec):
+                continue  # format 1: no checksum to check without decoding
+            prefix = f"{path}/c/"
 
-        async def keys() -> list[str]:  # zips may list their folders too ("a/c/1/")
-            return sorted([k async for k in self._store.list_prefix(prefix)
-                           if not k.endswith("/")])
+            async def keys() -> list[str]:  # zips may list their folders too ("a/c/1/")
+                return sorted([k async for k in self._store.list_prefix(prefix)
+                               if not k.endswith("/")])
 
-        return self._check_keys(sync(keys()), prefix)
+            out[path] = []
+            for check in self._check_keys(sync(keys()), prefix):
+                out[path].append(check)
+                progress(1)
+        return out
 
     def _check_keys(self, keys: list[str], prefix: str) -> Iterator[tuple[int, int, str]]:
-        for key, data in self._raw(keys):
-            index = int(key[len(prefix):].split("/")[0])
-            yield index, data.size, _crc_problem(data)
+        """``(index, bytes, problem)`` per chunk key: for a local folder each chunk file is read
+        and checksummed in reading threads (plain reads and crc32c run outside the GIL, as fast
+        as the disk), all submitted at once; otherwise concurrent gets through the zarr store."""
+        def index(key: str) -> int:
+            return int(key[len(prefix):].split("/")[0])
 
-    def _raw(self, keys: list[str]) -> Iterator[tuple[str, np.ndarray]]:
-        """The stored bytes of ``keys``: plain file reads for a local folder (as fast as the
-        disk), concurrent gets through the zarr store otherwise."""
         if isinstance(self._store, LocalStore):
             root = str(self._store.root)
-            # a few reads in flight keep the disk busy while the checksums are computed
+
+            def check(key: str) -> tuple[int, str]:
+                data = _read_file(os.path.join(root, key))
+                return data.size, _crc_problem(data)
+
             with ThreadPoolExecutor(_READ_AHEAD) as pool:
-                pending: deque[tuple[str, Future[np.ndarray]]] = deque()
-                for key in keys:
-                    pending.append((key, pool.submit(_read_file, os.path.join(root, key))))
-                    if len(pending) > _READ_AHEAD:
-                        key0, fut = pending.popleft()
-                        yield key0, fut.result()
-                for key0, fut in pending:
-                    yield key0, fut.result()
+                for key, (size, problem) in zip(keys, pool.map(check, keys)):
+                    yield index(key), size, problem
             return
+        for key, data in self._fetched(keys):
+            yield index(key), data.size, _crc_problem(data)
+
+    def _fetched(self, keys: list[str]) -> Iterator[tuple[str, np.ndarray]]:
+        """The stored bytes of ``keys``, a batch of concurrent gets at a time."""
         proto = default_buffer_prototype()
 
         async def fetch(batch: list[str]) -> list[Any]:
