@@ -13,7 +13,8 @@ and prints ``ratio = extract_s / max(teacher_s, inputs_s)`` (target <= 1.15). Th
 * overlap: extract with a synthetic teacher that sleeps ``--sleep-ms`` per batch (default: twice
   the inputs' time per batch), in small batches; the loop's wall time against
   ``max(teacher, inputs, writes)`` (``overlap_ratio``, target <= 1.15; the sum of the three is
-  printed beside it). The stages must share the CPUs: on a machine where the inputs and the
+  printed beside it), the teacher timed alone on the same waves as in (a) (its sleeps plus
+  its small matmul). The stages must share the CPUs: on a machine where the inputs and the
   writes together need more CPU than is free, no pipeline overlaps them;
 * resume: extract again into the finished store: ``resume_fraction`` of (c) (target < 0.05)
   and ``resume_audio_reads`` (files hashed or decoded; target 0).
@@ -50,7 +51,7 @@ from eastkd.pipeline.features import LogMelParams
 from eastkd.pipeline.teachers.loading import load_teacher
 from eastkd.store import Section
 
-TEACHER_OPTIONS = {"crepe": {}, "crepe-tiny": {}, "passt": {"random_init": True}}
+TEACHERS = ("crepe", "crepe-tiny", "passt")
 SAMPLE_RATE = 44100
 
 
@@ -72,6 +73,17 @@ class SleepyTeacher(torch.nn.Module):
 
 def sleepy(sleep_ms: float = 50.0) -> SleepyTeacher:
     return SleepyTeacher(sleep_ms)
+
+
+def teacher_options(name: str, tmp: Path) -> dict[str, Any]:
+    """The teacher's options: PaSST gets random weights (none ship offline; timings do not
+    depend on their values), saved as a checkpoint file that it loads as a real one."""
+    if name != "passt":
+        return {}
+    torch.manual_seed(0)
+    path = tmp / "passt-random.pt"
+    torch.save(load_teacher("passt", {"random_init": True}).model.passt.net.state_dict(), path)
+    return {"weights": str(path)}
 
 
 # -- data --------------------------------------------------------------------------------------
@@ -167,7 +179,6 @@ def time_extract(manifest: Path, store: Path, opts: ExtractOptions) -> tuple[flo
     """Wall time of the whole call (loading the teacher, indexing, ...), of its loop over the
     batches (decode, resample, log-mel, forward, writes), and the loop's wait for its first
     batch (worker start-up and the first decode: filling the pipeline)."""
-    torch.manual_seed(0)  # teachers with random weights (passt) are the same on a resume
     t0 = time.perf_counter()
     summary = extract(str(manifest), str(store), opts)
     assert summary.written + summary.already_done == summary.items, summary
@@ -215,13 +226,15 @@ def time_overlap(manifest: Path, tmp: Path, base: ExtractOptions, batch: int,
     opts = ExtractOptions(**{**base.__dict__, "teacher": "python:__main__:sleepy",
                              "teacher_options": {"sleep_ms": sleep_ms}, "key": "sleepy",
                              "batch_size": batch})
+    # the teacher's stage alone, as (a): its sleeps plus its small matmul and mean
+    teacher_s = time_teacher(opts.teacher, opts.teacher_options, waves, device, False)
     try:
         _, wall, fill = time_extract(manifest, tmp / "sleepy.zarr", opts)
     finally:
         Section.write_rows, Section.write_block = saved
-    teacher_s = len(waves) * sleep_ms / 1000
     parts = {"teacher_s": teacher_s, "inputs_s": inputs_s, "writes_s": count["write"]}
     return {"batch_size": batch, "batches": len(waves), "sleep_ms_per_batch": round(sleep_ms, 2),
+            "sleep_s": round(len(waves) * sleep_ms / 1000, 3),
             **{k: round(v, 3) for k, v in parts.items()},
             "extract_loop_s": round(wall, 3), "sum_s": round(sum(parts.values()), 3),
             "overlap_ratio": round(wall / max(parts.values()), 3),
@@ -235,7 +248,7 @@ def time_overlap(manifest: Path, tmp: Path, base: ExtractOptions, batch: int,
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--teacher", default="crepe-tiny", choices=sorted(TEACHER_OPTIONS))
+    ap.add_argument("--teacher", default="crepe-tiny", choices=TEACHERS)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--format", default="wav", choices=["wav", "mp3"])
@@ -258,7 +271,7 @@ def main() -> None:
     try:
         manifest = make_dataset(tmp, args.clips, args.clip_seconds, args.format)
         paths = _paths(manifest)
-        options = TEACHER_OPTIONS[args.teacher]
+        options = teacher_options(args.teacher, tmp)
         teacher = load_teacher(args.teacher, options)
         autocast = device.type == "cuda" and bool(getattr(teacher, "autocast_safe", False))
         segment = Segment(args.clip_seconds, "start")

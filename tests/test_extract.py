@@ -63,6 +63,19 @@ class FrameProjection(torch.nn.Module):
 
 def make(dim: int = 8, sample_rate: int = 16000, nan_on_silence: bool = False):
     return FrameProjection(dim, sample_rate, nan_on_silence)
+
+
+def make_from_file(path: str):
+    """The projection read from a weights file, which the teacher names."""
+    import dataclasses
+
+    from eastkd.pipeline.teachers.base import file_sha256
+    from eastkd.pipeline.teachers.loading import from_module
+
+    module = FrameProjection(8, 16000, False)
+    module.proj.data = torch.load(path)
+    return dataclasses.replace(from_module("file-teacher", module, {"path": path}),
+                               weights_sha256=file_sha256(path), weights_files=(path,))
 '''
 
 
@@ -471,6 +484,42 @@ def test_other_teacher_or_options_refused_overwrite_replaces(
     with pytest.raises(StoreMismatchError, match=r"was written for another dataset \(\w+, 80 "
                                                  r"items.*than this one \(5 items"):
         extract(str(other), str(demo_store), opts())
+
+
+def test_rerun_of_a_finished_store_does_not_load_the_teacher(
+        demo_manifest: Path, demo_store: Path, tmp_path: Path, user_teacher: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing left to do: the recorded teacher request (teacher, options, eastkd version,
+    weights files' size and mtime) stands for the teacher, which is not loaded. A changed
+    weights file is noticed: the teacher is loaded and a different one refused."""
+    import eastkd.pipeline.extract.run as run
+
+    loads = []
+    real_load = run.load_teacher
+    monkeypatch.setattr(run, "load_teacher", lambda *a: loads.append(a) or real_load(*a))
+    summary = extract(str(demo_manifest), str(demo_store), opts(frames=True))  # crepe-tiny
+    assert loads == [] and summary.written == 0 and summary.already_done == 80
+
+    weights = tmp_path / "proj.pt"
+    torch.save(torch.randn(1600, 8, generator=torch.Generator().manual_seed(1)) / 30, weights)
+    file_teacher = opts(teacher=f"python:{TEACHER_MODULE}:make_from_file",
+                        teacher_options={"path": str(weights)}, key="filed")
+    extract(str(demo_manifest), str(demo_store), file_teacher)
+    assert len(loads) == 1
+    before = all_arrays(demo_store)
+    assert extract(str(demo_manifest), str(demo_store), file_teacher).already_done == 80
+    assert len(loads) == 1  # not loaded again
+
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    assert extract(str(demo_manifest), str(demo_store), file_teacher).already_done == 80
+    assert len(loads) == 2  # touched: loaded, found the same, and the new mtime recorded
+    assert extract(str(demo_manifest), str(demo_store), file_teacher).written == 0
+    assert len(loads) == 2
+
+    torch.save(torch.randn(1600, 8, generator=torch.Generator().manual_seed(2)) / 30, weights)
+    with pytest.raises(StoreMismatchError, match=r"differs in: weights_sha256"):
+        extract(str(demo_manifest), str(demo_store), file_teacher)
+    assert_bitwise_equal(all_arrays(demo_store), before)
 
 
 # ------------------------------------------------------------------------------------------

@@ -8,8 +8,10 @@ writer thread writes finished chunks and, last, each unit's status (``writer.Wri
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import time
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -49,16 +51,26 @@ from eastkd.store import (
 
 
 def extract(dataset: str | DatasetSpec, store_path: str, opts: ExtractOptions) -> ExtractSummary:
-    """Run ``opts.teacher`` over ``dataset`` and write embeddings and log-mel into the store."""
+    """Run ``opts.teacher`` over ``dataset`` and write embeddings and log-mel into the store.
+
+    A new store loads the teacher first (a bad teacher option fails before the dataset is
+    hashed); a rerun on a store with nothing left to do returns without loading it."""
     _check_options(opts, store_path)
     spec = resolve_dataset(dataset) if isinstance(dataset, str) else dataset
-    teacher = load_teacher(opts.teacher, opts.teacher_options)
-    teacher.set_frames(opts.frames)  # before the probe: PaSST computes frames only when asked
-    device = resolve_device(opts.device)
-    teacher.to(device)
-    teacher.model.eval()
+    t0 = time.perf_counter()
+    teacher = None if store_exists(store_path) else load_teacher(opts.teacher,
+                                                                 opts.teacher_options)
     store = open_or_create(store_path, spec, opts.progress, opts.resolved_workers(), opts.rehash)
     try:
+        if teacher is None:
+            done = _finished(store, store_path, opts, t0)
+            if done is not None:
+                return done
+            teacher = load_teacher(opts.teacher, opts.teacher_options)
+        teacher.set_frames(opts.frames)  # before the probe: PaSST computes frames only if asked
+        device = resolve_device(opts.device)
+        teacher.to(device)
+        teacher.model.eval()
         return _extract_into(store, store_path, teacher, device, opts)
     finally:
         store.close()
@@ -133,6 +145,78 @@ def _apply_rehash(store_path: str, items: ItemsTable, known: ItemsTable) -> Stor
 # -- sections ----------------------------------------------------------------------------------
 
 
+def _features_identity(opts: ExtractOptions, segment: Segment) -> dict[str, Any]:
+    lm = opts.logmel
+    return {"params": lm.as_dict(), "segment": segment.as_dict(), "dtype": opts.dtype,
+            "resampler": opts.resampler}
+
+
+def _run_identity(opts: ExtractOptions, segment: Segment) -> dict[str, Any]:
+    """The part of the embeddings' identity this run's options set (the rest is the
+    teacher's)."""
+    return {"segment": segment.as_dict(), "dtype": opts.dtype, "frames": bool(opts.frames),
+            "resampler": opts.resampler}
+
+
+def teacher_request(opts: ExtractOptions, weights_files: Iterable[str]) -> dict[str, Any]:
+    """What the teacher's identity follows from, cheap to check without loading it: the
+    teacher and options asked for, eastkd's version (its code), and each weights file's size
+    and modification time (as the store's hash cache keys audio files). Recorded with the
+    embeddings; see :func:`_finished`."""
+    files = []
+    for path in weights_files:
+        try:
+            st = os.stat(path)
+            files.append({"path": os.path.abspath(path), "size": st.st_size,
+                          "mtime_ns": st.st_mtime_ns})
+        except OSError:
+            files.append({"path": os.path.abspath(path), "missing": True})
+    return _as_stored({"teacher": opts.teacher, "teacher_options": opts.teacher_options,
+                       "eastkd_version": eastkd_version(), "weights_files": files})
+
+
+def _as_stored(value: dict[str, Any]) -> dict[str, Any]:
+    """``value`` as it reads back from the store's (JSON) attributes."""
+    return json.loads(json.dumps(value))
+
+
+def _finished(store: Store, store_path: str, opts: ExtractOptions,
+              t0: float) -> ExtractSummary | None:
+    """The summary of a rerun with nothing left to do, found without loading the teacher;
+    None when there is work, or when that cannot be told so (the slow path then loads the
+    teacher and checks its identity, refusing a mismatch).
+
+    The embeddings' recorded identity stands for the teacher asked for now when the recorded
+    :func:`teacher_request` is the same and names weights files (a teacher whose weights are
+    built in code, or random, is always loaded); the features' identity and the run's part of
+    the embeddings' identity are computed as the slow path would."""
+    key = opts.key or default_key(opts.teacher)
+    if opts.overwrite or not (store.has_section("features", FEATURES)
+                              and store.has_section("embeddings", key)):
+        return None
+    feat, emb = store.features(FEATURES), store.embeddings(key)
+    recorded = emb.attrs.get("teacher_request") or {}
+    paths = [f.get("path", "") for f in recorded.get("weights_files", [])]
+    if not paths or teacher_request(opts, paths) != recorded:
+        return None
+    items = store.items
+    segment = resolve_segment(opts.segment, opts.crop, items.durations, items.ids)
+    identity = emb.attrs.get("identity") or {}
+    if feat.attrs.get("identity") != _as_stored(_features_identity(opts, segment)) or any(
+            identity.get(k) != v for k, v in _as_stored(_run_identity(opts, segment)).items()):
+        return None
+    unit = max(feat.unit, emb.unit)
+    todo, already = plan_units(len(items), unit, opts.shard, opts.units, emb.status(),
+                               feat.status())
+    if todo:
+        return None
+    return ExtractSummary(
+        store=store_path, key=key, teacher=str(emb.attrs.get("teacher", opts.teacher)),
+        items=len(items), written=0, skipped_now=0, already_done=already,
+        seconds=time.perf_counter() - t0, audio_seconds=0.0, forward_seconds=0.0,
+        skipped=emb.skipped())
+
+
 def _sections(store: Store, teacher: Teacher, device: torch.device, opts: ExtractOptions,
               segment: Segment, batch_size: int, key: str) -> tuple[Section, Section, int]:
     """The features and embeddings sections (created if needed) and the frames per clip."""
@@ -145,8 +229,7 @@ def _sections(store: Store, teacher: Teacher, device: torch.device, opts: Extrac
         attrs={"kind": "log-mel", "params": lm.as_dict(), "segment": segment.as_dict(),
                "resampler": opts.resampler, "layout": "items x mels x frames",
                "eastkd_version": eastkd_version()},
-        identity={"params": lm.as_dict(), "segment": segment.as_dict(), "dtype": opts.dtype,
-                  "resampler": opts.resampler},
+        identity=_features_identity(opts, segment),
         overwrite=opts.overwrite, max_chunk_items=cap,
     )
     arrays = {"clip": ArraySpec((teacher.embedding_dim,), opts.dtype)}
@@ -166,11 +249,11 @@ def _sections(store: Store, teacher: Teacher, device: torch.device, opts: Extrac
                                    "frames": opts.frames, "crop": opts.crop,
                                    "segment": segment.seconds, "on_error": opts.on_error,
                                    "resampler": opts.resampler, "device": device.type,
-                                   "autocast_float16": teacher.autocast_on(device)}},
+                                   "autocast_float16": teacher.autocast_on(device)},
+               "teacher_request": teacher_request(opts, teacher.weights_files)},
         identity={"teacher": teacher.name, "weights_sha256": teacher.weights_sha256,
                   "teacher_options": {k: teacher.options[k] for k in sorted(teacher.options)},
-                  "sample_rate": teacher.sample_rate, "segment": segment.as_dict(),
-                  "dtype": opts.dtype, "frames": bool(opts.frames), "resampler": opts.resampler},
+                  "sample_rate": teacher.sample_rate, **_run_identity(opts, segment)},
         overwrite=opts.overwrite, max_chunk_items=cap,
     )
     return feat, emb, t_frames

@@ -41,6 +41,9 @@ class Teacher:
     ``min_seconds`` is the shortest input the model accepts: shorter inputs (a ``--segment``
     below it) are zero-padded at the end to that length before the forward pass.
     ``embedding_dim`` may be 0 for a wrapped module until :meth:`probe` has run it once.
+    ``weights_files`` are the files the weights were read from (none for weights built in
+    code): extract records their size and modification time, so that a rerun on a finished
+    store can tell the teacher is unchanged without loading it.
     """
 
     name: str
@@ -54,6 +57,7 @@ class Teacher:
     pooling: str = "mean over frames"
     options: dict[str, Any] = field(default_factory=dict)
     min_seconds: float = 0.0
+    weights_files: tuple[str, ...] = ()
 
     @property
     def min_samples(self) -> int:

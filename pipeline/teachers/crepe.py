@@ -56,6 +56,7 @@ def _crepe(capacity: str, hop_ms: float = 50.0) -> Teacher:
         sample_rate=SAMPLE_RATE,
         embedding_dim=dim,
         weights_sha256=file_sha256(model.weights_path),
+        weights_files=(model.weights_path,),
         frame_rate=SAMPLE_RATE / hop,
         frame_offset=0.0,
         autocast_safe=True,

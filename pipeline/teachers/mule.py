@@ -213,6 +213,7 @@ def mule(weights: str | None = None, **options: Any) -> Teacher:
         sample_rate=SAMPLE_RATE,
         embedding_dim=EMBEDDING_DIM,
         weights_sha256=file_sha256(path),
+        weights_files=(path,),
         frame_rate=frame_rate,
         frame_offset=offset if has_frames else 0.0,
         pooling="mean over frames (MULE TimelineAverage)" if has_frames else "model output",

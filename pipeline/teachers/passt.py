@@ -241,6 +241,7 @@ def passt(weights: str | None = None, **options: Any) -> Teacher:
         sample_rate=SAMPLE_RATE,
         embedding_dim=EMBEDDING_DIM,
         weights_sha256=file_sha256(checkpoint) if checkpoint else state_dict_sha256(model),
+        weights_files=(checkpoint,) if checkpoint else (),
         frame_rate=1.0 / opts["frame_hop_s"],
         frame_offset=0.0,
         autocast_safe=True,
