@@ -99,7 +99,8 @@ def command(ctx: click.Context,
     STORE is a Zarr directory (*.zarr, default), an HDF5 file (*.h5), or a Zarr store at a URL
     (s3://bucket/name.zarr, gs://..., with --storage-option). Rerunning the same command
     continues an interrupted run without recomputing finished chunks; a rerun reads no audio
-    for indexing (file hashes are cached by path, size and mtime).
+    for indexing (file hashes are cached by path, size and mtime), and one with nothing left
+    to do does not load the teacher when its weights files are unchanged.
     """
     from eastkd.pipeline.datasets.manifest import resolve_dataset
     from eastkd.pipeline.datasets.splits import dataset_split_report, parse_ratios
