@@ -63,7 +63,8 @@ if TYPE_CHECKING:
               help="Run the units as tasks on a dask.distributed cluster: local:N starts N "
                    "worker processes here, ADDRESS (tcp://host:8786) joins a running scheduler "
                    "whose workers reach the audio and the store. Bit-identical to a run "
-                   "without it; a lost worker's units are run again.  [default: in-process]")
+                   "without it; a lost worker's units are run again; the workers on a machine "
+                   "with several GPUs take one each.  [default: in-process]")
 @click.option("--chunk-items", type=click.IntRange(min=1), default=None, metavar="N",
               help="Cap items per chunk (a power of two) of the arrays this run creates; only "
                    "ever makes chunks smaller than the ~4 MB default, giving finer --shard and "

@@ -4,7 +4,8 @@ worker straight into the store.
 The client resolves the dataset and creates the store with its items table (once), then asks
 one worker to create the sections (that needs the teacher's shapes) and list the pending
 units. Every pending unit becomes a task that decodes its clips, runs the teacher (on the
-worker's GPU when it has one; a loaded teacher is kept per worker process) and writes its own
+worker's GPU when it has one: the workers on a machine with several GPUs take one each, in
+turn; a loaded teacher is kept per worker process) and writes its own
 chunks: data first, status last, exactly as an in-process run does, so the result is
 bit-identical to it and a killed worker loses nothing finished. A task whose worker dies is run
 again by dask on another worker (``distributed.scheduler.allowed-failures``); a task that fails
@@ -125,16 +126,16 @@ def extract_distributed(dataset: str | DatasetSpec, store_path: str, opts: Extra
         # the items table: once, here (hashing with this machine's decode workers)
         open_or_create(store_path, spec, opts.progress, opts.resolved_workers(),
                        opts.rehash).close()
-        threads = _threads_per_worker(client)
+        where = _placements(client)
         # tasks decode in their own process (a dask worker cannot start DataLoader workers)
         # and never rehash: the client has updated the items table
         task_opts = replace(opts, progress=False, workers=0, rehash=False, units=[])
-        where = store_location(store_path)  # workers may run in other folders
-        prep = client.submit(_run_units, where, task_opts, access, threads, pure=False,
+        location = store_location(store_path)  # workers may run in other folders
+        prep = client.submit(_run_units, location, task_opts, access, where, pure=False,
                              retries=retries).result()
         key, todo = prep["key"], prep["units"]
-        futures = [client.submit(_run_units, where, replace(task_opts, units=[u]), access,
-                                 threads, pure=False, retries=retries, key=f"extract-unit-{u}")
+        futures = [client.submit(_run_units, location, replace(task_opts, units=[u]), access,
+                                 where, pure=False, retries=retries, key=f"extract-unit-{u}")
                    for u in todo]
         done = _gather(client, futures, prep["pending"], key, opts.progress)
     with open_store(store_path) as store:
@@ -177,28 +178,56 @@ def _gather(client: Any, futures: list[Any], pending: int, key: str,
     return done
 
 
-def _threads_per_worker(client: Any) -> dict[str, int]:
-    """Torch threads of each worker (by address): its machine's cores shared by the workers
-    on that machine."""
-    info = client.scheduler_info(n_workers=-1)["workers"]
-    cores = client.run(os.cpu_count)
-    per_host: dict[str, int] = {}
-    for w in info.values():
-        per_host[w["host"]] = per_host.get(w["host"], 0) + 1
-    return {addr: max(1, (cores.get(addr) or 1) // per_host[w["host"]])
-            for addr, w in info.items()}
+@dataclass(frozen=True)
+class Placement:
+    """A worker's share of its machine: torch threads, and its slot among the workers on that
+    machine (slot ``i`` runs on GPU ``i`` modulo the GPUs there)."""
+
+    threads: int
+    slot: int
+
+
+def _placements(client: Any) -> dict[str, Placement]:
+    return placements(client.scheduler_info(n_workers=-1)["workers"], client.run(os.cpu_count))
+
+
+def placements(workers: dict[str, dict[str, Any]],
+               cores: dict[str, int | None]) -> dict[str, Placement]:
+    """Each worker's :class:`Placement` (by address), from the scheduler's worker info (their
+    ``host``) and each worker's core count: a machine's cores are shared by its workers, and
+    its workers are numbered in address order."""
+    by_host: dict[str, list[str]] = {}
+    for addr in sorted(workers):
+        by_host.setdefault(workers[addr]["host"], []).append(addr)
+    out = {}
+    for addrs in by_host.values():
+        for slot, addr in enumerate(addrs):
+            out[addr] = Placement(max(1, (cores.get(addr) or 1) // len(addrs)), slot)
+    return out
+
+
+def worker_device(name: str, slot: int) -> str:
+    """The device of the worker in ``slot``: with ``cuda`` or ``auto`` on a machine with
+    several GPUs, its own one (``cuda:{slot % count}``), so that workers spread over them;
+    otherwise ``name`` as given (an explicit ``cuda:K`` included)."""
+    import torch
+
+    if name in ("cuda", "auto") and torch.cuda.is_available() and torch.cuda.device_count() > 1:
+        return f"cuda:{slot % torch.cuda.device_count()}"
+    return name
 
 
 def _run_units(store_path: str, opts: ExtractOptions, access: AccessOptions,
-               threads: dict[str, int]) -> Any:
+               where: dict[str, Placement]) -> Any:
     """A task: fill ``opts.units`` of the store (``[]``: create the sections and report the
     pending units instead)."""
     import torch
     from distributed import get_worker
 
     configure_access(access.storage_options, access.cache_dir)
-    torch.set_num_threads(threads.get(get_worker().address, 1))
-    teacher, device = _teacher(opts)
+    place = where.get(get_worker().address, Placement(1, 0))
+    torch.set_num_threads(place.threads)
+    teacher, device = _teacher(replace(opts, device=worker_device(opts.device, place.slot)))
     with open_store(store_path, "r+") as store:
         summary = extract_into(store, store_path, teacher, device, opts)
         if opts.units:
@@ -221,6 +250,8 @@ def _teacher(opts: ExtractOptions) -> tuple[Any, Any]:
     """The loaded teacher and device of this worker process (loaded once, then reused)."""
     import json
 
+    import torch
+
     from eastkd.pipeline.device import resolve_device
     from eastkd.pipeline.teachers.loading import load_teacher
 
@@ -229,6 +260,8 @@ def _teacher(opts: ExtractOptions) -> tuple[Any, Any]:
     if key not in _teachers:
         teacher = load_teacher(opts.teacher, opts.teacher_options)
         device = resolve_device(opts.device)
+        if device.type == "cuda" and device.index is not None:
+            torch.cuda.set_device(device)  # events and pinned copies on the teacher's GPU
         teacher.to(device)
         teacher.model.eval()
         _teachers[key] = (teacher, device)

@@ -187,3 +187,27 @@ def test_bad_dask_values_are_one_line_errors(demo_manifest: Path, tmp_path: Path
     res = CliRunner().invoke(cli, ["extract", str(manifest), str(tmp_path / "x.h5"),
                                    "--dask", "local:1", "--no-progress"])
     assert res.exit_code == 1 and "needs a Zarr store" in res.output
+
+
+def test_workers_share_their_machines_cores_and_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each worker gets its machine's cores divided by the workers there, and a slot by
+    address there; with several GPUs (mocked: this machine has none) ``cuda`` and ``auto`` put
+    slot i on GPU i modulo their count, and an explicit device is kept."""
+    from eastkd.pipeline.distributed import Placement, placements, worker_device
+
+    workers = {"tcp://10.0.0.2:41": {"host": "10.0.0.2"}, "tcp://10.0.0.1:9": {"host": "10.0.0.1"},
+               "tcp://10.0.0.1:7": {"host": "10.0.0.1"}, "tcp://10.0.0.1:8": {"host": "10.0.0.1"}}
+    cores = {"tcp://10.0.0.1:7": 16, "tcp://10.0.0.1:8": 16, "tcp://10.0.0.1:9": 16,
+             "tcp://10.0.0.2:41": None}
+    assert placements(workers, cores) == {
+        "tcp://10.0.0.1:7": Placement(5, 0), "tcp://10.0.0.1:8": Placement(5, 1),
+        "tcp://10.0.0.1:9": Placement(5, 2), "tcp://10.0.0.2:41": Placement(1, 0)}
+
+    assert [worker_device("cuda", s) for s in range(3)] == ["cuda"] * 3  # no GPU here
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert [worker_device("cuda", s) for s in range(3)] == ["cuda:0", "cuda:1", "cuda:0"]
+    assert worker_device("auto", 1) == "cuda:1"
+    assert worker_device("cuda:1", 0) == "cuda:1" and worker_device("cpu", 1) == "cpu"
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert worker_device("cuda", 1) == "cuda"
