@@ -469,16 +469,25 @@ class Store:
                 return
         self.backend.create_group(path, attrs)
 
+    def identity_diff(self, kind: str, name: str, identity: dict[str, Any],
+                      partial: bool = False) -> list[str]:
+        """The settings in which the identity recorded by section ``kind/name`` differs from
+        ``identity`` (with ``partial``, among ``identity``'s keys only); none when the section
+        or its recorded identity is absent."""
+        path = f"{kind}/{name}"
+        old = self.backend.get_attrs(path).get("identity") if self.backend.exists(path) else None
+        if old is None:
+            return []
+        keys = set(identity) if partial else set(old) | set(identity)
+        return sorted(k for k in keys if old.get(k) != identity.get(k))
+
     def check_identity(self, kind: str, name: str, identity: dict[str, Any],
                        overwrite: bool = False) -> None:
         """Refuse (unless ``overwrite``) when ``kind/name`` exists with another identity, naming
         the settings that differ; call it before expensive work that would be refused anyway."""
         path = f"{kind}/{name}"
-        if overwrite or not self.backend.exists(path):
-            return
-        old = self.backend.get_attrs(path).get("identity")
-        if old is not None and old != identity:
-            diff = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
+        diff = [] if overwrite else self.identity_diff(kind, name, identity)
+        if diff:
             raise StoreMismatchError(
                 f"{self.path}: {path} was written with other settings "
                 f"(differs in: {', '.join(diff)}); use another name or --overwrite"

@@ -171,13 +171,9 @@ def teacher_request(opts: ExtractOptions, weights_files: Iterable[str]) -> dict[
                           "mtime_ns": st.st_mtime_ns})
         except OSError:
             files.append({"path": os.path.abspath(path), "missing": True})
-    return _as_stored({"teacher": opts.teacher, "teacher_options": opts.teacher_options,
-                       "eastkd_version": eastkd_version(), "weights_files": files})
-
-
-def _as_stored(value: dict[str, Any]) -> dict[str, Any]:
-    """``value`` as it reads back from the store's (JSON) attributes."""
-    return json.loads(json.dumps(value))
+    return json.loads(json.dumps({  # as it reads back from the store's attributes
+        "teacher": opts.teacher, "teacher_options": opts.teacher_options,
+        "eastkd_version": eastkd_version(), "weights_files": files}))
 
 
 def _finished(store: Store, store_path: str, opts: ExtractOptions,
@@ -201,9 +197,9 @@ def _finished(store: Store, store_path: str, opts: ExtractOptions,
         return None
     items = store.items
     segment = resolve_segment(opts.segment, opts.crop, items.durations, items.ids)
-    identity = emb.attrs.get("identity") or {}
-    if feat.attrs.get("identity") != _as_stored(_features_identity(opts, segment)) or any(
-            identity.get(k) != v for k, v in _as_stored(_run_identity(opts, segment)).items()):
+    if (store.identity_diff("features", FEATURES, _features_identity(opts, segment))
+            or store.identity_diff("embeddings", key, _run_identity(opts, segment),
+                                   partial=True)):
         return None
     unit = max(feat.unit, emb.unit)
     todo, already = plan_units(len(items), unit, opts.shard, opts.units, emb.status(),
