@@ -48,7 +48,9 @@ if TYPE_CHECKING:
 @click.option("--resampler", type=click.Choice(RESAMPLER_NAMES), default=RESAMPLER_NAMES[0],
               help="Resampling filter: kaiser-best (windowed sinc, >= 80 dB stopband) or fast "
                    "(torchaudio's default, 6 zero crossings). Part of the store's identity.")
-@click.option("--device", default="auto", help="auto, cpu or cuda.")
+@click.option("--device", default="auto",
+              help="auto (CUDA when present), cpu, cuda or cuda:K (GPU K). With --dask, cuda "
+                   "and auto give the workers on a machine one GPU each.")
 @click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail",
               help="Bad audio or NaN output: stop naming the item, or skip and record it.")
 @click.option("--overwrite", is_flag=True,
