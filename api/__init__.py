@@ -35,21 +35,21 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "open_store": ("eastkd.store", "open_store"),
     "create_store": ("eastkd.store", "create_store"),
     "Store": ("eastkd.store", "Store"),
-    "EastkdError": ("eastkd.store", "EastkdError"),
+    "EastkdError": ("eastkd.errors", "EastkdError"),
     # the stages
     "extract": ("eastkd.pipeline.extract", "extract"),
     "ExtractOptions": ("eastkd.pipeline.extract", "ExtractOptions"),
     "compress": ("eastkd.pipeline.compress.run", "compress"),
     "distill": ("eastkd.pipeline.distill.train", "distill"),
     "evaluate": ("eastkd.pipeline.distill.evaluate", "evaluate"),
-    "predict": ("eastkd.pipeline.predict", "predict"),
-    "Predictor": ("eastkd.pipeline.predict", "Predictor"),
-    "export": ("eastkd.pipeline.export", "export"),
-    "runs_table": ("eastkd.pipeline.runs", "runs_table"),
+    "predict": ("eastkd.pipeline.runs.predict", "predict"),
+    "Predictor": ("eastkd.pipeline.runs.predict", "Predictor"),
+    "export": ("eastkd.pipeline.runs.export", "export"),
+    "runs_table": ("eastkd.pipeline.runs.table", "runs_table"),
     # datasets and settings
     "resolve_dataset": ("eastkd.pipeline.datasets.manifest", "resolve_dataset"),
-    "LogMelParams": ("eastkd.pipeline.features", "LogMelParams"),
-    "read_student_inputs": ("eastkd.pipeline.like", "read_student_inputs"),
+    "LogMelParams": ("eastkd.pipeline.core.features", "LogMelParams"),
+    "read_student_inputs": ("eastkd.pipeline.runs.like", "read_student_inputs"),
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -51,9 +51,9 @@ def _extra_runs(args: argparse.Namespace, report: dict[str, Any]) -> dict[str, d
 
 
 def main() -> None:
-    from eastkd.pipeline.demo import DemoOptions, run_demo
+    from eastkd.pipeline.demo.run import DemoOptions, run_demo
     from eastkd.pipeline.distill.train import distill
-    from eastkd.pipeline.runs import render_text, runs_table
+    from eastkd.pipeline.runs.table import render_text, runs_table
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dir", default="demo", help="demo folder (rendered and extracted once)")

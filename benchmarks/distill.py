@@ -2,7 +2,7 @@
 
 Three ways to run the same epoch (same student, FitNet loss, batch size, shuffling seed):
 
-* ``store``: the distill loader (:mod:`eastkd.pipeline.reading`) reading inputs and targets
+* ``store``: the distill loader (:mod:`eastkd.pipeline.core.reading`) reading inputs and targets
   from the store, timed with the loading included (``store_loaded``, the default in-memory mode)
   and streamed chunk by chunk during the epoch (``store_streamed``, ``--memory-limit 0``);
 * ``in_memory``: all inputs and targets already float32 tensors in memory (the upper limit);
@@ -19,7 +19,7 @@ scaled to the epoch.
 Without STORE, the bundled demo is rendered to a temp folder and extracted with crepe-tiny.
 
 Synthetic store mode (``--items N``): a class-sorted store of N items several times
-``--memory-limit`` (:mod:`eastkd.pipeline.synthetic`), and in one run: epoch time streamed vs in
+``--memory-limit`` (:mod:`synthetic`), and in one run: epoch time streamed vs in
 memory, epoch time vs the compute floor (the same student's forward + backward + AdamW on
 resident, pre-cut batches for the same steps), bytes read per epoch / bytes needed, peak RSS of
 a streamed epoch at N and 4N items (a fresh process each), and mean distinct classes per batch
@@ -49,10 +49,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from eastkd.pipeline import registry
-from eastkd.pipeline.audio import Segment, decode, fit_segment, read_bytes, resample
-from eastkd.pipeline.reading import load_split, parse_bytes, resolve_targets
-from eastkd.pipeline.synthetic import KEY, make_synthetic_store
+from eastkd.pipeline.core import registry
+from eastkd.pipeline.core.audio import Segment, decode, fit_segment, read_bytes, resample
+from eastkd.pipeline.core.reading import load_split, parse_bytes, resolve_targets
+from synthetic import KEY, make_synthetic_store
 from eastkd.store import open_store
 
 N_CLASSES = 10
@@ -61,7 +61,7 @@ Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def make_demo(tmp: Path, clips_per_class: int, seconds: float) -> tuple[str, str]:
-    from eastkd.pipeline.demo_data import render_demo_dataset
+    from eastkd.pipeline.demo.data import render_demo_dataset
     from eastkd.pipeline.extract import ExtractOptions, extract
 
     manifest = render_demo_dataset(tmp / "data", clips_per_class=clips_per_class,

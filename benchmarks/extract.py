@@ -40,14 +40,14 @@ import soundfile as sf
 import torch
 
 import eastkd.pipeline.extract.inputs as inputs
-import eastkd.pipeline.indexing as indexing
-from eastkd.pipeline.audio import Segment
-from eastkd.pipeline.demo_data import render_demo_dataset
-from eastkd.pipeline.device import resolve_device
+import eastkd.pipeline.extract.indexing as indexing
+from eastkd.pipeline.core.audio import Segment
+from eastkd.pipeline.demo.data import render_demo_dataset
+from eastkd.pipeline.core.device import resolve_device
 from eastkd.pipeline.extract import ExtractOptions, extract
 from eastkd.pipeline.extract.inputs import ClipBatches, FileRef, FrontEnd, Target
 from eastkd.pipeline.extract.plan import Unit, plan_batches
-from eastkd.pipeline.features import LogMelParams
+from eastkd.pipeline.core.features import LogMelParams
 from eastkd.pipeline.teachers.loading import load_teacher
 from eastkd.store import Section
 

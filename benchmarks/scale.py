@@ -40,8 +40,8 @@ from typing import Any, Callable
 
 import torch
 
-from eastkd.pipeline.demo_data import render_demo_dataset
-from eastkd.pipeline.distributed import dask_client, extract_distributed
+from eastkd.pipeline.demo.data import render_demo_dataset
+from eastkd.pipeline.extract.distributed import dask_client, extract_distributed
 from eastkd.pipeline.extract import ExtractOptions, extract
 from eastkd.store import configure_access, open_store
 

@@ -33,9 +33,10 @@ def command(out_dir: str, teacher: str, teacher_opts: tuple[str, ...], clips_per
     OUT_DIR and run extract -> compress (PCA, learned) -> distill (baseline, FitNet, DC) ->
     evaluate on it. Rerunning skips finished work.
     """
-    from eastkd.pipeline.demo import DemoOptions, run_demo
+    from eastkd.pipeline.demo.run import DemoOptions, run_demo
 
     run_demo(out_dir, DemoOptions(
         teacher=teacher, teacher_options=parse_key_values(teacher_opts, "--teacher-opt"),
         clips_per_class=clips_per_class, seconds=seconds, dim=dim, epochs=epochs,
-        student=student, seed=seed, device=device, backend=backend, progress=progress))
+        student=student, seed=seed, device=device, backend=backend, progress=progress),
+        say=click.echo)

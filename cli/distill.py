@@ -85,7 +85,7 @@ def command(store: str, targets: str | None, out_dir: str, student: str, width: 
     on the test split; `eastkd evaluate RUN_DIR STORE` scores it on any matching store.
     """
     from eastkd.pipeline.distill.train import distill
-    from eastkd.pipeline.reading import parse_bytes
+    from eastkd.pipeline.core.reading import parse_bytes
 
     r = distill(store, targets, out_dir, student=student, width=width, kd=kd, lam=lam,
                 teacher_linear=teacher_linear, teacher_linear_dim=teacher_linear_dim,

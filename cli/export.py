@@ -24,7 +24,7 @@ def command(run_dir: str, fmt: str, out: str | None, progress: bool) -> None:
     eastkd.json (torch.jit.load(path, _extra_files={"eastkd.json": ""})), ONNX metadata key
     "eastkd". Needs only torch, or onnxruntime, to run.
     """
-    from eastkd.pipeline.export import export
+    from eastkd.pipeline.runs.export import export
 
     path = export(run_dir, fmt, out)
     click.echo(f"export {fmt} -> {path}")

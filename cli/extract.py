@@ -8,10 +8,10 @@ import click
 
 from eastkd.cli.options import parse_key_values, store_access
 
-RESAMPLER_NAMES = ["kaiser-best", "fast"]  # eastkd.pipeline.audio.RESAMPLERS (kept light here)
+RESAMPLER_NAMES = ["kaiser-best", "fast"]  # eastkd.pipeline.core.audio.RESAMPLERS (kept light here)
 
 if TYPE_CHECKING:
-    from eastkd.pipeline.features import LogMelParams
+    from eastkd.pipeline.core.features import LogMelParams
 
 
 @click.command("extract", context_settings={"show_default": True})
@@ -108,8 +108,8 @@ def command(ctx: click.Context,
     from eastkd.pipeline.datasets.manifest import resolve_dataset
     from eastkd.pipeline.datasets.splits import dataset_split_report, parse_ratios
     from eastkd.pipeline.extract import ExtractOptions, extract, parse_shard
-    from eastkd.pipeline.features import LogMelParams
-    from eastkd.pipeline.report import print_extract_summary
+    from eastkd.pipeline.core.features import LogMelParams
+    from eastkd.cli.report import print_extract_summary
 
     logmel = LogMelParams(sample_rate=student_sr, n_mels=n_mels,
                           f_max=min(8000.0, student_sr / 2))
@@ -131,7 +131,7 @@ def command(ctx: click.Context,
         logmel=logmel,
     )
     if dask_cluster:
-        from eastkd.pipeline.distributed import extract_distributed
+        from eastkd.pipeline.extract.distributed import extract_distributed
 
         print_extract_summary(extract_distributed(spec, store, opts, dask_cluster))
     else:
@@ -140,7 +140,7 @@ def command(ctx: click.Context,
 
 def _like(ctx: click.Context, like: str) -> tuple[float, str, LogMelParams]:
     """Segment, crop and log-mel parameters from ``--like``; refuses flags given beside it."""
-    from eastkd.pipeline.like import read_student_inputs
+    from eastkd.pipeline.runs.like import read_student_inputs
 
     given = [f"--{name.replace('_', '-')}" for name in ("segment", "crop", "n_mels", "student_sr")
              if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]

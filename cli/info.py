@@ -10,7 +10,7 @@ from eastkd.cli.options import store_access
 
 
 def _print_text(d: dict[str, Any], show_skipped: int) -> None:
-    from eastkd.pipeline.report import human_bytes
+    from eastkd.cli.report import human_bytes
 
     ds = d["dataset"]
     click.echo(f"{d['path']}  ({d['backend']}, {d['format']} v{d['format_version']}, "

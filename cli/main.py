@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from eastkd.store.errors import EastkdError
+from eastkd.errors import EastkdError
 
 # command name -> (module, one-line help shown in `eastkd --help`)
 COMMANDS: dict[str, tuple[str, str]] = {

@@ -31,7 +31,7 @@ def command(run_dir: str, inputs: tuple[str, ...], fmt: str | None, batch_size: 
     turned into log-mel with the run's recorded settings. Scores are softmax probabilities
     (single-label) or per-class sigmoids (multi-label: classes at 0.5 or above are listed).
     """
-    from eastkd.pipeline.predict import predict
+    from eastkd.pipeline.runs.predict import predict
 
     preds = predict(run_dir, list(inputs), device=device, batch_size=batch_size)
     if fmt == "json":

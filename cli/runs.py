@@ -21,7 +21,7 @@ def command(root: str, fmt: str | None, per_run: bool, progress: bool) -> None:
     Runs that differ only in --seed form one setting, shown as mean ± std over the seeds
     (sample standard deviation).
     """
-    from eastkd.pipeline.runs import render_csv, render_text, runs_table
+    from eastkd.pipeline.runs.table import render_csv, render_text, runs_table
 
     table = runs_table(root)
     if fmt == "json":

@@ -8,7 +8,7 @@ from eastkd.cli.options import store_access
 
 
 def _print_text(report) -> None:  # noqa: ANN001 (VerifyReport; imported lazily)
-    from eastkd.pipeline.report import human_bytes
+    from eastkd.cli.report import human_bytes
 
     mb_s = report.bytes_on_disk / max(report.seconds, 1e-9) / 1e6
     click.echo(f"{report.store}  ({report.backend}, format v{report.format_version}, "

@@ -3,7 +3,7 @@
 Nothing outside this package imports zarr or h5py. See ``docs/store-format.md``.
 """
 
-from eastkd.store.errors import (
+from eastkd.errors import (
     EastkdError,
     StoreDamageError,
     StoreMismatchError,

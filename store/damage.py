@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from eastkd.store.errors import EastkdError, StoreDamageError, StoreWriteError
+from eastkd.errors import EastkdError, StoreDamageError, StoreWriteError
 
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _NO_PERMISSION = {errno.EACCES, errno.EPERM, errno.EROFS}

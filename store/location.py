@@ -31,7 +31,7 @@ from zarr.abc.store import Store as ZarrStore
 from zarr.core.buffer import Buffer, BufferPrototype
 from zarr.storage import FsspecStore, LocalStore, WrapperStore
 
-from eastkd.store.errors import EastkdError
+from eastkd.errors import EastkdError
 
 _NEVER_CACHED = ("zarr.json",)
 _MUTABLE_ARRAYS = ("status", "error")

@@ -24,7 +24,7 @@ import numpy as np
 from eastkd.store import location
 from eastkd.store.backends.base import OK, PENDING, SKIPPED, Backend
 from eastkd.store.damage import write_failure
-from eastkd.store.errors import (
+from eastkd.errors import (
     EastkdError,
     StoreDamageError,
     StoreMismatchError,

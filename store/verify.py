@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from eastkd.store import location
 from eastkd.store.backends.base import Backend
 from eastkd.store.damage import is_nan_fill, missing_rows, reason_of, rows_text
-from eastkd.store.errors import EastkdError, StoreDamageError
+from eastkd.errors import EastkdError, StoreDamageError
 from eastkd.store.items import SPLITS, ItemsTable
 from eastkd.store.store import (
     FORMAT_VERSION,

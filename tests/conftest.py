@@ -40,7 +40,7 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def demo_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from eastkd.pipeline.demo_data import render_demo_dataset
+    from eastkd.pipeline.demo.data import render_demo_dataset
 
     out = tmp_path_factory.mktemp("demo_data")
     return render_demo_dataset(out, clips_per_class=DEMO_CLIPS_PER_CLASS, seconds=DEMO_SECONDS,

@@ -28,7 +28,7 @@ from eastkd.pipeline.compress.run import (
     rows_fingerprint,
 )
 from eastkd.pipeline.datasets.esc50 import esc50_split_for_fold
-from eastkd.pipeline.registry import compressors
+from eastkd.pipeline.core.registry import compressors
 from eastkd.store import (
     OK,
     PENDING,
@@ -223,7 +223,7 @@ def test_real_crepe_tiny_embeddings(tmp_path: Path) -> None:
     import soundfile as sf
     import torch
 
-    from eastkd.pipeline.demo_data import render_demo_dataset
+    from eastkd.pipeline.demo.data import render_demo_dataset
     from eastkd.pipeline.teachers.crepe import crepe_tiny
 
     manifest = render_demo_dataset(tmp_path / "demo", clips_per_class=3, seconds=0.5,

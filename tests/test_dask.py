@@ -61,7 +61,7 @@ def cluster(slow_teacher: str):
     import dask
     from distributed import Client, LocalCluster
 
-    from eastkd.pipeline.distributed import local_cluster_config
+    from eastkd.pipeline.extract.distributed import local_cluster_config
 
     sys.path.insert(0, slow_teacher)  # spawned workers start with this process's sys.path
     try:
@@ -84,7 +84,7 @@ def opts(**kw) -> ExtractOptions:
 def test_killed_worker_is_replaced_and_the_s3_store_equals_an_in_process_run(
         demo_manifest: Path, tmp_path: Path, s3, cluster,  # noqa: F811
         slow_teacher: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from eastkd.pipeline.distributed import extract_distributed
+    from eastkd.pipeline.extract.distributed import extract_distributed
 
     monkeypatch.syspath_prepend(slow_teacher)
     manifest = small_manifest(demo_manifest, tmp_path / "m.csv", per_class=4)  # 20 clips
@@ -193,7 +193,7 @@ def test_workers_share_their_machines_cores_and_gpus(monkeypatch: pytest.MonkeyP
     """Each worker gets its machine's cores divided by the workers there, and a slot by
     address there; with several GPUs (mocked: this machine has none) ``cuda`` and ``auto`` put
     slot i on GPU i modulo their count, and an explicit device is kept."""
-    from eastkd.pipeline.distributed import Placement, placements, worker_device
+    from eastkd.pipeline.extract.distributed import Placement, placements, worker_device
 
     workers = {"tcp://10.0.0.2:41": {"host": "10.0.0.2"}, "tcp://10.0.0.1:9": {"host": "10.0.0.1"},
                "tcp://10.0.0.1:7": {"host": "10.0.0.1"}, "tcp://10.0.0.1:8": {"host": "10.0.0.1"}}

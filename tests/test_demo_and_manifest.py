@@ -17,13 +17,13 @@ from eastkd.pipeline.datasets.manifest import (
     load_manifest,
     resolve_dataset,
 )
-from eastkd.pipeline.demo_data import (
+from eastkd.pipeline.demo.data import (
     DEFAULT_FAMILIES,
     _render_clip,
     render_demo_dataset,
     soundfont_path,
 )
-from eastkd.store.errors import EastkdError
+from eastkd.errors import EastkdError
 
 SR = 16000
 DEMO = {"clips_per_class": 4, "seconds": 1.0, "sample_rate": SR, "seed": 3, "progress": False}

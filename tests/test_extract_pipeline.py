@@ -13,12 +13,12 @@ import pytest
 import soundfile as sf
 import torch
 
-from eastkd.pipeline.audio import RESAMPLERS, file_sha256, fit_segment, resample
+from eastkd.pipeline.core.audio import RESAMPLERS, file_sha256, fit_segment, resample
 from eastkd.pipeline.datasets.manifest import load_manifest
 from eastkd.pipeline.extract import extract
 from eastkd.pipeline.extract.inputs import CHANGED, ClipBatches, FileRef, FrontEnd, Target
 from eastkd.pipeline.extract.plan import Batch, Unit
-from eastkd.pipeline.features import LogMelParams
+from eastkd.pipeline.core.features import LogMelParams
 from eastkd.store import OK, PENDING, EastkdError, open_store
 from tests.test_extract import (
     PY_KEY,
@@ -127,7 +127,7 @@ def test_resume_of_finished_store_reads_no_audio(demo_manifest: Path, tmp_path: 
         raise AssertionError("audio was read")
 
     import eastkd.pipeline.extract.inputs as inputs
-    import eastkd.pipeline.indexing as indexing
+    import eastkd.pipeline.extract.indexing as indexing
 
     monkeypatch.setattr(indexing, "file_sha256", no_audio)
     monkeypatch.setattr(indexing, "duration_seconds", no_audio)
@@ -249,8 +249,8 @@ def test_sigkill_with_queued_batches_resumes_bit_identical(
 
 
 def test_plan_defaults() -> None:
-    from eastkd.pipeline.audio import RESAMPLERS as names
-    from eastkd.pipeline.audio import Segment
+    from eastkd.pipeline.core.audio import RESAMPLERS as names
+    from eastkd.pipeline.core.audio import Segment
     from eastkd.pipeline.extract import default_workers
     from eastkd.pipeline.extract.plan import batch_size_for, default_chunk_cap
 

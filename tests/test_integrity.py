@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from eastkd.cli.main import cli
 from eastkd.store import open_store
 from eastkd.store.backends.hdf5_backend import has_abandoned_files
-from eastkd.store.errors import StoreDamageError
+from eastkd.errors import StoreDamageError
 
 TEACHER_OPTS = {"hop_ms": 100}
 TARGETS = "pca4"
@@ -60,7 +60,7 @@ def _compress(store: Path) -> None:
 
 @pytest.fixture(scope="module")
 def tiny_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from eastkd.pipeline.demo_data import render_demo_dataset
+    from eastkd.pipeline.demo.data import render_demo_dataset
 
     out = tmp_path_factory.mktemp("tiny_data")
     return render_demo_dataset(out, clips_per_class=3, seconds=1.0, seed=0, progress=False)

@@ -20,8 +20,8 @@ from eastkd.pipeline.distill.losses import (
     distance_correlation,
     unbiased_distance_correlation,
 )
-from eastkd.pipeline.registry import losses
-from eastkd.store.errors import EastkdError
+from eastkd.pipeline.core.registry import losses
+from eastkd.errors import EastkdError
 
 
 def dcor2_loops(x: np.ndarray, y: np.ndarray) -> float:

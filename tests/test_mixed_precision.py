@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from eastkd.pipeline.registry import teachers
+from eastkd.pipeline.core.registry import teachers
 from eastkd.pipeline.teachers import mule as mule_mod
 
 pytestmark = [

@@ -139,7 +139,7 @@ def test_own_teacher_with_batchnorm_extracts_probes_and_pads(
         frames = emb.array("frames")[:]
         paths = list(s.items.paths)
     # what the model itself gives on the first 0.5 s of each clip, zero-padded to 1.5 s
-    from eastkd.pipeline.audio import resample
+    from eastkd.pipeline.core.audio import resample
     waves = []
     for p in paths:
         x, sr = sf.read(p, dtype="float32")

@@ -1,4 +1,4 @@
-"""The read path (pipeline/reading.py) on real class-sorted stores (Zarr and HDF5): shuffling
+"""The read path (pipeline/core/reading.py) on real class-sorted stores (Zarr and HDF5): shuffling
 close to a full shuffle, each chunk read once per epoch, streamed == in memory, bounded memory,
 reader workers across fork and spawn, the learned compression streaming from the store."""
 
@@ -15,8 +15,8 @@ import torch
 
 from eastkd.pipeline.compress.learned import LearnedCompressor
 from eastkd.pipeline.distill.train import distill
-from eastkd.pipeline.reading import RowStream, load_split, resolve_targets, split_rows
-from eastkd.pipeline.synthetic import KEY, make_synthetic_store
+from eastkd.pipeline.core.reading import RowStream, load_split, resolve_targets, split_rows
+from synthetic import KEY, make_synthetic_store
 from eastkd.store import StoreArray, open_store
 
 N_ITEMS, N_CLASSES, CHUNK = 1200, 10, 16  # 960 train rows: 60 chunks of 16, 96 per class

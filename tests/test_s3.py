@@ -252,7 +252,7 @@ def test_reader_workers_open_the_url_with_the_same_options(demo_store_master: Pa
     configuration), and they read the same batches as the in-process reader."""
     import torch
 
-    from eastkd.pipeline.reading import RowStream, split_rows
+    from eastkd.pipeline.core.reading import RowStream, split_rows
 
     s3.fs.put(str(demo_store_master), f"{s3.bucket}/{context}.zarr", recursive=True)
     url, cache = s3.url(f"{context}.zarr"), tmp_path / "cache"

@@ -33,7 +33,7 @@ from eastkd.store import (
 )
 from eastkd.store.backends.hdf5_backend import HDF5Backend
 from eastkd.store.backends.zarr_backend import ZarrBackend
-from eastkd.store.errors import StoreDamageError
+from eastkd.errors import StoreDamageError
 
 N = 37  # not a power of two: last chunks are partial
 D = 6

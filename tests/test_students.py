@@ -18,8 +18,8 @@ from eastkd.pipeline.distill.students import (
     StudentOutput,
     VGGStudent,
 )
-from eastkd.pipeline.registry import students
-from eastkd.store.errors import EastkdError
+from eastkd.pipeline.core.registry import students
+from eastkd.errors import EastkdError
 
 NAMES = {"vgg": VGGStudent, "mobilenet": MobileNetStudent, "mobilefcn": MobileFCNStudent,
          "cpresnet": CPResNetStudent}

@@ -159,7 +159,7 @@ def test_extract_like_a_run_and_stratified_split_recorded(demo_manifest: Path, t
 
 
 def test_like_reads_a_store_too(demo_store_master: Path, trained_run: Path) -> None:
-    from eastkd.pipeline.like import read_student_inputs
+    from eastkd.pipeline.runs.like import read_student_inputs
 
     assert read_student_inputs(str(demo_store_master)) == read_student_inputs(str(trained_run))
     with pytest.raises(EastkdError, match="no such run directory or store"):
@@ -180,7 +180,7 @@ def test_predict_agrees_with_evaluate(trained_run: Path, demo_manifest: Path,
     """Predicting the test audio from scratch gives the labels evaluate scores from the store
     (the store keeps float16 log-mel, so scores differ in rounding only)."""
     from eastkd.pipeline.distill.evaluate import evaluate
-    from eastkd.pipeline.predict import predict
+    from eastkd.pipeline.runs.predict import predict
 
     preds = predict(str(trained_run), [str(demo_manifest)])
     assert len(preds) == 80 and preds[0].id == "piano_0000"
@@ -210,8 +210,8 @@ def test_export_torchscript_and_onnx_equal_the_run(trained_run: Path, demo_manif
                                                    tmp_path: Path) -> None:
     import onnxruntime as ort
 
-    from eastkd.pipeline.export import ConvLogMel, export, load_torchscript, onnx_metadata
-    from eastkd.pipeline.predict import Predictor
+    from eastkd.pipeline.runs.export import ConvLogMel, export, load_torchscript, onnx_metadata
+    from eastkd.pipeline.runs.predict import Predictor
 
     predictor = Predictor(str(trained_run))
     waves = torch.stack([predictor.waveform(p) for _, p in _test_files(demo_manifest)])
@@ -244,7 +244,7 @@ def test_export_torchscript_and_onnx_equal_the_run(trained_run: Path, demo_manif
 
 def test_runs_table_groups_seeds(demo_store: Path, tmp_path: Path) -> None:
     from eastkd.pipeline.compress.run import compress
-    from eastkd.pipeline.runs import runs_table
+    from eastkd.pipeline.runs.table import runs_table
 
     root = tmp_path / "runs"
     for seed in (0, 1):  # targets fitted per seed under their own names, as the demo does

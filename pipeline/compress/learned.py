@@ -4,12 +4,12 @@ classifier d -> C; the targets are then fixed. (The paper trains the transformat
 the student: that is ``distill --teacher-linear``.)
 
 Only the map and the classifier are trained; the teacher embeddings are fixed inputs read from
-the store and streamed in batches through :mod:`eastkd.pipeline.reading` (held in memory only
+the store and streamed in batches through :mod:`eastkd.pipeline.core.reading` (held in memory only
 while the split fits ``memory_limit``). Inputs are standardised with the fit split's mean and
 std (streaming float64 moments). Training uses AdamW on minibatches (CPU, seeded: the same call
 gives the same weights), cross-entropy for single-label
 and BCE-with-logits for multi-label data, and stops early on the validation split (accuracy, or
-mAP for multi-label: :func:`eastkd.pipeline.metrics.multilabel_scores`), keeping the best
+mAP for multi-label: :func:`eastkd.pipeline.core.metrics.multilabel_scores`), keeping the best
 epoch's weights. The targets are the map's outputs.
 """
 
@@ -24,8 +24,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from eastkd.pipeline.metrics import multilabel_scores
-from eastkd.pipeline.reading import DEFAULT_MEMORY_LIMIT, RowStream
+from eastkd.pipeline.core.metrics import multilabel_scores
+from eastkd.pipeline.core.reading import DEFAULT_MEMORY_LIMIT, RowStream
 from eastkd.store import EastkdError, ItemsTable, StoreArray
 
 

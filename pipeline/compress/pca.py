@@ -19,7 +19,7 @@ import numpy as np
 from scipy.linalg.blas import dsyr, dsyrk
 from tqdm.auto import tqdm
 
-from eastkd.pipeline.reading import iter_row_blocks
+from eastkd.pipeline.core.reading import iter_row_blocks
 from eastkd.store import EastkdError, ItemsTable, StoreArray
 
 

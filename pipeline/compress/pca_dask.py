@@ -32,7 +32,7 @@ def fit_on_cluster(comp: PCACompressor, store_path: str, section: str, array: st
                    rows: np.ndarray, cluster: Any, fan_in: int = FAN_IN) -> PCACompressor:
     """Fit ``comp`` on rows ``rows`` of ``<section>/<array>`` with one task per chunk that holds
     fit rows; ``cluster`` is ``local:N``, a scheduler address or a connected Client."""
-    from eastkd.pipeline.distributed import dask_client
+    from eastkd.pipeline.extract.distributed import dask_client
 
     rows = np.unique(np.asarray(rows, dtype=np.int64))
     if rows.size < 2:

@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from eastkd.pipeline import registry
-from eastkd.pipeline.reading import item_splits
+from eastkd.pipeline.core import registry
+from eastkd.pipeline.core.reading import item_splits
 from eastkd.store import (
     OK,
     SKIPPED,

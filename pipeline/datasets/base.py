@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eastkd.store.errors import EastkdError
+from eastkd.errors import EastkdError
 
 
 @dataclass

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 
 from eastkd.pipeline.datasets.base import DatasetSpec, Item, find_metadata
-from eastkd.store.errors import EastkdError
+from eastkd.errors import EastkdError
 
 METADATA = os.path.join("meta", "esc50.csv")
 AUDIO_DIR = "audio"

@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 
 from eastkd.pipeline.datasets.base import DatasetSpec, Item, find_metadata
-from eastkd.store.errors import EastkdError
+from eastkd.errors import EastkdError
 
 METADATA = os.path.join("fma_metadata", "tracks.csv")
 AUDIO_DIR = "fma_small"

@@ -18,7 +18,7 @@ from eastkd.pipeline.datasets.splits import (
     rarest_label,
     stratified_split,
 )
-from eastkd.store.errors import EastkdError
+from eastkd.errors import EastkdError
 
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 _SPLIT_ALIASES = {
@@ -350,7 +350,7 @@ def resolve_dataset(spec: str, split_ratios: tuple[float, float, float] = DEFAUL
     that name no splits (the official layouts bring their own).
     """
     split = {"split_ratios": tuple(split_ratios), "split_seed": int(split_seed)}
-    from eastkd.pipeline import registry
+    from eastkd.pipeline.core import registry
 
     text = str(spec).strip()
     if not text:

@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 
 from eastkd.pipeline.datasets.base import DatasetSpec, Item, find_metadata
-from eastkd.store.errors import EastkdError
+from eastkd.errors import EastkdError
 
 METADATA = "annotations_final.csv"
 ID_COLUMN = "clip_id"

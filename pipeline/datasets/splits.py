@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from eastkd.store.errors import EastkdError
+from eastkd.errors import EastkdError
 
 if TYPE_CHECKING:
     from eastkd.pipeline.datasets.base import DatasetSpec

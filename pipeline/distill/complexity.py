@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from eastkd.store.errors import EastkdError
+from eastkd.errors import EastkdError
 
 Inputs = torch.Tensor | Sequence[torch.Tensor]
 

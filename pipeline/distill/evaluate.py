@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
-from eastkd.pipeline import registry
-from eastkd.pipeline.device import resolve_device
+from eastkd.pipeline.core import registry
+from eastkd.pipeline.core.device import resolve_device
 from eastkd.pipeline.distill.complexity import count_macs, count_parameters, cpu_ms_per_clip
-from eastkd.pipeline.metrics import multilabel_scores
-from eastkd.pipeline.reading import FEATURES, SplitData, load_split
+from eastkd.pipeline.core.metrics import multilabel_scores
+from eastkd.pipeline.core.reading import FEATURES, SplitData, load_split
 from eastkd.store import EastkdError, Store, StoreMismatchError, open_store
 
 CONFIG = "config.json"
@@ -34,7 +34,7 @@ def selection_metric(multi_label: bool) -> str:
 
 def compute_metrics(logits: np.ndarray, labels: np.ndarray, multi_label: bool) -> dict[str, float]:
     """Single-label: accuracy and macro-F1. Multi-label: macro ROC-AUC and PR-AUC (= mAP), as
-    defined once in :func:`eastkd.pipeline.metrics.multilabel_scores`."""
+    defined once in :func:`eastkd.pipeline.core.metrics.multilabel_scores`."""
     logits = np.asarray(logits, dtype=np.float64)
     labels = np.asarray(labels)
     if len(labels) == 0:
@@ -89,7 +89,7 @@ def build_student(config: dict[str, Any]) -> torch.nn.Module:
 
 def _input_flags(config: dict[str, Any]) -> str:
     """The extract flags that reproduce a run's student inputs."""
-    from eastkd.pipeline.like import read_student_inputs_from_config
+    from eastkd.pipeline.runs.like import read_student_inputs_from_config
 
     try:
         return read_student_inputs_from_config(config, "run").flags()

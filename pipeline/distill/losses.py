@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eastkd.store.errors import EastkdError
+from eastkd.errors import EastkdError
 
 #: Inside the square root of every pairwise distance, as in the EAsT reference implementation.
 DIST_EPS = 1e-12

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from eastkd.store.errors import EastkdError
+from eastkd.errors import EastkdError
 
 
 @dataclass

@@ -44,10 +44,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from eastkd.pipeline import registry
+from eastkd.pipeline.core import registry
 from eastkd.pipeline.compress.run import check_fit_rows
 from eastkd.pipeline.datasets.splits import missing_class_warnings
-from eastkd.pipeline.device import resolve_device
+from eastkd.pipeline.core.device import resolve_device
 from eastkd.pipeline.distill.complexity import count_parameters
 from eastkd.pipeline.distill.evaluate import (
     BEST,
@@ -57,8 +57,8 @@ from eastkd.pipeline.distill.evaluate import (
     selection_metric,
 )
 from eastkd.pipeline.distill.losses import FrameTiming, TimeAlignment
-from eastkd.pipeline.distill.run_files import plot_curves, save_atomic, write_history, write_json
-from eastkd.pipeline.reading import (
+from eastkd.pipeline.runs.rundir import plot_curves, save_atomic, write_history, write_json
+from eastkd.pipeline.core.reading import (
     DEFAULT_MEMORY_LIMIT,
     DEFAULT_SHUFFLE_BUFFER,
     FEATURES,

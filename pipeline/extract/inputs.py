@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torchaudio
 
-from eastkd.pipeline.audio import (
+from eastkd.pipeline.core.audio import (
     AudioError,
     decode_window,
     file_sha256,
@@ -27,7 +27,7 @@ from eastkd.pipeline.audio import (
     resampler_kwargs,
 )
 from eastkd.pipeline.extract.plan import Batch
-from eastkd.pipeline.features import LogMel, LogMelParams
+from eastkd.pipeline.core.features import LogMel, LogMelParams
 
 META = ("length", "rate", "offset", "total")  # per-row facts of a decoded batch
 CHANGED = "file changed since the store was created (sha256 differs; --rehash re-extracts it)"

@@ -6,9 +6,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from eastkd.pipeline.audio import DEFAULT_RESAMPLER
-from eastkd.pipeline.features import LogMelParams
-from eastkd.store import EastkdError
+from eastkd.pipeline.core.audio import DEFAULT_RESAMPLER
+from eastkd.pipeline.core.features import LogMelParams
+from eastkd.errors import EastkdError
 
 ON_ERROR = ("fail", "skip")
 FEATURES = "logmel"
@@ -72,6 +72,24 @@ class ExtractSummary:
     @property
     def clips_per_second(self) -> float:
         return self.written / self.seconds if self.seconds else 0.0
+
+    def lines(self, most: int = 10) -> list[str]:
+        """The summary a user reads: one line of counts and speed, then up to ``most`` skipped
+        items with their reasons."""
+        rate = f"{self.clips_per_second:.1f} clips/s" if self.written else "nothing to do"
+        out = [
+            f"extract {self.teacher} -> {self.store} [{self.key}]: {self.written} written, "
+            f"{self.skipped_now} skipped now, {self.already_done} already done, of {self.items} "
+            f"items in {self.seconds:.1f} s ({rate}; "
+            f"{self.audio_seconds / max(self.seconds, 1e-9):.1f} audio s/s; "
+            f"teacher forward {self.forward_seconds:.1f} s)"
+        ]
+        if self.skipped:
+            out.append(f"{len(self.skipped)} item(s) skipped in total (see `eastkd info`):")
+            out += [f"  {item_id}: {reason}" for item_id, reason in self.skipped[:most]]
+            if len(self.skipped) > most:
+                out.append(f"  ... and {len(self.skipped) - most} more")
+        return out
 
 
 def parse_shard(text: str) -> tuple[int, int]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from eastkd.pipeline.audio import Segment
+from eastkd.pipeline.core.audio import Segment
 from eastkd.store import PENDING, EastkdError
 
 MIN_UNITS = 8  # small datasets get at least this many units, so an interrupt keeps clips

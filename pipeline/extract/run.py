@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from eastkd.pipeline.audio import RESAMPLERS, Segment
+from eastkd.pipeline.core.audio import RESAMPLERS, Segment
 from eastkd.pipeline.datasets.base import DatasetSpec
 from eastkd.pipeline.datasets.manifest import resolve_dataset
-from eastkd.pipeline.device import resolve_device
+from eastkd.pipeline.core.device import resolve_device
 from eastkd.pipeline.extract.inputs import ClipBatches, FileRef, FrontEnd, Target, to_device
 from eastkd.pipeline.extract.options import FEATURES, ON_ERROR, ExtractOptions, ExtractSummary
 from eastkd.pipeline.extract.plan import (
@@ -32,7 +32,7 @@ from eastkd.pipeline.extract.plan import (
     resolve_segment,
 )
 from eastkd.pipeline.extract.writer import BatchResult, Writer
-from eastkd.pipeline.indexing import MTIME, SIZE, build_items_table
+from eastkd.pipeline.extract.indexing import MTIME, SIZE, build_items_table
 from eastkd.pipeline.teachers.base import Teacher
 from eastkd.pipeline.teachers.loading import check_key, default_key, load_teacher
 from eastkd.store import (

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from eastkd.store import EastkdError
+from eastkd.errors import EastkdError
 
 
 @dataclass

@@ -62,7 +62,7 @@ import torch
 import torchaudio
 
 from eastkd.pipeline.teachers.base import Teacher, TeacherOutput, file_sha256, float32_front_end
-from eastkd.store.errors import EastkdError
+from eastkd.errors import EastkdError
 
 SAMPLE_RATE = 16000
 EMBEDDING_DIM = 1728

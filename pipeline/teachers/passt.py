@@ -35,7 +35,7 @@ from eastkd.pipeline.teachers.base import (
     float32_front_end,
     state_dict_sha256,
 )
-from eastkd.store.errors import EastkdError
+from eastkd.errors import EastkdError
 
 SAMPLE_RATE = 32000
 EMBEDDING_DIM = 768

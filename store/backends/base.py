@@ -69,7 +69,7 @@ class Backend(ABC):
         """Read a basic selection; strings come back as a numpy array of ``str`` objects.
 
         A chunk that fails its checksum or does not decode raises
-        :class:`~eastkd.store.errors.StoreDamageError` naming its rows; so do rows of a
+        :class:`~eastkd.errors.StoreDamageError` naming its rows; so do rows of a
         NaN-fill array that read as fill (a missing chunk) unless ``allow_missing``."""
 
     @abstractmethod

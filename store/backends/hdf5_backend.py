@@ -41,7 +41,7 @@ from eastkd.store.damage import (
     selection_rows,
     write_failure,
 )
-from eastkd.store.errors import EastkdError, StoreDamageError, StoreWriteError
+from eastkd.errors import EastkdError, StoreDamageError, StoreWriteError
 
 _STR = h5py.string_dtype("utf-8")
 # handles dropped after a failed write or close that could not be closed unflushed (see

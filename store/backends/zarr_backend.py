@@ -25,7 +25,7 @@ from zarr.storage import LocalStore, ZipStore
 
 from eastkd.store.backends.base import Backend, is_string_dtype
 from eastkd.store.damage import check_not_missing, is_nan_fill, read_failure
-from eastkd.store.errors import EastkdError, StoreDamageError, StoreNotFoundError
+from eastkd.errors import EastkdError, StoreDamageError, StoreNotFoundError
 
 COMPRESSORS = (ZstdCodec(), Crc32cCodec())
 _CHECK_BATCH = 32  # chunks fetched concurrently while checking checksums

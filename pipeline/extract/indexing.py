@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from tqdm.auto import tqdm
 
-from eastkd.pipeline.audio import AudioError, duration_seconds, file_sha256
+from eastkd.pipeline.core.audio import AudioError, duration_seconds, file_sha256
 from eastkd.pipeline.datasets.base import DatasetSpec
 from eastkd.store import ItemsTable
 

@@ -32,7 +32,7 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import butter, sosfilt
 
-from eastkd.store.errors import EastkdError
+from eastkd.errors import EastkdError
 
 #: Bump when the rendering changes in a way that changes the audio of the same parameters.
 RENDER_VERSION = 1
@@ -128,7 +128,7 @@ _README = (
     "rendered offline with tinysoundfont from the SoundFont TimGM6mb.sf2 that ships with the "
     "pretty_midi package (made by Tim Brechbill and distributed with MuseScore, under the GPL v2 "
     "as far as we know); check its terms before redistributing these files. Re-create them with "
-    "eastkd.pipeline.demo_data.render_demo_dataset().\n"
+    "eastkd.pipeline.demo.data.render_demo_dataset().\n"
 )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from eastkd.store import EastkdError
+from eastkd.errors import EastkdError
 
 DEVICES = ("auto", "cpu", "cuda")
 

@@ -9,8 +9,8 @@ import os
 from dataclasses import dataclass, fields
 from typing import Any
 
-from eastkd.pipeline.features import LogMelParams
-from eastkd.store import EastkdError
+from eastkd.pipeline.core.features import LogMelParams
+from eastkd.errors import EastkdError
 
 RUN_CONFIG = "config.json"
 # the flags a user would set by hand instead of --like (named in mismatch errors)

@@ -13,13 +13,10 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-import click
-
-from eastkd.pipeline.demo_data import render_demo_dataset
+from eastkd.pipeline.demo.data import render_demo_dataset
 from eastkd.pipeline.extract import ExtractOptions, extract
-from eastkd.pipeline.report import print_extract_summary
 
 
 @dataclass
@@ -47,8 +44,10 @@ def _runs(targets: dict[str, str]) -> list[tuple[str, str, str | None]]:
     return runs
 
 
-def run_demo(out_dir: str | Path, opts: DemoOptions) -> dict[str, Any]:
-    """Run the whole pipeline under ``out_dir``; returns (and writes) a summary."""
+def run_demo(out_dir: str | Path, opts: DemoOptions,
+             say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the whole pipeline under ``out_dir``; returns (and writes) a summary. Each step
+    and result is reported through ``say`` (one line each)."""
     from eastkd.pipeline.compress.run import compress
     from eastkd.pipeline.distill.evaluate import evaluate
     from eastkd.pipeline.distill.train import distill
@@ -56,20 +55,21 @@ def run_demo(out_dir: str | Path, opts: DemoOptions) -> dict[str, Any]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    click.echo(f"[1/4] rendering {opts.clips_per_class} clips x 5 families into {out / 'data'}")
+    say(f"[1/4] rendering {opts.clips_per_class} clips x 5 families into {out / 'data'}")
     manifest = render_demo_dataset(out / "data", clips_per_class=opts.clips_per_class,
                                    seconds=opts.seconds, seed=opts.data_seed,
                                    progress=opts.progress)
     store = str(out / ("store.zarr" if opts.backend == "zarr" else "store.h5"))
 
-    click.echo(f"[2/4] extracting teacher {opts.teacher} into {store}")
+    say(f"[2/4] extracting teacher {opts.teacher} into {store}")
     summary = extract(str(manifest), store, ExtractOptions(
         teacher=opts.teacher, teacher_options=dict(opts.teacher_options), device=opts.device,
         progress=opts.progress))
-    print_extract_summary(summary)
+    for line in summary.lines():
+        say(line)
     key = summary.key
 
-    click.echo(f"[3/4] compressing {key} to {opts.dim} dims (PCA, learned)")
+    say(f"[3/4] compressing {key} to {opts.dim} dims (PCA, learned)")
     targets = {"raw": key}
     for method in ("pca", "learned"):
         name = f"{key}-{method}{opts.dim}" + (f"-s{opts.seed}" if method == "learned" else "")
@@ -78,32 +78,32 @@ def run_demo(out_dir: str | Path, opts: DemoOptions) -> dict[str, Any]:
         quality = (f"explained variance {res.explained_variance:.3f}"
                    if res.explained_variance is not None
                    else f"probe valid {res.metric} {res.metric_value:.3f}")
-        click.echo(f"  {name}: {res.input_dim} -> {res.output_dim} dims, {quality}"
+        say(f"  {name}: {res.input_dim} -> {res.output_dim} dims, {quality}"
                    f"{' (reused)' if res.reused else ''}; plot {res.plot}")
         targets[method] = name
 
-    click.echo(f"[4/4] distilling {opts.student} students and evaluating on the test split")
+    say(f"[4/4] distilling {opts.student} students and evaluating on the test split")
     results: dict[str, Any] = {}
     for run_name, kd, tgt in _runs(targets):
         # one folder per setting, so a rerun with other options never reuses a stale run
         setting = f"{opts.student}-d{opts.dim}-e{opts.epochs}-s{opts.seed}"
         run_dir = out / "runs" / setting / run_name
         if (run_dir / "metrics.json").exists():
-            click.echo(f"  {run_name:<16} already trained ({run_dir})")
+            say(f"  {run_name:<16} already trained ({run_dir})")
         else:
             distill(store, tgt, str(run_dir), student=opts.student, kd=kd, epochs=opts.epochs,
                     seed=opts.seed, device=opts.device, progress=opts.progress,
                     resume=(run_dir / "last.pt").exists(),
                     # without progress bars, one line per epoch instead of minutes of silence
-                    log=None if opts.progress else (lambda m: click.echo(f"    {m}")))
+                    log=None if opts.progress else (lambda m: say(f"    {m}")))
         ev = evaluate(str(run_dir), store, split="test")
         results[run_name] = {"kd": kd, "targets": tgt, "metrics": ev["metrics"]}
         metric = next(iter(ev["metrics"].items()))
-        click.echo(f"  {run_name:<16} test {metric[0]} {metric[1]:.3f}")
+        say(f"  {run_name:<16} test {metric[0]} {metric[1]:.3f}")
     report = {"store": store, "teacher": opts.teacher, "dim": opts.dim, "student": opts.student,
               "epochs": opts.epochs, "seed": opts.seed, "results": results,
               "seconds": round(time.perf_counter() - t0, 1)}
     (out / f"results-s{opts.seed}.json").write_text(json.dumps(report, indent=2))
-    click.echo(f"done in {report['seconds']:.0f} s; results in {out}/results-s{opts.seed}.json, "
+    say(f"done in {report['seconds']:.0f} s; results in {out}/results-s{opts.seed}.json, "
                f"training curves in {out / 'runs'}/*/*/curves.png")
     return report

@@ -252,7 +252,7 @@ def _teacher(opts: ExtractOptions) -> tuple[Any, Any]:
 
     import torch
 
-    from eastkd.pipeline.device import resolve_device
+    from eastkd.pipeline.core.device import resolve_device
     from eastkd.pipeline.teachers.loading import load_teacher
 
     key = (opts.teacher, json.dumps(opts.teacher_options, sort_keys=True, default=str),

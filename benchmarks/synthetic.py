@@ -51,7 +51,7 @@ def make_synthetic_store(path: str, n_items: int, n_classes: int = 10, n_mels: i
     rng = np.random.default_rng(seed)
     class_mels = rng.normal(size=(n_classes, n_mels, 1)).astype(np.float32)
     class_emb = rng.normal(size=(n_classes, target_dim)).astype(np.float32)
-    with create_store(path, items, {"name": "synthetic", "source": "eastkd.pipeline.synthetic"}
+    with create_store(path, items, {"name": "synthetic", "source": "synthetic"}
                       ) as store:
         feat = store.require_section(
             "features", "logmel", {"values": ArraySpec((n_mels, n_frames), "float16")},

@@ -9,7 +9,7 @@ from __future__ import annotations
 from importlib.metadata import entry_points
 from typing import Any, Callable, Generic, TypeVar
 
-from eastkd.store.errors import EastkdError
+from eastkd.errors import EastkdError
 
 T = TypeVar("T")
 

@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from eastkd.pipeline.audio import AudioError, Segment, decode, fit_segment, read_bytes, resample
-from eastkd.pipeline.device import resolve_device
+from eastkd.pipeline.core.audio import AudioError, Segment, decode, fit_segment, read_bytes, resample
+from eastkd.pipeline.core.device import resolve_device
 from eastkd.pipeline.distill.evaluate import build_student, load_run
-from eastkd.pipeline.features import LogMel
-from eastkd.pipeline.like import read_student_inputs_from_config
-from eastkd.store import EastkdError
+from eastkd.pipeline.core.features import LogMel
+from eastkd.pipeline.runs.like import read_student_inputs_from_config
+from eastkd.errors import EastkdError
 
 MULTI_LABEL_THRESHOLD = 0.5
 _MANIFEST_SUFFIXES = (".csv", ".jsonl")

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from eastkd.store.errors import EastkdError
+from eastkd.errors import EastkdError
 
 # the columns that name a setting (everything that decides a run except its seed)
 SETTING_KEYS = ("dataset", "teacher", "targets", "kd", "lambda", "teacher_linear", "student",
