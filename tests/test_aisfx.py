@@ -163,6 +163,8 @@ def test_missing_package_and_bad_options_are_one_line_errors(
     monkeypatch.undo()
     with pytest.raises(EastkdError, match="block_hop must be an integer 1-100"):
         mod.aisfx(block_hop=0)
+    with pytest.raises(EastkdError, match="block_hop must be an integer 1-100, got 'x'"):
+        mod.aisfx(block_hop="x")
     junk = tmp_path / "junk.pth"
     torch.save({"x": torch.zeros(1)}, junk)
     with pytest.raises(EastkdError, match="holds no embedding_net"):

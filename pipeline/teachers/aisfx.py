@@ -225,8 +225,12 @@ def aisfx(weights: str | None = None, block_hop: int = BLOCK_HOP) -> Teacher:
     """aiSFX (Ma & Lerch 2022; 4.7 M parameters, 512-d, 44.1 kHz), weights from the installed
     ``aisfx`` wheel (or ``weights``). ``block_hop``: spectrogram frames between 100-frame
     blocks (the package's ``emb_hop_size`` 0.5 is 50)."""
-    hop = int(block_hop)
-    if not 1 <= hop <= BLOCK or hop != float(block_hop):
+    try:
+        hop = int(block_hop)
+        ok = 1 <= hop <= BLOCK and hop == float(block_hop)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
         raise EastkdError(f"aisfx option block_hop must be an integer 1-{BLOCK}, got {block_hop!r}")
     path = os.fspath(weights) if weights is not None else default_checkpoint()
     if not os.path.isfile(path):
