@@ -1,18 +1,18 @@
-"""The README's results table: baseline vs FitNet vs DC with raw, PCA and learned targets on the
-bundled demo, mean ± std over seeds, evaluated on the demo's test split.
+"""The README's results table: the demo's students over seeds, paired with the baseline.
 
-    python benchmarks/demo_table.py [--dir demo] [--seeds 0 1 2] [--epochs 30] [--teacher-linear]
-                                    [--dc-unbiased]
+    python benchmarks/demo_table.py [--dir demo] [--seeds 0 1 2] [--epochs 30]
+                                    [--labels-per-class 5] [--out benchmarks/results/demo_table.json]
 
-``--teacher-linear`` adds FitNet and DC with the jointly trained linear layer on the raw
-embeddings; ``--dc-unbiased`` adds the bias-corrected distance correlation on every target.
-For every KD run the table also reports the KD term on the last epoch's training batches
-(``train_kd``) and on a shuffled pairing of the same batches (``train_kd_shuffled``): when the
-two are close the term carries little signal.
+Runs ``eastkd demo`` (the same code, :func:`eastkd.pipeline.demo.run.run_demo`) once per seed in
+``--dir``: the audio and the store are made once, the students once per seed, and each student
+is reported as it finishes. Finished runs are reused, so the seeds can also be trained by
+separate processes (``--seeds 1`` in one, ``--seeds 2`` in another, after the first has built
+the store) and tabulated by a last call over all of them.
 
-Prints one JSON object (per-run metrics, mean and std per row, KD terms), the `eastkd runs`
-table of these runs and the markdown table; the figures come from `eastkd runs` (each run's
-metrics.json: test metrics of its best epoch).
+For every student: test accuracy per seed, mean ± sample standard deviation, and the paired
+per-seed difference to the task-only baseline of the same seed (mean ± sd, and on how many seeds
+it is above / equal / below). The teacher's linear probe on the same labels is the reference row.
+Writes the JSON (with the machine and its load) to ``--out`` and prints the markdown table.
 """
 
 from __future__ import annotations
@@ -20,91 +20,105 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
+import platform
 import statistics
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
+METRIC = "accuracy"
 
-def _kd_terms(run_dir: Path) -> dict[str, float] | None:
-    """``train_kd`` and ``train_kd_shuffled`` of the run's last epoch (None without KD)."""
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _train_seconds(run_dir: Path) -> float:
+    """Sum of the epochs' wall seconds in the run's ``history.csv``."""
     with open(run_dir / "history.csv", encoding="utf-8") as f:
-        last = list(csv.DictReader(f))[-1]
-    if not last.get("train_kd_shuffled"):
-        return None
-    return {"kd": float(last["train_kd"]), "kd_shuffled": float(last["train_kd_shuffled"])}
+        return round(sum(float(r["seconds"]) for r in csv.DictReader(f)), 1)
 
 
-def _extra_runs(args: argparse.Namespace, report: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """(run name -> distill keyword arguments) of the optional rows."""
-    results = report["results"]
-    runs: dict[str, dict[str, Any]] = {}
-    if args.teacher_linear:  # the paper's extra linear layer, trained jointly on the raw targets
-        for kd in ("fitnet", "dc"):
-            runs[f"{kd}-raw+linear"] = {"targets": results["dc-raw"]["targets"], "kd": kd,
-                                        "teacher_linear": True,
-                                        "teacher_linear_dim": args.dim}
-    if args.dc_unbiased:
-        for label in ("raw", "pca", "learned"):
-            runs[f"dc-unbiased-{label}"] = {"targets": results[f"dc-{label}"]["targets"],
-                                            "kd": "dc-unbiased"}
-    return runs
+def _mean_sd(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.mean(values),
+            "sd": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+
+def _rows(reports: list[dict[str, Any]], root: Path) -> dict[str, dict[str, Any]]:
+    """Per student: values per seed, mean ± sd, paired differences to the seed's baseline."""
+    rows: dict[str, dict[str, Any]] = {}
+    for name in reports[0]["results"]:
+        values = [r["results"][name]["metrics"][METRIC] for r in reports]
+        diffs = [v - r["results"]["baseline"]["metrics"][METRIC]
+                 for v, r in zip(values, reports)]
+        rows[name] = {
+            "kd": reports[0]["results"][name]["kd"],
+            "targets": reports[0]["results"][name]["targets"],
+            "values": values, **_mean_sd(values),
+            "train_seconds": [_train_seconds(root / r["setting"] / name) for r in reports],
+        }
+        if name != "baseline":
+            rows[name]["paired_diff"] = {"values": diffs, **_mean_sd(diffs),
+                                         "above": sum(d > 0 for d in diffs),
+                                         "equal": sum(d == 0 for d in diffs),
+                                         "below": sum(d < 0 for d in diffs)}
+    return rows
+
+
+def _markdown(rows: dict[str, dict[str, Any]], probe: dict[str, float], n: int) -> str:
+    lines = [f"| student | test {METRIC} (mean ± sd, {n} seeds) | per seed "
+             f"| paired difference to the baseline (mean ± sd; above / equal / below) |",
+             "|---|---|---|---|",
+             f"| teacher's linear probe (reference, same labels) | {probe['test']:.3f} | — | — |"]
+    for name, r in rows.items():
+        per_seed = " / ".join(f"{v:.3f}" for v in r["values"])
+        d = r.get("paired_diff")
+        diff = (f"{d['mean']:+.3f} ± {d['sd']:.3f}; {d['above']} / {d['equal']} / {d['below']}"
+                if d else "—")
+        lines.append(f"| {name} | {r['mean']:.3f} ± {r['sd']:.3f} | {per_seed} | {diff} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
     from eastkd.pipeline.demo.run import DemoOptions, run_demo
-    from eastkd.pipeline.distill.train import distill
-    from eastkd.pipeline.runs.table import render_text, runs_table
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dir", default="demo", help="demo folder (rendered and extracted once)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--student", default="vgg")
-    ap.add_argument("--dim", type=int, default=32)
-    ap.add_argument("--teacher-linear", action="store_true",
-                    help="also train FitNet and DC with the jointly trained linear layer on the "
-                         "raw embeddings (to --dim dims)")
-    ap.add_argument("--dc-unbiased", action="store_true",
-                    help="also train with the bias-corrected distance correlation on every target")
+    ap.add_argument("--epochs", type=int, default=DemoOptions.epochs)
+    ap.add_argument("--student", default=DemoOptions.student)
+    ap.add_argument("--dim", type=int, default=DemoOptions.dim)
+    ap.add_argument("--labels-per-class", type=int, default=DemoOptions.labels_per_class,
+                    help="labels kept per class in train (0: every label)")
+    ap.add_argument("--out", default="benchmarks/results/demo_table.json")
     args = ap.parse_args()
 
-    settings = {f"{args.student}-d{args.dim}-e{args.epochs}-s{seed}" for seed in args.seeds}
+    started, load_before = time.perf_counter(), os.getloadavg()
+    reports = []
     for seed in args.seeds:
-        report = run_demo(Path(args.dir), DemoOptions(seed=seed, epochs=args.epochs,
-                                                      student=args.student, dim=args.dim,
-                                                      progress=False))
-        setting = f"{args.student}-d{args.dim}-e{args.epochs}-s{seed}"
-        for run, kwargs in _extra_runs(args, report).items():
-            run_dir = Path(args.dir) / "runs" / setting / run
-            if not (run_dir / "metrics.json").exists():
-                distill(report["store"], out_dir=str(run_dir), student=args.student,
-                        epochs=args.epochs, seed=seed, progress=False,
-                        resume=(run_dir / "last.pt").exists(), **kwargs)
-    # the table is `eastkd runs` over this invocation's runs: test metrics of each best epoch
-    root = Path(args.dir) / "runs"
-    table = runs_table(str(root), select=lambda rel: Path(rel).parts[0] in settings)
-    metric_name = "accuracy"
-    rows = {}
-    for s in table.settings:
-        name = Path(s["runs"][0]).name
-        values = [r[f"test_{metric_name}"] for r in table.runs if r["run"] in s["runs"]]
-        rows[name] = {"mean": s[f"test_{metric_name}"]["mean"],
-                      "std": s[f"test_{metric_name}"]["std"], "values": values}
-        terms = [t for t in (_kd_terms(root / run) for run in s["runs"]) if t is not None]
-        if terms:
-            rows[name]["last_epoch_kd"] = terms
-    print(json.dumps({"metric": metric_name, "split": "test", "seeds": args.seeds,
-                      "epochs": args.epochs, "student": args.student, "dim": args.dim,
-                      "rows": rows}, indent=2))
-    print()
-    print(render_text(table))
-    print(f"\n| run | test {metric_name} (mean ± std, {len(args.seeds)} seeds) "
-          f"| KD term, last epoch: paired / shuffled |\n|---|---|---|")
-    for run, r in rows.items():
-        terms = r.get("last_epoch_kd")
-        kd = (" / ".join(f"{statistics.mean(t[k] for t in terms):.3f}"
-                         for k in ("kd", "kd_shuffled")) if terms else "—")
-        print(f"| {run} | {r['mean']:.3f} ± {r['std']:.3f} | {kd} |")
+        _say(f"== seed {seed}")
+        reports.append(run_demo(Path(args.dir), DemoOptions(
+            seed=seed, epochs=args.epochs, student=args.student, dim=args.dim,
+            labels_per_class=args.labels_per_class or None, progress=False), say=_say))
+    rows = _rows(reports, Path(args.dir) / "runs")
+    probe = reports[0]["probe"]
+    result = {
+        "command": "python " + " ".join(sys.argv) + " (distill --threads 1, the default)",
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                    "load_average_before": load_before, "load_average_after": os.getloadavg()},
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "metric": METRIC, "split": "test", "seeds": args.seeds,
+        "teacher": reports[0]["teacher"], "families": reports[0]["families"],
+        "labels_per_class": reports[0]["labels_per_class"], "epochs": args.epochs,
+        "student": args.student, "dim": args.dim, "probe": probe, "rows": rows,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    _say(f"\nwrote {args.out}\n")
+    _say(_markdown(rows, probe, len(args.seeds)))
 
 
 if __name__ == "__main__":

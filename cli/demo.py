@@ -5,38 +5,58 @@ from __future__ import annotations
 import click
 
 from eastkd.cli.options import parse_key_values
+from eastkd.pipeline.demo.data import FAMILIES
+from eastkd.pipeline.demo.run import DemoOptions
+
+_D = DemoOptions()
 
 
 @click.command("demo", context_settings={"show_default": True})
 @click.argument("out_dir", default="demo", type=click.Path(file_okay=False))
-@click.option("--teacher", "-t", default="crepe-tiny",
-              help="Teacher to extract (crepe-tiny runs in about a minute on 2 CPU cores; "
-                   "crepe (full, 22 M parameters) takes far longer without a GPU).")
+@click.option("--teacher", "-t", default=_D.teacher,
+              help="Teacher to extract: aisfx (sound effects, knows instrument timbre; about "
+                   "a minute on 2 idle CPU cores), or e.g. crepe-tiny (a pitch tracker, with "
+                   "--teacher-opt hop_ms=50 --sample-rate 16000: the earlier demo, where KD "
+                   "does not help).")
 @click.option("--teacher-opt", "teacher_opts", multiple=True, metavar="KEY=VALUE",
-              default=("hop_ms=50",), help="Teacher options (repeatable).")
-@click.option("--clips-per-class", type=click.IntRange(min=3), default=60,
-              help="Clips rendered per instrument family (5 families).")
-@click.option("--seconds", type=click.FloatRange(min=0.5), default=2.0, help="Clip length.")
-@click.option("--dim", type=click.IntRange(min=1), default=32, help="Compressed target size.")
-@click.option("--epochs", type=click.IntRange(min=1), default=30, help="Student epochs per run.")
-@click.option("--student", default="vgg", help="Student architecture (vgg, mobilenet).")
-@click.option("--seed", type=int, default=0,
-              help="Seed for fitting and training (the audio is always rendered with seed 0).")
-@click.option("--device", default="auto", help="auto, cpu or cuda.")
-@click.option("--backend", type=click.Choice(["zarr", "hdf5"]), default="zarr",
+              help="Teacher options (repeatable).")
+@click.option("--family", "families", multiple=True, type=click.Choice(list(FAMILIES)),
+              default=_D.families, help="Instrument families to render (repeatable).")
+@click.option("--clips-per-class", type=click.IntRange(min=3), default=_D.clips_per_class,
+              help="Clips rendered per family (split 70/15/15 train/valid/test).")
+@click.option("--seconds", type=click.FloatRange(min=0.5), default=_D.seconds,
+              help="Clip length.")
+@click.option("--sample-rate", type=click.IntRange(min=8000), default=_D.sample_rate,
+              help="Rate the clips are rendered at (aisfx runs at 44100 Hz).")
+@click.option("--labels-per-class", type=click.IntRange(min=0), default=_D.labels_per_class,
+              help="Training clips per class that keep their label (0: all of them); valid "
+                   "and test keep theirs.")
+@click.option("--dim", type=click.IntRange(min=1), default=_D.dim,
+              help="PCA target size.")
+@click.option("--epochs", type=click.IntRange(min=1), default=_D.epochs,
+              help="Student epochs per run.")
+@click.option("--student", default=_D.student, help="Student architecture (vgg, mobilenet).")
+@click.option("--seed", type=int, default=_D.seed,
+              help="Seed for fitting and training (the audio and the kept labels always use "
+                   "seed 0).")
+@click.option("--device", default=_D.device, help="auto, cpu or cuda.")
+@click.option("--backend", type=click.Choice(["zarr", "hdf5"]), default=_D.backend,
               help="Store backend.")
-@click.option("--progress/--no-progress", default=True, help="Show progress bars.")
-def command(out_dir: str, teacher: str, teacher_opts: tuple[str, ...], clips_per_class: int,
-            seconds: float, dim: int, epochs: int, student: str, seed: int, device: str,
+@click.option("--progress/--no-progress", default=_D.progress, help="Show progress bars.")
+def command(out_dir: str, teacher: str, teacher_opts: tuple[str, ...],
+            families: tuple[str, ...], clips_per_class: int, seconds: float, sample_rate: int,
+            labels_per_class: int, dim: int, epochs: int, student: str, seed: int, device: str,
             backend: str, progress: bool) -> None:
     """Render a real instrument-family dataset (GM SoundFont bundled with pretty_midi) into
-    OUT_DIR and run extract -> compress (PCA, learned) -> distill (baseline, FitNet, DC) ->
-    evaluate on it. Rerunning skips finished work.
+    OUT_DIR, keep a few labels per class, and run extract -> probe (the teacher's linear
+    classifier on those labels) -> compress (PCA) -> distill (task-only baseline and distilled
+    students on the same labels) -> evaluate on the test split. Rerunning skips finished work.
     """
-    from eastkd.pipeline.demo.run import DemoOptions, run_demo
+    from eastkd.pipeline.demo.run import run_demo
 
     run_demo(out_dir, DemoOptions(
         teacher=teacher, teacher_options=parse_key_values(teacher_opts, "--teacher-opt"),
-        clips_per_class=clips_per_class, seconds=seconds, dim=dim, epochs=epochs,
-        student=student, seed=seed, device=device, backend=backend, progress=progress),
-        say=click.echo)
+        families=tuple(families), clips_per_class=clips_per_class, seconds=seconds,
+        sample_rate=sample_rate, labels_per_class=labels_per_class or None, dim=dim,
+        epochs=epochs, student=student, seed=seed, device=device, backend=backend,
+        progress=progress), say=click.echo)

@@ -21,6 +21,7 @@ from eastkd.pipeline.demo.data import (
     DEFAULT_FAMILIES,
     _render_clip,
     render_demo_dataset,
+    scarce_manifest,
     soundfont_path,
 )
 from eastkd.errors import EastkdError
@@ -131,6 +132,35 @@ def test_demo_argument_and_folder_errors(tmp_path: Path) -> None:
     with pytest.raises(EastkdError, match="not empty and holds no demo.json"):
         render_demo_dataset(tmp_path / "busy", **DEMO)
     assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
+
+
+def test_scarce_manifest_keeps_k_labels_per_class(demo: Path) -> None:
+    rows = list(csv.DictReader(demo.open()))
+    path = scarce_manifest(demo, labels_per_class=1, seed=0)
+    assert path == demo.parent / "manifest-k1-s0.csv"
+    scarce = list(csv.DictReader(path.open()))
+    assert [(r["id"], r["path"], r["split"]) for r in scarce] == [
+        (r["id"], r["path"], r["split"]) for r in rows]
+    for r, s in zip(rows, scarce):
+        if r["split"] != "train":
+            assert s["label"] == r["label"]
+        else:
+            assert s["label"] in ("", r["label"])
+    kept = Counter(s["label"] for s in scarce if s["split"] == "train" and s["label"])
+    assert kept == {fam: 1 for fam in DEFAULT_FAMILIES}
+    assert sum(1 for s in scarce if s["split"] == "train" and not s["label"]) == len(kept)
+    stamp = path.stat().st_mtime_ns
+    assert scarce_manifest(demo, labels_per_class=1, seed=0) == path  # same bytes: not rewritten
+    assert path.stat().st_mtime_ns == stamp
+    draws = {tuple(r["label"] for r in csv.DictReader(
+        scarce_manifest(demo, labels_per_class=1, seed=s).open())) for s in range(6)}
+    assert len(draws) > 1  # the seed picks the labelled rows
+
+    labelled_only = scarce_manifest(demo, labels_per_class=1, seed=0, unlabelled=False)
+    spec = load_manifest(str(labelled_only))
+    assert Counter(i.split for i in spec.items) == {"train": 5, "valid": 5, "test": 5}
+    with pytest.raises(EastkdError, match="class 'brass' has 2 train clips, fewer than 3"):
+        scarce_manifest(demo, labels_per_class=3)
 
 
 def test_soundfont_renders_pitch_and_distinct_timbres() -> None:

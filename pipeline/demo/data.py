@@ -10,6 +10,7 @@ Output layout (``out_dir``)::
 
     audio/<family>/<id>.wav   mono 16-bit PCM
     manifest.csv              id,path,label,split (paths relative to the manifest)
+    manifest-k<K>-s<S>.csv    optional, from :func:`scarce_manifest`: K labels per class in train
     demo.json                 the render parameters; "complete" is set last, after every file
     README.txt                what this is and where the sounds come from
 
@@ -21,6 +22,7 @@ bytes, and a family's clips do not change when other families are added or remov
 from __future__ import annotations
 
 import csv
+import io
 import json
 import shutil
 import time
@@ -354,3 +356,49 @@ def render_demo_dataset(
         + "\n"
     )
     return manifest
+
+
+def _scarce_name(labels_per_class: int, seed: int, unlabelled: bool) -> str:
+    return f"manifest-k{labels_per_class}-s{seed}{'' if unlabelled else '-labelled'}.csv"
+
+
+def scarce_manifest(manifest: str | Path, labels_per_class: int, seed: int = 0,
+                    unlabelled: bool = True) -> Path:
+    """A label-scarce copy of a demo manifest, written beside it; returns its path.
+
+    Keeps the labels of ``labels_per_class`` train rows per class, drawn with a generator seeded
+    by ``(seed, class)`` (so one class's draw does not depend on the others), and every valid
+    and test row. The other train rows become unlabelled items (an empty ``label``) when
+    ``unlabelled`` is true, and are left out otherwise. The same arguments give the same bytes;
+    an up-to-date file is not rewritten.
+    """
+    src = Path(manifest)
+    with src.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    if labels_per_class < 1:
+        raise EastkdError(f"labels per class must be at least 1, got {labels_per_class}")
+    keep: set[str] = set()
+    for label in sorted({r["label"] for r in rows if r["split"] == "train"}):
+        ids = [r["id"] for r in rows if r["split"] == "train" and r["label"] == label]
+        if len(ids) < labels_per_class:
+            raise EastkdError(f"{src}: class {label!r} has {len(ids)} train clips, fewer than "
+                              f"{labels_per_class} labels per class; render more clips per class")
+        rng = np.random.default_rng([seed, _stable_int(label)])
+        keep.update(ids[i] for i in rng.choice(len(ids), labels_per_class, replace=False))
+    out_rows = []
+    for r in rows:
+        if r["split"] != "train" or r["id"] in keep:
+            out_rows.append([r["id"], r["path"], r["label"], r["split"]])
+        elif unlabelled:
+            out_rows.append([r["id"], r["path"], "", "train"])
+    out = src.parent / _scarce_name(labels_per_class, seed, unlabelled)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["id", "path", "label", "split"])
+    writer.writerows(out_rows)
+    text = buf.getvalue()
+    if not out.is_file() or out.read_text(encoding="utf-8") != text:
+        tmp = out.with_suffix(".csv.partial")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(out)
+    return out

