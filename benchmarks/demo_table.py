@@ -1,7 +1,9 @@
 """The README's results table: the demo's students over seeds, paired with the baseline.
 
     python benchmarks/demo_table.py [--dir demo] [--seeds 0 1 2] [--epochs 30]
-                                    [--labels-per-class 5] [--out benchmarks/results/demo_table.json]
+                                    [--labels-per-class 10]
+                                    [--unlabelled | --no-unlabelled]
+                                    [--out benchmarks/results/demo_table.json]
 
 Runs ``eastkd demo`` (the same code, :func:`eastkd.pipeline.demo.run.run_demo`) once per seed in
 ``--dir``: the audio and the store are made once, the students once per seed, and each student
@@ -71,7 +73,8 @@ def _markdown(rows: dict[str, dict[str, Any]], probe: dict[str, float], n: int) 
     lines = [f"| student | test {METRIC} (mean ± sd, {n} seeds) | per seed "
              f"| paired difference to the baseline (mean ± sd; above / equal / below) |",
              "|---|---|---|---|",
-             f"| teacher's linear probe (reference, same labels) | {probe['test']:.3f} | — | — |"]
+             f"| teacher's linear probe (reference, same labels) | {probe['test']:.3f} "
+             "| — | — |"]
     for name, r in rows.items():
         per_seed = " / ".join(f"{v:.3f}" for v in r["values"])
         d = r.get("paired_diff")
@@ -92,6 +95,9 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=DemoOptions.dim)
     ap.add_argument("--labels-per-class", type=int, default=DemoOptions.labels_per_class,
                     help="labels kept per class in train (0: every label)")
+    ap.add_argument("--unlabelled", action=argparse.BooleanOptionalAction,
+                    default=DemoOptions.unlabelled,
+                    help="keep the other training clips as unlabelled rows (KD only)")
     ap.add_argument("--out", default="benchmarks/results/demo_table.json")
     args = ap.parse_args()
 
@@ -101,7 +107,8 @@ def main() -> None:
         _say(f"== seed {seed}")
         reports.append(run_demo(Path(args.dir), DemoOptions(
             seed=seed, epochs=args.epochs, student=args.student, dim=args.dim,
-            labels_per_class=args.labels_per_class or None, progress=False), say=_say))
+            labels_per_class=args.labels_per_class or None, unlabelled=args.unlabelled,
+            progress=False), say=_say))
     rows = _rows(reports, Path(args.dir) / "runs")
     probe = reports[0]["probe"]
     result = {
@@ -112,7 +119,8 @@ def main() -> None:
         "wall_seconds": round(time.perf_counter() - started, 1),
         "metric": METRIC, "split": "test", "seeds": args.seeds,
         "teacher": reports[0]["teacher"], "families": reports[0]["families"],
-        "labels_per_class": reports[0]["labels_per_class"], "epochs": args.epochs,
+        "labels_per_class": reports[0]["labels_per_class"], "unlabelled": reports[0]["unlabelled"],
+        "epochs": args.epochs,
         "student": args.student, "dim": args.dim, "probe": probe, "rows": rows,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

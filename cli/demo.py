@@ -31,6 +31,9 @@ _D = DemoOptions()
 @click.option("--labels-per-class", type=click.IntRange(min=0), default=_D.labels_per_class,
               help="Training clips per class that keep their label (0: all of them); valid "
                    "and test keep theirs.")
+@click.option("--unlabelled/--labelled-only", default=_D.unlabelled,
+              help="Keep the other training clips as unlabelled rows (the KD losses use them, "
+                   "the task loss does not), or leave them out.")
 @click.option("--dim", type=click.IntRange(min=1), default=_D.dim,
               help="PCA target size.")
 @click.option("--epochs", type=click.IntRange(min=1), default=_D.epochs,
@@ -45,8 +48,8 @@ _D = DemoOptions()
 @click.option("--progress/--no-progress", default=_D.progress, help="Show progress bars.")
 def command(out_dir: str, teacher: str, teacher_opts: tuple[str, ...],
             families: tuple[str, ...], clips_per_class: int, seconds: float, sample_rate: int,
-            labels_per_class: int, dim: int, epochs: int, student: str, seed: int, device: str,
-            backend: str, progress: bool) -> None:
+            labels_per_class: int, unlabelled: bool, dim: int, epochs: int, student: str,
+            seed: int, device: str, backend: str, progress: bool) -> None:
     """Render a real instrument-family dataset (GM SoundFont bundled with pretty_midi) into
     OUT_DIR, keep a few labels per class, and run extract -> probe (the teacher's linear
     classifier on those labels) -> compress (PCA) -> distill (task-only baseline and distilled
@@ -57,6 +60,7 @@ def command(out_dir: str, teacher: str, teacher_opts: tuple[str, ...],
     run_demo(out_dir, DemoOptions(
         teacher=teacher, teacher_options=parse_key_values(teacher_opts, "--teacher-opt"),
         families=tuple(families), clips_per_class=clips_per_class, seconds=seconds,
-        sample_rate=sample_rate, labels_per_class=labels_per_class or None, dim=dim,
+        sample_rate=sample_rate, labels_per_class=labels_per_class or None,
+        unlabelled=unlabelled, dim=dim,
         epochs=epochs, student=student, seed=seed, device=device, backend=backend,
         progress=progress), say=click.echo)

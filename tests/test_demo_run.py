@@ -41,7 +41,7 @@ def test_demo_end_to_end_and_rerun(tmp_path: Path, teacher: dict) -> None:
     assert list(report["results"]) == names == ["baseline", "fitnet-pca", "dc-pca"]
     for name in names:
         assert any(ln.strip().startswith(f"{name} ") and "test accuracy" in ln for ln in lines)
-    saved = json.loads((tmp_path / "demo" / f"results-store-k2-s0.json").read_text())
+    saved = json.loads((tmp_path / "demo" / f"results-store-k2-labelled-s0.json").read_text())
     assert saved["results"] == report["results"] and saved["teacher"] == opts.teacher
     # 3 classes x 2 labelled train clips, and every valid/test clip, went into the store
     from eastkd.store import open_store
@@ -59,6 +59,6 @@ def test_demo_cli_help_states_defaults() -> None:
 
     res = CliRunner().invoke(cli, ["demo", "--help"], terminal_width=200)
     assert res.exit_code == 0
-    for needle in ("--teacher TEXT", "[default: aisfx]", "--labels-per-class", "[default: 5;",
+    for needle in ("--teacher TEXT", "[default: aisfx]", "--labels-per-class", "[default: 10;",
                    "--sample-rate", "[default: 44100;", "--family", "[default: piano, guitar,"):
         assert needle in res.output, needle

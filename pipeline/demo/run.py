@@ -32,7 +32,8 @@ Say = Callable[[str], None]
 
 @dataclass
 class DemoOptions:
-    """Every option of the demo; ``labels_per_class`` None keeps every training label."""
+    """Every option of the demo. ``labels_per_class`` None keeps every training label; with K,
+    the other training clips are left out, or kept as unlabelled rows with ``unlabelled``."""
 
     teacher: str = "aisfx"
     teacher_options: dict[str, Any] = field(default_factory=dict)
@@ -40,7 +41,8 @@ class DemoOptions:
     clips_per_class: int = 80
     seconds: float = 2.0
     sample_rate: int = 44100
-    labels_per_class: int | None = 5
+    labels_per_class: int | None = 10
+    unlabelled: bool = False  # keep the other training clips as unlabelled rows (KD only)
     dim: int = 32
     epochs: int = 30
     student: str = "vgg"
@@ -52,8 +54,11 @@ class DemoOptions:
 
     @property
     def labels(self) -> str:
-        """``k<K>`` for K labels per class, ``all`` for every training label."""
-        return "all" if self.labels_per_class is None else f"k{self.labels_per_class}"
+        """``all`` for every training label; ``k<K>`` for K labels per class and the other
+        training clips unlabelled, ``k<K>-labelled`` without them."""
+        if self.labels_per_class is None:
+            return "all"
+        return f"k{self.labels_per_class}" + ("" if self.unlabelled else "-labelled")
 
     @property
     def setting(self) -> str:
@@ -90,9 +95,10 @@ def _render(out: Path, opts: DemoOptions, say: Say) -> Path:
     if opts.labels_per_class is None:
         return manifest
     scarce = scarce_manifest(manifest, opts.labels_per_class, seed=opts.data_seed,
-                             unlabelled=False)
+                             unlabelled=opts.unlabelled)
+    rest = ("kept as unlabelled rows (KD targets only)" if opts.unlabelled else "left out")
     say(f"  keeping the labels of {opts.labels_per_class} training clips per class "
-        f"({scarce.name}); valid and test keep theirs")
+        f"({scarce.name}); the other training clips are {rest}; valid and test keep theirs")
     return scarce
 
 
@@ -195,7 +201,8 @@ def run_demo(out_dir: str | Path, opts: DemoOptions, say: Say = print) -> dict[s
     say(f"[4/5] distilling {opts.student} students ({opts.epochs} epochs each)")
     results = _students(store, student_runs(targets), out, opts, say)
     report = {"store": store, "teacher": opts.teacher, "families": list(opts.families),
-              "labels_per_class": opts.labels_per_class, "dim": opts.dim,
+              "labels_per_class": opts.labels_per_class, "unlabelled": opts.unlabelled,
+              "dim": opts.dim,
               "student": opts.student, "epochs": opts.epochs, "seed": opts.seed,
               "setting": opts.setting, "probe": probe, "results": results,
               "seconds": round(time.perf_counter() - t0, 1)}
