@@ -288,10 +288,14 @@ def compress(store_path: str, embeddings_key: str | None, method: str, dim: int 
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             **summary,
         })
-        sec = store.require_section("targets", name, {"values": ArraySpec((d_out,), "float32")},
-                                    attrs=attrs, identity=identity, overwrite=existing)
-        store.write_params(sec, comp.params())
-        _write_values(sec, src, status, emb.errors(), comp, key, progress)
+        errors = emb.errors()
+        # all or nothing: an HDF5 store gets the section through a copy swapped in at the end
+        with store.replacing(f"targets/{name}"):
+            sec = store.require_section("targets", name,
+                                        {"values": ArraySpec((d_out,), "float32")},
+                                        attrs=attrs, identity=identity, overwrite=existing)
+            store.write_params(sec, comp.params())
+            _write_values(sec, src, status, errors, comp, key, progress)
         return _result(store_path, name, attrs, n_items, int((status == SKIPPED).sum()),
                        fit_seconds, t0, _plot(cls, attrs, store.read_params(sec), plot,
                                               store_path, name), reused=False)
