@@ -243,7 +243,20 @@ class Section:
                    for a in self.array_names() + ["status"])
 
     def status(self) -> np.ndarray:
-        return self.backend.read(f"{self.path}/status")
+        """Each row's status; values other than pending, ok and skipped are damage (one line
+        with the repair command), never rows silently left out."""
+        status = self.backend.read(f"{self.path}/status")
+        bad = np.flatnonzero(status > SKIPPED)
+        if bad.size:
+            raise StoreDamageError(
+                f"{self.store.path}: {self.path}/status holds {bad.size} invalid values (rows "
+                f"{int(bad[0])}-{int(bad[-1])}; valid are 0, 1, 2); {repair_hint(self.store.path)}")
+        return status
+
+    def bump_generation(self) -> None:
+        """Record that rows marked done were reset (a repair, a re-hash): what was computed
+        from the section before (targets) is stale from now on."""
+        self.update_attrs({"generation": uuid.uuid4().hex})
 
     def errors(self) -> np.ndarray:
         return self.backend.read(f"{self.path}/error")
@@ -282,6 +295,7 @@ class Section:
         status[rows] = PENDING
         errors = self.errors()
         errors[rows] = ""
+        self.bump_generation()  # before the status: a killed reset never leaves it unrecorded
         self.backend.write(f"{self.path}/status", slice(None), status)
         self.backend.write(f"{self.path}/error", slice(None), errors)
         self.backend.flush()
@@ -466,6 +480,8 @@ class Store:
             if overwrite and self.backend.get_attrs(path).get("identity") is not None:
                 self.backend.delete(path)
         n = len(self.items)
+        if not self.backend.exists(path):  # a new section: its first write generation
+            attrs = {**attrs, "generation": uuid.uuid4().hex}
         self._require_group(path, {**attrs, "identity": identity})
         units = []
         for aname, spec in arrays.items():

@@ -372,6 +372,9 @@ def _check_provenance(store: Store, sec: Section, status: np.ndarray,
         report.findings.append(Finding(sec.path, f"computed from other embeddings than the "
                                                  f"current embeddings/{src}; rerun compress "
                                                  "with --overwrite"))
+    stale = stale_targets(store.path, sec.name, attrs, emb.attrs)
+    if stale:
+        report.findings.append(Finding(sec.path, stale))
     try:
         src_status = emb.status()
     except EastkdError:  # reported with the embeddings themselves
@@ -380,6 +383,20 @@ def _check_provenance(store: Store, sec: Section, status: np.ndarray,
     if ((status[both] == SKIPPED) != (src_status[both] == SKIPPED)).any():
         report.findings.append(Finding(sec.path, f"skipped rows differ from embeddings/{src}",
                                        damage=False))
+
+
+def stale_targets(store: str, name: str, attrs: dict[str, Any], source: dict[str, Any]
+                  ) -> str | None:
+    """Why targets ``name`` (attributes ``attrs``) are older than their source embeddings
+    (attributes ``source``), with the command that refits them; None when they are not.
+    Every section records a write ``generation``, renewed whenever rows marked done are
+    reset (repair, re-hash); targets record the one they were fitted on."""
+    if "source_generation" not in attrs or attrs["source_generation"] == source.get(
+            "generation"):
+        return None
+    return (f"targets/{name} were fitted on embeddings/{attrs.get('source')} rows that have "
+            f"changed since (repaired and recomputed); refit them: "
+            f"{_compress_hint(store, name, attrs)} --overwrite")
 
 
 def _rerun_hint(store: Store, sec: Section) -> str:
@@ -428,6 +445,8 @@ def _repair(sec: Section, check: _SectionCheck, report: VerifyReport) -> None:
     backend = sec.backend
     rows = np.asarray(sorted(check.pending_rows), dtype=np.int64)
     status_path, error_path = f"{sec.path}/status", f"{sec.path}/error"
+    if rows.size:  # first: a killed repair never leaves the change unrecorded
+        sec.bump_generation()
     for path, c in check.reset:
         if path in (status_path, error_path):
             backend.reset_chunk(path, c)
@@ -492,6 +511,7 @@ def _repair_metadata(store: Store, sec: Section, report: VerifyReport) -> None:
         if repairable and backend.orphaned(node):
             backend.delete_orphan(node)
     n = report.items
+    sec.bump_generation()
     if backend.exists(status):
         if backend.exists(f"{sec.path}/error"):
             backend.write(f"{sec.path}/error", slice(None), np.full(n, "", dtype=object))

@@ -248,6 +248,7 @@ def compress(store_path: str, embeddings_key: str | None, method: str, dim: int 
             old = store.targets(name)
             old_id = old.attrs.get("identity")
             if old_id == identity and not overwrite and old.complete and "dim" in old.attrs \
+                    and old.attrs.get("source_generation") == src_attrs.get("generation") \
                     and np.array_equal(old.status(), np.where(status == OK, OK, SKIPPED)):
                 return _reuse(store, old, cls, plot, t0, store_path, name)
 
@@ -270,6 +271,7 @@ def compress(store_path: str, embeddings_key: str | None, method: str, dim: int 
             "source_identity": src_attrs.get("identity"),
             "source_weights_sha256": src_attrs.get("weights_sha256"),
             "source_teacher": src_attrs.get("teacher"),
+            "source_generation": src_attrs.get("generation"),
             "dataset_fingerprint": store.dataset_fingerprint,
             "fingerprint": _sha(identity),
             "fit_split": fit_split,
