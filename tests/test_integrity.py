@@ -105,6 +105,8 @@ def all_arrays(path: Path) -> dict[str, np.ndarray]:
         out = {}
         for kind in ("features", "embeddings", "targets"):
             for name in s.section_names(kind):
+                if not s.has_section(kind, name):  # created, never given a status
+                    continue
                 sec = s.section(kind, name)
                 for a in sec.array_names() + ["status", "error"]:
                     out[f"{sec.path}/{a}"] = s.backend.read(f"{sec.path}/{a}",
