@@ -2,9 +2,11 @@
 
 Checks, in order: the root attributes, the items table (per-chunk checksums, its content
 checksum, the dataset fingerprint recomputed from it, unique ids, valid splits, the stored
-``label`` column), and every section: array shapes, every chunk of every array (its checksum,
-that it decodes, that it is present where rows are marked done), status values, and provenance
-(the dataset fingerprint each section records; the embeddings a target was computed from).
+``label`` column), and every section: that each expected array's metadata is present and
+parses, array shapes, every chunk of every array (its checksum, that it decodes, that it is
+present where rows are marked done), status values, and provenance (the dataset fingerprint
+each section records; the embeddings a target was computed from, and whether their rows were
+recomputed since the targets were fitted: the write ``generation``).
 
 Repair marks the rows of every damaged or missing chunk *pending* (their status written, the
 damaged chunk replaced by the fill value), so the same ``eastkd extract`` or ``eastkd
@@ -373,12 +375,12 @@ def _check_provenance(store: Store, sec: Section, status: np.ndarray,
                                                  f"current embeddings/{src}; rerun compress "
                                                  "with --overwrite"))
     stale = stale_targets(store.path, sec.name, attrs, emb.attrs)
-    if stale:
-        report.findings.append(Finding(sec.path, stale))
     try:
         src_status = emb.status()
     except EastkdError:  # reported with the embeddings themselves
         return
+    if stale:  # a note while the embeddings' rows are still being recomputed (after a repair)
+        report.findings.append(Finding(sec.path, stale, damage=not (src_status == PENDING).any()))
     both = (status != PENDING) & (src_status != PENDING)
     if ((status[both] == SKIPPED) != (src_status[both] == SKIPPED)).any():
         report.findings.append(Finding(sec.path, f"skipped rows differ from embeddings/{src}",

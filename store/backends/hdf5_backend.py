@@ -307,8 +307,8 @@ class HDF5Backend(Backend):
         leave links to objects it never wrote. So a write of ``need`` bytes (None for a flush,
         which adds nothing of its own) first checks that the file system has room for them
         plus :data:`_ROOM_MARGIN`, and stops with the disk-full line before touching the file
-        when it has not. Should a write fail anyway (another
-        process filled the disk meanwhile), HDF5 holds data it can never write, so the file
+        when it has not. Should a write fail anyway (another process filled the disk
+        meanwhile), HDF5 holds data it can never write, so the file
         handle is dropped unflushed: nothing half-written is flushed later, and no close or
         garbage collection fails (or crashes) on it. A full disk says to free space; any other
         failure of HDF5 (e.g. a file whose index names chunks beyond its end) is damage."""
@@ -339,6 +339,7 @@ class HDF5Backend(Backend):
         it as it was, and the copy is removed. The store stays open meanwhile, which keeps its
         lock: no other HDF5 writer starts on it and loses its work to the rename. Needs free
         space for the store's size again (the copy)."""
+        self._fw()  # a store that may not be written: one line, before any copy
         self.flush()  # the copy starts from everything written so far
         base, ext = os.path.splitext(os.path.basename(self.path))
         tmp = os.path.join(os.path.dirname(os.path.abspath(self.path)),
@@ -396,7 +397,7 @@ class HDF5Backend(Backend):
                 g.attrs[k] = _encode(v)
 
     def create_array(self, path, shape, chunks, dtype, attrs=None, data=None, dims=None) -> None:
-        if path in self._f():
+        if self._get(path) is not None:
             raise FileExistsError(path)
         string = is_string_dtype(dtype)
         numeric = not string and all(shape)
@@ -416,18 +417,29 @@ class HDF5Backend(Backend):
             if data is not None:
                 ds[...] = data
 
+    def _get(self, path: str) -> Any:
+        """The group or dataset at ``path`` (None if absent); a link HDF5 cannot follow (an
+        object named beyond the file's end) is damage in one line."""
+        try:
+            return self._f().get(path) if path else self._f()
+        except (KeyError, RuntimeError, OSError, ValueError) as e:
+            first = (str(e).splitlines() or [""])[0].strip("'\"")
+            raise StoreDamageError(
+                f"{self.path}: {path} cannot be read (HDF5: {first}); the file is damaged: "
+                "restore it from a copy, or extract again into a new store") from None
+
     def exists(self, path: str) -> bool:
-        return path in self._f()
+        return self._get(path) is not None
 
     def is_array(self, path: str) -> bool:
-        return isinstance(self._f().get(path), h5py.Dataset)
+        return isinstance(self._get(path), h5py.Dataset)
 
     def children(self, path: str) -> list[str]:
-        node = self._f().get(path) if path else self._f()
+        node = self._get(path)
         return sorted(node.keys()) if isinstance(node, h5py.Group) else []
 
     def _ds(self, path: str) -> h5py.Dataset:
-        node = self._f().get(path)
+        node = self._get(path)
         if not isinstance(node, h5py.Dataset):
             raise EastkdError(f"{self.path}: no array {path!r} in this store")
         return node
@@ -588,7 +600,7 @@ class HDF5Backend(Backend):
                                      filter_mask=0xFFFFFFFF)
 
     def get_attrs(self, path: str = "") -> dict[str, Any]:
-        node = self._f().get(path) if path else self._f()
+        node = self._get(path)
         if node is None:
             return {}
         return {k: _decode(v) for k, v in node.attrs.items()}
@@ -602,7 +614,7 @@ class HDF5Backend(Backend):
                 node.attrs[k] = _encode(v)
 
     def delete(self, path: str) -> None:
-        if path in self._f():
+        if self._get(path) is not None:
             with self.writing(path, need=0):
                 del self._fw()[path]
 
