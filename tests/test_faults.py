@@ -158,7 +158,7 @@ def test_full_disk_during_extract_at_any_point(built: Path, tiny_manifest: Path,
                                                tmp_path: Path) -> None:
     """Disks too small for the store, from nearly nothing up: each extract stops with the
     disk-full line, and the same command finishes the store once space is freed."""
-    for i, size in enumerate(range(60, 240, 40)):
+    for i, size in enumerate(range(60, 240, 60)):
         disk = tmp_path / f"disk{i}"
         with _mount(disk, "-t", "tmpfs", "-o", f"size={size}k"):
             path = disk / f"s.{SUFFIX['hdf5' if built.is_file() else 'zarr']}"
