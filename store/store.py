@@ -23,7 +23,7 @@ import numpy as np
 
 from eastkd.store import location
 from eastkd.store.backends.base import OK, PENDING, SKIPPED, Backend
-from eastkd.store.damage import write_failure
+from eastkd.store.damage import metadata_error, repair_hint, write_failure
 from eastkd.errors import (
     EastkdError,
     StoreDamageError,
@@ -244,7 +244,20 @@ class Section:
                    for a in self.array_names() + ["status"])
 
     def status(self) -> np.ndarray:
-        return self.backend.read(f"{self.path}/status")
+        """Each row's status; values other than pending, ok and skipped are damage (one line
+        with the repair command), never rows silently left out."""
+        status = self.backend.read(f"{self.path}/status")
+        bad = np.flatnonzero(status > SKIPPED)
+        if bad.size:
+            raise StoreDamageError(
+                f"{self.store.path}: {self.path}/status holds {bad.size} invalid values (rows "
+                f"{int(bad[0])}-{int(bad[-1])}; valid are 0, 1, 2); {repair_hint(self.store.path)}")
+        return status
+
+    def bump_generation(self) -> None:
+        """Record that rows marked done were reset (a repair, a re-hash): what was computed
+        from the section before (targets) is stale from now on."""
+        self.update_attrs({"generation": uuid.uuid4().hex})
 
     def errors(self) -> np.ndarray:
         return self.backend.read(f"{self.path}/error")
@@ -283,6 +296,7 @@ class Section:
         status[rows] = PENDING
         errors = self.errors()
         errors[rows] = ""
+        self.bump_generation()  # before the status: a killed reset never leaves it unrecorded
         self.backend.write(f"{self.path}/status", slice(None), status)
         self.backend.write(f"{self.path}/error", slice(None), errors)
         self.backend.flush()
@@ -330,6 +344,7 @@ class Store:
                 f"eastkd understands ({FORMAT_VERSION}); upgrade eastkd"
             )
         self._items: ItemsTable | None = None
+        self._checked: set[str] = set()  # sections whose metadata was checked
 
     # -- whole store ---------------------------------------------------------------------------
     @property
@@ -413,15 +428,37 @@ class Store:
         return self.backend.children(kind)
 
     def has_section(self, kind: str, name: str) -> bool:
-        return self.backend.exists(f"{kind}/{name}/status")
+        """Whether section ``kind/name`` exists (its ``status`` array does); a status whose
+        metadata is lost beside its chunks is one line, not "no such section"."""
+        status = f"{kind}/{name}/status"
+        if self.backend.exists(status):
+            return True
+        if self.backend.orphaned(status):
+            raise metadata_error(self.path, status, self.backend.metadata_problem(status) or "")
+        return False
 
     def section(self, kind: str, name: str) -> Section:
+        """Section ``kind/name``, its metadata checked: an expected array whose metadata is
+        missing or does not parse is one line naming it (see :func:`metadata_problems`)."""
+        path = f"{kind}/{name}"
+        if path not in self._checked:
+            problems = metadata_problems(self, kind, name)
+            if problems:
+                node, problem, _ = problems[0]
+                raise metadata_error(self.path, node, problem) if problem != "unwritten" \
+                    else StoreDamageError(f"{self.path}: {node} is missing while rows are "
+                                          f"marked done; {repair_hint(self.path)}")
         if not self.has_section(kind, name):
-            have = ", ".join(self.section_names(kind)) or "none"
+            have = ", ".join(n for n in self.section_names(kind)
+                             if self.has_section(kind, n)) or "none"
+            unfinished = f"; {path} is unfinished (its writer stopped before creating its " \
+                         "status): rerun the command that writes it" \
+                if self.backend.exists(path) else ""
             raise EastkdError(
                 f"{self.path}: no {kind[:-1] if kind != 'features' else 'features'} "
-                f"{name!r} in this store (have: {have})"
+                f"{name!r} in this store (have: {have}){unfinished}"
             )
+        self._checked.add(path)
         return Section(self, kind, name)
 
     def require_section(self, kind: str, name: str, arrays: dict[str, ArraySpec],
@@ -444,6 +481,8 @@ class Store:
             if overwrite and self.backend.get_attrs(path).get("identity") is not None:
                 self.backend.delete(path)
         n = len(self.items)
+        if not self.backend.exists(path):  # a new section: its first write generation
+            attrs = {**attrs, "generation": uuid.uuid4().hex}
         self._require_group(path, {**attrs, "identity": identity})
         units = []
         for aname, spec in arrays.items():
@@ -496,6 +535,8 @@ class Store:
 
     def _create_if_missing(self, path: str, shape: tuple[int, ...], chunks: tuple[int, ...],
                            dtype: Any, dims: tuple[str, ...]) -> None:
+        if self.backend.orphaned(path):  # chunks without metadata: never written over
+            raise metadata_error(self.path, path, self.backend.metadata_problem(path) or "")
         if self.backend.exists(path):
             if tuple(self.backend.shape(path)) != tuple(shape):
                 raise StoreMismatchError(
@@ -507,6 +548,12 @@ class Store:
             self.backend.create_array(path, shape, chunks, dtype, dims=dims)
         except FileExistsError:  # a concurrent writer created it first
             pass
+
+    def replacing(self, what: str) -> Any:
+        """A context in which writes reach the store only if all succeed (HDF5: a copy of the
+        file renamed over it when complete), so that a full disk in the middle of writing a
+        new section (``compress``) leaves the store as it was."""
+        return self.backend.replacing(what)
 
     def delete_section(self, kind: str, name: str) -> None:
         self.backend.delete(f"{kind}/{name}")
@@ -536,6 +583,46 @@ class Store:
     def read_params(self, section: Section) -> dict[str, np.ndarray]:
         base = f"{section.path}/params"
         return {p: self.backend.read(f"{base}/{p}") for p in self.backend.children(base)}
+
+
+def expected_arrays(kind: str, attrs: dict[str, Any]) -> list[str]:
+    """The arrays every section of ``kind`` holds (docs/store-format.md), ``status`` first."""
+    names = ["status", "error"]
+    if kind == "features":
+        names.append("values")
+    elif kind == "embeddings":
+        names.append("clip")
+        if (attrs.get("identity") or {}).get("frames"):
+            names.append("frames")
+    elif kind == "targets":
+        names.append("values")
+        names += [f"params/{p}" for p in attrs.get("params") or []]
+    return names
+
+
+def metadata_problems(store: Store, kind: str, name: str) -> list[tuple[str, str, bool]]:
+    """``(array path, problem, repairable)`` for each expected array of section
+    ``kind/name`` whose metadata is missing or does not parse ("unwritten": absent with rows
+    marked done). An array absent with nothing stored and every row pending is not a problem
+    (its writer creates it); a section whose ``status`` was never created is unfinished."""
+    backend, path = store.backend, f"{kind}/{name}"
+    if not backend.exists(path):
+        return []
+    attrs = backend.get_attrs(path)
+    out: list[tuple[str, str, bool]] = []
+    for array in expected_arrays(kind, attrs):
+        node = f"{path}/{array}"
+        problem = backend.metadata_problem(node)
+        if problem is None:
+            continue
+        if problem != "missing" or backend.orphaned(node):
+            out.append((node, problem, True))
+        elif array == "status":
+            return []  # never created: unfinished, not damaged
+        elif backend.exists(f"{path}/status") and (backend.read(f"{path}/status") != PENDING
+                                                    ).any():
+            out.append((node, "unwritten", True))
+    return out
 
 
 ITEMS_DAMAGED = ("the items table cannot be repaired in place: restore the store from a copy, "

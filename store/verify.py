@@ -2,9 +2,11 @@
 
 Checks, in order: the root attributes, the items table (per-chunk checksums, its content
 checksum, the dataset fingerprint recomputed from it, unique ids, valid splits, the stored
-``label`` column), and every section: array shapes, every chunk of every array (its checksum,
-that it decodes, that it is present where rows are marked done), status values, and provenance
-(the dataset fingerprint each section records; the embeddings a target was computed from).
+``label`` column), and every section: that each expected array's metadata is present and
+parses, array shapes, every chunk of every array (its checksum, that it decodes, that it is
+present where rows are marked done), status values, and provenance (the dataset fingerprint
+each section records; the embeddings a target was computed from, and whether their rows were
+recomputed since the targets were fitted: the write ``generation``).
 
 Repair marks the rows of every damaged or missing chunk *pending* (their status written, the
 damaged chunk replaced by the fill value), so the same ``eastkd extract`` or ``eastkd
@@ -37,6 +39,7 @@ from eastkd.store.store import (
     SKIPPED,
     Section,
     Store,
+    metadata_problems,
     open_store,
 )
 
@@ -356,21 +359,28 @@ def _check_provenance(store: Store, sec: Section, status: np.ndarray,
     if sec.kind != "targets" or "source" not in attrs:
         return
     src = attrs["source"]
-    if not store.has_section("embeddings", src):
+    try:
+        present = store.has_section("embeddings", src)
+    except EastkdError:  # its damage is reported with the embeddings themselves
+        return
+    if not present:
         report.findings.append(Finding(sec.path, f"its source embeddings/{src} is gone",
                                        damage=False))
         return
-    emb = store.embeddings(src)
+    emb = Section(store, "embeddings", src)  # its own damage is reported with it
     identity = attrs.get("identity") or {}
     want = identity.get("source_identity_sha256")
     if want is not None and want != _sha(emb.attrs.get("identity")):
         report.findings.append(Finding(sec.path, f"computed from other embeddings than the "
                                                  f"current embeddings/{src}; rerun compress "
                                                  "with --overwrite"))
+    stale = stale_targets(store.path, sec.name, attrs, emb.attrs)
     try:
         src_status = emb.status()
-    except StoreDamageError:  # reported with the embeddings themselves
+    except EastkdError:  # reported with the embeddings themselves
         return
+    if stale:  # a note while the embeddings' rows are still being recomputed (after a repair)
+        report.findings.append(Finding(sec.path, stale, damage=not (src_status == PENDING).any()))
     both = (status != PENDING) & (src_status != PENDING)
     if ((status[both] == SKIPPED) != (src_status[both] == SKIPPED)).any():
         report.findings.append(Finding(sec.path, f"skipped rows differ from embeddings/{src}",
@@ -399,6 +409,21 @@ class Rerun:
         return " ".join(parts) + (f" ({self.note})" if self.note else "")
 
 
+def stale_targets(store: str, name: str, attrs: dict[str, Any], source: dict[str, Any]
+                  ) -> str | None:
+    """Why targets ``name`` (attributes ``attrs``) are older than their source embeddings
+    (attributes ``source``), with the command that refits them; None when they are not.
+    Every section records a write ``generation``, renewed whenever rows marked done are
+    reset (repair, re-hash); targets record the one they were fitted on."""
+    if "source_generation" not in attrs or attrs["source_generation"] == source.get(
+            "generation"):
+        return None
+    refit = _compress_hint(store, name, attrs)
+    refit.options["overwrite"] = True
+    return (f"targets/{name} were fitted on embeddings/{attrs.get('source')} rows that have "
+            f"changed since (repaired and recomputed); refit them: {refit.command()}")
+
+
 def _rerun_hint(store: Store, sec: Section) -> Rerun:
     """The command that recomputes the pending rows of ``sec``, rebuilt from its provenance."""
     if sec.kind == "targets":
@@ -408,7 +433,7 @@ def _rerun_hint(store: Store, sec: Section) -> Rerun:
     if not keys:
         return Rerun("extract", [src, store.path], {},
                      note=f"with the options of the command that wrote {sec.path}")
-    return _extract_hint(store.path, src, keys[0], store.embeddings(keys[0]).attrs)
+    return _extract_hint(store.path, src, keys[0], Section(store, "embeddings", keys[0]).attrs)
 
 
 def _compress_hint(path: str, name: str, a: dict[str, Any]) -> Rerun:
@@ -446,6 +471,8 @@ def _repair(sec: Section, check: _SectionCheck, report: VerifyReport) -> None:
     backend = sec.backend
     rows = np.asarray(sorted(check.pending_rows), dtype=np.int64)
     status_path, error_path = f"{sec.path}/status", f"{sec.path}/error"
+    if rows.size:  # first: a killed repair never leaves the change unrecorded
+        sec.bump_generation()
     for path, c in check.reset:
         if path in (status_path, error_path):
             backend.reset_chunk(path, c)
@@ -474,9 +501,49 @@ def _runs(rows: np.ndarray) -> list[tuple[int, int]]:
 # the entry point
 
 
-def _sections(store: Store) -> list[Section]:
-    return [store.section(kind, name) for kind in SECTION_KINDS
-            for name in store.section_names(kind) if store.has_section(kind, name)]
+def _sections(store: Store, report: VerifyReport) -> tuple[list[Section], list[Section]]:
+    """The sections whose metadata reads, and those with an array whose metadata is missing
+    or does not parse (each a finding; repairable: the array is deleted and the rows marked
+    pending, so the command that wrote it writes it again). A section created but never
+    given a status (its writer stopped) is a note."""
+    good: list[Section] = []
+    broken: list[Section] = []
+    for kind in SECTION_KINDS:
+        for name in store.section_names(kind):
+            problems = metadata_problems(store, kind, name)
+            for node, problem, repairable in problems:
+                what = ("metadata missing while rows are marked done" if problem == "unwritten"
+                        else f"zarr.json {problem}")
+                report.findings.append(Finding(node, what, repairable=repairable))
+            if problems:
+                broken.append(Section(store, kind, name))
+            elif store.has_section(kind, name):
+                good.append(store.section(kind, name))
+            else:
+                report.findings.append(Finding(f"{kind}/{name}", "unfinished: created, but "
+                                               "its writer stopped before its status; the "
+                                               "command that writes it continues it",
+                                               damage=False))
+    return good, broken
+
+
+def _repair_metadata(store: Store, sec: Section, report: VerifyReport) -> None:
+    """Delete the arrays of ``sec`` whose metadata is lost, then mark every row pending (a
+    lost ``status`` is recreated pending by the next writer), so that the command that wrote
+    the section writes it again."""
+    backend = sec.backend
+    status = f"{sec.path}/status"
+    for node, _, repairable in metadata_problems(store, sec.kind, sec.name):
+        if repairable and backend.orphaned(node):
+            backend.delete_orphan(node)
+    n = report.items
+    sec.bump_generation()
+    if backend.exists(status):
+        if backend.exists(f"{sec.path}/error"):
+            backend.write(f"{sec.path}/error", slice(None), np.full(n, "", dtype=object))
+        backend.write(status, slice(None), np.zeros(n, dtype=np.uint8))
+        backend.flush()
+    report.repaired[sec.path] = n
 
 
 def _array_paths(store: Store, sections: list[Section]) -> list[str]:
@@ -536,7 +603,7 @@ def verify(path: str, repair: bool = False, progress: bool = True,
             report.findings.append(Finding("/", f"format version {report.format_version}: "
                                                 "arrays written before version 2 carry no "
                                                 "checksums", damage=False))
-        sections = _sections(store)
+        sections, broken = _sections(store, report)
         total = _chunk_count(store.backend, _array_paths(store, sections))
         reader = _Reader(report, store.backend, total, progress)
         if not deep:
@@ -549,6 +616,10 @@ def verify(path: str, repair: bool = False, progress: bool = True,
             for check in checks:
                 if check is not None:
                     _check_section_data(store, *check, report, repair, deep)
+            for sec in broken:
+                report.rerun.append(_rerun_hint(store, sec))
+                if repair:
+                    _repair_metadata(store, sec, report)
         finally:
             reader.close()
     return _finish(report, t0)

@@ -105,6 +105,8 @@ def all_arrays(path: Path) -> dict[str, np.ndarray]:
         out = {}
         for kind in ("features", "embeddings", "targets"):
             for name in s.section_names(kind):
+                if not s.has_section(kind, name):  # created, never given a status
+                    continue
                 sec = s.section(kind, name)
                 for a in sec.array_names() + ["status", "error"]:
                     out[f"{sec.path}/{a}"] = s.backend.read(f"{sec.path}/{a}",
@@ -373,7 +375,7 @@ def test_disk_full_keeps_finished_rows(tiny_manifest: Path, tmp_path: Path, back
     if SUFFIX[backend] != built.suffix.lstrip("."):
         pytest.skip("one backend per built store")
     small = tmp_path / "small"
-    size = {"zarr": "240k", "hdf5": "160k"}[backend]  # room for a few blocks, not all
+    size = {"zarr": "240k", "hdf5": "200k"}[backend]  # room for a few blocks, not all
     with _mount(small, "-t", "tmpfs", "-o", f"size={size}"):
         path = small / f"s.{SUFFIX[backend]}"
         code, out = run("extract", tiny_manifest, path, *EXTRACT_ARGS)

@@ -200,6 +200,7 @@ def compress(store_path: str, embeddings_key: str | None = None, method: str | N
             old = store.targets(name)
             if old.attrs.get("identity") == identity and not opts.overwrite and old.complete \
                     and "dim" in old.attrs \
+                    and old.attrs.get("source_generation") == emb.attrs.get("generation") \
                     and np.array_equal(old.status(), np.where(status == OK, OK, SKIPPED)):
                 return _reuse(store, old, cls, opts.plot, t0, store_path, name)
 
@@ -208,11 +209,14 @@ def compress(store_path: str, embeddings_key: str | None = None, method: str | N
         fit_seconds = time.perf_counter() - tf
         attrs = _targets_attrs(store, emb, key, comp, identity, rows, valid_rows, opts,
                                fit_seconds)
-        sec = store.require_section("targets", name,
-                                    {"values": ArraySpec((comp.out_dim,), "float32")},
-                                    attrs=attrs, identity=identity, overwrite=existing)
-        store.write_params(sec, comp.params())
-        _write_values(sec, emb.array("clip"), status, emb.errors(), comp, key, opts.progress)
+        errors = emb.errors()
+        # all or nothing: an HDF5 store gets the section through a copy swapped in at the end
+        with store.replacing(f"targets/{name}"):
+            sec = store.require_section("targets", name,
+                                        {"values": ArraySpec((comp.out_dim,), "float32")},
+                                        attrs=attrs, identity=identity, overwrite=existing)
+            store.write_params(sec, comp.params())
+            _write_values(sec, emb.array("clip"), status, errors, comp, key, opts.progress)
         return _result(store_path, name, attrs, len(status), int((status == SKIPPED).sum()),
                        fit_seconds, t0, _plot(cls, attrs, store.read_params(sec), opts.plot,
                                               store_path, name), reused=False)
@@ -290,6 +294,7 @@ def _targets_attrs(store: Store, emb: Section, key: str, comp: Any, identity: di
         "source_identity": src_attrs.get("identity"),
         "source_weights_sha256": src_attrs.get("weights_sha256"),
         "source_teacher": src_attrs.get("teacher"),
+        "source_generation": src_attrs.get("generation"),
         "dataset_fingerprint": store.dataset_fingerprint,
         "fingerprint": _sha(identity),
         "fit_split": opts.fit_split,

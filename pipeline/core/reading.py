@@ -112,6 +112,15 @@ def resolve_targets(store: Store, name: str, frame_targets: bool = False) -> Tar
                 + [f"embeddings/{n}" for n in store.section_names("embeddings")])
         raise EastkdError(f"{store.path}: no targets or embeddings named {name!r} (have: "
                           f"{', '.join(have) or 'none'}); run `eastkd compress` or choose one")
+    if sec.kind == "targets":
+        from eastkd.store.verify import stale_targets
+
+        attrs = sec.attrs
+        source = attrs.get("source")
+        if source and store.has_section("embeddings", source):
+            stale = stale_targets(store.path, name, attrs, store.embeddings(source).attrs)
+            if stale:
+                raise EastkdError(f"{store.path}: {stale}")
     shape = sec.array(array).shape
     return TargetsSpec(name=name, section=sec.path, array=array, dim=int(shape[-1]),
                        frame_level=len(shape) == 3, attrs=sec.attrs)
