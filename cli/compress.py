@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from eastkd.cli.options import store_access
+from eastkd.cli.options import store_access, progress_option
 
 
 @click.command("compress", context_settings={"show_default": True})
@@ -43,12 +43,12 @@ from eastkd.cli.options import store_access
 @click.option("--dask", "dask_cluster", default=None, metavar="local:N|ADDRESS",
               help="pca: fit on a dask.distributed cluster (one task per chunk, moments merged "
                    "in a tree); local:N starts N worker processes here.  [default: in-process]")
-@click.option("--progress/--no-progress", default=True, help="Show progress bars.")
+@progress_option()
 @store_access
 def command(store: str, key: str | None, method: str, dim: str, name: str | None,
             fit_split: str, fold: int | None, whiten: bool, overwrite: bool,
             plot_path: str | None, seed: int, epochs: int, patience: int,
-            dask_cluster: str | None, progress: bool) -> None:
+            dask_cluster: str | None, progress: bool | None) -> None:
     """Fit a compressor on STORE's embeddings and write targets/<name> into STORE.
 
     \b

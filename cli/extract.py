@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from eastkd.cli.options import parse_key_values, store_access
+from eastkd.cli.options import parse_key_values, store_access, progress_option
 
 RESAMPLER_NAMES = ["kaiser-best", "fast"]  # eastkd.pipeline.core.audio.RESAMPLERS (kept light here)
 
@@ -84,7 +84,7 @@ if TYPE_CHECKING:
 @click.option("--split-ratios", default="0.7,0.15,0.15", metavar="TRAIN,VALID,TEST",
               help="Stratified split of folders and manifests that name no splits.")
 @click.option("--split-seed", type=int, default=0, help="Seed of that stratified split.")
-@click.option("--progress/--no-progress", default=True, help="Show progress bars.")
+@progress_option()
 @click.pass_context
 @store_access
 def command(ctx: click.Context,
@@ -94,7 +94,7 @@ def command(ctx: click.Context,
             resampler: str, device: str, on_error: str, overwrite: bool, rehash: bool,
             shard: str, dask_cluster: str | None, chunk_items: int | None, n_mels: int,
             student_sr: int, like: str | None, split_ratios: str, split_seed: int,
-            progress: bool) -> None:
+            progress: bool | None) -> None:
     """Run TEACHER once over DATASET and write embeddings and log-mel features into STORE.
 
     DATASET is a manifest (.csv/.jsonl with id, path, label or labels, split), a folder with

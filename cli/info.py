@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from eastkd.cli.options import store_access
+from eastkd.cli.options import store_access, progress_option
 
 
 def _print_text(d: dict[str, Any], show_skipped: int) -> None:
@@ -69,10 +69,9 @@ def _print_text(d: dict[str, Any], show_skipped: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @click.option("--show-skipped", type=click.IntRange(min=0), default=10,
               help="How many skipped items to list per section in the text view.")
-@click.option("--progress/--no-progress", default=True,
-              help="Accepted for uniformity (info prints no progress bar).")
+@progress_option("Accepted for uniformity (info prints no progress bar).")
 @store_access
-def command(store: str, as_json: bool, show_skipped: int, progress: bool) -> None:
+def command(store: str, as_json: bool, show_skipped: int, progress: bool | None) -> None:
     """Show what STORE holds: items, splits, classes, features, teachers' embeddings,
     compressed targets (with status and provenance), skipped items and bytes on disk.
 

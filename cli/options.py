@@ -53,3 +53,16 @@ def store_access(command: Callable[..., Any] | None = None, *,
         help="Option for a store at a URL (s3://, gs://, memory://), passed to its fsspec "
              "filesystem, e.g. endpoint_url=http://127.0.0.1:9000 or anon=true (repeatable; "
              "credentials also come from the usual environment variables).")(run)
+
+
+PROGRESS_AUTO = "auto: bars on a terminal, else a plain line every 10 % or 30 s"
+
+
+def progress_option(help: str | None = None) -> Callable[[Callable[..., Any]], Any]:
+    """The shared ``--progress/--no-progress`` flag: None (auto, see eastkd.progress) unless
+    given, True forces tqdm bars, False prints no progress. ``help`` replaces the text for
+    commands that draw no bars (they accept the flag for uniformity)."""
+    return click.option(
+        "--progress/--no-progress", default=None, show_default=PROGRESS_AUTO if help is None
+        else False, help=help or "Progress: --progress forces tqdm bars, --no-progress prints "
+                                 "none.")

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
+from eastkd.progress import Progress, progress_bar
 
 from eastkd.pipeline.core import registry
 from eastkd.pipeline.core.reading import item_splits
@@ -194,7 +194,7 @@ def compress(store_path: str, embeddings_key: str | None, method: str, dim: int 
              name: str | None = None, fit_split: str = "train", whiten: bool = False,
              overwrite: bool = False, plot: str | None | bool = None, seed: int = 0,
              epochs: int = 100, patience: int = 10, fold: int | None = None,
-             progress: bool = True, dask: Any = None) -> CompressResult:
+             progress: Progress = False, dask: Any = None) -> CompressResult:
     """Fit ``method`` on ``embeddings/<key>`` (``fit_split`` rows, under ``fold`` K when given:
     the splits of ``distill --fold K``) and write ``targets/<name>``.
 
@@ -298,11 +298,11 @@ def compress(store_path: str, embeddings_key: str | None, method: str, dim: int 
 
 
 def _write_values(sec: Section, src: Any, status: np.ndarray, errors: np.ndarray, comp: Any,
-                  key: str, progress: bool) -> None:
+                  key: str, progress: Progress) -> None:
     """Transform every OK item in whole write units; skipped items stay zero and skipped."""
     n = len(status)
     step = max(sec.unit, int(src.chunks[0]))
-    bar = tqdm(total=n, desc="compress write", unit="item", disable=not progress)
+    bar = progress_bar(total=n, desc="compress write", unit="item", progress=progress)
     for start in range(0, n, step):
         stop = min(n, start + step)
         ok = status[start:stop] == OK

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from eastkd.pipeline.demo.data import render_demo_dataset
 from eastkd.pipeline.extract import ExtractOptions, extract
+from eastkd.progress import Progress
 
 
 @dataclass
@@ -32,7 +33,7 @@ class DemoOptions:
     data_seed: int = 0
     device: str = "auto"
     backend: str = "zarr"
-    progress: bool = True
+    progress: Progress = False  # None: bars on a terminal, plain lines elsewhere (the CLI's)
 
 
 def _runs(targets: dict[str, str]) -> list[tuple[str, str, str | None]]:
@@ -44,10 +45,15 @@ def _runs(targets: dict[str, str]) -> list[tuple[str, str, str | None]]:
     return runs
 
 
+def _say_now(line: str) -> None:
+    print(line, flush=True)  # a redirected stdout is block-buffered: show each line at once
+
+
 def run_demo(out_dir: str | Path, opts: DemoOptions,
-             say: Callable[[str], None] = print) -> dict[str, Any]:
+             say: Callable[[str], None] = _say_now) -> dict[str, Any]:
     """Run the whole pipeline under ``out_dir``; returns (and writes) a summary. Each step
-    and result is reported through ``say`` (one line each)."""
+    and each student's result, as it finishes, is reported through ``say`` (one line each);
+    the stages' progress follows ``opts.progress`` (see :mod:`eastkd.progress`)."""
     from eastkd.pipeline.compress.run import compress
     from eastkd.pipeline.distill.evaluate import evaluate
     from eastkd.pipeline.distill.train import distill
@@ -93,9 +99,7 @@ def run_demo(out_dir: str | Path, opts: DemoOptions,
         else:
             distill(store, tgt, str(run_dir), student=opts.student, kd=kd, epochs=opts.epochs,
                     seed=opts.seed, device=opts.device, progress=opts.progress,
-                    resume=(run_dir / "last.pt").exists(),
-                    # without progress bars, one line per epoch instead of minutes of silence
-                    log=None if opts.progress else (lambda m: say(f"    {m}")))
+                    resume=(run_dir / "last.pt").exists())
         ev = evaluate(str(run_dir), store, split="test")
         results[run_name] = {"kd": kd, "targets": tgt, "metrics": ev["metrics"]}
         metric = next(iter(ev["metrics"].items()))

@@ -15,7 +15,7 @@ from typing import Any, Iterable
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from eastkd.progress import Progress, progress_bar
 
 from eastkd.pipeline.core.audio import RESAMPLERS, Segment
 from eastkd.pipeline.datasets.base import DatasetSpec
@@ -95,7 +95,7 @@ def _check_options(opts: ExtractOptions, store_path: str) -> None:
 # -- the items table ---------------------------------------------------------------------------
 
 
-def open_or_create(store_path: str, spec: DatasetSpec, progress: bool = True, workers: int = 4,
+def open_or_create(store_path: str, spec: DatasetSpec, progress: Progress = False, workers: int = 4,
                    rehash: bool = False) -> Store:
     """The store for this dataset: created with its items table, or reopened after a check.
 
@@ -310,7 +310,8 @@ def _extract_into(store: Store, store_path: str, teacher: Teacher, device: torch
                     items.durations, teacher.name, key)
     t0 = time.perf_counter()
     total = sum(u.stop - u.start for u in todo)
-    with tqdm(total=total, desc=f"extract {key}", unit="clip", disable=not opts.progress) as bar:
+    with progress_bar(total=total, desc=f"extract {key}", unit="clip",
+                      progress=opts.progress) as bar:
         fwd, first = _stream(loader, batches, front, teacher, device, writer, opts.frames, bar,
                              total)
     t = writer.tally
