@@ -11,7 +11,18 @@ import numpy as np
 SPLITS = ("train", "valid", "test")
 
 
-@dataclass
+def _split_order(name: str) -> tuple[int, str]:
+    return (SPLITS.index(name) if name in SPLITS else len(SPLITS), name)
+
+
+def short_list(names: list[str], most: int = 8) -> str:
+    """``a, b, c`` or ``a, b, ... (12 in all)``: a list that stays one short line."""
+    if len(names) <= most:
+        return ", ".join(names)
+    return f"{', '.join(names[:most - 1])}, ... ({len(names)} in all)"
+
+
+@dataclass(repr=False)
 class ItemsTable:
     """Per-item columns, aligned with the first axis of every array in the store.
 
@@ -32,6 +43,19 @@ class ItemsTable:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def __repr__(self) -> str:
+        """Counts, classes and splits in one line, never the ids (hundreds of lines)."""
+        return f"<ItemsTable: {self.summary()}>"
+
+    def summary(self) -> str:
+        """``60 items, 5 classes (brass, ...), single-label; train 42, valid 9, test 9``."""
+        kind = "multi-label" if self.multi_label else "single-label"
+        splits = ", ".join(f"{k} {v}" for k, v in sorted(
+            self.split_counts().items(), key=lambda kv: _split_order(kv[0])))
+        extra = f"; columns {short_list(list(self.extra))}" if self.extra else ""
+        return (f"{len(self)} items, {len(self.class_names)} classes "
+                f"({short_list(list(self.class_names))}), {kind}; {splits or 'no splits'}{extra}")
 
     @property
     def label(self) -> np.ndarray:

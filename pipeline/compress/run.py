@@ -198,6 +198,9 @@ def compress(store_path: str, embeddings_key: str | None, method: str, dim: int 
     """Fit ``method`` on ``embeddings/<key>`` (``fit_split`` rows, under ``fold`` K when given:
     the splits of ``distill --fold K``) and write ``targets/<name>``.
 
+    ``dim`` is the output size (an int, e.g. ``32``), or for PCA a float in (0, 1): the share
+    of variance to keep (``0.95``); the command line's strings (``"32"``) parse the same.
+
     ``plot`` is a PNG path, None for ``<store>.<name>.png`` beside the store, or False for none.
     ``dask`` (``local:N``, a scheduler address or a Client) fits PCA on that cluster.
     """
