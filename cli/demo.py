@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import click
 
-from eastkd.cli.options import parse_key_values, progress_option
+from eastkd.cli.options import check_teacher, parse_key_values, progress_option
 
 
 @click.command("demo", context_settings={"show_default": True})
 @click.argument("out_dir", default="demo", type=click.Path(file_okay=False))
-@click.option("--teacher", "-t", default="crepe-tiny",
+@click.option("--teacher", "-t", default="crepe-tiny", callback=check_teacher,
               help="Teacher to extract (crepe-tiny runs in about a minute on 2 CPU cores; "
                    "crepe (full, 22 M parameters) takes far longer without a GPU).")
 @click.option("--teacher-opt", "teacher_opts", multiple=True, metavar="KEY=VALUE",

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from eastkd.cli.options import parse_key_values, store_access, progress_option
+from eastkd.cli.options import check_teacher, parse_key_values, progress_option, store_access
 
 RESAMPLER_NAMES = ["kaiser-best", "fast"]  # eastkd.pipeline.core.audio.RESAMPLERS (kept light here)
 
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 @click.command("extract", context_settings={"show_default": True})
 @click.argument("dataset")
 @click.argument("store")
-@click.option("--teacher", "-t", default="crepe-tiny",
+@click.option("--teacher", "-t", default="crepe-tiny", callback=check_teacher,
               help="Teacher name (crepe, crepe-tiny, passt, mule, python:MODULE:CALLABLE, or "
                    "any registered in the eastkd.teachers entry-point group). The contract for "
                    "your own module: README, 'Bring your own teacher'.")

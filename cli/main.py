@@ -6,6 +6,7 @@ Sub-command modules are imported only when used (so ``--help`` stays fast), and 
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import logging
 import os
@@ -53,6 +54,16 @@ class LazyGroup(click.Group):
         cmd: click.Command = module.command
         cmd.short_help = COMMANDS[name][1]
         return cmd
+
+    def resolve_command(self, ctx: click.Context,
+                        args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
+        """As click's, but an unknown command name that is close to one suggests it."""
+        name = args[0] if args else ""
+        if name and name not in COMMANDS and not name.startswith("-"):
+            close = difflib.get_close_matches(name, list(COMMANDS), n=1, cutoff=0.6)
+            if close:
+                ctx.fail(f"No such command {name!r}. Did you mean {close[0]!r}?")
+        return super().resolve_command(ctx, args)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # from the table above, so that `eastkd --help` imports no sub-command module

@@ -66,3 +66,15 @@ def progress_option(help: str | None = None) -> Callable[[Callable[..., Any]], A
         "--progress/--no-progress", default=None, show_default=PROGRESS_AUTO if help is None
         else False, help=help or "Progress: --progress forces tqdm bars, --no-progress prints "
                                  "none.")
+
+
+def check_teacher(ctx: click.Context, param: click.Parameter, name: str) -> str:
+    """``--teacher`` callback: the name checked before any work (registered teachers or
+    python:MODULE:CALLABLE; otherwise a usage error listing them)."""
+    from eastkd.errors import EastkdError
+    from eastkd.pipeline.teachers.loading import check_teacher_name
+
+    try:
+        return check_teacher_name(name)
+    except EastkdError as e:
+        raise click.BadParameter(str(e)) from None

@@ -51,8 +51,7 @@ class ItemsTable:
     def summary(self) -> str:
         """``60 items, 5 classes (brass, ...), single-label; train 42, valid 9, test 9``."""
         kind = "multi-label" if self.multi_label else "single-label"
-        splits = ", ".join(f"{k} {v}" for k, v in sorted(
-            self.split_counts().items(), key=lambda kv: _split_order(kv[0])))
+        splits = ", ".join(f"{k} {v}" for k, v in self.split_counts().items())
         extra = f"; columns {short_list(list(self.extra))}" if self.extra else ""
         return (f"{len(self)} items, {len(self.class_names)} classes "
                 f"({short_list(list(self.class_names))}), {kind}; {splits or 'no splits'}{extra}")
@@ -69,8 +68,10 @@ class ItemsTable:
         return np.flatnonzero(np.asarray(self.splits, dtype=object) == split)
 
     def split_counts(self) -> dict[str, int]:
+        """Items per split, train, valid and test first."""
         names, counts = np.unique(np.asarray(self.splits, dtype=str), return_counts=True)
-        return {str(n): int(c) for n, c in zip(names, counts)}
+        return {str(n): int(c) for n, c in sorted(zip(names, counts),
+                                                  key=lambda nc: _split_order(str(nc[0])))}
 
     def fingerprint(self) -> str:
         """sha256 over ids, file hashes, splits, labels and class names: the dataset's identity."""

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from eastkd.pipeline.demo.data import render_demo_dataset
 from eastkd.pipeline.extract import ExtractOptions, extract
+from eastkd.pipeline.teachers.loading import check_teacher_name
 from eastkd.progress import Progress
 
 
@@ -58,6 +59,7 @@ def run_demo(out_dir: str | Path, opts: DemoOptions,
     from eastkd.pipeline.distill.evaluate import evaluate
     from eastkd.pipeline.distill.train import distill
 
+    check_teacher_name(opts.teacher)  # before any work
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

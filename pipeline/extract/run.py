@@ -34,7 +34,12 @@ from eastkd.pipeline.extract.plan import (
 from eastkd.pipeline.extract.writer import BatchResult, Writer
 from eastkd.pipeline.extract.indexing import MTIME, SIZE, build_items_table
 from eastkd.pipeline.teachers.base import Teacher
-from eastkd.pipeline.teachers.loading import check_key, default_key, load_teacher
+from eastkd.pipeline.teachers.loading import (
+    check_key,
+    check_teacher_name,
+    default_key,
+    load_teacher,
+)
 from eastkd.store import (
     ArraySpec,
     EastkdError,
@@ -77,6 +82,7 @@ def extract(dataset: str | DatasetSpec, store_path: str, opts: ExtractOptions) -
 
 
 def _check_options(opts: ExtractOptions, store_path: str) -> None:
+    check_teacher_name(opts.teacher)
     if opts.on_error not in ON_ERROR:
         raise EastkdError(f"--on-error must be one of {ON_ERROR}")
     if opts.dtype not in ("float16", "float32"):
