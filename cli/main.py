@@ -86,8 +86,8 @@ class LazyGroup(click.Group):
             cmd = f"eastkd {e.ctx.info_name}" if e.ctx and e.ctx.parent else "eastkd"
             raise OneLineUsageError(f"{e.format_message()} (see `{cmd} --help`)") from None
         except KeyboardInterrupt:
-            click.echo("interrupted; finished work is kept: rerun the same command to continue "
-                       "(distill: add --resume)", err=True)
+            click.echo("interrupted; finished work is kept: rerun the same command to continue",
+                       err=True)
             sys.exit(130)
 
 
