@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from eastkd.pipeline.demo.data import render_demo_dataset
 from eastkd.pipeline.extract import ExtractOptions, extract
+from eastkd.pipeline.runs.rundir import is_finished
 from eastkd.pipeline.teachers.loading import check_teacher_name
 from eastkd.progress import Progress
 
@@ -96,12 +97,11 @@ def run_demo(out_dir: str | Path, opts: DemoOptions,
         # one folder per setting, so a rerun with other options never reuses a stale run
         setting = f"{opts.student}-d{opts.dim}-e{opts.epochs}-s{opts.seed}"
         run_dir = out / "runs" / setting / run_name
-        if (run_dir / "metrics.json").exists():
+        if is_finished(str(run_dir)):
             say(f"  {run_name:<16} already trained ({run_dir})")
         else:
             distill(store, tgt, str(run_dir), student=opts.student, kd=kd, epochs=opts.epochs,
-                    seed=opts.seed, device=opts.device, progress=opts.progress,
-                    resume=(run_dir / "last.pt").exists())
+                    seed=opts.seed, device=opts.device, progress=opts.progress)
         ev = evaluate(str(run_dir), store, split="test")
         results[run_name] = {"kd": kd, "targets": tgt, "metrics": ev["metrics"]}
         metric = next(iter(ev["metrics"].items()))
