@@ -35,16 +35,20 @@ def draws_bars(progress: Progress, stream: TextIO | None = None) -> bool:
 
 def progress_bar(iterable: Iterable[Any] | None = None, *, total: float | None = None,
                  desc: str = "", unit: str = "it", progress: Progress = None,
-                 initial: float = 0, leave: bool = True) -> Any:
+                 initial: float = 0, leave: bool = True, position: int | None = None) -> Any:
     """A tqdm-like object (``update``, ``set_postfix``, ``close``, iteration, ``with``) that
-    draws a bar, prints plain lines or stays silent as ``progress`` says (module docstring)."""
+    draws a bar, prints plain lines or stays silent as ``progress`` says (module docstring).
+    ``leave=False``: a bar vanishes when done, and plain lines get no closing line (for a step
+    inside another, e.g. an epoch's batches); ``position``: the row of a nested bar."""
     from tqdm.auto import tqdm
 
     if progress is False:
         return tqdm(iterable, total=total, disable=True)
     if draws_bars(progress):
-        return tqdm(iterable, total=total, desc=desc, unit=unit, initial=initial, leave=leave)
-    return PlainProgress(iterable, total=total, desc=desc, unit=unit, initial=initial)
+        return tqdm(iterable, total=total, desc=desc, unit=unit, initial=initial, leave=leave,
+                    position=position)
+    return PlainProgress(iterable, total=total, desc=desc, unit=unit, initial=initial,
+                         closing_line=leave)
 
 
 def _duration(seconds: float) -> str:
@@ -63,7 +67,7 @@ class PlainProgress:
 
     def __init__(self, iterable: Iterable[Any] | None = None, *, total: float | None = None,
                  desc: str = "", unit: str = "it", initial: float = 0,
-                 stream: TextIO | None = None,
+                 stream: TextIO | None = None, closing_line: bool = True,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.iterable, self.desc, self.unit = iterable, desc, unit
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
@@ -71,7 +75,7 @@ class PlainProgress:
         self.total, self.n, self.start_n = total, initial, initial
         self.stream, self.clock = stream, clock
         self.started = self.last_time = clock()
-        self.last_n, self.lines, self.closed = initial, 0, False
+        self.last_n, self.lines, self.closed = initial, 0, not closing_line
         self.postfix = ""
 
     def __iter__(self) -> Iterator[Any]:

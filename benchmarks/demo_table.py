@@ -57,6 +57,7 @@ def _extra_runs(args: argparse.Namespace, report: dict[str, Any]) -> dict[str, d
 def main() -> None:
     from eastkd.pipeline.demo.run import DemoOptions, run_demo
     from eastkd.pipeline.distill.train import distill
+    from eastkd.pipeline.runs.rundir import is_finished
     from eastkd.pipeline.runs.table import render_text, runs_table
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -83,12 +84,12 @@ def main() -> None:
         setting = f"{args.student}-d{args.dim}-e{args.epochs}-s{seed}"
         for run, kwargs in _extra_runs(args, report).items():
             run_dir = Path(args.dir) / "runs" / setting / run
-            if (run_dir / "metrics.json").exists():
+            if is_finished(str(run_dir)):
                 print(f"  {run:<20} already trained ({run_dir})", flush=True)
                 continue
+            # an interrupted run in run_dir is continued (same settings)
             result = distill(report["store"], out_dir=str(run_dir), student=args.student,
-                             epochs=args.epochs, seed=seed, progress=args.progress,
-                             resume=(run_dir / "last.pt").exists(), **kwargs)
+                             epochs=args.epochs, seed=seed, progress=args.progress, **kwargs)
             print(f"  {run:<20} test accuracy {result.test_metrics['accuracy']:.3f}",
                   flush=True)
     # the table is `eastkd runs` over this invocation's runs: test metrics of each best epoch
