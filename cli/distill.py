@@ -95,15 +95,29 @@ def command(store: str, out_dir: str, memory_limit: str, shuffle_buffer: str,
     naming them, unless --overwrite.
     """
     from eastkd.pipeline.core.reading import parse_bytes
-    from eastkd.pipeline.distill.train import distill
 
     opts = DistillOptions(memory_limit=parse_bytes(memory_limit),
                           shuffle_buffer=parse_bytes(shuffle_buffer, "--shuffle-buffer"),
                           **options)
-    r = distill(store, opts.targets, out_dir, opts, log=click.echo)
+    r = _distill_or_interrupted(store, out_dir, opts)
     fmt = ", ".join
     valid = fmt(f"{k} {v:.4f}" for k, v in r.valid_metrics.items() if k != "loss")
     test = fmt(f"{k} {v:.4f}" for k, v in r.test_metrics.items()) or "no test items"
     stop = " (early stop)" if r.stopped_early else ""
     click.echo(f"distill -> {r.run_dir}: {r.epochs_run} epochs{stop} in {r.seconds:.1f} s; "
                f"best epoch {r.best_epoch}: valid {valid}; test {test}")
+
+
+def _distill_or_interrupted(store: str, out_dir: str, opts: Any) -> Any:
+    """distill, with Ctrl-C turned into one line saying what is kept (exit status 130)."""
+    from eastkd.errors import RunInterrupted
+    from eastkd.pipeline.distill.train import distill
+    from eastkd.pipeline.runs.rundir import finished_epochs
+
+    try:
+        return distill(store, opts.targets, out_dir, opts, log=click.echo)
+    except KeyboardInterrupt:
+        done = finished_epochs(out_dir)
+        kept = f"epochs 1-{done} of {opts.epochs} are kept" if done else "no epoch finished"
+        raise RunInterrupted(f"interrupted: {kept} in {out_dir}; rerun the same command to "
+                             "continue") from None

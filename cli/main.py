@@ -74,13 +74,16 @@ class LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except EastkdError as e:
+            code = getattr(e, "exit_code", 1)  # 130 for RunInterrupted
             if _hdf5_write_failed():
                 # HDF5 crashes when it flushes a file into a full disk at exit: skip that
                 click.echo(f"Error: {e}", err=True)
                 sys.stdout.flush()
                 sys.stderr.flush()
-                os._exit(1)
-            raise click.ClickException(str(e)) from None
+                os._exit(code)
+            exc = click.ClickException(str(e))
+            exc.exit_code = code
+            raise exc from None
         except click.UsageError as e:
             # click prints usage + hint + error on three lines; the project's form is one line
             cmd = f"eastkd {e.ctx.info_name}" if e.ctx and e.ctx.parent else "eastkd"

@@ -22,6 +22,7 @@ from eastkd.cli.main import cli
 from eastkd.pipeline.core.reading import chunk_groups, load_split, resolve_targets
 from eastkd.pipeline.distill.evaluate import evaluate
 from eastkd.pipeline.distill.train import LAST, distill
+from eastkd.pipeline.runs.rundir import finished_epochs
 from eastkd.pipeline.core.features import LogMelParams
 from eastkd.store import OK, SKIPPED, ArraySpec, EastkdError, StoreMismatchError, open_store
 
@@ -214,9 +215,9 @@ def test_the_same_distill_command_continues_after_ctrl_c(demo_store_master, tmp_
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, (out, err)
-    assert err.endswith("interrupted; finished work is kept: rerun the same command to "
-                        "continue\n"), err
-    kept = _history_rows(run / "history.csv")
+    kept = finished_epochs(str(run))  # in last.pt: where the same command continues
+    assert err.endswith(f"Error: interrupted: epochs 1-{kept} of 12 are kept in {run}; rerun "
+                        "the same command to continue\n"), err
     assert 2 <= kept < 12 and not (run / "metrics.json").exists()
 
     again = subprocess.run([*cmd, "--out", str(run)], capture_output=True, text=True,

@@ -275,7 +275,7 @@ def test_runs_table_groups_seeds(demo_store: Path, tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     assert "6 runs, 3 settings" in res.output and "±" in res.output
     lines = res.output.splitlines()
-    head = next(i for i, line in enumerate(lines) if " seeds " in line)
+    head = next(i for i, line in enumerate(lines) if line.startswith("teacher "))
     col = lines[head].index(" seeds ") + 1  # left-aligned: each row's count starts there
     assert [line[col:].split()[0] for line in lines[head + 1:]] == ["2", "2", "2"]
     res = runner.invoke(cli, ["runs", str(root), "--csv"])

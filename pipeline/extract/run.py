@@ -40,6 +40,7 @@ from eastkd.pipeline.teachers.loading import (
     default_key,
     load_teacher,
 )
+from eastkd.errors import RunInterrupted
 from eastkd.store import (
     ArraySpec,
     EastkdError,
@@ -356,9 +357,9 @@ def _stream(loader: Any, batches: list[Batch], front: FrontEnd, teacher: Teacher
     except KeyboardInterrupt:
         writer.abandon()
         t = writer.tally
-        raise EastkdError(f"interrupted: {t.written + t.skipped} of {total} clips of this run "
-                          f"were written and kept ({t.units} units); rerun the same command "
-                          "to continue") from None
+        raise RunInterrupted(f"interrupted: {t.written + t.skipped} of {total} clips of this "
+                             f"run were written and kept ({t.units} units); rerun the same "
+                             "command to continue") from None
     except BaseException:
         writer.abandon()
         raise
