@@ -1,12 +1,12 @@
 """The README's results table: baseline vs FitNet vs DC with raw, PCA and learned targets on the
 bundled demo, mean ± std over seeds, evaluated on the demo's test split.
 
-The demo (``eastkd demo``) trains 7 of the rows (the task-only baseline, FitNet and DC on the
-raw, PCA and learned targets); ``--teacher-linear`` and ``--dc-unbiased`` add the other 5. Each
-student is reported on its own line as it finishes.
+The demo (``eastkd demo``) trains 7 of the table's 12 students per seed (the task-only
+baseline, FitNet and DC on the raw, PCA and learned targets); ``--dc-unbiased`` adds 3 and
+``--teacher-linear`` 2. Each student is reported on its own line as it finishes.
 
     python benchmarks/demo_table.py [--dir demo] [--seeds 0 1 2] [--epochs 30] [--teacher-linear]
-                                    [--dc-unbiased]
+                                    [--dc-unbiased] [--progress | --no-progress]
 
 ``--teacher-linear`` adds FitNet and DC with the jointly trained linear layer on the raw
 embeddings; ``--dc-unbiased`` adds the bias-corrected distance correlation on every target.
