@@ -18,7 +18,7 @@ from eastkd.cli.options import echo_json, store_access, progress_option
 @click.option("--device", default="auto", help="auto, cpu or cuda.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object (metrics, n_items, complexity, ...) instead of tables.")
-@progress_option("Accepted for uniformity (evaluate prints no progress bar).")
+@progress_option("Accepted for uniformity (evaluate prints no progress bar).", draws=False)
 @store_access
 def command(run_dir: str, store: str, split: str, fold: int | None, device: str,
             as_json: bool, progress: bool | None) -> None:

@@ -13,7 +13,7 @@ from eastkd.cli.options import progress_option
               default="torchscript", help="File format of the exported model.")
 @click.option("--out", "-o", type=click.Path(dir_okay=False),
               help="Output file  [default: RUN_DIR/student.pt or RUN_DIR/student.onnx]")
-@progress_option("Accepted for uniformity (export prints no progress bar).")
+@progress_option("Accepted for uniformity (export prints no progress bar).", draws=False)
 def command(run_dir: str, fmt: str, out: str | None, progress: bool | None) -> None:
     """Export the best student of RUN_DIR with its log-mel front end and class names.
 

@@ -79,7 +79,7 @@ def _teacher_options(identity: dict[str, Any]) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @click.option("--show-skipped", type=click.IntRange(min=0), default=10,
               help="How many skipped items to list per section in the text view.")
-@progress_option("Accepted for uniformity (info prints no progress bar).")
+@progress_option("Accepted for uniformity (info prints no progress bar).", draws=False)
 @store_access
 def command(store: str, as_json: bool, show_skipped: int, progress: bool | None) -> None:
     """Show what STORE holds: items, splits, classes, features, teachers' embeddings,

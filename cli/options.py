@@ -58,14 +58,14 @@ def store_access(command: Callable[..., Any] | None = None, *,
 PROGRESS_AUTO = "auto: bars on a terminal, else a plain line every 10 % or 30 s"
 
 
-def progress_option(help: str | None = None) -> Callable[[Callable[..., Any]], Any]:
+def progress_option(help: str | None = None,
+                    draws: bool = True) -> Callable[[Callable[..., Any]], Any]:
     """The shared ``--progress/--no-progress`` flag: None (auto, see eastkd.progress) unless
-    given, True forces tqdm bars, False prints no progress. ``help`` replaces the text for
-    commands that draw no bars (they accept the flag for uniformity)."""
+    given, True forces tqdm bars, False prints no progress. ``help`` replaces the text;
+    ``draws=False`` for commands that accept the flag for uniformity only (no default shown)."""
     return click.option(
-        "--progress/--no-progress", default=None, show_default=PROGRESS_AUTO if help is None
-        else False, help=help or "Progress: --progress forces tqdm bars, --no-progress prints "
-                                 "none.")
+        "--progress/--no-progress", default=None, show_default=PROGRESS_AUTO if draws else False,
+        help=help or "Progress: --progress forces tqdm bars, --no-progress prints none.")
 
 
 def check_teacher(ctx: click.Context, param: click.Parameter, name: str) -> str:

@@ -12,7 +12,7 @@ from eastkd.cli.options import echo_json, progress_option
 @click.option("--json", "fmt", flag_value="json", help="Print one JSON object (settings, runs).")
 @click.option("--csv", "fmt", flag_value="csv", help="Print CSV (mean and std columns).")
 @click.option("--per-run", is_flag=True, help="One row per run instead of per setting.")
-@progress_option("Accepted for uniformity (runs prints no progress bar).")
+@progress_option("Accepted for uniformity (runs prints no progress bar).", draws=False)
 def command(root: str, fmt: str | None, per_run: bool, progress: bool | None) -> None:
     """Tabulate every finished run (config.json + metrics.json) under DIR: teacher, targets,
     KD loss, λ, teacher-linear, student, seeds, validation and test metrics, parameters.
