@@ -38,8 +38,9 @@ def progress_bar(iterable: Iterable[Any] | None = None, *, total: float | None =
                  initial: float = 0, leave: bool = True, position: int | None = None) -> Any:
     """A tqdm-like object (``update``, ``set_postfix``, ``close``, iteration, ``with``) that
     draws a bar, prints plain lines or stays silent as ``progress`` says (module docstring).
-    ``leave=False``: a bar vanishes when done, and plain lines get no closing line (for a step
-    inside another, e.g. an epoch's batches); ``position``: the row of a nested bar."""
+    ``leave=False``: a bar vanishes when done; plain lines get no closing line and come only
+    every :data:`MAX_SECONDS` (a step inside another, e.g. an epoch's batches: the outer step
+    reports); ``position``: the row of a nested bar."""
     from tqdm.auto import tqdm
 
     if progress is False:
@@ -76,6 +77,9 @@ class PlainProgress:
         self.stream, self.clock = stream, clock
         self.started = self.last_time = clock()
         self.last_n, self.lines, self.closed = initial, 0, not closing_line
+        # a step inside another (no closing line) speaks only every MAX_SECONDS: a short one
+        # stays silent, the outer step reports it
+        self.min_seconds = MIN_SECONDS if closing_line else MAX_SECONDS
         self.postfix = ""
 
     def __iter__(self) -> Iterator[Any]:
@@ -109,7 +113,7 @@ class PlainProgress:
             stepped = (self.n - self.last_n) >= STEP_FRACTION * self.total
         else:
             stepped = False
-        if since >= MAX_SECONDS or (stepped and since >= MIN_SECONDS):
+        if since >= MAX_SECONDS or (stepped and since >= self.min_seconds):
             if self.total is None or self.n < self.total:
                 self._line(self._where(now))
             self.last_time, self.last_n = now, self.n

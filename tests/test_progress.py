@@ -58,6 +58,20 @@ def test_a_long_step_reports_at_least_every_max_seconds() -> None:
     assert 10 <= len(lines) <= 10 + 1
 
 
+def test_an_inner_step_speaks_only_every_max_seconds() -> None:
+    """An epoch's batches (no closing line): a 15 s epoch prints nothing, a 95 s one three
+    lines, so the log is the outer step's."""
+    for seconds, lines in ((15.0, 0), (95.0, 3)):
+        out, clock = io.StringIO(), FakeClock()
+        bar = PlainProgress(total=round(seconds / 0.5), desc="epoch 3/30", unit="batch",
+                            stream=out, clock=clock, closing_line=False)
+        for _ in range(round(seconds / 0.5)):
+            clock.now += 0.5
+            bar.update(1)
+        bar.close()
+        assert len(out.getvalue().splitlines()) == lines, out.getvalue()
+
+
 def test_short_steps_print_nothing() -> None:
     assert _simulate(50, seconds=5.0) == []
 
