@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from eastkd.cli.options import store_access
+from eastkd.cli.options import progress_option, store_access
 from eastkd.pipeline.compress.options import CompressOptions
 
 
@@ -48,7 +48,7 @@ from eastkd.pipeline.compress.options import CompressOptions
 @click.option("--dask", default=None, metavar="local:N|ADDRESS",
               help="pca: fit on a dask.distributed cluster (one task per chunk, moments merged "
                    "in a tree); local:N starts N worker processes here.  [default: in-process]")
-@click.option("--progress/--no-progress", default=True, help="Show progress bars.")
+@progress_option()
 @store_access
 def command(store: str, **options: Any) -> None:
     """Fit a compressor on STORE's embeddings and write targets/<name> into STORE.

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import click
 
-from eastkd.cli.options import parse_key_values
+from eastkd.cli.options import check_teacher, parse_key_values, progress_option
 
 
 @click.command("demo", context_settings={"show_default": True})
 @click.argument("out_dir", default="demo", type=click.Path(file_okay=False))
-@click.option("--teacher", "-t", default="crepe-tiny",
+@click.option("--teacher", "-t", default="crepe-tiny", callback=check_teacher,
               help="Teacher to extract (crepe-tiny runs in about a minute on 2 CPU cores; "
                    "crepe (full, 22 M parameters) takes far longer without a GPU).")
 @click.option("--teacher-opt", "teacher_opts", multiple=True, metavar="KEY=VALUE",
@@ -25,10 +25,10 @@ from eastkd.cli.options import parse_key_values
 @click.option("--device", default="auto", help="auto, cpu or cuda.")
 @click.option("--backend", type=click.Choice(["zarr", "hdf5"]), default="zarr",
               help="Store backend.")
-@click.option("--progress/--no-progress", default=True, help="Show progress bars.")
+@progress_option()
 def command(out_dir: str, teacher: str, teacher_opts: tuple[str, ...], clips_per_class: int,
             seconds: float, dim: int, epochs: int, student: str, seed: int, device: str,
-            backend: str, progress: bool) -> None:
+            backend: str, progress: bool | None) -> None:
     """Render a real instrument-family dataset (GM SoundFont bundled with pretty_midi) into
     OUT_DIR and run extract -> compress (PCA, learned) -> distill (baseline, FitNet, DC) ->
     evaluate on it. Rerunning skips finished work.

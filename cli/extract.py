@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from eastkd.cli.options import parse_key_values, store_access
+from eastkd.cli.options import check_teacher, parse_key_values, progress_option, store_access
 
 RESAMPLER_NAMES = ["kaiser-best", "fast"]  # eastkd.pipeline.core.audio.RESAMPLERS (kept light here)
 
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 @click.command("extract", context_settings={"show_default": True})
 @click.argument("dataset")
 @click.argument("store")
-@click.option("--teacher", "-t", default="crepe-tiny",
+@click.option("--teacher", "-t", default="crepe-tiny", callback=check_teacher,
               help="Teacher name (crepe, crepe-tiny, aisfx, passt, mule, "
                    "python:MODULE:CALLABLE, or any registered in the eastkd.teachers entry-point "
                    "group). The contract for your own module: README, 'Bring your own teacher'.")
@@ -85,7 +85,7 @@ if TYPE_CHECKING:
 @click.option("--split-ratios", default="0.7,0.15,0.15", metavar="TRAIN,VALID,TEST",
               help="Stratified split of folders and manifests that name no splits.")
 @click.option("--split-seed", type=int, default=0, help="Seed of that stratified split.")
-@click.option("--progress/--no-progress", default=True, help="Show progress bars.")
+@progress_option()
 @click.pass_context
 @store_access
 def command(ctx: click.Context,
@@ -95,7 +95,7 @@ def command(ctx: click.Context,
             resampler: str, device: str, on_error: str, overwrite: bool, rehash: bool,
             shard: str, dask_cluster: str | None, chunk_items: int | None, n_mels: int,
             student_sr: int, like: str | None, split_ratios: str, split_seed: int,
-            progress: bool) -> None:
+            progress: bool | None) -> None:
     """Run TEACHER once over DATASET and write embeddings and log-mel features into STORE.
 
     DATASET is a manifest (.csv/.jsonl with id, path, label or labels, split), a folder with

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from eastkd.cli.options import store_access
+from eastkd.cli.options import store_access, progress_option
 
 
 def _print_text(d: dict[str, Any], show_skipped: int) -> None:
@@ -22,7 +22,9 @@ def _print_text(d: dict[str, Any], show_skipped: int) -> None:
     click.echo(f"items    {d['items']}  ({splits})")
     how = ds.get("split") or {}
     if how.get("method") == "stratified":
-        click.echo(f"split    stratified by {how.get('stratified_on', 'label')}, ratios "
+        from eastkd.pipeline.datasets.splits import stratified_on
+
+        click.echo(f"split    stratified by {stratified_on(how)}, ratios "
                    f"{'/'.join(f'{r:g}' for r in how['ratios'])}, seed {how['seed']}")
     kind = "multi-label" if d["multi_label"] else "single-label"
     classes = ", ".join(f"{k} ({v})" for k, v in d["classes"].items())
@@ -52,6 +54,8 @@ def _print_text(d: dict[str, Any], show_skipped: int) -> None:
                         v = f"{v:.4g}"
                     if key == "probe_metric" and isinstance(v, dict):
                         v = f"{v.get('split')} {v.get('name')} {float(v.get('value', 'nan')):.3f}"
+                    if key == "teacher":
+                        v = f"{v}{_teacher_options(s.get('identity') or {})}"
                     facts.append(f"{key}={v}")
             if "segment" in a:
                 facts.append(f"segment={a['segment'].get('seconds')}s/{a['segment'].get('crop')}")
@@ -64,15 +68,20 @@ def _print_text(d: dict[str, Any], show_skipped: int) -> None:
                            "(--json lists all)")
 
 
+def _teacher_options(identity: dict[str, Any]) -> str:
+    """`` (hop_ms=50)``: the --teacher-opt options the embeddings were extracted with."""
+    opts = identity.get("teacher_options") or {}
+    return f" ({' '.join(f'{k}={v}' for k, v in opts.items())})" if opts else ""
+
+
 @click.command("info", context_settings={"show_default": True})
 @click.argument("store")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @click.option("--show-skipped", type=click.IntRange(min=0), default=10,
               help="How many skipped items to list per section in the text view.")
-@click.option("--progress/--no-progress", default=True,
-              help="Accepted for uniformity (info prints no progress bar).")
+@progress_option("Accepted for uniformity (info prints no progress bar).", draws=False)
 @store_access
-def command(store: str, as_json: bool, show_skipped: int, progress: bool) -> None:
+def command(store: str, as_json: bool, show_skipped: int, progress: bool | None) -> None:
     """Show what STORE holds: items, splits, classes, features, teachers' embeddings,
     compressed targets (with status and provenance), skipped items and bytes on disk.
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from eastkd.cli.options import store_access
+from eastkd.cli.options import store_access, progress_option
 
 
 def _print_text(report) -> None:  # noqa: ANN001 (VerifyReport; imported lazily)
@@ -49,9 +49,9 @@ def _print_text(report) -> None:  # noqa: ANN001 (VerifyReport; imported lazily)
               help="Also decode every data chunk (slower). By default data chunks are checked "
                    "on their raw bytes (Zarr: crc32c; HDF5: fletcher32), which proves "
                    "them intact at the speed of reading them.")
-@click.option("--progress/--no-progress", default=True, help="Show the progress bar.")
+@progress_option()
 @store_access(cache=False)
-def command(store: str, as_json: bool, repair: bool, deep: bool, progress: bool) -> None:
+def command(store: str, as_json: bool, repair: bool, deep: bool, progress: bool | None) -> None:
     """Read every chunk of STORE and check it: checksums, chunks missing where rows are marked
     done, shapes, the items table and provenance (dataset fingerprints).
 
@@ -67,7 +67,7 @@ def command(store: str, as_json: bool, repair: bool, deep: bool, progress: bool)
     from eastkd.cli.options import echo_json
     from eastkd.store.verify import verify
 
-    report = verify(store, repair=repair, progress=progress and not as_json, deep=deep)
+    report = verify(store, repair=repair, progress=False if as_json else progress, deep=deep)
     if as_json:
         echo_json(report.as_dict())
     else:

@@ -11,7 +11,18 @@ import numpy as np
 SPLITS = ("train", "valid", "test")
 
 
-@dataclass
+def _split_order(name: str) -> tuple[int, str]:
+    return (SPLITS.index(name) if name in SPLITS else len(SPLITS), name)
+
+
+def short_list(names: list[str], most: int = 8) -> str:
+    """``a, b, c`` or ``a, b, ... (12 in all)``: a list that stays one short line."""
+    if len(names) <= most:
+        return ", ".join(names)
+    return f"{', '.join(names[:most - 1])}, ... ({len(names)} in all)"
+
+
+@dataclass(repr=False)
 class ItemsTable:
     """Per-item columns, aligned with the first axis of every array in the store.
 
@@ -33,6 +44,18 @@ class ItemsTable:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def __repr__(self) -> str:
+        """Counts, classes and splits in one line, never the ids (hundreds of lines)."""
+        return f"<ItemsTable: {self.summary()}>"
+
+    def summary(self) -> str:
+        """``60 items, 5 classes (brass, ...), single-label; train 42, valid 9, test 9``."""
+        kind = "multi-label" if self.multi_label else "single-label"
+        splits = ", ".join(f"{k} {v}" for k, v in self.split_counts().items())
+        extra = f"; columns {short_list(list(self.extra))}" if self.extra else ""
+        return (f"{len(self)} items, {len(self.class_names)} classes "
+                f"({short_list(list(self.class_names))}), {kind}; {splits or 'no splits'}{extra}")
+
     @property
     def label(self) -> np.ndarray:
         """Single-label class index per item; -1 for rows without exactly one label."""
@@ -45,8 +68,10 @@ class ItemsTable:
         return np.flatnonzero(np.asarray(self.splits, dtype=object) == split)
 
     def split_counts(self) -> dict[str, int]:
+        """Items per split, train, valid and test first."""
         names, counts = np.unique(np.asarray(self.splits, dtype=str), return_counts=True)
-        return {str(n): int(c) for n, c in zip(names, counts)}
+        return {str(n): int(c) for n, c in sorted(zip(names, counts),
+                                                  key=lambda nc: _split_order(str(nc[0])))}
 
     def fingerprint(self) -> str:
         """sha256 over ids, file hashes, splits, labels and class names: the dataset's identity."""

@@ -196,6 +196,10 @@ class StoreArray:
     def ndim(self) -> int:
         return len(self.shape)
 
+    def __repr__(self) -> str:
+        return (f"<StoreArray {self.path}: shape {self.shape}, {self.dtype}, "
+                f"chunks {self.chunks}>")
+
     def to_dask(self) -> Any:
         """The array as a dask array over the store's own chunks, read through the same checks
         as every other read (a damaged or missing chunk is one clear error)."""
@@ -224,6 +228,15 @@ class Section:
 
     def update_attrs(self, attrs: dict[str, Any]) -> None:
         self.backend.update_attrs(self.path, attrs)
+
+    def __repr__(self) -> str:
+        try:
+            arrays = "; ".join(f"{a} {self.backend.shape(f'{self.path}/{a}')}"
+                               for a in self.array_names())
+            counts = ", ".join(f"{v} {k}" for k, v in self.counts().items())
+        except Exception as e:  # a repr must not raise (a closed or damaged store)
+            return f"<Section {self.path} of {self.store.path} ({type(e).__name__})>"
+        return f"<Section {self.path} of {self.store.path}: {arrays}; {counts}>"
 
     def array_names(self) -> list[str]:
         return [c for c in self.backend.children(self.path)
@@ -370,6 +383,25 @@ class Store:
 
     def nbytes_stored(self) -> int:
         return self.backend.nbytes_stored()
+
+    def __repr__(self) -> str:
+        """The store in one line: backend, items (counts, classes, splits), section names."""
+        try:
+            sections = "; ".join(f"{kind} {', '.join(self.section_names(kind))}"
+                                 for kind in SECTION_KINDS if self.section_names(kind))
+            return (f"<Store {self.path} ({self.backend_name}): {self.items.summary()}; "
+                    f"{sections or 'no sections'}>")
+        except Exception as e:  # a repr must not raise (a closed or damaged store)
+            return f"<Store {self.path} ({type(e).__name__})>"
+
+    def to_xarray(self, section: str) -> Any:
+        """The section ``KIND/NAME`` (e.g. ``"embeddings/crepe-tiny"``) as a lazy
+        ``xarray.Dataset`` with named dimensions and the items as coordinates: ``item`` (ids),
+        ``split``, ``label`` (or ``labels`` x ``class`` for multi-label data) and extra columns
+        such as ``fold``; the section's provenance in ``attrs``. Needs xarray."""
+        from eastkd.store.xarray_view import section_dataset
+
+        return section_dataset(self, section)
 
     @property
     def items(self) -> ItemsTable:

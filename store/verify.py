@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
 
 import numpy as np
-from tqdm.auto import tqdm
+from eastkd.progress import Progress, progress_bar
 
 from eastkd.store import location
 from eastkd.store.backends.base import Backend
@@ -124,9 +124,9 @@ def _read_chunks(backend: Backend, path: str, lo: int, hi: int, chunk: int
 class _Reader:
     """Streams arrays chunk by chunk, counting what it read and showing progress."""
 
-    def __init__(self, report: VerifyReport, backend: Backend, total: int, progress: bool):
+    def __init__(self, report: VerifyReport, backend: Backend, total: int, progress: Progress):
         self.report, self.backend = report, backend
-        self.bar = tqdm(total=total, desc="verify", unit="chunk", disable=not progress)
+        self.bar = progress_bar(total=total, desc="verify", unit="chunk", progress=progress)
         self._pool: ThreadPoolExecutor | None = None
         self._raw: Future[dict[str, list[tuple[int, int, str]]]] | None = None
         self._raw_paths: set[str] = set()
@@ -585,7 +585,7 @@ def _check_section_data(store: Store, check: _SectionCheck, status: np.ndarray,
         report.rerun.append(_rerun_hint(store, sec))
 
 
-def verify(path: str, repair: bool = False, progress: bool = True,
+def verify(path: str, repair: bool = False, progress: Progress = False,
            deep: bool = False) -> VerifyReport:
     """Read every chunk of the store at ``path`` and report damage; ``repair`` marks the rows
     of damaged chunks pending so that extract or compress recomputes exactly them.

@@ -211,7 +211,7 @@ def test_manifest_without_split_column_gets_a_stratified_split(tmp_path: Path) -
     (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
     spec = load_manifest(str(tmp_path / "m.csv"))
     assert spec.split_info == {"method": "stratified", "ratios": [0.7, 0.15, 0.15], "seed": 0,
-                               "stratified_on": "label"}
+                               "stratified_on": "class"}
     per_class = Counter((spec.class_names[i.labels[0]], i.split) for i in spec.items)
     # 20 items per class: round(20 * 0.15) = 3 valid and 3 test each, the rest train
     assert per_class == {(c, s): n for c in "xy" for s, n in

@@ -314,6 +314,21 @@ def test_every_group_opens_in_xarray(built: Path) -> None:
         assert list(opened["items"]["id"].values) == s.items.ids
 
 
+def test_to_xarray_gives_ids_labels_and_splits(built: Path) -> None:
+    import warnings
+
+    with open_store(str(built)) as s, warnings.catch_warnings():
+        warnings.simplefilter("error")  # no consolidated-metadata warning, nor any other
+        ds = s.to_xarray(f"targets/{TARGETS}")
+        items = s.items
+        assert list(ds["item"].values) == items.ids
+        assert list(ds["label"].values) == [items.class_names[i] for i in items.label]
+        assert list(ds["split"].values) == items.splits
+        test = ds["values"].where(ds["split"] == "test", drop=True)
+        np.testing.assert_array_equal(
+            test.values, s.targets(TARGETS).array("values")[:][items.split_indices("test")])
+
+
 def test_every_chunk_is_checksummed(built: Path) -> None:
     with open_store(str(built)) as s:
         for p in _walk_arrays(s):

@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
+from eastkd.progress import Progress, progress_bar
 
 from eastkd.pipeline.core import registry
 from eastkd.pipeline.compress.options import CompressOptions, default_name
@@ -316,11 +316,11 @@ def _targets_attrs(store: Store, emb: Section, key: str, comp: Any, identity: di
 
 
 def _write_values(sec: Section, src: Any, status: np.ndarray, errors: np.ndarray, comp: Any,
-                  key: str, progress: bool) -> None:
+                  key: str, progress: Progress) -> None:
     """Transform every OK item in whole write units; skipped items stay zero and skipped."""
     n = len(status)
     step = max(sec.unit, int(src.chunks[0]))
-    bar = tqdm(total=n, desc="compress write", unit="item", disable=not progress)
+    bar = progress_bar(total=n, desc="compress write", unit="item", progress=progress)
     for start in range(0, n, step):
         stop = min(n, start + step)
         ok = status[start:stop] == OK

@@ -59,7 +59,7 @@ def _assign_missing_splits(items: list[Item], names: list[list[str]], multi_labe
     for i, split in zip(todo, stratified_split(ids, strata, ratios, seed)):
         items[i].split = split
     info: dict[str, Any] = {"method": "stratified", "ratios": list(ratios), "seed": int(seed),
-                            "stratified_on": "rarest label" if multi_label else "label"}
+                            "stratified_on": "rarest class" if multi_label else "class"}
     if len(todo) < len(items):
         info["items"] = len(todo)  # the rest had their split from the dataset
     return info

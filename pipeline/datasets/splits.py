@@ -2,7 +2,7 @@
 that warn when a split lacks a class.
 
 Class-folder datasets without split folders and manifests without a ``split`` column get
-:func:`stratified_split`: within each class (for multi-label data, each item's rarest label),
+:func:`stratified_split`: within each class (for multi-label data, each item's rarest class),
 items are shuffled with ``seed`` and cut so that the whole dataset follows ``ratios`` as
 closely as whole items allow (:func:`split_sizes`) while every class of at least three items
 gets at least one valid and one test item. The split depends on the ids, labels, ratios and
@@ -102,13 +102,19 @@ def split_counts(splits: Sequence[str]) -> dict[str, int]:
     return {s: c.get(s, 0) for s in SPLITS}
 
 
+def stratified_on(info: dict[str, Any]) -> str:
+    """What a stratified split was stratified on, in the words every command uses: ``class``,
+    or ``rarest class`` (multi-label: each item's rarest; stores before 0.2 say ``label``)."""
+    return "rarest class" if "rarest" in str(info.get("stratified_on", "")) else "class"
+
+
 def describe_split(info: dict[str, Any], splits: Sequence[str]) -> str:
     """One line: how the splits were made and their sizes."""
     counts = ", ".join(f"{k} {v}" for k, v in split_counts(splits).items())
     if info.get("method") == "stratified":
         r = "/".join(f"{x:g}" for x in info["ratios"])
-        return (f"split: stratified by class, ratios {r} (--split-ratios), seed {info['seed']} "
-                f"(--split-seed); {counts}")
+        return (f"split: stratified by {stratified_on(info)}, ratios {r} (--split-ratios), "
+                f"seed {info['seed']} (--split-seed); {counts}")
     return f"split: {info.get('method', 'from the dataset')}; {counts}"
 
 

@@ -10,7 +10,6 @@ skips work already done, so rerunning is cheap.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,9 @@ from typing import Any, Callable
 
 from eastkd.pipeline.demo.data import render_demo_dataset
 from eastkd.pipeline.extract import ExtractOptions, extract
-from eastkd.pipeline.runs.rundir import LAST, is_finished, run_file
+from eastkd.pipeline.runs.rundir import is_finished
+from eastkd.pipeline.teachers.loading import check_teacher_name
+from eastkd.progress import Progress
 
 
 @dataclass
@@ -34,7 +35,7 @@ class DemoOptions:
     data_seed: int = 0
     device: str = "auto"
     backend: str = "zarr"
-    progress: bool = True
+    progress: Progress = False  # None: bars on a terminal, plain lines elsewhere (the CLI's)
 
 
 def _runs(targets: dict[str, str]) -> list[tuple[str, str, str | None]]:
@@ -46,14 +47,20 @@ def _runs(targets: dict[str, str]) -> list[tuple[str, str, str | None]]:
     return runs
 
 
+def _say_now(line: str) -> None:
+    print(line, flush=True)  # a redirected stdout is block-buffered: show each line at once
+
+
 def run_demo(out_dir: str | Path, opts: DemoOptions,
-             say: Callable[[str], None] = print) -> dict[str, Any]:
+             say: Callable[[str], None] = _say_now) -> dict[str, Any]:
     """Run the whole pipeline under ``out_dir``; returns (and writes) a summary. Each step
-    and result is reported through ``say`` (one line each)."""
+    and each student's result, as it finishes, is reported through ``say`` (one line each);
+    the stages' progress follows ``opts.progress`` (see :mod:`eastkd.progress`)."""
     from eastkd.pipeline.compress.run import compress
     from eastkd.pipeline.distill.evaluate import evaluate
     from eastkd.pipeline.distill.train import distill
 
+    check_teacher_name(opts.teacher)  # before any work
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -94,10 +101,7 @@ def run_demo(out_dir: str | Path, opts: DemoOptions,
             say(f"  {run_name:<16} already trained ({run_dir})")
         else:
             distill(store, tgt, str(run_dir), student=opts.student, kd=kd, epochs=opts.epochs,
-                    seed=opts.seed, device=opts.device, progress=opts.progress,
-                    resume=os.path.isfile(run_file(str(run_dir), LAST)),
-                    # without progress bars, one line per epoch instead of minutes of silence
-                    log=None if opts.progress else (lambda m: say(f"    {m}")))
+                    seed=opts.seed, device=opts.device, progress=opts.progress)
         ev = evaluate(str(run_dir), store, split="test")
         results[run_name] = {"kd": kd, "targets": tgt, "metrics": ev["metrics"]}
         metric = next(iter(ev["metrics"].items()))

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from eastkd.errors import EastkdError
+from eastkd.progress import Progress
 from eastkd.pipeline.core import registry
 from eastkd.pipeline.core.reading import DEFAULT_MEMORY_LIMIT, DEFAULT_SHUFFLE_BUFFER
 
@@ -67,7 +68,7 @@ class DistillOptions:
     shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER
     workers: int | None = None
     threads: int = DEFAULT_CPU_THREADS
-    progress: bool = True
+    progress: Progress = False  # None: bars on a terminal, else plain lines (the CLI's)
     resume: bool = False
     overwrite: bool = False
 
@@ -114,7 +115,7 @@ class DistillOptions:
             batch_size=int(self.batch_size), lr=float(self.lr),
             weight_decay=float(self.weight_decay), seed=int(self.seed),
             patience=int(self.patience), memory_limit=int(self.memory_limit),
-            progress=bool(self.progress), shuffle_buffer=int(self.shuffle_buffer),
+            progress=self.progress, shuffle_buffer=int(self.shuffle_buffer),
             threads=int(self.threads) if device_type == "cpu" else None)
         out["lambda"] = out.pop("lam")
         out["grad_clip"] = GRAD_CLIP

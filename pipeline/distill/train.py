@@ -5,7 +5,8 @@ The loss follows the EAsT reference implementation::
     L = (1 - λ) · L_task + λ · L_kd          (λ = 0.6 by default, the reference's MTAT value)
 
 ``L_task`` is cross-entropy (single-label) or BCE-with-logits (multi-label); ``L_kd`` is the
-FitNet loss (MSE after a learned regressor, trained with the student) or a distance
+FitNet loss (``fitnet``, the default: MSE after a learned regressor, trained with the
+student; the README's "Training runs" says why it is the default) or a distance
 correlation loss (``dc``: EAsT's estimator; ``dc-unbiased``: the bias-corrected one) between the
 student's last-stage features and the stored targets; frame-level targets are paired with the
 student's frames by time (nearest frame centre, see ``losses.align_time``). History also logs
@@ -41,7 +42,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from eastkd.pipeline.core import registry
 from eastkd.pipeline.compress.run import check_fit_rows
@@ -52,6 +52,7 @@ from eastkd.pipeline.distill.evaluate import compute_metrics, predict, selection
 from eastkd.pipeline.distill.losses import FrameTiming, TimeAlignment
 from eastkd.pipeline.core.options import options_from_kwargs
 from eastkd.pipeline.distill.options import GRAD_CLIP, RUNTIME_KEYS, DistillOptions
+from eastkd.progress import progress_bar
 from eastkd.pipeline.runs.rundir import (
     BEST,
     CONFIG,
@@ -128,7 +129,7 @@ def rank_epoch(best: float | None, best_loss: float | None, score: float,
 
 
 def _epoch_line(record: dict[str, Any], epochs: int, metric: str, state: dict[str, Any]) -> str:
-    """The one line per epoch printed when progress bars are off."""
+    """The one line per epoch printed with ``progress=False`` (``--no-progress``)."""
     parts = [f"epoch {record['epoch']}/{epochs}", f"loss {record['train_loss']:.4f}"]
     parts += [f"{k[len('train_'):]} {v:.4f}" for k, v in record.items()
               if k.startswith("train_") and k != "train_loss"]
@@ -168,7 +169,7 @@ def _metrics_record(r: DistillResult) -> dict[str, Any]:
 
 
 def _identity(config: dict[str, Any]) -> dict[str, Any]:
-    """The part of a config that decides the result (compared on --resume)."""
+    """The part of a config that decides the result (compared before a run is continued)."""
     opts = {k: v for k, v in config["options"].items() if k not in RUNTIME_KEYS}
     t = config.get("targets") or {}
     return {"options": opts, "dataset_fingerprint": config["store"]["dataset_fingerprint"],
@@ -176,9 +177,9 @@ def _identity(config: dict[str, Any]) -> dict[str, Any]:
             "targets": [t.get("section"), t.get("array"), (t.get("attrs") or {}).get("identity")]}
 
 
-def _prepare_run_dir(out_dir: str, config: dict[str, Any], resume: bool,
-                     overwrite: bool) -> bool:
-    """Check RUN_DIR against the new config; True when a previous run should be resumed."""
+def _prepare_run_dir(out_dir: str, config: dict[str, Any], overwrite: bool) -> bool:
+    """Check RUN_DIR against the new config; True when it holds this run (same settings) with
+    a last.pt to continue from, as extract continues a store: the same command resumes."""
     existing = os.path.isdir(out_dir) and os.listdir(out_dir)
     if not existing:
         os.makedirs(out_dir, exist_ok=True)
@@ -193,11 +194,8 @@ def _prepare_run_dir(out_dir: str, config: dict[str, Any], resume: bool,
                      if a[k] != b[k]]
             raise StoreMismatchError(
                 f"{out_dir}: holds a run with other settings (differs in: {', '.join(diff)}); "
-                "choose another --out or pass --overwrite to replace it")
-        if resume:
-            return os.path.isfile(run_file(out_dir, LAST))
-        raise EastkdError(f"{out_dir}: already holds this run; pass --resume to continue it or "
-                          "--overwrite to train again from scratch")
+                "choose another --out or pass --overwrite to start over")
+        return os.path.isfile(run_file(out_dir, LAST))
     if not overwrite:
         raise EastkdError(f"{out_dir}: exists and is not empty (no {CONFIG}); choose an empty "
                           "--out or pass --overwrite")
@@ -451,8 +449,9 @@ def _run_epoch(run: _Run, splits: _Splits, config: dict[str, Any], out_dir: str,
     multi_label = config["multi_label"]
     task_loss = _task_loss(multi_label)
     epoch = state["epoch"] + 1
-    bar = tqdm(total=-(-len(splits.train) // o["batch_size"]), desc=f"epoch {epoch}/{o['epochs']}",
-               unit="batch", leave=False, position=1, disable=not o["progress"])
+    bar = progress_bar(total=-(-len(splits.train) // o["batch_size"]),
+                       desc=f"epoch {epoch}/{o['epochs']}", unit="batch", leave=False,
+                       position=1, progress=o["progress"])
     with bar:
         means = _train_epoch(run.model, run.kd_loss, run.tlin, splits.train, run.opt, run.gen,
                              task_loss, o["lambda"], o["batch_size"], dev, bar)
@@ -489,8 +488,8 @@ def _train_epochs(run: _Run, splits: _Splits, config: dict[str, Any], out_dir: s
     history.csv, then report the epoch (progress bar or log line, and ``callback``)."""
     o, state = config["options"], run.state
     epochs, metric = o["epochs"], selection_metric(config["multi_label"])
-    with tqdm(total=epochs, initial=state["epoch"], desc=f"distill {o['student']}",
-              unit="epoch", disable=not o["progress"]) as ebar:
+    with progress_bar(total=epochs, initial=state["epoch"], desc=f"distill {o['student']}",
+                      unit="epoch", progress=o["progress"]) as ebar:
         while not run.state["finished"] and run.state["epoch"] < epochs:
             record = _run_epoch(run, splits, config, out_dir, dev)
             _save_last(run, out_dir, dev)
@@ -500,10 +499,18 @@ def _train_epochs(run: _Run, splits: _Splits, config: dict[str, Any], out_dir: s
             ebar.set_postfix({"loss": f"{record['train_loss']:.3f}",
                               f"valid {metric}": f"{score:.3f}",
                               "best": f"{run.state['best']:.3f}@{run.state['best_epoch']}"})
-            if not o["progress"]:
+            if o["progress"] is False:  # --no-progress: the epoch lines instead
                 log(_epoch_line(record, epochs, metric, run.state))
             if callback is not None:
                 callback(record)
+
+
+def _continue_line(run: _Run, out_dir: str, epochs: int) -> str:
+    """What a rerun of the same command does with the run it finds in RUN_DIR."""
+    done = run.state["epoch"]
+    if run.state["finished"] or done >= epochs:
+        return f"{out_dir} already holds this run, trained ({done} epochs); nothing to train"
+    return f"continuing {out_dir} after epoch {done} of {epochs}"
 
 
 def _evaluate_best(run: _Run, test: SplitData, config: dict[str, Any], out_dir: str,
@@ -573,14 +580,14 @@ def distill(store_path: str, targets: str | None, out_dir: str,
             items = store.items
             for warning in missing_class_warnings(items.class_names, items.labels, items.splits):
                 log(warning)
-        resuming = _prepare_run_dir(out_dir, config, opts.resume, opts.overwrite)
+        resuming = _prepare_run_dir(out_dir, config, opts.overwrite)
 
         run = _build_run(config, spec, splits.train, dev)
         n_params = count_parameters(run.model)
         log(_start_line(run, spec, splits, options_record, n_params, dev))
         if resuming:
             _restore_last(run, out_dir, dev)
-            log(f"resuming {out_dir} after epoch {run.resumed_from}")
+            log(_continue_line(run, out_dir, opts.epochs))
         else:
             write_json(run_file(out_dir, CONFIG), config)
 

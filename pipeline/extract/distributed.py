@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Iterator
 
-from tqdm.auto import tqdm
+from eastkd.progress import Progress, progress_bar
 
 from eastkd.pipeline.datasets.base import DatasetSpec
 from eastkd.pipeline.datasets.manifest import resolve_dataset
@@ -154,12 +154,13 @@ def extract_distributed(dataset: str | DatasetSpec, store_path: str, opts: Extra
 
 
 def _gather(client: Any, futures: list[Any], pending: int, key: str,
-            progress: bool) -> list[ExtractSummary]:
+            progress: Progress) -> list[ExtractSummary]:
     """Wait for every unit, with a progress bar; on the first failure cancel the rest."""
     from distributed import KilledWorker, as_completed
 
     done: list[ExtractSummary] = []
-    bar = tqdm(total=pending, desc=f"extract {key} (dask)", unit="clip", disable=not progress)
+    bar = progress_bar(total=pending, desc=f"extract {key} (dask)", unit="clip",
+                       progress=progress)
     try:
         for fut in as_completed(futures):
             try:

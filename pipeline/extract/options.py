@@ -9,6 +9,7 @@ from typing import Any
 from eastkd.pipeline.core.audio import DEFAULT_RESAMPLER
 from eastkd.pipeline.core.features import LogMelParams
 from eastkd.errors import EastkdError
+from eastkd.progress import Progress
 from eastkd.store import FEATURES
 
 ON_ERROR = ("fail", "skip")
@@ -47,7 +48,7 @@ class ExtractOptions:
     rehash: bool = False  # hash every file again instead of trusting (path, size, mtime)
     shard: tuple[int, int] = (0, 1)
     units: list[int] | None = None  # only these unit indices (e.g. one dask task's)
-    progress: bool = True
+    progress: Progress = False
     chunk_items: int | None = None  # cap on items per chunk (power of two) of new sections
 
     def resolved_workers(self) -> int:

@@ -15,7 +15,7 @@ from typing import Any, Iterable
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from eastkd.progress import Progress, progress_bar
 
 from eastkd.pipeline.core.audio import RESAMPLERS, Segment
 from eastkd.pipeline.datasets.base import DatasetSpec
@@ -34,7 +34,13 @@ from eastkd.pipeline.extract.plan import (
 from eastkd.pipeline.extract.writer import BatchResult, Writer
 from eastkd.pipeline.extract.indexing import MTIME, SIZE, build_items_table
 from eastkd.pipeline.teachers.base import Teacher
-from eastkd.pipeline.teachers.loading import check_key, default_key, load_teacher
+from eastkd.pipeline.teachers.loading import (
+    check_key,
+    check_teacher_name,
+    default_key,
+    load_teacher,
+)
+from eastkd.errors import RunInterrupted
 from eastkd.store import (
     ArraySpec,
     EastkdError,
@@ -77,6 +83,7 @@ def extract(dataset: str | DatasetSpec, store_path: str, opts: ExtractOptions) -
 
 
 def _check_options(opts: ExtractOptions, store_path: str) -> None:
+    check_teacher_name(opts.teacher)
     if opts.on_error not in ON_ERROR:
         raise EastkdError(f"--on-error must be one of {ON_ERROR}")
     if opts.dtype not in ("float16", "float32"):
@@ -95,7 +102,7 @@ def _check_options(opts: ExtractOptions, store_path: str) -> None:
 # -- the items table ---------------------------------------------------------------------------
 
 
-def open_or_create(store_path: str, spec: DatasetSpec, progress: bool = True, workers: int = 4,
+def open_or_create(store_path: str, spec: DatasetSpec, progress: Progress = False, workers: int = 4,
                    rehash: bool = False) -> Store:
     """The store for this dataset: created with its items table, or reopened after a check.
 
@@ -310,7 +317,8 @@ def _extract_into(store: Store, store_path: str, teacher: Teacher, device: torch
                     items.durations, teacher.name, key)
     t0 = time.perf_counter()
     total = sum(u.stop - u.start for u in todo)
-    with tqdm(total=total, desc=f"extract {key}", unit="clip", disable=not opts.progress) as bar:
+    with progress_bar(total=total, desc=f"extract {key}", unit="clip",
+                      progress=opts.progress) as bar:
         fwd, first = _stream(loader, batches, front, teacher, device, writer, opts.frames, bar,
                              total)
     t = writer.tally
@@ -349,9 +357,9 @@ def _stream(loader: Any, batches: list[Batch], front: FrontEnd, teacher: Teacher
     except KeyboardInterrupt:
         writer.abandon()
         t = writer.tally
-        raise EastkdError(f"interrupted: {t.written + t.skipped} of {total} clips of this run "
-                          f"were written and kept ({t.units} units); rerun the same command "
-                          "to continue") from None
+        raise RunInterrupted(f"interrupted: {t.written + t.skipped} of {total} clips of this "
+                             f"run were written and kept ({t.units} units); rerun the same "
+                             "command to continue") from None
     except BaseException:
         writer.abandon()
         raise

@@ -141,6 +141,10 @@ def _cell(v: Any) -> str:
     return str(v)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def _columns(table: RunsTable, per_run: bool) -> list[str]:
     rows = table.runs if per_run else table.settings
     shown = [k for k in SETTING_KEYS if any(r.get(k) is not None for r in rows)]
@@ -156,11 +160,14 @@ def render_text(table: RunsTable, per_run: bool = False) -> str:
     rows = table.runs if per_run else table.settings
     cols = _columns(table, per_run)
     cells = [[c.replace("_", " ") for c in cols]]
-    cells += [[_cell(r.get(c)) for c in cols] for r in rows]
+    # a setting's seeds column is how many seeds it has (the seeds themselves: --per-run)
+    cells += [[str(len(r["seeds"])) if c == "seeds" else _cell(r.get(c)) for c in cols]
+              for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
     n_seeds = sorted({len(s["seeds"]) for s in table.settings})
-    head = (f"{len(table.runs)} runs, {len(table.settings)} settings under {table.root}"
+    head = (f"{_count(len(table.runs), 'run')}, {_count(len(table.settings), 'setting')} "
+            f"under {table.root}"
             + ("" if per_run else f"; metrics: mean ± std over seeds ({'/'.join(map(str, n_seeds))}"
                " per setting)"))
     constant = [] if per_run else [
