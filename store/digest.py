@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
+from eastkd.errors import StoreDamageError
 from eastkd.store.backends.base import PENDING, Backend, is_string_dtype
 
 if TYPE_CHECKING:
@@ -170,7 +171,10 @@ def store_digest(store: "Store", leaves_of: Callable[[str], Leaves | None] | Non
         for name in store.section_names(kind):
             if store.has_section(kind, name):
                 sec = store.section(kind, name)
-                nodes[sec.path] = section_node(sec, leaves_of or from_record)
+                try:
+                    nodes[sec.path] = section_node(sec, leaves_of or from_record)
+                except StoreDamageError:  # its status, params or digests: verify says which
+                    nodes[sec.path] = None
     unknown = [p for p, v in nodes.items() if v is None]
     if unknown:
         return StoreDigest(None, nodes, _unknown_note(store, unknown))

@@ -342,11 +342,14 @@ class _SectionCheck:
         chunk = self.backend.chunks(path)[0]
         nan_fill = is_nan_fill(self.backend.dtype(path), self.backend.fill_value(path))
         leaves: list[bytes | None] = [None] * -(-len(status) // chunk)
+        reported = len(self.reset)
+        stored = None if nan_fill else self.backend.stored_chunks(path)
+        if stored is not None:  # format 1: fill 0, so listing tells; skipped rows may be absent
+            self._absent(path, stored, status, chunk, done=status == OK)
         for lo, hi, data, reason in self.reader.chunks(path):
             if data is None:
                 self.damaged(path, lo, hi, reason, chunk)
                 continue
-            self._hash_chunks(path, lo, data, chunk, status, recorded, leaves)
             if nan_fill:
                 gone = missing_rows(data, np.arange(lo, hi))
                 gone = gone[status[gone] != PENDING]
@@ -355,24 +358,24 @@ class _SectionCheck:
                     self.damaged(path, c_lo, min(hi, c_lo + chunk),
                                  "chunk missing (rows marked done read as the fill value)",
                                  chunk)
-        stored = None if nan_fill else self.backend.stored_chunks(path)
-        if stored is not None:  # format 1: fill 0, so listing tells; skipped rows may be absent
-            self._absent(path, stored, status, chunk, done=status == OK)
+            damaged = {c for p, c in self.reset[reported:] if p == path}
+            self._hash_chunks(path, lo, data, chunk, status, recorded, leaves, damaged)
         if all(leaf is not None for leaf in leaves):
             self.leaves[path] = leaves  # type: ignore[assignment]
 
     def _hash_chunks(self, path: str, lo: int, data: np.ndarray, chunk: int,
                      status: np.ndarray, recorded: list[bytes | None] | None,
-                     leaves: list[bytes | None]) -> None:
+                     leaves: list[bytes | None], damaged: set[int]) -> None:
         """Hash each chunk of the decoded rows ``lo:lo+len(data)``; a chunk with rows done
         whose hash differs from the one recorded when it was written is damage (rewritten
-        since, e.g. with a fresh codec checksum)."""
+        since, e.g. with a fresh codec checksum), unless already reported (``damaged``)."""
         for c_lo in range(lo, lo + len(data), chunk):
             c_hi = min(lo + len(data), c_lo + chunk)
             leaf = content_digest.chunk_hash(data[c_lo - lo:c_hi - lo])
             leaves[c_lo // chunk] = leaf
             want = None if recorded is None else recorded[c_lo // chunk]
-            if want is None or leaf == want or (status[c_lo:c_hi] == PENDING).all():
+            if want is None or leaf == want or c_lo // chunk in damaged \
+                    or (status[c_lo:c_hi] == PENDING).all():
                 continue
             self.damaged(path, c_lo, c_hi, "content differs from the digest recorded when it "
                          "was written (changed since)" if want else "no content digest "
