@@ -269,6 +269,15 @@ def test_resume_after_sigkill_equals_uninterrupted_run(demo_manifest: Path,
     assert got["embeddings/crepe-tiny/frames"].shape == (40, 11, 256)
     assert (got["embeddings/crepe-tiny/status"] == OK).all()
     assert_bitwise_equal(got, want)
+    assert _digest(store) == _digest(ref) is not None  # the content digest survives the kill
+
+
+def _digest(store: Path) -> str | None:
+    """The store's content digest, from the chunk hashes recorded at write time."""
+    from eastkd.store.digest import store_digest
+
+    with open_store(str(store)) as s:
+        return store_digest(s).digest
 
 
 def _h5_ok_rows(store: Path) -> int:
@@ -298,6 +307,7 @@ def test_hdf5_resume_after_sigkill_equals_uninterrupted_run(demo_manifest: Path,
     ref = tmp_path / "uninterrupted.h5"
     extract(str(manifest), str(ref), opts(chunk_items=8, batch_size=8, workers=1))
     assert_bitwise_equal(all_arrays(store), all_arrays(ref))
+    assert _digest(store) == _digest(ref) is not None
 
 
 # ------------------------------------------------------------------------------------------
