@@ -53,6 +53,10 @@ if TYPE_CHECKING:
                    "and auto give the workers on a machine one GPU each.")
 @click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail",
               help="Bad audio or NaN output: stop naming the item, or skip and record it.")
+@click.option("--allow-duplicates", is_flag=True,
+              help="Accept the same audio (equal file sha256, or the same path) under ids in "
+                   "different splits, a leak between them, refused by default (recorded in the "
+                   "store). Duplicates within one split are only warned about.")
 @click.option("--overwrite", is_flag=True,
               help="Replace embeddings/features written earlier with other settings.")
 @click.option("--rehash", is_flag=True,
@@ -91,7 +95,8 @@ def command(ctx: click.Context,
             dataset: str, store: str, teacher: str, teacher_opts: tuple[str, ...],
             weights: str | None, key: str | None, segment: float | None, crop: str, dtype: str,
             frames: bool, batch_size: int, batch_seconds: float | None, workers: int | None,
-            resampler: str, device: str, on_error: str, overwrite: bool, rehash: bool,
+            resampler: str, device: str, on_error: str, allow_duplicates: bool,
+            overwrite: bool, rehash: bool,
             shard: str, dask_cluster: str | None, chunk_items: int | None, n_mels: int,
             student_sr: int, like: str | None, split_ratios: str, split_seed: int,
             progress: bool) -> None:
@@ -128,7 +133,7 @@ def command(ctx: click.Context,
         frames=frames, batch_size=batch_size, batch_seconds=batch_seconds, workers=workers,
         resampler=resampler, device=device, on_error=on_error, overwrite=overwrite,
         rehash=rehash, shard=parse_shard(shard), progress=progress, chunk_items=chunk_items,
-        logmel=logmel,
+        logmel=logmel, allow_duplicates=allow_duplicates,
     )
     if dask_cluster:
         from eastkd.pipeline.extract.distributed import extract_distributed

@@ -125,7 +125,7 @@ def extract_distributed(dataset: str | DatasetSpec, store_path: str, opts: Extra
     with dask_client(cluster) as client:
         # the items table: once, here (hashing with this machine's decode workers)
         open_or_create(store_path, spec, opts.progress, opts.resolved_workers(),
-                       opts.rehash).close()
+                       opts.rehash, opts.allow_duplicates).close()
         where = _placements(client)
         # tasks decode in their own process (a dask worker cannot start DataLoader workers)
         # and never rehash: the client has updated the items table
