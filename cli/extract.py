@@ -64,7 +64,10 @@ if TYPE_CHECKING:
                    "(path, size, mtime); items whose bytes changed are updated in the items "
                    "table and extracted again.")
 @click.option("--shard", default="0/1", metavar="I/N",
-              help="Fill only unit u with u % N == I, so N processes can share one Zarr store.")
+              help="Fill only unit u with u % N == I, so N processes can share one Zarr store. "
+                   "Processes that write one store without it (or --dask) do not split the "
+                   "work: each computes every row (the store stays correct, at N times the "
+                   "work).")
 @click.option("--dask", "dask_cluster", default=None, metavar="local:N|ADDRESS",
               help="Run the units as tasks on a dask.distributed cluster: local:N starts N "
                    "worker processes here, ADDRESS (tcp://host:8786) joins a running scheduler "
