@@ -237,11 +237,13 @@ class _SectionCheck:
     """One section's chunks against its status; collects the rows a repair marks pending."""
 
     def __init__(self, sec: Section, reader: _Reader, report: VerifyReport,
-                 leaves: dict[str, content_digest.Leaves], content: bool = False) -> None:
+                 leaves: dict[str, content_digest.Leaves], content: bool = False,
+                 digests: bool = True) -> None:
         self.sec, self.reader, self.report = sec, reader, report
         self.backend = sec.backend
         self.leaves = leaves  # array path -> hashes of its chunks as read (for the digest)
         self.content = content  # hash every data array, also those without recorded digests
+        self.digests = digests  # check the recorded content digests (False: checksums only)
         self.pending_rows: set[int] = set()
         self.reset: list[tuple[str, int]] = []  # (array path, chunk index) to replace by fill
 
@@ -289,7 +291,7 @@ class _SectionCheck:
         if not self.backend.checksummed(path):
             self.report.findings.append(Finding(path, "chunks carry no checksum (written by "
                                                       "format 1)", damage=False))
-        recorded = self._recorded(name, len(status))
+        recorded = self._recorded(name, len(status)) if self.digests else None
         raw = None if deep or self.content or recorded is not None \
             else self.reader.raw_chunks(path)
         if raw is not None:
@@ -519,17 +521,19 @@ def _array_paths(store: Store, sections: list[Section]) -> list[str]:
                   if store.backend.exists(f"{sec.path}/{a}")]
         paths += [f"{sec.path}/params/{p}"
                   for p in store.backend.children(f"{sec.path}/params")]
+        paths += [content_digest.digest_path(sec.path, a) for a in sec.array_names()
+                  if sec.records_digest(a)]
     return paths
 
 
 def _check_section(store: Store, sec: Section, reader: _Reader, report: VerifyReport,
-                   leaves: dict[str, content_digest.Leaves], content: bool
+                   leaves: dict[str, content_digest.Leaves], content: bool, digests: bool
                    ) -> tuple[_SectionCheck, np.ndarray] | None:
     """Everything of a section but its data arrays: shapes, status, parameters, provenance
     (done while the data chunks' checksums are still being computed in the background)."""
     if not _check_shapes(sec, report.items, report):
         return None
-    check = _SectionCheck(sec, reader, report, leaves, content)
+    check = _SectionCheck(sec, reader, report, leaves, content, digests)
     status = check.status(report.items)
     check.params()
     _check_provenance(store, sec, status, report)
@@ -553,7 +557,8 @@ def _check_section_data(store: Store, check: _SectionCheck, status: np.ndarray,
 
 
 def verify(path: str, repair: bool = False, progress: bool = True,
-           deep: bool = False, expected_digest: str | None = None) -> VerifyReport:
+           deep: bool = False, expected_digest: str | None = None,
+           fast: bool = False) -> VerifyReport:
     """Read every chunk of the store at ``path`` and report damage; ``repair`` marks the rows
     of damaged chunks pending so that extract or compress recomputes exactly them.
 
@@ -562,7 +567,8 @@ def verify(path: str, repair: bool = False, progress: bool = True,
     HDF5: fletcher32), about as fast as reading them. ``deep`` (or ``expected_digest``)
     decodes and hashes every chunk. The store digest computed from the content is reported;
     ``expected_digest`` (a digest, or a JSON file from ``info``/``verify --json``) is
-    compared with it."""
+    compared with it. ``fast`` checks checksums only, on raw bytes (at the disk's speed; a
+    chunk rewritten with a valid checksum then goes unseen, and no digest is reported)."""
     t0 = time.perf_counter()
     report = VerifyReport(store=path)
     with location.uncached(), open_store(path, "r+" if repair else "r") as store:
@@ -578,21 +584,24 @@ def verify(path: str, repair: bool = False, progress: bool = True,
         total = _chunk_count(store.backend, _array_paths(store, sections))
         reader = _Reader(report, store.backend, total, progress)
         content = deep or expected_digest is not None
+        digests = not fast or content
         if not content:
             reader.start_raw([f"{sec.path}/{a}" for sec in sections for a in sec.array_names()
-                              if not sec.records_digest(a)])
+                              if not (digests and sec.records_digest(a))])
         leaves: dict[str, content_digest.Leaves] = {}
         try:
             items = _check_items(store, reader, report)
             report.items = len(items) if items is not None else \
                 int(attrs.get("dataset", {}).get("n_items", 0))
-            checks = [_check_section(store, sec, reader, report, leaves, content)
+            checks = [_check_section(store, sec, reader, report, leaves, content, digests)
                       for sec in sections]
             for check in checks:
                 if check is not None:
                     _check_section_data(store, *check, report, repair, deep)
-            if items is not None:
+            if items is not None and digests:
                 _content_digest(store, leaves, report)
+            elif items is not None:
+                report.digest_note = "no digest: not computed (--fast checks checksums only)"
         finally:
             reader.close()
         if expected_digest is not None:

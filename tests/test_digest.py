@@ -111,6 +111,8 @@ def test_rewrite_with_valid_checksum_is_caught(store: Path, built: Path, tiny_ma
     assert code == 1, out
     assert (f"DAMAGED  embeddings/{KEY}/clip items 4-7: content differs from the digest "
             "recorded when it was written") in out
+    code, out = run("verify", store, "--fast", "--no-progress")  # checksums only: unseen
+    assert code == 0 and "(--fast: content digests not checked)" in out
     code, out = run("verify", store, "--digest", published, "--no-progress")
     lines = [line for line in out.splitlines() if "differs from the expected" in line]
     assert code == 1 and len(lines) == 1 and lines[0].endswith(f"differing: embeddings/{KEY}")
