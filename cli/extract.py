@@ -54,6 +54,10 @@ if TYPE_CHECKING:
                    "and auto give the workers on a machine one GPU each.")
 @click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail",
               help="Bad audio or NaN output: stop naming the item, or skip and record it.")
+@click.option("--allow-duplicates", is_flag=True,
+              help="Accept the same audio (equal file sha256, or the same path) under ids in "
+                   "different splits, a leak between them, refused by default (recorded in the "
+                   "store). Duplicates within one split are only warned about.")
 @click.option("--overwrite", is_flag=True,
               help="Replace embeddings/features written earlier with other settings.")
 @click.option("--rehash", is_flag=True,
@@ -61,7 +65,10 @@ if TYPE_CHECKING:
                    "(path, size, mtime); items whose bytes changed are updated in the items "
                    "table and extracted again.")
 @click.option("--shard", default="0/1", metavar="I/N",
-              help="Fill only unit u with u % N == I, so N processes can share one Zarr store.")
+              help="Fill only unit u with u % N == I, so N processes can share one Zarr store. "
+                   "Processes that write one store without it (or --dask) do not split the "
+                   "work: each computes every row (the store stays correct, at N times the "
+                   "work).")
 @click.option("--dask", "dask_cluster", default=None, metavar="local:N|ADDRESS",
               help="Run the units as tasks on a dask.distributed cluster: local:N starts N "
                    "worker processes here, ADDRESS (tcp://host:8786) joins a running scheduler "
@@ -92,7 +99,8 @@ def command(ctx: click.Context,
             dataset: str, store: str, teacher: str, teacher_opts: tuple[str, ...],
             weights: str | None, key: str | None, segment: float | None, crop: str, dtype: str,
             frames: bool, batch_size: int, batch_seconds: float | None, workers: int | None,
-            resampler: str, device: str, on_error: str, overwrite: bool, rehash: bool,
+            resampler: str, device: str, on_error: str, allow_duplicates: bool,
+            overwrite: bool, rehash: bool,
             shard: str, dask_cluster: str | None, chunk_items: int | None, n_mels: int,
             student_sr: int, like: str | None, split_ratios: str, split_seed: int,
             progress: bool | None) -> None:
@@ -129,7 +137,7 @@ def command(ctx: click.Context,
         frames=frames, batch_size=batch_size, batch_seconds=batch_seconds, workers=workers,
         resampler=resampler, device=device, on_error=on_error, overwrite=overwrite,
         rehash=rehash, shard=parse_shard(shard), progress=progress, chunk_items=chunk_items,
-        logmel=logmel,
+        logmel=logmel, allow_duplicates=allow_duplicates,
     )
     if dask_cluster:
         from eastkd.pipeline.extract.distributed import extract_distributed

@@ -20,6 +20,7 @@ def _print_text(d: dict[str, Any], show_skipped: int) -> None:
                f"  source {ds.get('source', '') or '-'}")
     splits = ", ".join(f"{k} {v}" for k, v in d["splits"].items())
     click.echo(f"items    {d['items']}  ({splits})")
+    click.echo(f"digest   {d['digest'] or d['digest_note']}")
     how = ds.get("split") or {}
     if how.get("method") == "stratified":
         from eastkd.pipeline.datasets.splits import stratified_on
@@ -83,7 +84,9 @@ def _teacher_options(identity: dict[str, Any]) -> str:
 @store_access
 def command(store: str, as_json: bool, show_skipped: int, progress: bool | None) -> None:
     """Show what STORE holds: items, splits, classes, features, teachers' embeddings,
-    compressed targets (with status and provenance), skipped items and bytes on disk.
+    compressed targets (with status and provenance), skipped items and bytes on disk, and
+    the store's content digest (from the chunk digests recorded when they were written; put
+    it in the store's card, and let receivers check it with `eastkd verify --digest`).
 
     STORE may be a .zarr folder, a .zip of one (read-only), an .h5 file, or a Zarr store at a
     URL (s3://bucket/name.zarr; see --storage-option).

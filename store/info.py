@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from eastkd.store.digest import store_digest
 from eastkd.store.store import SECTION_KINDS, Store
 
 
@@ -49,4 +50,6 @@ def describe(store: Store) -> dict[str, Any]:
     for kind in SECTION_KINDS:
         out[kind] = {name: _section_summary(store, kind, name)
                      for name in store.section_names(kind) if store.has_section(kind, name)}
+    d = store_digest(store)  # from the recorded chunk digests: `verify` checks the content
+    out.update(digest=d.digest, digest_sections=d.sections, digest_note=d.note)
     return out

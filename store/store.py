@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from eastkd.store import location
+from eastkd.store import digest, location
 from eastkd.store.backends.base import OK, PENDING, SKIPPED, Backend
 from eastkd.store.damage import metadata_error, repair_hint, write_failure
 from eastkd.errors import (
@@ -33,7 +33,8 @@ from eastkd.errors import (
 from eastkd.store.items import ItemsTable
 
 FORMAT_NAME = "eastkd-store"
-FORMAT_VERSION = 2  # 2: checksummed chunks, NaN fill for floats, dimension names
+FORMAT_VERSION = 3  # 2: checksummed chunks, NaN fill for floats, dimension names;
+#                    3: content digests (per-chunk sha256 of decoded rows, store digest)
 SECTION_KINDS = ("features", "embeddings", "targets")
 FEATURES = "logmel"  # the features section that holds the student's log-mel input
 _TARGET_CHUNK_BYTES = 4 << 20
@@ -217,6 +218,7 @@ class Section:
         self.kind = kind
         self.name = name
         self.path = f"{kind}/{name}"
+        self._digests: dict[str, bool] = {}
 
     @property
     def backend(self) -> Backend:
@@ -294,11 +296,26 @@ class Section:
         ids = self.store.items.ids
         return [(ids[i], str(err[i])) for i in rows]
 
+    def records_digest(self, name: str) -> bool:
+        """Whether array ``name`` has its chunks' content digests recorded (format 3)."""
+        if name not in self._digests:
+            self._digests[name] = self.backend.exists(digest.digest_path(self.path, name))
+        return self._digests[name]
+
+    def _write_data(self, name: str, start: int, value: np.ndarray) -> None:
+        """Rows of one data array, then the content digests of the chunks they touch. Values
+        are cast to the stored dtype here (numpy), so the digest hashes what is stored."""
+        value = np.asarray(value)
+        if self.records_digest(name):
+            value = value.astype(self.backend.dtype(f"{self.path}/{name}"), copy=False)
+        self.backend.write(f"{self.path}/{name}", slice(start, start + len(value)), value)
+        digest.record(self, name, start, value)
+
     def write_rows(self, start: int, data: dict[str, np.ndarray]) -> None:
         """Write rows of data arrays only, leaving their status pending: a writer that fills
         chunks one at a time marks them done afterwards with :meth:`write_block`."""
         for name, value in data.items():
-            self.backend.write(f"{self.path}/{name}", slice(start, start + len(value)), value)
+            self._write_data(name, start, value)
 
     def reset_rows(self, rows: np.ndarray) -> None:
         """Mark rows pending again (their data is recomputed by the next extract)."""
@@ -319,7 +336,7 @@ class Section:
         """Write rows ``start:start+len(status)`` of each array, then their status (last)."""
         stop = start + len(status)
         for name, value in data.items():
-            self.backend.write(f"{self.path}/{name}", slice(start, stop), value)
+            self._write_data(name, start, value)
         if errors is not None:
             self.backend.write(f"{self.path}/error", slice(start, stop),
                                np.asarray(errors, dtype=object))
@@ -515,7 +532,12 @@ class Store:
         n = len(self.items)
         if not self.backend.exists(path):  # a new section: its first write generation
             attrs = {**attrs, "generation": uuid.uuid4().hex}
+        # a section created now records content digests; one written before format 3 does not
+        new = not self.has_section(kind, name)
         self._require_group(path, {**attrs, "identity": identity})
+        if new:
+            self._require_group(f"{path}/{digest.DIGEST_GROUP}", {})
+        with_digests = digest.records_digests(self.backend, path)
         units = []
         for aname, spec in arrays.items():
             row_bytes = int(np.prod(spec.row_shape or (1,))) * np.dtype(spec.dtype).itemsize
@@ -525,6 +547,9 @@ class Store:
                 dimension_names(kind, aname, len(spec.row_shape))
             self._create_if_missing(f"{path}/{aname}", (n, *spec.row_shape),
                                     (ck, *spec.row_shape), spec.dtype, dims)
+            if with_digests and not self.backend.exists(digest.digest_path(path, aname)):
+                digest.create_digest_array(self.backend, path, aname, n,
+                                           self.backend.chunks(f"{path}/{aname}")[0])
         unit = max(units) if units else chunk_items(1, n, max_items=max_chunk_items)
         self._create_if_missing(f"{path}/status", (n,), (unit,), np.uint8, (ITEM_DIM,))
         self._create_if_missing(f"{path}/error", (n,), (unit,), object, (ITEM_DIM,))

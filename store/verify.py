@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -26,6 +27,7 @@ from typing import Any, Iterator
 import numpy as np
 from eastkd.progress import Progress, progress_bar
 
+from eastkd.store import digest as content_digest
 from eastkd.store import location
 from eastkd.store.backends.base import Backend
 from eastkd.store.damage import is_nan_fill, missing_rows, reason_of, rows_text
@@ -78,6 +80,10 @@ class VerifyReport:
     findings: list[Finding] = field(default_factory=list)
     repaired: dict[str, int] = field(default_factory=dict)  # section -> rows marked pending
     rerun: list[Rerun] = field(default_factory=list)  # commands that recompute repaired rows
+    digest: str | None = None  # the store digest computed from the content read
+    digest_sections: dict[str, str | None] = field(default_factory=dict)
+    digest_note: str = ""  # why there is no digest
+    digest_checked: bool = False  # computed from the content (--deep, --digest), not recorded
 
     @property
     def damaged(self) -> bool:
@@ -234,9 +240,14 @@ def _check_shapes(sec: Section, n: int, report: VerifyReport) -> bool:
 class _SectionCheck:
     """One section's chunks against its status; collects the rows a repair marks pending."""
 
-    def __init__(self, sec: Section, reader: _Reader, report: VerifyReport) -> None:
+    def __init__(self, sec: Section, reader: _Reader, report: VerifyReport,
+                 leaves: dict[str, content_digest.Leaves], content: bool = False,
+                 digests: bool = True) -> None:
         self.sec, self.reader, self.report = sec, reader, report
         self.backend = sec.backend
+        self.leaves = leaves  # array path -> hashes of its chunks as read (for the digest)
+        self.content = content  # hash every data array, also those without recorded digests
+        self.digests = digests  # check the recorded content digests (False: checksums only)
         self.pending_rows: set[int] = set()
         self.reset: list[tuple[str, int]] = []  # (array path, chunk index) to replace by fill
 
@@ -284,11 +295,33 @@ class _SectionCheck:
         if not self.backend.checksummed(path):
             self.report.findings.append(Finding(path, "chunks carry no checksum (written by "
                                                       "format 1)", damage=False))
-        raw = None if deep else self.reader.raw_chunks(path)
+        recorded = self._recorded(name, len(status)) if self.digests else None
+        raw = None if deep or self.content or recorded is not None \
+            else self.reader.raw_chunks(path)
         if raw is not None:
             self._check_raw(path, raw, status)
         else:
-            self._check_decoded(path, status)
+            self._check_decoded(path, status, recorded)
+
+    def _recorded(self, name: str, n: int) -> list[bytes | None] | None:
+        """The content digests recorded for array ``name`` (b"" where none was, None for a
+        damaged digest chunk, reported here); None where the section records none."""
+        dpath = content_digest.digest_path(self.sec.path, name)
+        if not self.backend.exists(dpath):
+            return None
+        chunk = self.backend.chunks(f"{self.sec.path}/{name}")[0]
+        out: list[bytes | None] = []
+        for lo, hi, data, reason in self.reader.chunks(dpath):
+            if data is None:
+                rows = (lo * chunk, min(n, hi * chunk))
+                self.report.findings.append(Finding(dpath, f"{reason} (the content digests of "
+                                                           "these rows)", rows, repairable=True))
+                self.pending_rows.update(range(*rows))
+                self.reset.extend((dpath, c) for c in range(lo, hi))
+                out += [None] * (hi - lo)
+            else:
+                out += [row.tobytes() if row.any() else b"" for row in data]
+        return out
 
     def _check_raw(self, path: str, raw: Iterator[tuple[int, str]], status: np.ndarray) -> None:
         """Checksums on the raw bytes; chunks absent where rows are done (by listing)."""
@@ -308,10 +341,17 @@ class _SectionCheck:
             self.damaged(path, lo, min(len(status), lo + chunk),
                          "chunk missing (rows marked done have no data)", chunk)
 
-    def _check_decoded(self, path: str, status: np.ndarray) -> None:
-        """Every chunk decoded; NaN-fill rows or (format 1) absent chunks where rows are done."""
+    def _check_decoded(self, path: str, status: np.ndarray,
+                       recorded: list[bytes | None] | None = None) -> None:
+        """Every chunk decoded and hashed (against its ``recorded`` content digest); NaN-fill
+        rows or (format 1) absent chunks where rows are done."""
         chunk = self.backend.chunks(path)[0]
         nan_fill = is_nan_fill(self.backend.dtype(path), self.backend.fill_value(path))
+        leaves: list[bytes | None] = [None] * -(-len(status) // chunk)
+        reported = len(self.reset)
+        stored = None if nan_fill else self.backend.stored_chunks(path)
+        if stored is not None:  # format 1: fill 0, so listing tells; skipped rows may be absent
+            self._absent(path, stored, status, chunk, done=status == OK)
         for lo, hi, data, reason in self.reader.chunks(path):
             if data is None:
                 self.damaged(path, lo, hi, reason, chunk)
@@ -324,9 +364,28 @@ class _SectionCheck:
                     self.damaged(path, c_lo, min(hi, c_lo + chunk),
                                  "chunk missing (rows marked done read as the fill value)",
                                  chunk)
-        stored = None if nan_fill else self.backend.stored_chunks(path)
-        if stored is not None:  # format 1: fill 0, so listing tells; skipped rows may be absent
-            self._absent(path, stored, status, chunk, done=status == OK)
+            damaged = {c for p, c in self.reset[reported:] if p == path}
+            self._hash_chunks(path, lo, data, chunk, status, recorded, leaves, damaged)
+        if all(leaf is not None for leaf in leaves):
+            self.leaves[path] = leaves  # type: ignore[assignment]
+
+    def _hash_chunks(self, path: str, lo: int, data: np.ndarray, chunk: int,
+                     status: np.ndarray, recorded: list[bytes | None] | None,
+                     leaves: list[bytes | None], damaged: set[int]) -> None:
+        """Hash each chunk of the decoded rows ``lo:lo+len(data)``; a chunk with rows done
+        whose hash differs from the one recorded when it was written is damage (rewritten
+        since, e.g. with a fresh codec checksum), unless already reported (``damaged``)."""
+        for c_lo in range(lo, lo + len(data), chunk):
+            c_hi = min(lo + len(data), c_lo + chunk)
+            leaf = content_digest.chunk_hash(data[c_lo - lo:c_hi - lo])
+            leaves[c_lo // chunk] = leaf
+            want = None if recorded is None else recorded[c_lo // chunk]
+            if want is None or leaf == want or c_lo // chunk in damaged \
+                    or (status[c_lo:c_hi] == PENDING).all():
+                continue
+            self.damaged(path, c_lo, c_hi, "content differs from the digest recorded when it "
+                         "was written (changed since)" if want else "no content digest "
+                         "recorded for rows marked done", chunk)
 
     def params(self) -> None:
         base = f"{self.sec.path}/params"
@@ -553,16 +612,19 @@ def _array_paths(store: Store, sections: list[Section]) -> list[str]:
                   if store.backend.exists(f"{sec.path}/{a}")]
         paths += [f"{sec.path}/params/{p}"
                   for p in store.backend.children(f"{sec.path}/params")]
+        paths += [content_digest.digest_path(sec.path, a) for a in sec.array_names()
+                  if sec.records_digest(a)]
     return paths
 
 
-def _check_section(store: Store, sec: Section, reader: _Reader, report: VerifyReport
+def _check_section(store: Store, sec: Section, reader: _Reader, report: VerifyReport,
+                   leaves: dict[str, content_digest.Leaves], content: bool, digests: bool
                    ) -> tuple[_SectionCheck, np.ndarray] | None:
     """Everything of a section but its data arrays: shapes, status, parameters, provenance
     (done while the data chunks' checksums are still being computed in the background)."""
     if not _check_shapes(sec, report.items, report):
         return None
-    check = _SectionCheck(sec, reader, report)
+    check = _SectionCheck(sec, reader, report, leaves, content, digests)
     status = check.status(report.items)
     check.params()
     _check_provenance(store, sec, status, report)
@@ -586,12 +648,16 @@ def _check_section_data(store: Store, check: _SectionCheck, status: np.ndarray,
 
 
 def verify(path: str, repair: bool = False, progress: Progress = False,
-           deep: bool = False) -> VerifyReport:
+           deep: bool = False, expected_digest: str | None = None) -> VerifyReport:
     """Read every chunk of the store at ``path`` and report damage; ``repair`` marks the rows
     of damaged chunks pending so that extract or compress recomputes exactly them.
 
-    Data chunks are checked on their raw bytes where the backend can (Zarr: crc32c; HDF5:
-    fletcher32), about as fast as reading them; ``deep`` decodes every chunk as well."""
+    Data chunks of sections that record content digests (format 3) are decoded and hashed
+    against them only with ``deep`` (or ``expected_digest``), which decodes and hashes every
+    chunk; by default chunks are checked on their raw bytes where the backend can (Zarr:
+    crc32c; HDF5: fletcher32), about as fast as reading them, and the digest reported is the
+    one recorded (``digest_checked`` False). ``expected_digest`` (a digest, or a JSON file from
+    ``info``/``verify --json``) is compared with the digest computed from the content."""
     t0 = time.perf_counter()
     report = VerifyReport(store=path)
     with location.uncached(), open_store(path, "r+" if repair else "r") as store:
@@ -606,13 +672,17 @@ def verify(path: str, repair: bool = False, progress: Progress = False,
         sections, broken = _sections(store, report)
         total = _chunk_count(store.backend, _array_paths(store, sections))
         reader = _Reader(report, store.backend, total, progress)
-        if not deep:
-            reader.start_raw([f"{sec.path}/{a}" for sec in sections for a in sec.array_names()])
+        content = digests = deep or expected_digest is not None
+        if not content:
+            reader.start_raw([f"{sec.path}/{a}" for sec in sections for a in sec.array_names()
+                              if not (digests and sec.records_digest(a))])
+        leaves: dict[str, content_digest.Leaves] = {}
         try:
             items = _check_items(store, reader, report)
             report.items = len(items) if items is not None else \
                 int(attrs.get("dataset", {}).get("n_items", 0))
-            checks = [_check_section(store, sec, reader, report) for sec in sections]
+            checks = [_check_section(store, sec, reader, report, leaves, content, digests)
+                      for sec in sections]
             for check in checks:
                 if check is not None:
                     _check_section_data(store, *check, report, repair, deep)
@@ -620,9 +690,42 @@ def verify(path: str, repair: bool = False, progress: Progress = False,
                 report.rerun.append(_rerun_hint(store, sec))
                 if repair:
                     _repair_metadata(store, sec, report)
+            if items is not None:
+                _content_digest(store, leaves if content else None, report)
         finally:
             reader.close()
+        if expected_digest is not None:
+            _compare_digest(report, expected_digest)
     return _finish(report, t0)
+
+
+def _content_digest(store: Store, leaves: dict[str, content_digest.Leaves] | None,
+                    report: VerifyReport) -> None:
+    """The store digest from the content read (``leaves``: hashes of the data chunks, as
+    decoded while checking them), or, with ``leaves`` None, from the recorded chunk digests
+    (as ``eastkd info`` prints it: not checked against the content)."""
+    d = content_digest.store_digest(store, leaves.get if leaves is not None else None)
+    report.digest, report.digest_sections, report.digest_note = d.digest, d.sections, d.note
+    report.digest_checked = leaves is not None and d.digest is not None
+
+
+def _compare_digest(report: VerifyReport, expected: str) -> None:
+    """A finding when the digest computed from the content differs from ``expected`` (a
+    digest, or a JSON file holding ``digest`` and ``digest_sections``), naming the sections
+    that differ where the file lists them."""
+    theirs: dict[str, Any] = {}
+    if os.path.isfile(expected):
+        with open(expected) as f:
+            published = json.load(f)
+        expected, theirs = published.get("digest"), published.get("digest_sections") or {}
+    if report.digest == expected:
+        return
+    where = content_digest.differing(report.digest_sections, theirs) if theirs else []
+    problem = (f"store digest {report.digest} differs from the expected {expected}"
+               if report.digest else f"store digest unknown ({report.digest_note})")
+    if where:
+        problem += f"; differing: {', '.join(where)}"
+    report.findings.append(Finding("/", problem))
 
 
 def _finish(report: VerifyReport, t0: float) -> VerifyReport:

@@ -211,3 +211,20 @@ def test_workers_share_their_machines_cores_and_gpus(monkeypatch: pytest.MonkeyP
     assert worker_device("cuda:1", 0) == "cuda:1" and worker_device("cpu", 1) == "cpu"
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert worker_device("cuda", 1) == "cuda"
+
+
+def test_local_cluster_run_prints_only_the_summary(demo_manifest: Path, tmp_path: Path) -> None:
+    """A normal `extract --dask local:1` run, as a user starts it: the summary, and no dask
+    INFO lines, nanny warnings or "leaked semaphore" reports on stderr."""
+    import subprocess
+
+    manifest = small_manifest(demo_manifest, tmp_path / "m.csv", per_class=1)  # 5 clips
+    res = subprocess.run(
+        [sys.executable, "-m", "eastkd.cli.main", "extract", str(manifest),
+         str(tmp_path / "s.zarr"), "--teacher", "crepe-tiny", "--teacher-opt", "hop_ms=100",
+         "--no-progress", "--dask", "local:1"],
+        capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert "5 written" in res.stdout
+    for noise in ("INFO", "distributed", "leaked", "semaphore", "Traceback"):
+        assert noise not in res.stderr, res.stderr

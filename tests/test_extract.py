@@ -269,6 +269,15 @@ def test_resume_after_sigkill_equals_uninterrupted_run(demo_manifest: Path,
     assert got["embeddings/crepe-tiny/frames"].shape == (40, 11, 256)
     assert (got["embeddings/crepe-tiny/status"] == OK).all()
     assert_bitwise_equal(got, want)
+    assert _digest(store) == _digest(ref) is not None  # the content digest survives the kill
+
+
+def _digest(store: Path) -> str | None:
+    """The store's content digest, from the chunk hashes recorded at write time."""
+    from eastkd.store.digest import store_digest
+
+    with open_store(str(store)) as s:
+        return store_digest(s).digest
 
 
 def _h5_ok_rows(store: Path) -> int:
@@ -298,6 +307,7 @@ def test_hdf5_resume_after_sigkill_equals_uninterrupted_run(demo_manifest: Path,
     ref = tmp_path / "uninterrupted.h5"
     extract(str(manifest), str(ref), opts(chunk_items=8, batch_size=8, workers=1))
     assert_bitwise_equal(all_arrays(store), all_arrays(ref))
+    assert _digest(store) == _digest(ref) is not None
 
 
 # ------------------------------------------------------------------------------------------
@@ -313,8 +323,8 @@ def test_bad_input_fail_then_skip(kind: str, demo_manifest: Path, tmp_path: Path
            "label": good[0]["label"], "split": "test"}
     manifest = write_manifest(tmp_path / "m.csv", good + [bad])
     if kind == "missing":
-        # the manifest adapter refuses a path that does not exist (see test_demo_and_manifest);
-        # here the file vanishes after listing (a network drive, a cleanup job ...)
+        # here the file vanishes after listing (a network drive, a cleanup job ...); a path
+        # missing from the start is tested in test_inputs
         Path(bad["path"]).write_bytes(Path(good[0]["path"]).read_bytes())
         manifest = load_manifest(str(manifest))
         os.remove(bad["path"])
@@ -421,7 +431,7 @@ def test_each_chunk_written_once_and_status_per_unit(demo_manifest: Path, tmp_pa
 def test_cli_bad_input_one_line_error_then_skip_and_info(demo_manifest: Path, tmp_path: Path,
                                                          teacher_dir: Path) -> None:
     good = pick(demo_manifest, 1)
-    kinds = [k for k in REASONS if k != "missing"]  # a manifest refuses missing files upfront
+    kinds = [k for k in REASONS if k != "missing"]  # missing: tested in test_inputs
     bad = [{"id": f"bad_{k}", "path": make_bad_file(k, tmp_path, good[0]["path"]),
             "label": good[0]["label"], "split": "train"} for k in kinds]
     manifest = write_manifest(tmp_path / "m.csv", good + bad)

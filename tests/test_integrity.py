@@ -22,6 +22,7 @@ from click.testing import CliRunner
 
 from eastkd.cli.main import cli
 from eastkd.store import open_store
+from eastkd.store.store import FORMAT_VERSION
 from eastkd.store.backends.hdf5_backend import has_abandoned_files
 from eastkd.errors import StoreDamageError
 
@@ -272,7 +273,7 @@ def test_verify_json_on_a_sound_store(built: Path) -> None:
     code, out = run("verify", built, "--json")
     report = json.loads(out)
     assert code == 0 and report["ok"] and report["findings"] == []
-    assert report["items"] == 15 and report["format_version"] == 2
+    assert report["items"] == 15 and report["format_version"] == FORMAT_VERSION
     with open_store(str(built)) as s:
         n_arrays = sum(1 for _ in _walk_arrays(s))
     assert report["arrays"] == n_arrays and report["bytes_decoded"] > 0
@@ -594,7 +595,8 @@ def test_deep_verify_finds_the_same_damage(store: Path, how: str) -> None:
     assert rows == [(f["path"], f["rows"]) for f in deep["findings"] if f["damage"]]
     assert rows == [("features/logmel/values", [8, 12])]
     if store.is_dir():  # HDF5 has no raw check: it always decodes
-        assert deep["bytes_decoded"] > fast["bytes_decoded"] and fast["bytes_checked"] > 0
+        # data that records content digests (format 3) is decoded and hashed by both
+        assert deep["bytes_decoded"] >= fast["bytes_decoded"] > 0
 
 
 # -- manifests -------------------------------------------------------------------------------

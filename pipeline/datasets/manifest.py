@@ -138,7 +138,8 @@ def load_manifest(path: str, split_ratios: tuple[float, float, float] = DEFAULT_
 
     ``label`` holds one class name per item (single-label); ``labels`` holds ``;``-separated
     names (in JSONL also a list) and makes the dataset multi-label. ``path`` is relative to the
-    manifest's folder or absolute. ``split`` is train/valid/test (val, validation accepted); when
+    manifest's folder or absolute (a file that does not exist is listed all the same: extract
+    refuses or skips it, by its ``--on-error``). ``split`` is train/valid/test (val, validation accepted); when
     the column is absent altogether, items get a stratified split by class
     (:func:`~eastkd.pipeline.datasets.splits.stratified_split` with ``split_ratios`` and
     ``split_seed``), recorded in ``split_info``. Other fields are kept in
@@ -182,11 +183,8 @@ def load_manifest(path: str, split_ratios: tuple[float, float, float] = DEFAULT_
             raise EastkdError(f"{where}: empty path for id {item_id!r}")
         audio = Path(rel).expanduser()
         audio = audio if audio.is_absolute() else base / audio
-        if not _is_audio_entry(audio):
-            raise EastkdError(
-                f"{where}: audio file {audio} for id {item_id!r} does not exist; paths are "
-                "relative to the manifest's folder or absolute"
-            )
+        # a path that does not exist is kept: extract stops at it naming the item
+        # (--on-error fail; finished work is kept) or records it as skipped, "file not found"
         split = normalise_split(str(row.get("split") or ""), where) if has_split else ""
         names = _split_labels(row.get("labels") if multi else row.get("label"))
         if not multi and not names:

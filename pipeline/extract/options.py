@@ -50,6 +50,7 @@ class ExtractOptions:
     units: list[int] | None = None  # only these unit indices (e.g. one dask task's)
     progress: Progress = False
     chunk_items: int | None = None  # cap on items per chunk (power of two) of new sections
+    allow_duplicates: bool = False  # accept the same audio in two splits (recorded)
 
     def resolved_workers(self) -> int:
         return default_workers() if self.workers is None else max(0, int(self.workers))

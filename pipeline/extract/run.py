@@ -32,6 +32,7 @@ from eastkd.pipeline.extract.plan import (
     resolve_segment,
 )
 from eastkd.pipeline.extract.writer import BatchResult, Writer
+from eastkd.pipeline.extract.duplicates import check_duplicates
 from eastkd.pipeline.extract.indexing import MTIME, SIZE, build_items_table
 from eastkd.pipeline.teachers.base import Teacher
 from eastkd.pipeline.teachers.loading import (
@@ -40,7 +41,7 @@ from eastkd.pipeline.teachers.loading import (
     default_key,
     load_teacher,
 )
-from eastkd.errors import RunInterrupted
+from eastkd.errors import RunInterrupted, StoreWriteError
 from eastkd.store import (
     ArraySpec,
     EastkdError,
@@ -66,7 +67,8 @@ def extract(dataset: str | DatasetSpec, store_path: str, opts: ExtractOptions) -
     t0 = time.perf_counter()
     teacher = None if store_exists(store_path) else load_teacher(opts.teacher,
                                                                  opts.teacher_options)
-    store = open_or_create(store_path, spec, opts.progress, opts.resolved_workers(), opts.rehash)
+    store = open_or_create(store_path, spec, opts.progress, opts.resolved_workers(), opts.rehash,
+                           opts.allow_duplicates)
     try:
         if teacher is None:
             done = _finished(store, store_path, opts, t0)
@@ -102,32 +104,48 @@ def _check_options(opts: ExtractOptions, store_path: str) -> None:
 # -- the items table ---------------------------------------------------------------------------
 
 
-def open_or_create(store_path: str, spec: DatasetSpec, progress: Progress = False, workers: int = 4,
-                   rehash: bool = False) -> Store:
+def open_or_create(store_path: str, spec: DatasetSpec, progress: Progress = False,
+                   workers: int = 4, rehash: bool = False,
+                   allow_duplicates: bool = False) -> Store:
     """The store for this dataset: created with its items table, or reopened after a check.
 
     Reopening reuses the store's file hashes (keyed on path, size and mtime) and reads no
     audio; ``rehash`` hashes every file again, and files whose bytes changed get their items
     row updated and their rows of every section marked pending (recomputed by this run).
+    Duplicate items (same file or same audio) are warned about within a split and refused
+    across splits unless ``allow_duplicates`` (recorded in ``dataset.duplicates``).
     """
     dataset = {"name": spec.name, "source": spec.source, "description": spec.description,
                "split": spec.split_info}
     if not store_exists(store_path):
         items = build_items_table(spec, progress, workers)
+        duplicates = check_duplicates(items, allow_duplicates)
+        if duplicates:
+            dataset["duplicates"] = duplicates
         return create_store(store_path, items, dataset)
     with open_store(store_path) as old:
         known = old.items
         fingerprint = old.dataset_fingerprint
+        recorded = old.attrs.get("dataset", {}).get("duplicates") or {}
     if known.ids != [it.id for it in spec.items]:  # another dataset: refused without hashing
         return open_for_dataset(store_path, build_items_table(spec, progress, workers,
                                                               hash_files=False))
     items = build_items_table(spec, progress, workers, known, rehash)
+    duplicates = check_duplicates(items, allow_duplicates,
+                                  bool(recorded.get("allowed_across_splits")))
     same_files = dataclasses.replace(items, sha256=list(known.sha256))
     if rehash and same_files.fingerprint() == fingerprint:
-        return _apply_rehash(store_path, items, known)
-    store = open_for_dataset(store_path, items)
-    if SIZE not in known.extra or MTIME not in known.extra:  # a store from before the cache
-        store.update_items(items, "file size and mtime columns added (hash cache)")
+        store = _apply_rehash(store_path, items, known)
+    else:
+        store = open_for_dataset(store_path, items)
+        if SIZE not in known.extra or MTIME not in known.extra:  # from before the hash cache
+            store.update_items(items, "file size and mtime columns added (hash cache)")
+    if duplicates and duplicates != recorded and not store.read_only:  # e.g. the flag now
+        try:
+            store.backend.update_attrs("", {"dataset": {**store.attrs["dataset"],
+                                                        "duplicates": duplicates}})
+        except StoreWriteError:  # a read-only medium: the run itself may write nothing
+            pass
     return store
 
 
