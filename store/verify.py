@@ -704,7 +704,11 @@ def _content_digest(store: Store, leaves: dict[str, content_digest.Leaves] | Non
     """The store digest from the content read (``leaves``: hashes of the data chunks, as
     decoded while checking them), or, with ``leaves`` None, from the recorded chunk digests
     (as ``eastkd info`` prints it: not checked against the content)."""
-    d = content_digest.store_digest(store, leaves.get if leaves is not None else None)
+    try:
+        d = content_digest.store_digest(store, leaves.get if leaves is not None else None)
+    except EastkdError:  # damage the checks above report: no digest for a damaged store
+        report.digest_note = "no digest: the store is damaged (see the findings)"
+        return
     report.digest, report.digest_sections, report.digest_note = d.digest, d.sections, d.note
     report.digest_checked = leaves is not None and d.digest is not None
 
