@@ -33,7 +33,9 @@ from eastkd.errors import (
 from eastkd.store.items import ItemsTable
 
 FORMAT_NAME = "eastkd-store"
-FORMAT_VERSION = 2  # 2: checksummed chunks, NaN fill for floats, dimension names
+# 2: checksummed chunks, NaN fill for floats, dimension names; 3: items/labelled (unlabelled
+# items) and per-view arrays. Versions 1 and 2 are read as they are (every item labelled).
+FORMAT_VERSION = 3
 SECTION_KINDS = ("features", "embeddings", "targets")
 _TARGET_CHUNK_BYTES = 4 << 20
 _MAX_CHUNK_ITEMS = 8192
@@ -537,6 +539,7 @@ class Store:
         return {p: self.backend.read(f"{base}/{p}") for p in self.backend.children(base)}
 
 
+LABELLED = "labelled"  # items column: 1 labelled, 0 unlabelled (absent before format 3: all 1)
 ITEMS_DAMAGED = ("the items table cannot be repaired in place: restore the store from a copy, "
                  "or extract again into a new store")
 
@@ -551,7 +554,9 @@ def _read_items(backend: Backend) -> ItemsTable:
                           "damaged or half-written: recreate it with `eastkd extract`")
     try:
         extra = {c: backend.read(f"items/{c}", allow_missing=True)
-                 for c in sorted(cols - core - {"label"})}
+                 for c in sorted(cols - core - {"label", LABELLED})}
+        labelled = (backend.read(f"items/{LABELLED}").astype(bool) if LABELLED in cols
+                    else None)  # a store before format 3: every item labelled
         return ItemsTable(
             ids=[str(x) for x in backend.read("items/id")],
             paths=[str(x) for x in backend.read("items/path")],
@@ -562,6 +567,7 @@ def _read_items(backend: Backend) -> ItemsTable:
             class_names=list(attrs.get("class_names", [])),
             multi_label=bool(attrs.get("multi_label", False)),
             extra=extra,
+            labelled=labelled,
         )
     except StoreDamageError as e:
         raise StoreDamageError(f"{str(e).split('; run `eastkd verify')[0]}; "
@@ -601,6 +607,8 @@ def _write_items(backend: Backend, items: ItemsTable) -> None:
     backend.create_array("items/labels", (n, c), (ck, c), np.uint8, data=labels,
                          dims=dimension_names("items", "labels", 1))
     backend.create_array("items/label", (n,), (ck,), np.int32, data=items.label, dims=item)
+    backend.create_array(f"items/{LABELLED}", (n,), (ck,), np.uint8,
+                         data=items.labelled_mask.astype(np.uint8), dims=item)
     for name, col in items.extra.items():
         col = np.asarray(col)
         dtype = object if col.dtype.kind in "OUS" else col.dtype
@@ -622,6 +630,11 @@ def _write_item_columns(backend: Backend, items: ItemsTable) -> None:
         labels = np.zeros((n, 1), dtype=np.uint8)
     backend.write("items/labels", slice(0, n), labels)
     backend.write("items/label", slice(0, n), items.label)
+    if backend.exists(f"items/{LABELLED}"):
+        backend.write(f"items/{LABELLED}", slice(0, n), items.labelled_mask.astype(np.uint8))
+    elif items.has_unlabelled:
+        backend.create_array(f"items/{LABELLED}", (n,), (chunk_items(256, n),), np.uint8,
+                             data=items.labelled_mask.astype(np.uint8), dims=(ITEM_DIM,))
     for name, col in items.extra.items():
         col = np.asarray(col)
         backend.write(f"items/{name}", slice(0, n), col.astype(object if col.dtype.kind in "OUS"

@@ -382,7 +382,9 @@ def _rerun_hint(store: Store, sec: Section) -> str:
     if sec.kind == "targets":
         return _compress_hint(store.path, sec.name, sec.attrs)
     keys = [sec.name] if sec.kind == "embeddings" else store.section_names("embeddings")[:1]
-    src = store.attrs.get("dataset", {}).get("source") or "DATASET"
+    dataset = store.attrs.get("dataset", {})
+    src = dataset.get("source") or "DATASET"
+    src += "".join(f" --unlabelled {d}" for d in dataset.get("unlabelled", []))
     if not keys:
         return f"eastkd extract {src} {store.path} ... (the command that wrote {sec.path})"
     return _extract_hint(store.path, src, keys[0], store.embeddings(keys[0]).attrs)

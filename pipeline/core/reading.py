@@ -132,8 +132,9 @@ def item_splits(store: Store, fold: int | None = None) -> np.ndarray:
 
 
 def split_rows(store: Store, split: str, targets: TargetsSpec | None = None,
-               fold: int | None = None) -> np.ndarray:
-    """Sorted store rows of ``split`` usable for training: features (and targets) OK, labelled.
+               fold: int | None = None, labelled: bool | None = True) -> np.ndarray:
+    """Sorted store rows of ``split`` usable for training: features (and targets) OK, and
+    labelled (``labelled=True``, the default), unlabelled (``False``) or either (``None``).
 
     Skipped rows are left out; a section with pending rows is refused (its writer is unfinished).
     ``split='all'`` takes every item.
@@ -151,8 +152,10 @@ def split_rows(store: Store, split: str, targets: TargetsSpec | None = None,
         mask = np.ones(len(st), dtype=bool)
     else:
         mask = item_splits(store, fold) == split
-    if not store.items.multi_label:
-        mask &= store.items.label >= 0
+    items = store.items
+    has_label = items.labelled_mask & (items.multi_label or items.label >= 0)
+    if labelled is not None:
+        mask &= has_label if labelled else ~items.labelled_mask
     return np.flatnonzero(mask & ok)
 
 
@@ -596,8 +599,10 @@ class SplitData:
 def load_split(store: Store, split: str, targets: TargetsSpec | None = None,
                fold: int | None = None, memory_limit: int = DEFAULT_MEMORY_LIMIT,
                shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, workers: int | None = None,
-               pin_memory: bool = False) -> SplitData:
-    """The usable rows of ``split`` with their inputs, labels and (optionally) targets."""
-    rows = split_rows(store, split, targets, fold)
+               pin_memory: bool = False, labelled: bool | None = True) -> SplitData:
+    """The usable rows of ``split`` with their inputs, labels and (optionally) targets:
+    labelled rows (default), unlabelled ones (``labelled=False``; labels -1 or all-zero
+    rows, never a task loss's) or both (None); see :func:`split_rows`."""
+    rows = split_rows(store, split, targets, fold, labelled)
     return SplitData(store, split, rows, targets, memory_limit, shuffle_buffer, workers,
                      pin_memory)

@@ -1,0 +1,252 @@
+"""Unlabelled items on real audio: class folders plus folders of unlabelled audio in one store,
+manifests with empty labels, train-only refusals, stratified splits of the labelled items,
+``info`` counts, the items table's ``labelled`` column (and stores without it), the rows
+compress fits on."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import TEACHER_OPTS
+
+from eastkd.cli.main import cli
+from eastkd.errors import EastkdError
+from eastkd.pipeline.core.reading import split_rows
+from eastkd.pipeline.datasets.base import DatasetSpec, Item
+from eastkd.pipeline.datasets.manifest import load_manifest, resolve_dataset
+from eastkd.store import FORMAT_VERSION, ItemsTable, open_store
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+LABELLED_PER_CLASS = 8  # of the demo's 16 clips per class; the other 8 go unlabelled
+
+
+def _demo_rows(manifest: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader(manifest.open()))
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory, demo_manifest: Path) -> dict[str, Path]:
+    """Class folders with 8 clips per class, an unlabelled folder beside them (the other 8 per
+    class) and a small one inside the dataset folder (which must not become a class)."""
+    base = tmp_path_factory.mktemp("unlabelled_data")
+    root, outside = base / "classes", base / "field_recordings"
+    seen: Counter[str] = Counter()
+    for row in _demo_rows(demo_manifest):
+        src = demo_manifest.parent / row["path"]
+        seen[row["label"]] += 1
+        k = seen[row["label"]]
+        if k <= LABELLED_PER_CLASS:
+            dst = root / row["label"] / f"{row['id']}.wav"
+        elif k <= 2 * LABELLED_PER_CLASS - 1:
+            dst = outside / f"{row['id']}.wav"
+        else:
+            dst = root / "unsorted" / f"{row['id']}.wav"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, dst)
+    return {"root": root, "outside": outside, "inside": root / "unsorted"}
+
+
+def _cli(*args: object) -> tuple[int, str]:
+    res = CliRunner().invoke(cli, [str(a) for a in args])
+    if res.exception is not None and not isinstance(res.exception, SystemExit):
+        raise res.exception
+    return res.exit_code, res.output
+
+
+def _extract_args(folders: dict[str, Path], store: Path) -> list[object]:
+    return ["extract", folders["root"], store, "--teacher", "crepe-tiny", "--teacher-opt",
+            f"hop_ms={TEACHER_OPTS['hop_ms']}", "--workers", "0", "--no-progress",
+            "--unlabelled", folders["outside"], "--unlabelled", folders["inside"]]
+
+
+@pytest.fixture(scope="module")
+def mixed_store(tmp_path_factory: pytest.TempPathFactory, folders: dict[str, Path]) -> Path:
+    """One store built by one command from the class folders plus both unlabelled folders."""
+    store = tmp_path_factory.mktemp("unlabelled_store") / "mixed.zarr"
+    code, out = _cli(*_extract_args(folders, store))
+    assert code == 0, out
+    return store
+
+
+# -- datasets ----------------------------------------------------------------------------------
+
+
+def test_folder_plus_unlabelled_folders(folders: dict[str, Path]) -> None:
+    plain = resolve_dataset(str(folders["root"]), unlabelled=[str(folders["inside"])])
+    spec = resolve_dataset(str(folders["root"]),
+                           unlabelled=[str(folders["outside"]), str(folders["inside"])])
+    assert spec.class_names == sorted({p.name for p in folders["root"].iterdir()} - {"unsorted"})
+    unl = [it for it in spec.items if not it.labelled]
+    assert len(unl) == 5 * (LABELLED_PER_CLASS - 1) + 5
+    assert all(it.split == "train" and it.labels == [] for it in unl)
+    # ids: relative to the dataset folder when inside it, else to the folder's parent
+    assert {it.id.split("/")[0] for it in unl} == {"field_recordings", "unsorted"}
+    # the labelled items and their stratified split do not depend on the unlabelled folders
+    labelled = [(it.id, it.split, it.labels) for it in spec.items if it.labelled]
+    assert labelled == [(it.id, it.split, it.labels) for it in plain.items if it.labelled]
+    assert Counter(s for _, s, _ in labelled) == {"train": 28, "valid": 6, "test": 6}
+    assert spec.unlabelled_sources == [str(folders["outside"].resolve()),
+                                       str(folders["inside"].resolve())]
+
+
+def test_unlabelled_folder_errors(folders: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(EastkdError, match=r"--unlabelled .*nowhere: no such folder"):
+        resolve_dataset(str(folders["root"]), unlabelled=[str(tmp_path / "nowhere")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EastkdError, match=r"--unlabelled .*empty: holds no audio files"):
+        resolve_dataset(str(folders["root"]), unlabelled=[str(tmp_path / "empty")])
+    twin = tmp_path / "x" / "field_recordings"  # same folder name: the same ids
+    shutil.copytree(folders["outside"], twin)
+    with pytest.raises(EastkdError, match=r"give the same id 'field_recordings/"):
+        resolve_dataset(str(folders["root"]), unlabelled=[str(folders["outside"]), str(twin)])
+
+
+def test_manifest_with_empty_labels(demo_manifest: Path, tmp_path: Path) -> None:
+    """Rows with an empty label are unlabelled train items; without a split column the
+    labelled rows get the same stratified split as a manifest without the unlabelled rows."""
+    rows = _demo_rows(demo_manifest)
+    base = demo_manifest.parent
+    full, labelled_only = tmp_path / "full.csv", tmp_path / "labelled.csv"
+    with full.open("w", newline="") as f, labelled_only.open("w", newline="") as g:
+        wf, wg = csv.writer(f), csv.writer(g)
+        wf.writerow(["id", "path", "label"])
+        wg.writerow(["id", "path", "label"])
+        for k, r in enumerate(rows):
+            path = str(base / r["path"])
+            if k % 3 == 0:
+                wf.writerow([r["id"], path, ""])
+            else:
+                wf.writerow([r["id"], path, r["label"]])
+                wg.writerow([r["id"], path, r["label"]])
+    spec, ref = load_manifest(str(full)), load_manifest(str(labelled_only))
+    unl = [it for it in spec.items if not it.labelled]
+    assert len(unl) == len(rows[::3]) and all(it.split == "train" for it in unl)
+    assert [(it.id, it.split, it.labels) for it in spec.items if it.labelled] == \
+        [(it.id, it.split, it.labels) for it in ref.items]
+    assert spec.split_info == ref.split_info
+
+
+def test_multilabel_manifest_empty_labels_and_labelled_column(tmp_path: Path,
+                                                             demo_manifest: Path) -> None:
+    wav = demo_manifest.parent / _demo_rows(demo_manifest)[0]["path"]
+    text = ("id,path,labels,split,labelled\n"
+            f"a,{wav},x;y,train,\n"
+            f"b,{wav},,train,\n"  # empty labels: unlabelled
+            f"c,{wav},,valid,1\n"  # labelled, no positive tag
+            f"d,{wav},,,\n")  # unlabelled, no split: train
+    (tmp_path / "m.csv").write_text(text)
+    spec = load_manifest(str(tmp_path / "m.csv"))
+    assert [(i.id, i.labelled, i.split, i.labels) for i in spec.items] == [
+        ("a", True, "train", [0, 1]), ("b", False, "train", []), ("c", True, "valid", []),
+        ("d", False, "train", [])]
+    (tmp_path / "bad.csv").write_text(text.replace(",valid,1", ",test,"))
+    with pytest.raises(EastkdError, match=r"bad\.csv:4: id 'c' has no label but is a test row"):
+        load_manifest(str(tmp_path / "bad.csv"))
+
+
+def test_adapter_with_unlabelled_valid_item_is_refused() -> None:
+    spec = DatasetSpec("x", [Item("a", "/a.wav", "train", [0]),
+                             Item("b", "/b.wav", "valid", labelled=False)], ["c"])
+    with pytest.raises(EastkdError, match=r"item 'b' \(/b\.wav\) has no label but is a valid"):
+        spec.check_unlabelled()
+
+
+# -- the store ---------------------------------------------------------------------------------
+
+
+def test_store_records_unlabelled_items(mixed_store: Path, folders: dict[str, Path]) -> None:
+    with open_store(str(mixed_store)) as s:
+        items = s.items
+        assert s.attrs["format_version"] == FORMAT_VERSION == 3
+        assert s.attrs["dataset"]["unlabelled"] == [str(folders["outside"].resolve()),
+                                                    str(folders["inside"].resolve())]
+        mask = items.labelled_mask
+        assert int((~mask).sum()) == 40 and not items.labels[~mask].any()
+        assert set(np.asarray(items.splits)[~mask]) == {"train"}
+        assert (items.label[~mask] == -1).all()
+        assert np.array_equal(s.backend.read("items/labelled"), mask.astype(np.uint8))
+        train = split_rows(s, "train")
+        unl = split_rows(s, "train", labelled=False)
+        both = split_rows(s, "train", labelled=None)
+        assert mask[train].all() and not mask[unl].any() and len(train) == 28
+        assert np.array_equal(np.sort(np.concatenate([train, unl])), both)
+        assert mask[split_rows(s, "valid")].all() and split_rows(s, "valid", labelled=False).size == 0
+
+
+def test_info_counts_labelled_and_unlabelled(mixed_store: Path) -> None:
+    code, out = _cli("info", mixed_store, "--json")
+    d = json.loads(out)
+    assert code == 0
+    assert d["labelled"] == {"test": 6, "train": 28, "valid": 6}
+    assert d["unlabelled"] == {"test": 0, "train": 40, "valid": 0}
+    code, out = _cli("info", mixed_store)
+    assert "labels   test 6 labelled + 0 unlabelled, train 28 labelled + 40 unlabelled" in out
+
+
+def test_rerun_continues_and_needs_the_same_folders(mixed_store: Path,
+                                                    folders: dict[str, Path]) -> None:
+    code, out = _cli(*_extract_args(folders, mixed_store))
+    assert code == 0 and "0 written, 0 skipped now, 80 already done, of 80 items" in out, out
+    code, out = _cli(*_extract_args(folders, mixed_store)[:-2])  # without the inside folder
+    errors = [line for line in out.splitlines() if line.startswith("Error:")]
+    assert code != 0 and len(errors) == 1 and "Traceback" not in out
+    assert f"was written with --unlabelled {folders['outside'].resolve()} --unlabelled" in \
+        errors[0]
+
+
+def test_fully_labelled_tables_keep_their_identity() -> None:
+    """No unlabelled item: checksum and fingerprint are those of a table without the column
+    (existing stores stay valid); one unlabelled item changes both."""
+    n = 4
+    base = dict(ids=list("abcd"), paths=list("abcd"), sha256=["0" * 64] * n,
+                durations=np.ones(n, np.float32), splits=["train"] * 3 + ["valid"],
+                labels=np.eye(n, 2, dtype=np.uint8), class_names=["p", "q"])
+    old = ItemsTable(**base)
+    full = ItemsTable(**base, labelled=np.ones(n, bool))
+    assert (old.fingerprint(), old.content_sha256()) == (full.fingerprint(), full.content_sha256())
+    labels = base["labels"].copy()
+    labels[2] = 0
+    one = ItemsTable(**{**base, "labels": labels}, labelled=np.array([1, 1, 0, 1], bool))
+    same_rows = ItemsTable(**{**base, "labels": labels})  # item 2 labelled with no class
+    assert one.fingerprint() != same_rows.fingerprint()
+    assert one.content_sha256() != same_rows.content_sha256()
+
+
+def test_store_without_the_column_reads_as_all_labelled(demo_store: Path) -> None:
+    """A format-2 store has no items/labelled: every item is labelled and the recorded
+    checksum and fingerprint still hold."""
+    with open_store(str(demo_store), "r+") as s:
+        assert s.backend.exists("items/labelled")
+        s.backend.delete("items/labelled")
+        s.backend.update_attrs("", {"format_version": 2})
+    with open_store(str(demo_store)) as s:
+        assert s.items.labelled_mask.all() and not s.items.has_unlabelled
+        assert "labelled" not in s.items.extra
+    code, out = _cli("verify", demo_store, "--no-progress")
+    assert code == 0, out
+
+
+# -- compress ----------------------------------------------------------------------------------
+
+
+def test_compress_pca_fits_all_train_rows_learned_the_labelled(mixed_store: Path,
+                                                               tmp_path: Path) -> None:
+    store = tmp_path / "m.zarr"
+    shutil.copytree(mixed_store, store)
+    code, out = _cli("compress", store, "--method", "pca", "--dim", "8", "--name", "p",
+                     "--no-progress")
+    assert code == 0, out
+    code, out = _cli("compress", store, "--method", "learned", "--dim", "8", "--name", "l",
+                     "--epochs", "3", "--no-progress")
+    assert code == 0, out
+    with open_store(str(store)) as s:
+        assert s.targets("p").attrs["fit_rows"] == 68  # 28 labelled + 40 unlabelled
+        assert s.targets("l").attrs["fit_rows"] == 28  # labelled only
