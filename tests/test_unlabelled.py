@@ -250,3 +250,95 @@ def test_compress_pca_fits_all_train_rows_learned_the_labelled(mixed_store: Path
     with open_store(str(store)) as s:
         assert s.targets("p").attrs["fit_rows"] == 68  # 28 labelled + 40 unlabelled
         assert s.targets("l").attrs["fit_rows"] == 28  # labelled only
+
+
+# -- distill's two streams ---------------------------------------------------------------------
+
+
+def _splits(store: Path, **feed: object) -> tuple:  # noqa: ANN401
+    from eastkd.pipeline.core.reading import load_split, resolve_targets
+
+    s = open_store(str(store))
+    spec = resolve_targets(s, "crepe-tiny")
+    lab = load_split(s, "train", spec, **feed)
+    unl = load_split(s, "train", spec, labelled=False, **feed)
+    return s, lab, unl
+
+
+@pytest.mark.parametrize("feed", [{}, {"memory_limit": 0, "workers": 0}],
+                         ids=["resident", "streamed"])
+def test_steps_draw_both_streams_and_only_labelled_rows_reach_the_task(mixed_store: Path,
+                                                                       feed: dict) -> None:
+    import torch
+
+    from eastkd.pipeline.distill.streams import steps_per_epoch, training_steps
+
+    s, lab, unl = _splits(mixed_store, **feed)
+    try:
+        mask = s.items.labelled_mask
+        assert len(lab) == 28 and len(unl) == 40
+        steps = list(training_steps(lab, unl, 8, 16, torch.Generator().manual_seed(0)))
+        # one pass over the KD pool: 40 unlabelled rows in batches of 16 -> 3 steps; the
+        # labelled stream (28 rows: 4 batches of 8) would need 4, so it is the longer one here
+        assert len(steps) == steps_per_epoch(28, 40, 8, 16) == 4
+        seen_unl = np.concatenate([st.unlabelled.rows for st in steps])
+        seen_lab = np.concatenate([st.labelled.rows for st in steps])
+        for st in steps:  # the task loss sees st.labelled only: labelled rows, real labels
+            assert mask[st.labelled.rows].all() and (st.labelled.y >= 0).all()
+            assert not mask[st.unlabelled.rows].any() and st.unlabelled.t is not None
+        assert np.array_equal(np.sort(seen_lab), lab.rows)  # each labelled row once
+        assert set(seen_unl) == set(unl.rows)  # every unlabelled row, the stream cycling
+        assert len(seen_unl) == 16 + 16 + 8 + 16  # a pass (the last batch partial), then more
+        # label-scarce: 4 unlabelled per labelled row -> the labelled batches cycle
+        steps = list(training_steps(lab, unl, 8, 32, torch.Generator().manual_seed(0)))
+        assert len(steps) == 4 and all(len(st.unlabelled.rows) >= 1 for st in steps)
+        steps = list(training_steps(lab, unl, 4, 4, torch.Generator().manual_seed(0)))
+        assert len(steps) == 10  # 40 / 4 unlabelled; 28 labelled rows drawn 40 times
+        assert set(np.concatenate([st.labelled.rows for st in steps])) == set(lab.rows)
+    finally:
+        lab.close()
+        unl.close()
+        s.close()
+
+
+def test_without_an_unlabelled_stream_the_batches_are_unchanged(mixed_store: Path) -> None:
+    """Ratio 0 (or no unlabelled rows): the same batches and generator state as before."""
+    import torch
+
+    from eastkd.pipeline.distill.streams import training_steps
+
+    s, lab, unl = _splits(mixed_store, memory_limit=0, workers=0)
+    try:
+        g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+        ours = [st.labelled.rows for st in training_steps(lab, unl, 8, 0, g1)]
+        before = [b.rows for b in lab.batches(8, g2, drop_last_below=2)]
+        assert len(ours) == len(before) and all(np.array_equal(a, b)
+                                                for a, b in zip(ours, before))
+        assert torch.equal(g1.get_state(), g2.get_state())
+    finally:
+        lab.close()
+        unl.close()
+        s.close()
+
+
+def test_spec_augment_masks_within_its_limits_and_repeats_by_seed() -> None:
+    import torch
+
+    from eastkd.pipeline.distill.augment import SpecAugment
+
+    aug = SpecAugment()
+    x = torch.randn(64, 96, 50)
+    fill = torch.full((96,), 7.0)
+    y = aug(x, fill, torch.Generator().manual_seed(1))
+    again = aug(x, fill, torch.Generator().manual_seed(1))
+    assert torch.equal(y, again) and not torch.equal(y, aug(x, fill, torch.Generator()
+                                                            .manual_seed(2)))
+    masked = y == 7.0
+    assert masked.any() and torch.equal(y[~masked], x[~masked])
+    rows = masked.all(dim=2)  # whole mel bins masked: at most 2 bands of <= 8 bins
+    cols = masked.all(dim=1)  # whole frames: at most 2 spans of <= 5 frames
+    assert int(rows.sum(dim=1).max()) <= 16 and int(cols.sum(dim=1).max()) <= 10
+    assert rows.any() and cols.any()
+    assert not SpecAugment(0, 8, 0, 0.1).mask(4, 96, 50, torch.Generator()).any()
+    with pytest.raises(EastkdError, match="must be >= 0"):
+        SpecAugment(time_fraction=1.5)
