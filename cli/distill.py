@@ -73,6 +73,16 @@ from eastkd.pipeline.distill.options import SCHEDULES, DistillOptions, kd_method
 @click.option("--threads", type=click.IntRange(min=1), default=DistillOptions.threads,
               help="Intra-op CPU threads (CPU runs). Results depend on this count, so a fixed "
                    "one makes a run repeat on any machine; more are faster on many cores.")
+@click.option("--unlabelled-ratio", type=click.FloatRange(min=0), default=None, metavar="R",
+              show_default="1 when the train split has unlabelled rows, else unused",
+              help="Unlabelled train rows per labelled row in a step: each step draws a "
+                   "labelled batch (task + KD loss) plus round(R x batch size) unlabelled rows "
+                   "(KD loss only), and an epoch is one pass over all train rows, the shorter "
+                   "stream cycling. 0: unlabelled rows unused; always unused with --kd none.")
+@click.option("--spec-augment", is_flag=True,
+              help="SpecAugment-style masks on the student's input: per item 2 bands of <= 8 "
+                   "mel bins and 2 spans of <= 10% of the frames set to the mel bin's training "
+                   "mean (0 after normalisation); seeded from --seed, recorded in config.json.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in RUN_DIR.")
 @click.option("--overwrite", is_flag=True, help="Replace a run already in RUN_DIR.")
 @click.option("--progress/--no-progress", default=True,

@@ -342,3 +342,94 @@ def test_spec_augment_masks_within_its_limits_and_repeats_by_seed() -> None:
     assert not SpecAugment(0, 8, 0, 0.1).mask(4, 96, 50, torch.Generator()).any()
     with pytest.raises(EastkdError, match="must be >= 0"):
         SpecAugment(time_fraction=1.5)
+
+
+# -- distill -----------------------------------------------------------------------------------
+
+FAST = dict(width=8, epochs=3, batch_size=8, progress=False, seed=2, patience=0)
+
+
+def _strip(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
+
+
+@pytest.fixture(scope="module")
+def labelled_only_store(tmp_path_factory: pytest.TempPathFactory, folders: dict[str, Path],
+                        mixed_store: Path) -> Path:
+    """The mixed store's labelled items alone, in the same order with the same splits."""
+    from eastkd.pipeline.extract import ExtractOptions, extract
+
+    spec = resolve_dataset(str(folders["root"]), unlabelled=[str(folders["inside"])])
+    spec.items = [it for it in spec.items if it.labelled]
+    spec.unlabelled_sources = []
+    store = tmp_path_factory.mktemp("labelled_only") / "l.zarr"
+    extract(spec, str(store), ExtractOptions(teacher="crepe-tiny",
+                                             teacher_options=dict(TEACHER_OPTS),
+                                             progress=False, workers=0))
+    return store
+
+
+def test_distill_draws_unlabelled_rows_for_the_kd_loss(mixed_store: Path, tmp_path: Path) -> None:
+    from eastkd.pipeline.distill.train import distill
+
+    lines: list[str] = []
+    r = distill(str(mixed_store), "crepe-tiny", str(tmp_path / "run"), kd="fitnet",
+                log=lines.append, **FAST)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert r.n_items["train"] == 28 and r.n_items["unlabelled"] == 40
+    # default ratio 1: 8 unlabelled rows per step; 40 / 8 = 5 steps > 4 labelled batches
+    assert config["unlabelled"]["batch"] == 8 and config["unlabelled"]["steps_per_epoch"] == 5
+    assert config["options"]["unlabelled_ratio"] is None
+    assert any("unlabelled rows 40 for the KD loss only" in line for line in lines)
+    header = (tmp_path / "run" / "history.csv").read_text().splitlines()[0].split(",")
+    assert {"train_task", "train_kd"} <= set(header)
+    for rec in r.history:
+        assert np.isfinite(rec["train_task"]) and np.isfinite(rec["train_kd"])
+    # an explicit ratio changes the steps, and the result
+    r2 = distill(str(mixed_store), "crepe-tiny", str(tmp_path / "r2"), kd="fitnet",
+                 unlabelled_ratio=0.5, **FAST)
+    config = json.loads((tmp_path / "r2" / "config.json").read_text())
+    assert config["unlabelled"]["batch"] == 4 and config["unlabelled"]["steps_per_epoch"] == 10
+    assert _strip(r2.history) != _strip(r.history)
+
+
+@pytest.mark.parametrize("kw", [{"kd": "fitnet", "unlabelled_ratio": 0.0},
+                                {"kd": "none", "unlabelled_ratio": 2.0}],
+                         ids=["ratio-0", "kd-none"])
+def test_unused_unlabelled_rows_train_exactly_as_a_store_without_them(
+        mixed_store: Path, labelled_only_store: Path, tmp_path: Path, kw: dict) -> None:
+    from eastkd.pipeline.distill.train import distill
+
+    targets = "crepe-tiny" if kw["kd"] != "none" else None
+    a = distill(str(mixed_store), targets, str(tmp_path / "a"), **kw, **FAST)
+    b = distill(str(labelled_only_store), targets, str(tmp_path / "b"), **kw, **FAST)
+    assert "unlabelled" not in a.n_items
+    assert _strip(a.history) == _strip(b.history) and a.test_metrics == b.test_metrics
+
+
+def test_spec_augment_is_recorded_and_resumes_bit_identically(mixed_store: Path,
+                                                              tmp_path: Path) -> None:
+    from eastkd.errors import StoreMismatchError
+    from eastkd.pipeline.distill.train import distill
+
+    kw = dict(kd="dc", spec_augment=True, memory_limit=0, workers=0, **{**FAST, "epochs": 3})
+    a = distill(str(mixed_store), "crepe-tiny", str(tmp_path / "a"), **kw)
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert config["options"]["spec_augment"] == {"freq_masks": 2, "freq_width": 8,
+                                                 "time_masks": 2, "time_fraction": 0.1}
+    plain = distill(str(mixed_store), "crepe-tiny", str(tmp_path / "p"),
+                    **{**kw, "spec_augment": False})
+    assert _strip(plain.history) != _strip(a.history)
+
+    def stop_after_1(rec: dict) -> None:
+        if rec["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        distill(str(mixed_store), "crepe-tiny", str(tmp_path / "b"), callback=stop_after_1, **kw)
+    with pytest.raises(StoreMismatchError, match="differs in: spec_augment"):
+        distill(str(mixed_store), "crepe-tiny", str(tmp_path / "b"), resume=True,
+                **{**kw, "spec_augment": False})
+    b = distill(str(mixed_store), "crepe-tiny", str(tmp_path / "b"), resume=True, **kw)
+    assert b.resumed_from == 1
+    assert _strip(b.history) == _strip(a.history) and b.test_metrics == a.test_metrics

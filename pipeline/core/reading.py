@@ -29,7 +29,7 @@ the chunks (Chan et al.'s pairwise merge): no whole-array float64 copies.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -127,8 +127,9 @@ def item_splits(store: Store, fold: int | None = None) -> np.ndarray:
                           "ESC-50); this store has none, drop --fold")
     from eastkd.pipeline.datasets.esc50 import esc50_split_for_fold
 
-    return np.asarray([esc50_split_for_fold(int(f), fold) for f in items.extra["fold"]],
-                      dtype=object)
+    labelled = items.labelled_mask  # unlabelled items carry no fold: they stay train items
+    return np.asarray([esc50_split_for_fold(int(f), fold) if ok else "train"
+                       for f, ok in zip(items.extra["fold"], labelled)], dtype=object)
 
 
 def split_rows(store: Store, split: str, targets: TargetsSpec | None = None,
@@ -244,6 +245,16 @@ class Moments:
         total = self.n + k
         self.m2 += bm2 + delta * delta * (self.n * k / total)
         self.mean += delta * (k / total)
+        self.n = total
+
+    def merge(self, other: "Moments") -> None:
+        """Merge the moments of another, disjoint set of rows."""
+        if other.n == 0:
+            return
+        total = self.n + other.n
+        delta = other.mean - self.mean
+        self.m2 = self.m2 + other.m2 + delta * delta * (self.n * other.n / total)
+        self.mean = self.mean + delta * (other.n / total)
         self.n = total
 
     @property
@@ -561,18 +572,27 @@ class SplitData:
     def close(self) -> None:
         self.stream.close()
 
-    def input_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-mel-bin mean and std over all items and frames of the split (for normalisation)."""
-        m = self.stream.moments("x", axis=1)
+    def _moments(self, name: str, axis: int, others: Sequence[SplitData]) -> Moments:
+        m = self.stream.moments(name, axis)
+        for other in others:
+            m.merge(other.stream.moments(name, axis))
+        return m
+
+    def input_stats(self, others: Sequence[SplitData] = ()
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-mel-bin mean and std over all items and frames of the split (and of ``others``,
+        e.g. the unlabelled train rows), for normalisation."""
+        m = self._moments("x", 1, others)
         if m.n == 0:
             raise EastkdError(f"split {self.split!r} has no usable items; cannot compute input "
                               "statistics")
         return (torch.from_numpy(m.mean).float(),
                 torch.from_numpy(np.maximum(np.sqrt(m.var), 1e-5)).float())
 
-    def target_stats(self) -> tuple[torch.Tensor, float]:
-        """Targets' centre (per dim) and one overall scale (RMS of the per-dim std)."""
-        m = self.stream.moments("t")
+    def target_stats(self, others: Sequence[SplitData] = ()) -> tuple[torch.Tensor, float]:
+        """Targets' centre (per dim) and one overall scale (RMS of the per-dim std), over the
+        split and ``others``."""
+        m = self._moments("t", -1, others)
         return torch.from_numpy(m.mean).float(), float(max(np.sqrt(m.var.mean()), 1e-8))
 
     def normalise_targets(self, mean: torch.Tensor, scale: float) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 from eastkd.errors import EastkdError
 from eastkd.pipeline.core import registry
 from eastkd.pipeline.core.reading import DEFAULT_MEMORY_LIMIT, DEFAULT_SHUFFLE_BUFFER
+from eastkd.pipeline.distill.augment import SpecAugment
 
 NO_KD = "none"
 SCHEDULES = ("cosine", "plateau")
@@ -21,6 +22,9 @@ GRAD_CLIP = 1.0
 # intra-op CPU threads of distill unless --threads says otherwise: fixed, not the machine's
 # core count, so that a CPU run gives the same result on every machine (see README)
 DEFAULT_CPU_THREADS = 1
+# unlabelled rows per labelled row in a step when the train split has unlabelled rows and
+# --unlabelled-ratio is not given (without such rows, or without KD, none are drawn)
+DEFAULT_UNLABELLED_RATIO = 1.0
 # Options that do not change what a run computes (may differ when a run is continued).
 RUNTIME_KEYS = ("device", "memory_limit", "progress", "workers", "shuffle_buffer")
 # Options that say how to treat RUN_DIR, not what to train (never recorded).
@@ -44,6 +48,9 @@ class DistillOptions:
     ``lam`` is λ in ``L = (1 - λ) L_task + λ L_kd``; ``memory_limit`` and ``shuffle_buffer``
     are bytes; ``workers`` None picks reader processes automatically; ``threads`` fixes the
     intra-op CPU threads of a CPU run (results depend on it; unused on CUDA).
+    ``unlabelled_ratio`` is unlabelled rows per labelled row in a step (None: 1 when the train
+    split has unlabelled rows; unused without KD), ``spec_augment`` masks the student's input
+    (:class:`~eastkd.pipeline.distill.augment.SpecAugment`, recorded with its settings).
     """
 
     targets: str | None = None
@@ -67,6 +74,8 @@ class DistillOptions:
     shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER
     workers: int | None = None
     threads: int = DEFAULT_CPU_THREADS
+    unlabelled_ratio: float | None = None  # None: DEFAULT_UNLABELLED_RATIO if there are any
+    spec_augment: bool = False
     progress: bool = True
     resume: bool = False
     overwrite: bool = False
@@ -109,6 +118,9 @@ class DistillOptions:
             raise EastkdError("--epochs must be >= 1 and --batch-size >= 2")
         if self.threads < 1:
             raise EastkdError(f"--threads {self.threads}: must be >= 1")
+        if self.unlabelled_ratio is not None and not self.unlabelled_ratio >= 0:
+            raise EastkdError(f"--unlabelled-ratio {self.unlabelled_ratio}: must be >= 0 "
+                              "(unlabelled rows per labelled row in a step; 0: none)")
 
     def record(self, device_type: str) -> dict[str, Any]:
         """The run's ``options`` as written to config.json: every option but ``resume`` and
@@ -125,7 +137,10 @@ class DistillOptions:
             weight_decay=float(self.weight_decay), seed=int(self.seed),
             patience=int(self.patience), memory_limit=int(self.memory_limit),
             progress=bool(self.progress), shuffle_buffer=int(self.shuffle_buffer),
-            threads=int(self.threads) if device_type == "cpu" else None)
+            threads=int(self.threads) if device_type == "cpu" else None,
+            unlabelled_ratio=(float(self.unlabelled_ratio)
+                              if kd and self.unlabelled_ratio is not None else None),
+            spec_augment=SpecAugment().config() if self.spec_augment else None)
         out["lambda"] = out.pop("lam")
         out["grad_clip"] = GRAD_CLIP
         return out

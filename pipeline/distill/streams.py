@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from eastkd.pipeline.core.reading import Batch, Moments, SplitData
+from eastkd.pipeline.core.reading import Batch, SplitData
 
 LABELLED_MIN = 2  # a labelled batch of one item is dropped (BatchNorm, distance correlation)
 
@@ -84,20 +84,6 @@ def training_steps(labelled: SplitData, unlabelled: SplitData | None, batch_size
     finally:  # stop the streams' read-ahead of a pass the epoch does not finish
         lab.close()
         unl.close()
-
-
-def pooled_moments(parts: list[Moments]) -> Moments:
-    """The moments of several disjoint row sets merged into one (Chan et al.)."""
-    out = Moments(len(parts[0].mean))
-    for m in parts:
-        if m.n == 0:
-            continue
-        total = out.n + m.n
-        delta = m.mean - out.mean
-        out.m2 = out.m2 + m.m2 + delta * delta * (out.n * m.n / total)
-        out.mean = out.mean + delta * (m.n / total)
-        out.n = total
-    return out
 
 
 def epoch_line(n_labelled: int, n_unlabelled: int, batch_size: int,
