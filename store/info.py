@@ -27,7 +27,8 @@ def _section_summary(store: Store, kind: str, name: str) -> dict[str, Any]:
 
 
 def describe(store: Store) -> dict[str, Any]:
-    """Items, splits (with their labelled and unlabelled items), classes, every section with its status and provenance, bytes on disk."""
+    """Items, splits (with their labelled and unlabelled items), classes, every section with
+    its status and provenance, bytes on disk."""
     items = store.items
     attrs = store.attrs
     label_counts = items.labels.sum(axis=0).tolist()

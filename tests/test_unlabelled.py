@@ -178,7 +178,8 @@ def test_store_records_unlabelled_items(mixed_store: Path, folders: dict[str, Pa
         both = split_rows(s, "train", labelled=None)
         assert mask[train].all() and not mask[unl].any() and len(train) == 28
         assert np.array_equal(np.sort(np.concatenate([train, unl])), both)
-        assert mask[split_rows(s, "valid")].all() and split_rows(s, "valid", labelled=False).size == 0
+        assert mask[split_rows(s, "valid")].all()
+        assert split_rows(s, "valid", labelled=False).size == 0
 
 
 def test_info_counts_labelled_and_unlabelled(mixed_store: Path) -> None:

@@ -2,9 +2,9 @@
 that warn when a split lacks a class.
 
 Class-folder datasets without split folders and manifests without a ``split`` column get
-:func:`stratified_split` of their labelled items (unlabelled items are train items): within each class (for multi-label data, each item's rarest label),
-items are shuffled with ``seed`` and cut so that the whole dataset follows ``ratios`` as
-closely as whole items allow (:func:`split_sizes`) while every class of at least three items
+:func:`stratified_split` of their labelled items (unlabelled items are train items): within
+each class (for multi-label data, each item's rarest label), items are shuffled with ``seed``
+and cut so that the whole dataset follows ``ratios`` as closely as whole items allow (:func:`split_sizes`) while every class of at least three items
 gets at least one valid and one test item. The split depends on the ids, labels, ratios and
 seed only, so it is the same on every machine.
 """

@@ -22,6 +22,12 @@ targets (``L_teacher``, which updates only the map and its classifier); the stud
 towards the *detached* transformed targets by ``L_kd``. The optimised sum is
 ``(1 - λ) L_task + λ L_kd + L_teacher``; the two parameter sets are disjoint.
 
+Unlabelled train rows (a store with ``items/labelled`` 0 rows) join the KD loss only: each step
+is a labelled batch plus an unlabelled batch of ``round(unlabelled_ratio * batch_size)`` rows
+(:mod:`eastkd.pipeline.distill.streams`, which also defines the epoch), passed through the
+student together; the task loss takes the labelled rows. ``spec_augment`` masks the student's
+input (:mod:`eastkd.pipeline.distill.augment`).
+
 AdamW, a cosine (default) or reduce-on-plateau schedule, gradient clipping at 1.0, early
 stopping on the validation metric (accuracy, or mAP for multi-label), best epoch kept. A tie on
 the metric with a lower validation loss becomes the best epoch but does not reset the patience
