@@ -83,6 +83,12 @@ from eastkd.pipeline.distill.options import SCHEDULES, DistillOptions, kd_method
               help="SpecAugment-style masks on the student's input: per item 2 bands of <= 8 "
                    "mel bins and 2 spans of <= 10% of the frames set to the mel bin's training "
                    "mean (0 after normalisation); seeded from --seed, recorded in config.json.")
+@click.option("--mixup", type=click.FloatRange(min=0), default=DistillOptions.mixup,
+              metavar="A",
+              help="Mixup with weights m ~ Beta(A, A), one per step (0: off): each training "
+                   "input becomes m x_i + (1-m) x_j, its KD target the same mix of the two "
+                   "targets, its task loss the same mix of both labels' losses; labelled rows "
+                   "pair with labelled, unlabelled with unlabelled. Recorded in config.json.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in RUN_DIR.")
 @click.option("--overwrite", is_flag=True, help="Replace a run already in RUN_DIR.")
 @click.option("--progress/--no-progress", default=True,

@@ -408,16 +408,18 @@ def test_unused_unlabelled_rows_train_exactly_as_a_store_without_them(
     assert _strip(a.history) == _strip(b.history) and a.test_metrics == b.test_metrics
 
 
-def test_spec_augment_is_recorded_and_resumes_bit_identically(mixed_store: Path,
+def test_augmentation_is_recorded_and_resumes_bit_identically(mixed_store: Path,
                                                               tmp_path: Path) -> None:
     from eastkd.errors import StoreMismatchError
     from eastkd.pipeline.distill.train import distill
 
-    kw = dict(kd="dc", spec_augment=True, memory_limit=0, workers=0, **{**FAST, "epochs": 3})
+    kw = dict(kd="dc", spec_augment=True, mixup=0.4, memory_limit=0, workers=0,
+              **{**FAST, "epochs": 3})
     a = distill(str(mixed_store), "crepe-tiny", str(tmp_path / "a"), **kw)
     config = json.loads((tmp_path / "a" / "config.json").read_text())
     assert config["options"]["spec_augment"] == {"freq_masks": 2, "freq_width": 8,
                                                  "time_masks": 2, "time_fraction": 0.1}
+    assert config["options"]["mixup"] == 0.4
     plain = distill(str(mixed_store), "crepe-tiny", str(tmp_path / "p"),
                     **{**kw, "spec_augment": False})
     assert _strip(plain.history) != _strip(a.history)
@@ -434,3 +436,41 @@ def test_spec_augment_is_recorded_and_resumes_bit_identically(mixed_store: Path,
     b = distill(str(mixed_store), "crepe-tiny", str(tmp_path / "b"), resume=True, **kw)
     assert b.resumed_from == 1
     assert _strip(b.history) == _strip(a.history) and b.test_metrics == a.test_metrics
+
+
+def test_mixup_pairs_labels_with_labels_and_mixes_targets_alike() -> None:
+    import torch
+
+    from eastkd.pipeline.distill.augment import Mixup
+
+    mix = Mixup(0.4).draw(5, 12, torch.Generator().manual_seed(0))
+    assert sorted(mix.partner[:5].tolist()) == list(range(5))  # labelled with labelled
+    assert sorted(mix.partner[5:].tolist()) == list(range(5, 12))  # unlabelled with unlabelled
+    assert 0.0 < mix.weight < 1.0
+    x, t = torch.randn(12, 3), torch.randn(12, 4)
+    m, j = mix.weight, mix.partner
+    assert torch.allclose(mix.apply(x)[2], m * x[2] + (1 - m) * x[j[2]])
+    assert torch.allclose(mix.apply(t)[7], m * t[7] + (1 - m) * t[j[7]])
+    y = torch.tensor([0, 1, 2, 0, 1])
+    logits = torch.randn(5, 3)
+    ce = torch.nn.functional.cross_entropy
+    assert torch.allclose(mix.loss(ce, logits, y),
+                          m * ce(logits, y) + (1 - m) * ce(logits, y[j[:5]]))
+    again = Mixup(0.4).draw(5, 12, torch.Generator().manual_seed(0))
+    assert again.weight == mix.weight and torch.equal(again.partner, mix.partner)
+
+
+def test_cli_distill_with_unlabelled_rows_and_augmentation(mixed_store: Path,
+                                                           tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    code, out = _cli("distill", mixed_store, "--targets", "crepe-tiny", "--out", run,
+                     "--unlabelled-ratio", "2", "--spec-augment", "--mixup", "0.2",
+                     "--epochs", "1", "--width", "8", "--batch-size", "8", "--no-progress")
+    assert code == 0, out
+    assert "unlabelled rows 40 for the KD loss only" in out and "16 unlabelled rows" in out
+    assert "spec-augment: 2 freq masks" in out and "mixup Beta(0.2, 0.2)" in out
+    config = json.loads((run / "config.json").read_text())
+    assert config["options"]["unlabelled_ratio"] == 2.0 and config["unlabelled"]["batch"] == 16
+    code, out = _cli("distill", mixed_store, "--targets", "crepe-tiny", "--out", tmp_path / "x",
+                     "--unlabelled-ratio", "-1")
+    assert code == 2 and "Error: Invalid value for '--unlabelled-ratio'" in out

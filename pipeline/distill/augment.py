@@ -1,4 +1,4 @@
-"""Student-side augmentation: SpecAugment-style masks on the student's log-mel input.
+"""Student-side augmentation: SpecAugment-style masks on the student's log-mel input, and mixup.
 
 ``distill --spec-augment`` masks, per training item, ``freq_masks`` bands of mel bins of
 width 0..``freq_width`` and ``time_masks`` spans of frames of width
@@ -6,15 +6,25 @@ width 0..``freq_width`` and ``time_masks`` spans of frames of width
 positions. A masked value is set to the training mean of its mel bin, i.e. to 0 in the
 student's *normalised* input (the student subtracts that mean and divides by the std first).
 The teacher's targets stay as they are: the student learns to match them from a masked view.
-Every draw comes from the run's sampling generator, after the batch's own draws, so a run and
-its ``--resume`` mask the same cells. Validation, test, ``evaluate`` and ``predict`` never mask.
+``distill --mixup A`` mixes each training batch with a permutation of itself (Zhang et al.,
+2018): ``x' = m x_i + (1 - m) x_j`` with one ``m ~ Beta(A, A)`` per step, labelled rows paired
+with labelled rows and unlabelled with unlabelled. A mixed pair's KD target is the same mix of
+the two targets, ``m t_i + (1 - m) t_j`` (an assumption: the teacher's output for the mixed
+input is not known), and its task loss the same mix of the two items' losses. The mix is of
+log-mel frames (of the student's input), not of waveforms.
+
+The draws of both come from a generator seeded each epoch from the run's sampling generator,
+so a run and its ``--resume`` draw the same masks and pairs. Validation, test, ``evaluate``
+and ``predict`` never augment.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from eastkd.errors import EastkdError
@@ -69,3 +79,38 @@ def _spans(batch: int, count: int, max_width: int, size: int,
     pos = torch.arange(size)
     inside = (pos >= start[..., None]) & (pos < (start + width)[..., None])
     return out | inside.any(dim=1)
+
+
+@dataclass(frozen=True)
+class Mix:
+    """One step's mixup: the weight ``m`` and the partner of each row."""
+
+    weight: float
+    partner: torch.Tensor
+
+    def apply(self, v: torch.Tensor) -> torch.Tensor:
+        """``m v + (1 - m) v[partner]`` (inputs, or targets: the same mix)."""
+        return self.weight * v + (1.0 - self.weight) * v[self.partner.to(v.device)]
+
+    def loss(self, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+             logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The same mix of the losses towards each row's label and its partner's (the partners
+        of the first ``len(y)`` rows, the labelled ones, are labelled rows)."""
+        other = y[self.partner[:len(y)].to(y.device)]
+        return self.weight * fn(logits, y) + (1.0 - self.weight) * fn(logits, other)
+
+
+@dataclass(frozen=True)
+class Mixup:
+    """Mixup with ``m ~ Beta(alpha, alpha)``."""
+
+    alpha: float = 0.4
+
+    def draw(self, n_labelled: int, n_rows: int, gen: torch.Generator) -> Mix:
+        """A weight and partners: a permutation of the labelled rows ``0..n_labelled-1`` and
+        one of the other (unlabelled) rows, so labels are only mixed with labels."""
+        seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+        weight = float(np.random.default_rng(seed).beta(self.alpha, self.alpha))
+        partner = torch.cat([torch.randperm(n_labelled, generator=gen),
+                             n_labelled + torch.randperm(n_rows - n_labelled, generator=gen)])
+        return Mix(weight, partner)

@@ -50,7 +50,8 @@ class DistillOptions:
     intra-op CPU threads of a CPU run (results depend on it; unused on CUDA).
     ``unlabelled_ratio`` is unlabelled rows per labelled row in a step (None: 1 when the train
     split has unlabelled rows; unused without KD), ``spec_augment`` masks the student's input
-    (:class:`~eastkd.pipeline.distill.augment.SpecAugment`, recorded with its settings).
+    (:class:`~eastkd.pipeline.distill.augment.SpecAugment`, recorded with its settings),
+    ``mixup`` > 0 mixes batches (``Beta(mixup, mixup)`` weights; 0: off).
     """
 
     targets: str | None = None
@@ -76,6 +77,7 @@ class DistillOptions:
     threads: int = DEFAULT_CPU_THREADS
     unlabelled_ratio: float | None = None  # None: DEFAULT_UNLABELLED_RATIO if there are any
     spec_augment: bool = False
+    mixup: float = 0.0  # Beta(alpha, alpha) of mixup's weight; 0: off
     progress: bool = True
     resume: bool = False
     overwrite: bool = False
@@ -121,6 +123,8 @@ class DistillOptions:
         if self.unlabelled_ratio is not None and not self.unlabelled_ratio >= 0:
             raise EastkdError(f"--unlabelled-ratio {self.unlabelled_ratio}: must be >= 0 "
                               "(unlabelled rows per labelled row in a step; 0: none)")
+        if not self.mixup >= 0:
+            raise EastkdError(f"--mixup {self.mixup}: must be >= 0 (Beta(A, A); 0: off)")
 
     def record(self, device_type: str) -> dict[str, Any]:
         """The run's ``options`` as written to config.json: every option but ``resume`` and
@@ -140,7 +144,8 @@ class DistillOptions:
             threads=int(self.threads) if device_type == "cpu" else None,
             unlabelled_ratio=(float(self.unlabelled_ratio)
                               if kd and self.unlabelled_ratio is not None else None),
-            spec_augment=SpecAugment().config() if self.spec_augment else None)
+            spec_augment=SpecAugment().config() if self.spec_augment else None,
+            mixup=float(self.mixup) if self.mixup else None)
         out["lambda"] = out.pop("lam")
         out["grad_clip"] = GRAD_CLIP
         return out

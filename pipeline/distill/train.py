@@ -37,6 +37,7 @@ teacher's code is never imported.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -81,7 +82,7 @@ from eastkd.pipeline.core.reading import (
     skipped_count,
     split_rows,
 )
-from eastkd.pipeline.distill.augment import SpecAugment
+from eastkd.pipeline.distill.augment import Mixup, SpecAugment
 from eastkd.pipeline.distill.options import DEFAULT_UNLABELLED_RATIO
 from eastkd.pipeline.distill.streams import (
     Step,
@@ -273,16 +274,21 @@ def _step_losses(run: "_Run", step: Step, task_loss: Callable[..., torch.Tensor]
     lab, unl = step.labelled, step.unlabelled
     x = lab.x if unl is None else torch.cat([lab.x, unl.x])
     x, y = x.to(dev, non_blocking=True), lab.y.to(dev, non_blocking=True)
+    n_lab, n_all = len(y), len(x)
+    mix = (run.mixup.draw(n_lab, n_all, aug_gen)
+           if run.mixup is not None and aug_gen is not None else None)
+    if mix is not None:
+        x, task_loss = mix.apply(x), functools.partial(mix.loss, task_loss)
     if run.augment is not None and aug_gen is not None:
         x = run.augment(x, model.input_mean, aug_gen)
     out = model(x)
-    n_lab, n_all = len(y), len(x)
     counts = {"loss": n_lab, "task": n_lab, "teacher": n_lab, "kd": n_all, "kd_shuffled": n_all}
     parts = {"task": task_loss(out.logits[:n_lab], y)}
     loss = parts["task"]
     if kd_loss is not None:
         t = lab.t if unl is None else torch.cat([lab.t, unl.t])
         t = t.to(dev, non_blocking=True)
+        t = mix.apply(t) if mix is not None else t  # a mixed pair's target: the same mix
         if tlin is not None:
             t, t_logits = tlin(t)
             parts["teacher"] = task_loss(t_logits[:n_lab], y)  # trains the linear map + head
@@ -312,7 +318,7 @@ def _train_epoch(run: "_Run", splits: "_Splits", task_loss: Callable[..., torch.
     # the masks' own generator, seeded from the run's: the streams' draws stay as without them
     aug_gen = (torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,),
                                                                generator=run.gen)))
-               if run.augment is not None else None)
+               if run.augment is not None or run.mixup is not None else None)
     for step in training_steps(splits.train, splits.unlabelled, batch_size,
                                splits.unlabelled_batch, run.gen):
         loss, parts, counts = _step_losses(run, step, task_loss, lam, dev, aug_gen)
@@ -365,6 +371,7 @@ class _Run:
     gen: torch.Generator
     norm: dict[str, Any]
     augment: SpecAugment | None = None
+    mixup: Mixup | None = None
     state: dict[str, Any] = field(default_factory=lambda: {
         "epoch": 0, "best": None, "best_loss": None, "best_epoch": 0, "bad": 0,
         "history": [], "seconds": 0.0, "finished": False})
@@ -455,7 +462,8 @@ def _build_run(config: dict[str, Any], spec: TargetsSpec | None, splits: _Splits
                       opt, mode="max", factor=0.2, patience=max(1, o["patience"] // 2)))
     gen = torch.Generator().manual_seed(o["seed"])
     augment = SpecAugment() if o.get("spec_augment") else None
-    return _Run(model, kd_loss, tlin, opt, sched, gen, norm, augment)
+    mixup = Mixup(float(o["mixup"])) if o.get("mixup") else None
+    return _Run(model, kd_loss, tlin, opt, sched, gen, norm, augment, mixup)
 
 
 def _start_line(run: _Run, spec: TargetsSpec | None, splits: _Splits, options: dict[str, Any],
@@ -472,7 +480,8 @@ def _start_line(run: _Run, spec: TargetsSpec | None, splits: _Splits, options: d
             + f"; device {dev}; train split "
             + ("in memory" if train.in_memory else f"streamed ({train.workers} reader workers)")
             + _unlabelled_note(splits, options)
-            + (f"; spec-augment: {run.augment.describe()}" if run.augment is not None else ""))
+            + (f"; spec-augment: {run.augment.describe()}" if run.augment is not None else "")
+            + (f"; mixup Beta({run.mixup.alpha:g}, {run.mixup.alpha:g})" if run.mixup else ""))
 
 
 def _unlabelled_note(splits: _Splits, options: dict[str, Any]) -> str:
