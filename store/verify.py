@@ -208,6 +208,13 @@ def _check_items_content(store: Store, items: ItemsTable, report: VerifyReport) 
         label = store.backend.read("items/label")
         if not np.array_equal(label, items.label):
             report.findings.append(Finding("items/label", "disagrees with items/labels"))
+    wrong = ~items.labelled_mask & ((np.asarray(items.splits, dtype=object) != "train")
+                                    | np.asarray(items.labels).any(axis=1))
+    if wrong.any():
+        first = items.ids[int(np.flatnonzero(wrong)[0])]
+        report.findings.append(Finding("items/labelled", f"{int(wrong.sum())} unlabelled items "
+                                       f"outside train or with labels (first: {first}); "
+                                       "unlabelled items must be train items with no labels"))
     expected = store.attrs.get("dataset", {}).get("n_items")
     if expected is not None and int(expected) != n:
         report.findings.append(Finding("items", f"holds {n} items, the root attributes say "

@@ -474,3 +474,34 @@ def test_cli_distill_with_unlabelled_rows_and_augmentation(mixed_store: Path,
     code, out = _cli("distill", mixed_store, "--targets", "crepe-tiny", "--out", tmp_path / "x",
                      "--unlabelled-ratio", "-1")
     assert code == 2 and "Error: Invalid value for '--unlabelled-ratio'" in out
+
+
+@pytest.mark.parametrize("name", ["t.zarr", "t.h5"])
+def test_items_table_round_trip_with_unlabelled_items(tmp_path: Path, name: str) -> None:
+    """Both backends store and check the column; an edit of it is caught as damage."""
+    from eastkd.errors import StoreDamageError
+    from eastkd.store import create_store
+
+    n = 6
+    labels = np.zeros((n, 2), np.uint8)
+    labels[[0, 2], 0] = labels[[1, 3], 1] = 1
+    items = ItemsTable(ids=[f"i{k}" for k in range(n)], paths=["/x.wav"] * n,
+                       sha256=["0" * 64] * n, durations=np.ones(n, np.float32),
+                       splits=["train", "train", "valid", "test", "train", "valid"],
+                       labels=labels, class_names=["a", "b"],
+                       labelled=np.array([1, 1, 1, 1, 0, 0], bool))
+    create_store(str(tmp_path / name), items, {"name": "t"}).close()
+    with open_store(str(tmp_path / name), "r+") as s:
+        got = s.items
+        assert got.labelled_mask.tolist() == [True] * 4 + [False] * 2
+        assert got.fingerprint() == items.fingerprint() == s.dataset_fingerprint
+        assert got.labelled_counts()["train"] == {"labelled": 2, "unlabelled": 1}
+    # made through the API without the dataset checks: verify names the valid unlabelled item
+    code, out = _cli("verify", tmp_path / name, "--no-progress")
+    assert code == 1 and "items/labelled: 1 unlabelled items outside train or with labels " \
+        "(first: i5)" in out, out
+    with open_store(str(tmp_path / name), "r+") as s:
+        s.backend.write("items/labelled", slice(4, 5), np.ones(1, np.uint8))
+    with open_store(str(tmp_path / name)) as s, pytest.raises(StoreDamageError,
+                                                              match="checksum mismatch"):
+        s.items  # noqa: B018
