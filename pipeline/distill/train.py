@@ -26,7 +26,7 @@ Unlabelled train rows (a store with ``items/labelled`` 0 rows) join the KD loss 
 is a labelled batch plus an unlabelled batch of ``round(unlabelled_ratio * batch_size)`` rows
 (:mod:`eastkd.pipeline.distill.streams`, which also defines the epoch), passed through the
 student together; the task loss takes the labelled rows. ``spec_augment`` masks the student's
-input (:mod:`eastkd.pipeline.distill.augment`).
+input and ``mixup`` mixes its batches, targets alike (:mod:`eastkd.pipeline.distill.augment`).
 
 AdamW, a cosine (default) or reduce-on-plateau schedule, gradient clipping at 1.0, early
 stopping on the validation metric (accuracy, or mAP for multi-label), best epoch kept. A tie on
@@ -315,7 +315,7 @@ def _train_epoch(run: "_Run", splits: "_Splits", task_loss: Callable[..., torch.
         + (["teacher"] if tlin is not None else [])
     sums = {k: torch.zeros((), dtype=torch.float64, device=dev) for k in keys}
     seen = dict.fromkeys(keys, 0)
-    # the masks' own generator, seeded from the run's: the streams' draws stay as without them
+    # the augmentations' own generator, seeded from the run's (the streams' draws stay apart)
     aug_gen = (torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,),
                                                                generator=run.gen)))
                if run.augment is not None or run.mixup is not None else None)
