@@ -505,3 +505,20 @@ def test_items_table_round_trip_with_unlabelled_items(tmp_path: Path, name: str)
     with open_store(str(tmp_path / name)) as s, pytest.raises(StoreDamageError,
                                                               match="checksum mismatch"):
         s.items  # noqa: B018
+
+
+def test_verify_rerun_hint_names_the_unlabelled_folders(mixed_store: Path, tmp_path: Path,
+                                                        folders: dict[str, Path]) -> None:
+    store = tmp_path / "m.zarr"
+    shutil.copytree(mixed_store, store)
+    chunk = next(p for p in (store / "embeddings" / "crepe-tiny" / "clip").rglob("*")
+                 if p.is_file() and p.name != "zarr.json")
+    chunk.unlink()
+    code, out = _cli("verify", store, "--repair", "--no-progress")
+    assert code == 1, out
+    assert (f"--unlabelled {folders['outside'].resolve()} --unlabelled "
+            f"{folders['inside'].resolve()}") in out, out
+    # the printed command continues the store
+    code, out = _cli(*_extract_args(folders, store))
+    assert code == 0 and "already done" in out, out
+    assert _cli("verify", store, "--no-progress")[0] == 0
