@@ -75,6 +75,22 @@ from eastkd.pipeline.distill.options import SCHEDULES, DistillOptions, kd_method
 @click.option("--threads", type=click.IntRange(min=1), default=DistillOptions.threads,
               help="Intra-op CPU threads (CPU runs). Results depend on this count, so a fixed "
                    "one makes a run repeat on any machine; more are faster on many cores.")
+@click.option("--unlabelled-ratio", type=click.FloatRange(min=0), default=None, metavar="R",
+              show_default="1 when the train split has unlabelled rows, else unused",
+              help="Unlabelled train rows per labelled row in a step: each step draws a "
+                   "labelled batch (task + KD loss) plus round(R x batch size) unlabelled rows "
+                   "(KD loss only), and an epoch is one pass over all train rows, the shorter "
+                   "stream cycling. 0: unlabelled rows unused; always unused with --kd none.")
+@click.option("--spec-augment", is_flag=True,
+              help="SpecAugment-style masks on the student's input: per item 2 bands of <= 8 "
+                   "mel bins and 2 spans of <= 10% of the frames set to the mel bin's training "
+                   "mean (0 after normalisation); seeded from --seed, recorded in config.json.")
+@click.option("--mixup", type=click.FloatRange(min=0), default=DistillOptions.mixup,
+              metavar="A",
+              help="Mixup with weights m ~ Beta(A, A), one per step (0: off): each training "
+                   "input becomes m x_i + (1-m) x_j, its KD target the same mix of the two "
+                   "targets, its task loss the same mix of both labels' losses; labelled rows "
+                   "pair with labelled, unlabelled with unlabelled. Recorded in config.json.")
 @click.option("--resume", is_flag=True,
               help="Continue the run in RUN_DIR. Not needed: the same command continues an "
                    "interrupted run whenever RUN_DIR holds one with the same settings.")

@@ -92,6 +92,11 @@ if TYPE_CHECKING:
 @click.option("--split-ratios", default="0.7,0.15,0.15", metavar="TRAIN,VALID,TEST",
               help="Stratified split of folders and manifests that name no splits.")
 @click.option("--split-seed", type=int, default=0, help="Seed of that stratified split.")
+@click.option("--unlabelled", "unlabelled", multiple=True, metavar="DIR",
+              type=click.Path(file_okay=False),
+              help="A folder of audio without classes, added as unlabelled train items (KD "
+                   "targets only; repeatable). Inside a class-folder DATASET it is no class. "
+                   "A rerun names the same folders.  [default: none]")
 @progress_option()
 @click.pass_context
 @store_access
@@ -103,11 +108,13 @@ def command(ctx: click.Context,
             overwrite: bool, rehash: bool,
             shard: str, dask_cluster: str | None, chunk_items: int | None, n_mels: int,
             student_sr: int, like: str | None, split_ratios: str, split_seed: int,
-            progress: bool | None) -> None:
+            unlabelled: tuple[str, ...], progress: bool | None) -> None:
     """Run TEACHER once over DATASET and write embeddings and log-mel features into STORE.
 
-    DATASET is a manifest (.csv/.jsonl with id, path, label or labels, split), a folder with
-    one sub-folder per class, or NAME:PATH for a known dataset (esc50, mtat, fma-small).
+    DATASET is a manifest (.csv/.jsonl with id, path, label or labels, split; a row with an
+    empty label is an unlabelled train item), a folder with one sub-folder per class, or
+    NAME:PATH for a known dataset (esc50, mtat, fma-small); --unlabelled adds folders of audio
+    without classes.
     STORE is a Zarr directory (*.zarr, default), an HDF5 file (*.h5), or a Zarr store at a URL
     (s3://bucket/name.zarr, gs://..., with --storage-option). Rerunning the same command
     continues an interrupted run without recomputing finished chunks; a rerun reads no audio
@@ -125,7 +132,7 @@ def command(ctx: click.Context,
     if like:
         segment, crop, logmel = _like(ctx, like)
     spec = resolve_dataset(dataset, split_ratios=parse_ratios(split_ratios),
-                           split_seed=split_seed)
+                           split_seed=split_seed, unlabelled=unlabelled)
     for line in dataset_split_report(spec):
         click.echo(line)
 

@@ -20,6 +20,10 @@ def _print_text(d: dict[str, Any], show_skipped: int) -> None:
                f"  source {ds.get('source', '') or '-'}")
     splits = ", ".join(f"{k} {v}" for k, v in d["splits"].items())
     click.echo(f"items    {d['items']}  ({splits})")
+    if any(d["unlabelled"].values()):
+        counts = ", ".join(f"{k} {d['labelled'][k]} labelled + {v} unlabelled"
+                           for k, v in d["unlabelled"].items())
+        click.echo(f"labels   {counts} (unlabelled items: KD targets only)")
     click.echo(f"digest   {d['digest'] or d['digest_note']}")
     how = ds.get("split") or {}
     if how.get("method") == "stratified":

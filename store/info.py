@@ -28,7 +28,8 @@ def _section_summary(store: Store, kind: str, name: str) -> dict[str, Any]:
 
 
 def describe(store: Store) -> dict[str, Any]:
-    """Items, splits, classes, every section with its status and provenance, bytes on disk."""
+    """Items, splits (with their labelled and unlabelled items), classes, every section with
+    its status and provenance, bytes on disk."""
     items = store.items
     attrs = store.attrs
     label_counts = items.labels.sum(axis=0).tolist()
@@ -42,6 +43,8 @@ def describe(store: Store) -> dict[str, Any]:
         "dataset": attrs.get("dataset", {}),
         "items": len(items),
         "splits": items.split_counts(),
+        "labelled": {s: c["labelled"] for s, c in items.labelled_counts().items()},
+        "unlabelled": {s: c["unlabelled"] for s, c in items.labelled_counts().items()},
         "multi_label": items.multi_label,
         "classes": {n: int(c) for n, c in zip(items.class_names, label_counts)},
         "extra_columns": sorted(items.extra),

@@ -29,6 +29,9 @@ class ItemsTable:
     ``labels`` is an (N, C) uint8 multi-hot matrix for both single- and multi-label data;
     :attr:`label` gives the single-label class index (-1 where an item has no single label).
     ``extra`` holds adapter-specific columns (e.g. ``fold``), one value per item.
+    ``labelled`` (bool per item; all True when not given) marks the items that carry labels:
+    an unlabelled item (a train item whose labels row is all zero) serves the KD loss only.
+    A multi-label item with no positive tag is labelled (a negative for every class).
     """
 
     ids: list[str]
@@ -40,6 +43,27 @@ class ItemsTable:
     class_names: list[str]
     multi_label: bool = False
     extra: dict[str, np.ndarray] = field(default_factory=dict)
+    labelled: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.ids)
+        mask = np.ones(n, dtype=bool) if self.labelled is None else \
+            np.asarray(self.labelled, dtype=bool).reshape(-1)
+        if len(mask) != n:
+            raise ValueError(f"labelled has {len(mask)} values for {n} items")
+        self.labelled = mask
+
+    @property
+    def labelled_mask(self) -> np.ndarray:
+        """``labelled`` as a bool array (never None after construction)."""
+        assert self.labelled is not None
+        return self.labelled
+
+    @property
+    def has_unlabelled(self) -> bool:
+        """Whether any item is unlabelled (the store then records the ``labelled`` column in
+        its checksum and fingerprint)."""
+        return not bool(self.labelled_mask.all())
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -73,6 +97,14 @@ class ItemsTable:
         return {str(n): int(c) for n, c in sorted(zip(names, counts),
                                                   key=lambda nc: _split_order(str(nc[0])))}
 
+    def labelled_counts(self) -> dict[str, dict[str, int]]:
+        """Per split: ``{"labelled": n, "unlabelled": m}``."""
+        splits = np.asarray(self.splits, dtype=str)
+        mask = self.labelled_mask
+        return {s: {"labelled": int((mask & (splits == s)).sum()),
+                    "unlabelled": int((~mask & (splits == s)).sum())}
+                for s in self.split_counts()}
+
     def fingerprint(self) -> str:
         """sha256 over ids, file hashes, splits, labels and class names: the dataset's identity."""
         payload = {
@@ -83,6 +115,8 @@ class ItemsTable:
             "class_names": list(self.class_names),
             "multi_label": bool(self.multi_label),
         }
+        if self.has_unlabelled:  # absent otherwise: fully labelled datasets keep their identity
+            payload["unlabelled"] = np.flatnonzero(~self.labelled_mask).tolist()
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
     def _label_lists(self) -> list[list[int]]:
@@ -106,4 +140,7 @@ class ItemsTable:
         h.update(json.dumps(bool(self.multi_label)).encode())
         for name in sorted(self.extra):
             h.update(json.dumps([name, [str(x) for x in np.asarray(self.extra[name])]]).encode())
+        if self.has_unlabelled:  # only then: the checksums of fully labelled tables stay as before
+            h.update(b"labelled")
+            h.update(self.labelled_mask.astype(np.uint8).tobytes())
         return h.hexdigest()

@@ -34,7 +34,9 @@ from eastkd.store.items import ItemsTable
 
 FORMAT_NAME = "eastkd-store"
 FORMAT_VERSION = 3  # 2: checksummed chunks, NaN fill for floats, dimension names;
-#                    3: content digests (per-chunk sha256 of decoded rows, store digest)
+#                    3: content digests (per-chunk sha256 of decoded rows, store digest),
+#                    items/labelled (unlabelled items) and per-view arrays.
+# Versions 1 and 2 are read as they are (every item labelled, no digests, no views).
 SECTION_KINDS = ("features", "embeddings", "targets")
 FEATURES = "logmel"  # the features section that holds the student's log-mel input
 _TARGET_CHUNK_BYTES = 4 << 20
@@ -682,6 +684,7 @@ def metadata_problems(store: Store, kind: str, name: str) -> list[tuple[str, str
     return out
 
 
+LABELLED = "labelled"  # items column: 1 labelled, 0 unlabelled (absent before format 3: all 1)
 ITEMS_DAMAGED = ("the items table cannot be repaired in place: restore the store from a copy, "
                  "or extract again into a new store")
 
@@ -696,7 +699,9 @@ def _read_items(backend: Backend) -> ItemsTable:
                           "damaged or half-written: recreate it with `eastkd extract`")
     try:
         extra = {c: backend.read(f"items/{c}", allow_missing=True)
-                 for c in sorted(cols - core - {"label"})}
+                 for c in sorted(cols - core - {"label", LABELLED})}
+        labelled = (backend.read(f"items/{LABELLED}").astype(bool) if LABELLED in cols
+                    else None)  # a store before format 3: every item labelled
         return ItemsTable(
             ids=[str(x) for x in backend.read("items/id")],
             paths=[str(x) for x in backend.read("items/path")],
@@ -707,6 +712,7 @@ def _read_items(backend: Backend) -> ItemsTable:
             class_names=list(attrs.get("class_names", [])),
             multi_label=bool(attrs.get("multi_label", False)),
             extra=extra,
+            labelled=labelled,
         )
     except StoreDamageError as e:
         raise StoreDamageError(f"{str(e).split('; run `eastkd verify')[0]}; "
@@ -742,6 +748,7 @@ def _item_columns(items: ItemsTable) -> dict[str, tuple[np.ndarray, tuple[str, .
         labels = np.zeros((n, 1), dtype=np.uint8)
     cols["labels"] = (labels, dimension_names("items", "labels", 1))
     cols["label"] = (items.label, item)
+    cols[LABELLED] = (items.labelled_mask.astype(np.uint8), item)
     for name, col in items.extra.items():
         col = np.asarray(col)
         cols[name] = (col.astype(object if col.dtype.kind in "OUS" else col.dtype), item)
@@ -762,7 +769,13 @@ def _write_items(backend: Backend, items: ItemsTable) -> None:
 
 def _write_item_columns(backend: Backend, items: ItemsTable) -> None:
     """Overwrite the columns of an existing items table in place (same rows and columns)."""
-    for name, (values, _) in _item_columns(items).items():
+    for name, (values, dims) in _item_columns(items).items():
+        if name == LABELLED and not backend.exists(f"items/{name}"):  # before format 3
+            if items.has_unlabelled:
+                backend.create_array(f"items/{name}", values.shape,
+                                     (chunk_items(256, len(items)),), values.dtype, data=values,
+                                     dims=dims)
+            continue
         backend.write(f"items/{name}", slice(0, len(items)), values)
 
 

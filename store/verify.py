@@ -217,6 +217,13 @@ def _check_items_content(store: Store, items: ItemsTable, report: VerifyReport) 
         label = store.backend.read("items/label")
         if not np.array_equal(label, items.label):
             report.findings.append(Finding("items/label", "disagrees with items/labels"))
+    wrong = ~items.labelled_mask & ((np.asarray(items.splits, dtype=object) != "train")
+                                    | np.asarray(items.labels).any(axis=1))
+    if wrong.any():
+        first = items.ids[int(np.flatnonzero(wrong)[0])]
+        report.findings.append(Finding("items/labelled", f"{int(wrong.sum())} unlabelled items "
+                                       f"outside train or with labels (first: {first}); "
+                                       "unlabelled items must be train items with no labels"))
     expected = store.attrs.get("dataset", {}).get("n_items")
     if expected is not None and int(expected) != n:
         report.findings.append(Finding("items", f"holds {n} items, the root attributes say "
@@ -449,8 +456,9 @@ def _check_provenance(store: Store, sec: Section, status: np.ndarray,
 @dataclass
 class Rerun:
     """A command that recomputes a section's pending rows, as data: the ``eastkd`` stage, its
-    positional arguments and its options (flag -> value; True for a bare flag). ``note`` says
-    what the command cannot carry (e.g. options not recorded)."""
+    positional arguments and its options (flag -> value; True for a bare flag, a list for a
+    flag given once per value). ``note`` says what the command cannot carry (e.g. options not
+    recorded)."""
 
     stage: str
     args: list[str]
@@ -463,6 +471,8 @@ class Rerun:
         for flag, value in self.options.items():
             if value is True:
                 parts.append(f"--{flag}")
+            elif isinstance(value, list):  # a repeatable flag, e.g. --unlabelled DIR
+                parts += [f"--{flag} {v}" for v in value]
             elif value not in (False, None):
                 parts.append(f"--{flag} {value}")
         return " ".join(parts) + (f" ({self.note})" if self.note else "")
@@ -488,11 +498,14 @@ def _rerun_hint(store: Store, sec: Section) -> Rerun:
     if sec.kind == "targets":
         return _compress_hint(store.path, sec.name, sec.attrs)
     keys = [sec.name] if sec.kind == "embeddings" else store.section_names("embeddings")[:1]
-    src = store.attrs.get("dataset", {}).get("source") or "DATASET"
+    dataset = store.attrs.get("dataset", {})
+    src = dataset.get("source") or "DATASET"
+    unlabelled = list(dataset.get("unlabelled", [])) or None  # folders: --unlabelled each
     if not keys:
-        return Rerun("extract", [src, store.path], {},
+        return Rerun("extract", [src, store.path], {"unlabelled": unlabelled},
                      note=f"with the options of the command that wrote {sec.path}")
-    return _extract_hint(store.path, src, keys[0], Section(store, "embeddings", keys[0]).attrs)
+    return _extract_hint(store.path, src, keys[0], Section(store, "embeddings", keys[0]).attrs,
+                         unlabelled)
 
 
 def _compress_hint(path: str, name: str, a: dict[str, Any]) -> Rerun:
@@ -503,7 +516,8 @@ def _compress_hint(path: str, name: str, a: dict[str, Any]) -> Rerun:
         "fit-split": a.get("fit_split", "train"), "whiten": bool(a.get("whiten"))})
 
 
-def _extract_hint(path: str, source: str, key: str, a: dict[str, Any]) -> Rerun:
+def _extract_hint(path: str, source: str, key: str, a: dict[str, Any],
+                  unlabelled: list[str] | None = None) -> Rerun:
     ident = a.get("identity") or {}
     opts = a.get("extract_options") or {}
     seg = ident.get("segment") or {}
@@ -511,7 +525,7 @@ def _extract_hint(path: str, source: str, key: str, a: dict[str, Any]) -> Rerun:
     return Rerun("extract", [source, path], {
         "teacher": ident.get("teacher", key), "key": key, "segment": seg.get("seconds"),
         "crop": seg.get("crop"), "dtype": ident.get("dtype"), "frames": bool(ident.get("frames")),
-        "on-error": opts.get("on_error", "fail")},
+        "on-error": opts.get("on_error", "fail"), "unlabelled": unlabelled},
         note=f"plus the --teacher-opt/--weights it was run with; teacher options recorded: "
              f"{recorded or 'none'}")
 

@@ -190,7 +190,7 @@ def test_jsonl_multilabel_manifest(tmp_path: Path) -> None:
     lines = [
         {"id": "a", "path": "audio/a.wav", "labels": "rock;guitar", "split": "train"},
         {"id": "b", "path": "audio/b.wav", "labels": ["vocal", "rock"], "split": "test"},
-        {"id": "c", "path": "audio/c.wav", "labels": "", "split": "valid", "year": 1999},
+        {"id": "c", "path": "audio/c.wav", "labels": [], "split": "valid", "year": 1999},
     ]
     (tmp_path / "tags.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n\n")
     spec = resolve_dataset(str(tmp_path / "tags.jsonl"))
@@ -201,6 +201,7 @@ def test_jsonl_multilabel_manifest(tmp_path: Path) -> None:
         ("c", [], "valid"),
     ]
     assert spec.items[2].extra == {"year": 1999}
+    assert all(i.labelled for i in spec.items)  # "labels": [] is a row with no positive tag
 
 
 def test_manifest_without_split_column_gets_a_stratified_split(tmp_path: Path) -> None:
@@ -241,7 +242,21 @@ def test_manifest_without_split_column_gets_a_stratified_split(tmp_path: Path) -
             "id,path,label,split\na,a.wav,x,train\na,a.wav,y,test\n",
             r"m\.csv:3: duplicate id 'a' \(first on line 2\)",
         ),
-        ("m.csv", "id,path,label,split\na,a.wav,,train\n", r"m\.csv:2: empty label for id 'a'"),
+        (
+            "m.csv",
+            "id,path,label,split\na,a.wav,,valid\n",
+            r"m\.csv:2: id 'a' has no label but is a valid row; unlabelled items are train",
+        ),
+        (
+            "m.csv",
+            "id,path,label,split,labelled\na,a.wav,,train,1\n",
+            r"m\.csv:2: empty label for id 'a' marked labelled",
+        ),
+        (
+            "m.csv",
+            "id,path,label,split,labelled\na,a.wav,x,train,no\n",
+            r"m\.csv:2: labelled is 'no' but the row names classes x",
+        ),
         (
             "m.csv",
             "id,path,label,split\na,a.wav,x;y,train\n",

@@ -21,8 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 from eastkd.cli.main import cli
-from eastkd.store import open_store
-from eastkd.store.store import FORMAT_VERSION
+from eastkd.store import FORMAT_VERSION, open_store
 from eastkd.store.backends.hdf5_backend import has_abandoned_files
 from eastkd.errors import StoreDamageError
 

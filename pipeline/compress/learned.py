@@ -73,7 +73,9 @@ class LearnedCompressor:
     # -- data ----------------------------------------------------------------------------------
     @staticmethod
     def _targets(items: ItemsTable, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(rows with a usable label, targets): class indices or multi-hot float rows."""
+        """(labelled rows, targets): class indices or multi-hot float rows; unlabelled rows
+        (and single-label rows without exactly one class) are left out."""
+        rows = rows[items.labelled_mask[rows]]
         if items.multi_label:
             return rows, items.labels[rows].astype(np.float32)
         lab = items.label[rows]

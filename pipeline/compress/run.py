@@ -125,8 +125,8 @@ def _source(store: Store, key: str | None) -> tuple[str, Section]:
 
 def fit_rows(store: Store, status: np.ndarray, split: str, fold: int | None) -> np.ndarray:
     """The rows of ``split`` under ``fold`` as distill derives them (``item_splits``), with
-    embeddings OK: distill's rows of that split (it also drops unlabelled items; the learned
-    compressor ignores those too)."""
+    embeddings OK, unlabelled items included: PCA fits on all of them, the learned compressor
+    keeps the labelled ones (``LearnedCompressor._targets``)."""
     return np.flatnonzero((item_splits(store, fold) == split) & (status == OK))
 
 

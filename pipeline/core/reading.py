@@ -31,7 +31,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -139,13 +139,15 @@ def item_splits(store: Store, fold: int | None = None) -> np.ndarray:
                           "ESC-50); this store has none, drop --fold")
     from eastkd.pipeline.datasets.esc50 import esc50_split_for_fold
 
-    return np.asarray([esc50_split_for_fold(int(f), fold) for f in items.extra["fold"]],
-                      dtype=object)
+    labelled = items.labelled_mask  # unlabelled items carry no fold: they stay train items
+    return np.asarray([esc50_split_for_fold(int(f), fold) if ok else "train"
+                       for f, ok in zip(items.extra["fold"], labelled)], dtype=object)
 
 
 def split_rows(store: Store, split: str, targets: TargetsSpec | None = None,
-               fold: int | None = None) -> np.ndarray:
-    """Sorted store rows of ``split`` usable for training: features (and targets) OK, labelled.
+               fold: int | None = None, labelled: bool | None = True) -> np.ndarray:
+    """Sorted store rows of ``split`` usable for training: features (and targets) OK, and
+    labelled (``labelled=True``, the default), unlabelled (``False``) or either (``None``).
 
     Skipped rows are left out; a section with pending rows is refused (its writer is unfinished).
     ``split='all'`` takes every item.
@@ -163,8 +165,10 @@ def split_rows(store: Store, split: str, targets: TargetsSpec | None = None,
         mask = np.ones(len(st), dtype=bool)
     else:
         mask = item_splits(store, fold) == split
-    if not store.items.multi_label:
-        mask &= store.items.label >= 0
+    items = store.items
+    has_label = items.labelled_mask & (items.multi_label or items.label >= 0)
+    if labelled is not None:
+        mask &= has_label if labelled else ~items.labelled_mask
     return np.flatnonzero(mask & ok)
 
 
@@ -253,6 +257,16 @@ class Moments:
         total = self.n + k
         self.m2 += bm2 + delta * delta * (self.n * k / total)
         self.mean += delta * (k / total)
+        self.n = total
+
+    def merge(self, other: "Moments") -> None:
+        """Merge the moments of another, disjoint set of rows."""
+        if other.n == 0:
+            return
+        total = self.n + other.n
+        delta = other.mean - self.mean
+        self.m2 = self.m2 + other.m2 + delta * delta * (self.n * other.n / total)
+        self.mean = self.mean + delta * (other.n / total)
         self.n = total
 
     @property
@@ -614,18 +628,27 @@ class SplitData:
     def close(self) -> None:
         self.stream.close()
 
-    def input_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-mel-bin mean and std over all items and frames of the split (for normalisation)."""
-        m = self.stream.moments("x", axis=1)
+    def _moments(self, name: str, axis: int, others: Sequence[SplitData]) -> Moments:
+        m = self.stream.moments(name, axis)
+        for other in others:
+            m.merge(other.stream.moments(name, axis))
+        return m
+
+    def input_stats(self, others: Sequence[SplitData] = ()
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-mel-bin mean and std over all items and frames of the split (and of ``others``,
+        e.g. the unlabelled train rows), for normalisation."""
+        m = self._moments("x", 1, others)
         if m.n == 0:
             raise EastkdError(f"split {self.split!r} has no usable items; cannot compute input "
                               "statistics")
         return (torch.from_numpy(m.mean).float(),
                 torch.from_numpy(np.maximum(np.sqrt(m.var), 1e-5)).float())
 
-    def target_stats(self) -> tuple[torch.Tensor, float]:
-        """Targets' centre (per dim) and one overall scale (RMS of the per-dim std)."""
-        m = self.stream.moments("t")
+    def target_stats(self, others: Sequence[SplitData] = ()) -> tuple[torch.Tensor, float]:
+        """Targets' centre (per dim) and one overall scale (RMS of the per-dim std), over the
+        split and ``others``."""
+        m = self._moments("t", -1, others)
         return torch.from_numpy(m.mean).float(), float(max(np.sqrt(m.var.mean()), 1e-8))
 
     def normalise_targets(self, mean: torch.Tensor, scale: float) -> None:
@@ -652,8 +675,10 @@ class SplitData:
 def load_split(store: Store, split: str, targets: TargetsSpec | None = None,
                fold: int | None = None, memory_limit: int = DEFAULT_MEMORY_LIMIT,
                shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, workers: int | None = None,
-               pin_memory: bool = False) -> SplitData:
-    """The usable rows of ``split`` with their inputs, labels and (optionally) targets."""
-    rows = split_rows(store, split, targets, fold)
+               pin_memory: bool = False, labelled: bool | None = True) -> SplitData:
+    """The usable rows of ``split`` with their inputs, labels and (optionally) targets:
+    labelled rows (default), unlabelled ones (``labelled=False``; labels -1 or all-zero
+    rows, never a task loss's) or both (None); see :func:`split_rows`."""
+    rows = split_rows(store, split, targets, fold, labelled)
     return SplitData(store, split, rows, targets, memory_limit, shuffle_buffer, workers,
                      pin_memory)

@@ -15,6 +15,7 @@ from eastkd.errors import EastkdError
 from eastkd.progress import Progress
 from eastkd.pipeline.core import registry
 from eastkd.pipeline.core.reading import DEFAULT_MEMORY_LIMIT, DEFAULT_SHUFFLE_BUFFER
+from eastkd.pipeline.distill.augment import SpecAugment
 
 NO_KD = "none"
 SCHEDULES = ("cosine", "plateau")
@@ -22,6 +23,9 @@ GRAD_CLIP = 1.0
 # intra-op CPU threads of distill unless --threads says otherwise: fixed, not the machine's
 # core count, so that a CPU run gives the same result on every machine (see README)
 DEFAULT_CPU_THREADS = 1
+# unlabelled rows per labelled row in a step when the train split has unlabelled rows and
+# --unlabelled-ratio is not given (without such rows, or without KD, none are drawn)
+DEFAULT_UNLABELLED_RATIO = 1.0
 # Options that do not change what a run computes (may differ when a run is continued).
 RUNTIME_KEYS = ("device", "memory_limit", "progress", "workers", "shuffle_buffer")
 # Options that say how to treat RUN_DIR, not what to train (never recorded).
@@ -45,6 +49,10 @@ class DistillOptions:
     ``lam`` is λ in ``L = (1 - λ) L_task + λ L_kd``; ``memory_limit`` and ``shuffle_buffer``
     are bytes; ``workers`` None picks reader processes automatically; ``threads`` fixes the
     intra-op CPU threads of a CPU run (results depend on it; unused on CUDA).
+    ``unlabelled_ratio`` is unlabelled rows per labelled row in a step (None: 1 when the train
+    split has unlabelled rows; unused without KD), ``spec_augment`` masks the student's input
+    (:class:`~eastkd.pipeline.distill.augment.SpecAugment`, recorded with its settings),
+    ``mixup`` > 0 mixes batches (``Beta(mixup, mixup)`` weights; 0: off).
     """
 
     targets: str | None = None
@@ -68,6 +76,9 @@ class DistillOptions:
     shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER
     workers: int | None = None
     threads: int = DEFAULT_CPU_THREADS
+    unlabelled_ratio: float | None = None  # None: DEFAULT_UNLABELLED_RATIO if there are any
+    spec_augment: bool = False
+    mixup: float = 0.0  # Beta(alpha, alpha) of mixup's weight; 0: off
     progress: Progress = False  # None: bars on a terminal, else plain lines (the CLI's)
     resume: bool = False
     overwrite: bool = False
@@ -100,6 +111,11 @@ class DistillOptions:
             raise EastkdError("--epochs must be >= 1 and --batch-size >= 2")
         if self.threads < 1:
             raise EastkdError(f"--threads {self.threads}: must be >= 1")
+        if self.unlabelled_ratio is not None and not self.unlabelled_ratio >= 0:
+            raise EastkdError(f"--unlabelled-ratio {self.unlabelled_ratio}: must be >= 0 "
+                              "(unlabelled rows per labelled row in a step; 0: none)")
+        if not self.mixup >= 0:
+            raise EastkdError(f"--mixup {self.mixup}: must be >= 0 (Beta(A, A); 0: off)")
 
     def record(self, device_type: str) -> dict[str, Any]:
         """The run's ``options`` as written to config.json: every option but ``resume`` and
@@ -116,7 +132,11 @@ class DistillOptions:
             weight_decay=float(self.weight_decay), seed=int(self.seed),
             patience=int(self.patience), memory_limit=int(self.memory_limit),
             progress=self.progress, shuffle_buffer=int(self.shuffle_buffer),
-            threads=int(self.threads) if device_type == "cpu" else None)
+            threads=int(self.threads) if device_type == "cpu" else None,
+            unlabelled_ratio=(float(self.unlabelled_ratio)
+                              if kd and self.unlabelled_ratio is not None else None),
+            spec_augment=SpecAugment().config() if self.spec_augment else None,
+            mixup=float(self.mixup) if self.mixup else None)
         out["lambda"] = out.pop("lam")
         out["grad_clip"] = GRAD_CLIP
         return out

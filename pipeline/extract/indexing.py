@@ -80,6 +80,7 @@ def _reusable(known: ItemsTable | None, spec: DatasetSpec) -> bool:
 
 def _table(spec: DatasetSpec, sha: list[str], durations: np.ndarray,
            stats: np.ndarray) -> ItemsTable:
+    spec.check_unlabelled()
     n, c = len(spec.items), len(spec.class_names)
     labels = np.zeros((n, max(c, 1)), dtype=np.uint8)
     for i, item in enumerate(spec.items):
@@ -97,4 +98,5 @@ def _table(spec: DatasetSpec, sha: list[str], durations: np.ndarray,
         class_names=list(spec.class_names),
         multi_label=bool(spec.multi_label),
         extra=extra,
+        labelled=np.asarray([it.labelled for it in spec.items], dtype=bool),
     )

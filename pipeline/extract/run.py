@@ -47,6 +47,7 @@ from eastkd.store import (
     EastkdError,
     ItemsTable,
     Section,
+    StoreMismatchError,
     Store,
     backend_name,
     create_store,
@@ -117,6 +118,8 @@ def open_or_create(store_path: str, spec: DatasetSpec, progress: Progress = Fals
     """
     dataset = {"name": spec.name, "source": spec.source, "description": spec.description,
                "split": spec.split_info}
+    if spec.unlabelled_sources:
+        dataset["unlabelled"] = list(spec.unlabelled_sources)
     if not store_exists(store_path):
         items = build_items_table(spec, progress, workers)
         duplicates = check_duplicates(items, allow_duplicates)
@@ -127,7 +130,9 @@ def open_or_create(store_path: str, spec: DatasetSpec, progress: Progress = Fals
         known = old.items
         fingerprint = old.dataset_fingerprint
         recorded = old.attrs.get("dataset", {}).get("duplicates") or {}
+        old_unlabelled = list(old.attrs.get("dataset", {}).get("unlabelled", []))
     if known.ids != [it.id for it in spec.items]:  # another dataset: refused without hashing
+        _check_unlabelled_sources(store_path, old_unlabelled, spec.unlabelled_sources)
         return open_for_dataset(store_path, build_items_table(spec, progress, workers,
                                                               hash_files=False))
     items = build_items_table(spec, progress, workers, known, rehash)
@@ -147,6 +152,14 @@ def open_or_create(store_path: str, spec: DatasetSpec, progress: Progress = Fals
         except StoreWriteError:  # a read-only medium: the run itself may write nothing
             pass
     return store
+
+
+def _check_unlabelled_sources(store_path: str, old: list[str], new: list[str]) -> None:
+    """Name ``--unlabelled`` when a rerun's items differ because its folders do."""
+    if old != list(new):
+        flags = " ".join(f"--unlabelled {d}" for d in old) or "no --unlabelled"
+        raise StoreMismatchError(f"{store_path} was written with {flags}; rerun with the same "
+                                 "unlabelled folders, or choose another store path")
 
 
 def _apply_rehash(store_path: str, items: ItemsTable, known: ItemsTable) -> Store:
