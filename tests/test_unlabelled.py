@@ -189,7 +189,8 @@ def test_info_counts_labelled_and_unlabelled(mixed_store: Path) -> None:
     assert d["labelled"] == {"test": 6, "train": 28, "valid": 6}
     assert d["unlabelled"] == {"test": 0, "train": 40, "valid": 0}
     code, out = _cli("info", mixed_store)
-    assert "labels   test 6 labelled + 0 unlabelled, train 28 labelled + 40 unlabelled" in out
+    assert ("labels   train 28 labelled + 40 unlabelled, valid 6 labelled + 0 unlabelled, "
+            "test 6 labelled + 0 unlabelled") in out
 
 
 def test_rerun_continues_and_needs_the_same_folders(mixed_store: Path,
