@@ -6,7 +6,9 @@ logistic regression per tag) for multi-label data. The inverse regularisation st
 is chosen on the valid split from :data:`C_GRID` by the metric ``evaluate`` selects students
 with (accuracy, or mAP = PR-AUC for multi-label; ties go to the lower valid log-loss). The grid
 is walked from the strongest regularisation up, each fit warm-started from the previous
-solution (same optimum, fewer L-BFGS iterations; one-vs-rest refits each tag from zero). Without valid rows the middle of the grid
+solution (same optimum, fewer L-BFGS iterations; one-vs-rest refits each tag from zero).
+With fewer fit rows than dimensions (a few labels per class) the classifier is fitted in the
+span of the standardised fit rows (:func:`row_space`): the same model, in seconds. Without valid rows the middle of the grid
 (``C = 1``) is used.
 
 Scores use the definitions of ``evaluate`` (:func:`eastkd.pipeline.distill.evaluate.
@@ -37,19 +39,26 @@ _EPS = 1e-7
 
 @dataclass
 class Probe:
-    """A fitted probe: standardisation, the chosen classifier, and how ``C`` was chosen."""
+    """A fitted probe: standardisation, an optional row-space basis, the chosen classifier, and
+    how ``C`` was chosen (``grid``: valid metric and log-loss per C)."""
 
     scaler: StandardScaler
+    basis: np.ndarray | None  # (D, r) orthonormal basis of the standardised fit rows, or None
     model: Any  # LogisticRegression, or OneVsRestClassifier of them (multi-label)
     C: float
     multi_label: bool
     n_classes: int
-    grid: list[dict[str, float]] = field(default_factory=list)  # per C: valid metric, loss
+    grid: list[dict[str, float]] = field(default_factory=list)
+
+    def features(self, x: np.ndarray) -> np.ndarray:
+        """What the classifier sees: standardised features, in the row-space basis if any."""
+        z = self.scaler.transform(np.asarray(x, dtype=np.float32))
+        return z if self.basis is None else z @ self.basis
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:
         """(n, C) float64 class probabilities of (n, D) features: a softmax over the classes
         (rows sum to 1; a class absent from the fit rows gets 0), or per-tag sigmoids."""
-        p = self.model.predict_proba(self.scaler.transform(np.asarray(x, dtype=np.float32)))
+        p = self.model.predict_proba(self.features(x))
         if self.multi_label:
             return np.asarray(p, dtype=np.float64)
         out = np.zeros((len(p), self.n_classes))
@@ -61,6 +70,24 @@ class Probe:
         if len(y) == 0:
             return {}
         return compute_metrics(self.probabilities(x), y, self.multi_label)
+
+    def weights(self) -> tuple[np.ndarray, np.ndarray]:
+        """(k, D) weights on standardised inputs and (k,) biases: the softmax's classes
+        (``model.classes_``; k = 1 for two classes: the second class's logit) or one row per tag
+        (a tag constant in the fit rows: zero weights, NaN bias)."""
+        fitted = self.model.estimators_ if self.multi_label else [self.model]
+        d = len(self.scaler.mean_)
+        rows, biases = [], []
+        for est in fitted:
+            coef = getattr(est, "coef_", None)
+            if coef is None:
+                rows.append(np.zeros((1, d)))
+                biases.append(np.array([np.nan]))
+                continue
+            rows.append(coef @ self.basis.T if self.basis is not None else coef)
+            biases.append(est.intercept_)
+        return (np.vstack(rows).astype(np.float32),
+                np.concatenate(biases).astype(np.float32))
 
 
 def log_loss(p: np.ndarray, y: np.ndarray, multi_label: bool) -> float:
@@ -92,6 +119,15 @@ def check_labels(y: np.ndarray, multi_label: bool) -> None:
                           "at least two")
 
 
+def row_space(xs: np.ndarray) -> np.ndarray | None:
+    """An orthonormal (D, n) basis of the rows of ``xs`` when there are fewer rows than
+    dimensions, else None. An L2-penalised linear model's weights lie in that span (the penalty
+    only grows off it), so fitting in it gives the same model, much faster for few labels."""
+    if xs.shape[0] >= xs.shape[1]:
+        return None
+    return np.linalg.svd(xs, full_matrices=False)[2].T.astype(np.float32)
+
+
 def fit_probe(x: np.ndarray, y: np.ndarray, vx: np.ndarray | None, vy: np.ndarray | None,
               multi_label: bool, n_classes: int, c_grid: tuple[float, ...] = C_GRID) -> Probe:
     """Fit a probe on (n, D) ``x`` with labels ``y`` (class indices, or (n, C) multi-hot rows),
@@ -100,32 +136,30 @@ def fit_probe(x: np.ndarray, y: np.ndarray, vx: np.ndarray | None, vy: np.ndarra
     if not np.isfinite(x).all():
         raise EastkdError("embeddings contain NaN/inf; re-extract them (--dtype float32)")
     scaler = StandardScaler().fit(x)
-    xs = scaler.transform(x)
+    probe = Probe(scaler, None, _classifier(multi_label), math.nan, multi_label, n_classes)
+    probe.basis = row_space(scaler.transform(x))
+    xs = probe.features(x)
     has_valid = vx is not None and vy is not None and len(vy) > 0
-    grid = sorted(c_grid) if has_valid else [1.0]
     metric = selection_metric(multi_label)
-    model = _classifier(multi_label)
     best: tuple[tuple[float, float], float, Any] | None = None
-    table: list[dict[str, float]] = []
-    for c in grid:
-        _set_c(model, c)
+    for c in sorted(c_grid) if has_valid else [1.0]:
+        _set_c(probe.model, c)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             warnings.simplefilter("ignore", UserWarning)  # OvR: a tag without positives
-            model.fit(xs, y)
-        if not has_valid:
-            best = ((0.0, 0.0), c, copy.deepcopy(model))
-            break
-        probe = Probe(scaler, model, c, multi_label, n_classes)
-        p = probe.probabilities(vx)
-        value = compute_metrics(p, vy, multi_label).get(metric, math.nan)
-        loss = log_loss(p, vy, multi_label)
-        table.append({"C": c, f"valid_{metric}": value, "valid_log_loss": loss})
-        key = (-math.inf if math.isnan(value) else value, -loss)
+            probe.model.fit(xs, y)
+        key = (0.0, 0.0)
+        if has_valid:
+            p = probe.probabilities(vx)
+            value = compute_metrics(p, vy, multi_label).get(metric, math.nan)
+            loss = log_loss(p, vy, multi_label)
+            probe.grid.append({"C": c, f"valid_{metric}": value, "valid_log_loss": loss})
+            key = (-math.inf if math.isnan(value) else value, -loss)
         if best is None or key > best[0]:
-            best = (key, c, copy.deepcopy(model))
+            best = (key, c, copy.deepcopy(probe.model))
     assert best is not None
-    return Probe(scaler, best[2], best[1], multi_label, n_classes, table)
+    probe.C, probe.model = best[1], best[2]
+    return probe
 
 
 def draw_per_class(labels: np.ndarray, k: int, seed: int, multi_label: bool,
