@@ -21,6 +21,9 @@ A compressor (entry point group ``eastkd.compressors``) is a class built as
 with ``identity()``, ``fit(source, rows, items, valid_rows, progress)``, ``out_dim``,
 ``uses_valid_rows`` (whether ``fit`` early-stops on ``valid_rows``; assumed when absent),
 ``transform(x)``, ``params()``, ``summary()`` and a static ``plot(fig, attrs, params)``.
+Optional: ``dim_from_classes = True`` (``--dim`` does not apply: the output has one column per
+class; the default name is ``<key>-<method>``) and ``held_out_scores(source, splits, items)``
+(attributes to record from rows the fit never saw, e.g. a probe's valid and test scores).
 """
 
 from __future__ import annotations
@@ -208,12 +211,13 @@ def compress(store_path: str, embeddings_key: str | None, method: str, dim: int 
     cls = registry.compressors.get(method)
     with open_store(store_path, "r+") as store:
         key, emb = _source(store, embeddings_key)
-        name = name or default_name(key, method, dim)
+        sized = not getattr(cls, "dim_from_classes", False)  # probe: one column per class
+        name = name or (default_name(key, method, dim) if sized else f"{key}-{method}")
         if not _NAME.match(name):
             raise EastkdError(f"--name {name!r}: use letters, digits and . _ + - only")
         src = emb.array("clip")
         n_items, d_in = src.shape[0], int(np.prod(src.shape[1:]))
-        if isinstance(dim, int) and dim > d_in:
+        if sized and isinstance(dim, int) and dim > d_in:
             raise EastkdError(f"--dim {dim} is larger than the {d_in}-d embeddings {key!r}; "
                               f"choose at most {d_in}")
         status = emb.status()
@@ -262,6 +266,10 @@ def compress(store_path: str, embeddings_key: str | None, method: str, dim: int 
         fit_seconds = time.perf_counter() - tf
         d_out = comp.out_dim
         summary = comp.summary()
+        if hasattr(comp, "held_out_scores"):  # scored on rows it never fitted on
+            summary.update(comp.held_out_scores(src, {
+                s: fit_rows(store, status, s, fold) for s in ("valid", "test")
+                if s != fit_split}, store.items))
         attrs = _json_safe({
             "kind": "compressed teacher embeddings",
             "method": method,

@@ -1,9 +1,9 @@
 """``eastkd probe``: how well a linear probe on each stored teacher representation does the task.
 
 For every embeddings key and every target in a store (or those named), the rows of each split
-are chosen exactly as distill chooses them (:func:`eastkd.pipeline.core.reading.split_rows`,
-``--fold`` through ``item_splits``), unlabelled items dropped, and read through the one reading
-path (:func:`~eastkd.pipeline.core.reading.read_pooled_rows`: frame-level arrays and views
+are chosen exactly as compress chooses them (:func:`eastkd.pipeline.compress.run.fit_rows`:
+the split under ``--fold`` through ``item_splits``, as distill derives it, rows the section
+holds), unlabelled items dropped, and read through the one reading path (:func:`~eastkd.pipeline.core.reading.read_pooled_rows`: frame-level arrays and views
 averaged per item; an embeddings section's ``clip`` array is already the mean of its frames).
 A probe (:mod:`eastkd.pipeline.probe.fit`) is fitted on the train rows, ``C`` chosen on valid,
 and scored on valid and test with ``evaluate``'s metrics.
@@ -27,9 +27,9 @@ from eastkd.pipeline.core.reading import (
     TargetsSpec,
     labelled_mask,
     read_pooled_rows,
-    split_rows,
     store_array,
 )
+from eastkd.pipeline.compress.run import fit_rows
 from eastkd.pipeline.distill.evaluate import selection_metric
 from eastkd.pipeline.probe.fit import C_GRID, draw_per_class, fit_probe
 from eastkd.store import Store, open_store
@@ -91,8 +91,12 @@ def _labels(store: Store, rows: np.ndarray) -> np.ndarray:
 def _split_data(store: Store, spec: TargetsSpec,
                 fold: int | None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """(features, labels) of each split's labelled rows, read in one pass over the chunks."""
+    kind, name = spec.section.split("/", 1)
+    hint = ("finish `eastkd compress` first" if kind == "targets"
+            else "finish `eastkd extract` first (it continues where it stopped)")
+    status = store.section(kind, name).require_complete(hint)
     keep = labelled_mask(store.items)
-    rows = {s: r[keep[r]] for s in SPLITS for r in [split_rows(store, s, spec, fold)]}
+    rows = {s: r[keep[r]] for s in SPLITS for r in [fit_rows(store, status, s, fold)]}
     every = np.unique(np.concatenate(list(rows.values())))
     x = read_pooled_rows(store_array(store, spec.path), every)
     return {s: (x[np.searchsorted(every, r)], _labels(store, r)) for s, r in rows.items()}
