@@ -11,7 +11,9 @@ Measures, on the same store in one run:
     python benchmarks/probe.py                       # 10 000 x 2048
     python benchmarks/probe.py --n 2000 --dim 256 --out benchmarks/results/probe-small.json
 
-Prints one JSON document (also written to ``--out``); progress goes to stderr.
+Prints one JSON document (also written to ``--out``); progress goes to stderr. On a shared,
+oversubscribed machine run it with ``OPENBLAS_NUM_THREADS=1``: OpenBLAS threads spinning
+against other processes' make small products 50x slower (recorded as ``blas_threads``).
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ def main() -> None:
     a = ap.parse_args()
     import sklearn
     import torch
+    from threadpoolctl import threadpool_info
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="eastkd-probe-bench-") as tmp:
@@ -100,7 +103,8 @@ def main() -> None:
     result = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "numpy": np.__version__, "sklearn": sklearn.__version__,
-                    "load_avg_1min": os.getloadavg()[0], "node": platform.node()},
+                    "load_avg_1min": os.getloadavg()[0], "node": platform.node(),
+                    "blas_threads": [i["num_threads"] for i in threadpool_info()]},
         "data": {"items": a.n, "dim": a.dim, "classes": a.classes, "store": "zarr, float16"},
         "eastkd_probe": ours, "eastkd_probe_k5": scarce, "sklearn_cold_grid": base,
         "speedup_vs_cold_grid": round(base["seconds"] / ours["seconds"], 2),

@@ -58,7 +58,11 @@ class Probe:
     def probabilities(self, x: np.ndarray) -> np.ndarray:
         """(n, C) float64 class probabilities of (n, D) features: a softmax over the classes
         (rows sum to 1; a class absent from the fit rows gets 0), or per-tag sigmoids."""
-        p = self.model.predict_proba(self.features(x))
+        return self.probabilities_of(self.features(x))
+
+    def probabilities_of(self, z: np.ndarray) -> np.ndarray:
+        """:meth:`probabilities` of inputs already passed through :meth:`features`."""
+        p = self.model.predict_proba(z)
         if self.multi_label:
             return np.asarray(p, dtype=np.float64)
         out = np.zeros((len(p), self.n_classes))
@@ -125,7 +129,7 @@ def row_space(xs: np.ndarray) -> np.ndarray | None:
     only grows off it), so fitting in it gives the same model, much faster for few labels."""
     if xs.shape[0] >= xs.shape[1]:
         return None
-    return np.linalg.svd(xs, full_matrices=False)[2].T.astype(np.float32)
+    return np.linalg.qr(xs.T)[0].astype(np.float32)  # reduced QR: (D, n) orthonormal
 
 
 def fit_probe(x: np.ndarray, y: np.ndarray, vx: np.ndarray | None, vy: np.ndarray | None,
@@ -140,6 +144,7 @@ def fit_probe(x: np.ndarray, y: np.ndarray, vx: np.ndarray | None, vy: np.ndarra
     probe.basis = row_space(scaler.transform(x))
     xs = probe.features(x)
     has_valid = vx is not None and vy is not None and len(vy) > 0
+    vz = probe.features(vx) if has_valid else None
     metric = selection_metric(multi_label)
     best: tuple[tuple[float, float], float, Any] | None = None
     for c in sorted(c_grid) if has_valid else [1.0]:
@@ -150,7 +155,7 @@ def fit_probe(x: np.ndarray, y: np.ndarray, vx: np.ndarray | None, vy: np.ndarra
             probe.model.fit(xs, y)
         key = (0.0, 0.0)
         if has_valid:
-            p = probe.probabilities(vx)
+            p = probe.probabilities_of(vz)
             value = compute_metrics(p, vy, multi_label).get(metric, math.nan)
             loss = log_loss(p, vy, multi_label)
             probe.grid.append({"C": c, f"valid_{metric}": value, "valid_log_loss": loss})
