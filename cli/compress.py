@@ -27,7 +27,8 @@ from eastkd.pipeline.compress.options import CompressOptions
                    "train variance instead (e.g. 0.95); probe ignores it (one column per "
                    "class).")
 @click.option("--name", default=None,
-              help="Targets name in the store.  [default: <key>-<method><dim>; probe: <key>-probe]")
+              help="Targets name in the store.  "
+                   "[default: <key>-<method><dim>; probe: <key>-probe]")
 @click.option("--fit-split", default=CompressOptions.fit_split, help="Split whose items the compressor is fitted "
               "on (targets are written for every item).")
 @click.option("--fold", type=click.IntRange(1, 5), default=None,

@@ -8,8 +8,8 @@ with (accuracy, or mAP = PR-AUC for multi-label; ties go to the lower valid log-
 is walked from the strongest regularisation up, each fit warm-started from the previous
 solution (same optimum, fewer L-BFGS iterations; one-vs-rest refits each tag from zero).
 With fewer fit rows than dimensions (a few labels per class) the classifier is fitted in the
-span of the standardised fit rows (:func:`row_space`): the same model, in seconds. Without valid rows the middle of the grid
-(``C = 1``) is used.
+span of the standardised fit rows (:func:`row_space`): the same model, in seconds. Without
+valid rows the middle of the grid (``C = 1``) is used.
 
 Scores use the definitions of ``evaluate`` (:func:`eastkd.pipeline.distill.evaluate.
 compute_metrics`): accuracy and macro-F1, or macro ROC-AUC and PR-AUC.

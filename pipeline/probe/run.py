@@ -3,8 +3,9 @@
 For every embeddings key and every target in a store (or those named), the rows of each split
 are chosen exactly as compress chooses them (:func:`eastkd.pipeline.compress.run.fit_rows`:
 the split under ``--fold`` through ``item_splits``, as distill derives it, rows the section
-holds), unlabelled items dropped, and read through the one reading path (:func:`~eastkd.pipeline.core.reading.read_pooled_rows`: frame-level arrays and views
-averaged per item; an embeddings section's ``clip`` array is already the mean of its frames).
+holds), unlabelled items dropped, and read through the one reading path
+(:func:`~eastkd.pipeline.core.reading.read_pooled_rows`: frame-level arrays and views averaged
+per item; an embeddings section's ``clip`` array is already the mean of its frames).
 A probe (:mod:`eastkd.pipeline.probe.fit`) is fitted on the train rows, ``C`` chosen on valid,
 and scored on valid and test with ``evaluate``'s metrics.
 
@@ -23,13 +24,13 @@ from typing import Any
 import numpy as np
 
 from eastkd.errors import EastkdError
+from eastkd.pipeline.compress.run import fit_rows
 from eastkd.pipeline.core.reading import (
     TargetsSpec,
     labelled_mask,
     read_pooled_rows,
     store_array,
 )
-from eastkd.pipeline.compress.run import fit_rows
 from eastkd.pipeline.distill.evaluate import selection_metric
 from eastkd.pipeline.probe.fit import C_GRID, draw_per_class, fit_probe
 from eastkd.store import Store, open_store
