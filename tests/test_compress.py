@@ -582,7 +582,8 @@ def test_cli_prints_a_table_writes_a_png_and_fails_in_one_line(tmp_path: Path) -
 
     res = runner.invoke(cli, ["compress", "--help"])
     text = " ".join(res.output.split())
-    assert res.exit_code == 0 and "[default: <key>-<method><dim>]" in text
+    assert res.exit_code == 0 and "[default: <key>-<method><dim>; probe: <key>-probe]" in text
+    assert "--kd kl" in text  # --method probe's soft labels
     assert "two-stage, offline" in text and "--teacher-linear" in text and "--fold" in text
 
     res = runner.invoke(cli, ["compress", path, "--dim", "4", "--fold", "2", "--no-progress"])

@@ -125,3 +125,32 @@ def test_cli_table_json_and_one_line_errors(demo_store_master: Path) -> None:
     assert f"embeddings/{TEACHER}" in res.output
     res = runner.invoke(cli, ["probe", str(demo_store_master), "--labels-per-class", "99"])
     assert res.exit_code == 1 and res.output.count("\n") == 1 and "choose a smaller K" in res.output
+
+
+def test_multi_label_probe_is_one_vs_rest_scored_by_map(tmp_path: Path) -> None:
+    from sklearn.multiclass import OneVsRestClassifier
+    from test_compress import KEY, make_store, synthetic
+
+    from eastkd.pipeline.core.metrics import multilabel_scores
+
+    x, labels = synthetic(400, 24, n_classes=6, seed=3, multi_label=True)
+    labels[labels.sum(axis=1) == 0] = 0  # (rows without a tag: unlabelled, ignored)
+    path = make_store(tmp_path / "ml.zarr", x, labels, multi_label=True)
+    report = probe(path)
+    (p,) = report.probes
+    assert report.metric == "pr_auc" and set(p["test"]) == {"roc_auc", "pr_auc"}
+    with open_store(path) as s:
+        splits = np.asarray(s.items.splits)
+    keep = labels.sum(axis=1) > 0
+    tr, te = (splits == "train") & keep, (splits == "test") & keep
+    assert p["rows"]["test"] == int(te.sum())
+    scaler = StandardScaler().fit(x[tr].astype(np.float32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = OneVsRestClassifier(LogisticRegression(C=p["C"][0], max_iter=MAX_ITER)).fit(
+            scaler.transform(x[tr].astype(np.float32)), labels[tr])
+    want = multilabel_scores(labels[te], m.predict_proba(
+        scaler.transform(x[te].astype(np.float32))))
+    assert p["test"]["pr_auc"]["mean"] == pytest.approx(want["map"], abs=1e-6)
+    assert p["test"]["roc_auc"]["mean"] == pytest.approx(want["roc_auc"], abs=1e-6)
+    assert p["test"]["pr_auc"]["mean"] > labels[te].mean()  # above a random ranking
