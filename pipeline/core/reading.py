@@ -171,8 +171,9 @@ def read_pooled_rows(array: StoreArray, rows: np.ndarray) -> np.ndarray:
     out = np.empty((len(rows), int(array.shape[-1])), dtype=np.float32)
     at = 0
     for block in iter_row_blocks(array, rows):
-        block = block.reshape(len(block), -1, block.shape[-1])
-        out[at:at + len(block)] = block.mean(axis=1, dtype=np.float64)
+        if block.ndim > 2:
+            block = block.reshape(len(block), -1, block.shape[-1]).mean(axis=1, dtype=np.float64)
+        out[at:at + len(block)] = block
         at += len(block)
     return out
 
