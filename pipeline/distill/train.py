@@ -436,6 +436,7 @@ def _start_line(run: _Run, spec: TargetsSpec | None, splits: _Splits, options: d
             f"items train {sizes['train']}, valid {sizes['valid']}, test {sizes['test']}"
             + (f"; targets {spec.section}/{spec.array} ({spec.dim}-d), {options['kd']} "
                f"λ={options['lambda']}" if spec else "; no KD (task loss only)")
+            + (f" T={options['temperature']:g}" if spec and "temperature" in options else "")
             + (f"; teacher-linear {spec.dim}->{run.tlin.transform.out_features}"
                if spec is not None and run.tlin is not None else "")
             + f"; device {dev}; train split "
