@@ -9,9 +9,9 @@ from typing import Any
 from eastkd.pipeline.core.audio import DEFAULT_RESAMPLER
 from eastkd.pipeline.core.features import LogMelParams
 from eastkd.errors import EastkdError
+from eastkd.store import FEATURES
 
 ON_ERROR = ("fail", "skip")
-FEATURES = "logmel"
 MAX_DEFAULT_WORKERS = 8
 
 
