@@ -8,6 +8,7 @@ stays fast and loads neither torch nor zarr::
 
     eastkd.__version__
     eastkd.extract("data/manifest.csv", "my.zarr", eastkd.ExtractOptions(teacher="crepe-tiny"))
+    eastkd.probe("my.zarr").probes                   # the teacher's linear probe
     eastkd.compress("my.zarr", "crepe-tiny", "pca", 32, name="pca32")
     result = eastkd.distill("my.zarr", "pca32", "runs/pca32-dc", kd="dc")
     scores = eastkd.evaluate("runs/pca32-dc", "my.zarr")
@@ -44,6 +45,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     # the stages
     "extract": ("eastkd.pipeline.extract", "extract"),
     "ExtractOptions": ("eastkd.pipeline.extract", "ExtractOptions"),
+    "probe": ("eastkd.pipeline.probe.run", "probe"),
     "compress": ("eastkd.pipeline.compress.run", "compress"),
     "distill": ("eastkd.pipeline.distill.train", "distill"),
     "evaluate": ("eastkd.pipeline.distill.evaluate", "evaluate"),

@@ -98,6 +98,10 @@ def main() -> None:
     metric_name = "accuracy"
     rows = {}
     for s in table.settings:
+        if s.get("reference"):  # the probe's own scores, beside the kl-probe students
+            rows["probe (reference)"] = {"mean": s[f"test_{metric_name}"]["mean"], "std": 0.0,
+                                         "values": [s[f"test_{metric_name}"]["mean"]]}
+            continue
         name = Path(s["runs"][0]).name
         values = [r[f"test_{metric_name}"] for r in table.runs if r["run"] in s["runs"]]
         rows[name] = {"mean": s[f"test_{metric_name}"]["mean"],

@@ -25,14 +25,20 @@ from eastkd.pipeline.distill.options import SCHEDULES, DistillOptions, kd_method
 @click.option("--width", type=click.IntRange(min=1), default=DistillOptions.width,
               help="Student width (channels of its first stage).")
 @click.option("--kd", type=click.Choice(kd_methods()), default=DistillOptions.kd,
-              help="Distance loss: fitnet (MSE after a learned regressor; the default, as its "
+              help="KD loss: fitnet (MSE after a learned regressor; the default, as its "
                    "term in history.csv shows whether the targets teach anything: README, "
                    "'Training runs'), dc (distance "
                    "correlation, EAsT's estimator: biased towards 1 in high dimensions), "
                    "dc-unbiased (bias-corrected distance correlation, Székely & Rizzo 2014), "
+                   "kl (response-based: the student's softened logits follow class "
+                   "probabilities or logits, e.g. from `compress --method probe`), "
                    "or none (task loss only: the no-teacher baseline).")
 @click.option("--lambda", "lam", type=click.FloatRange(0.0, 1.0), default=DistillOptions.lam,
               help="Weight λ in L = (1-λ)·L_task + λ·L_kd (EAsT reference convention).")
+@click.option("--temperature", "-T", type=click.FloatRange(min=0.0, min_open=True),
+              default=DistillOptions.temperature,
+              help="--kd kl: temperature T softening the student's logits and the targets "
+                   "(the loss is scaled by T², Hinton et al.).")
 @click.option("--teacher-linear", is_flag=True,
               help="The compression paper's teacher transformation: a linear map on the targets "
                    "trained jointly with the student (by its own classifier and task loss); the "

@@ -58,10 +58,16 @@ def _print_text(d: dict[str, Any], show_skipped: int) -> None:
                     if isinstance(v, float):
                         v = f"{v:.4g}"
                     if key == "probe_metric" and isinstance(v, dict):
-                        v = f"{v.get('split')} {v.get('name')} {float(v.get('value', 'nan')):.3f}"
+                        value = v.get("value")
+                        v = (f"{v.get('split')} {v.get('name')} "
+                             + (f"{float(value):.3f}" if value is not None else "-"))
                     if key == "teacher":
                         v = f"{v}{_teacher_options(s.get('identity') or {})}"
                     facts.append(f"{key}={v}")
+            test = (a.get("probe_scores") or {}).get("test") or {}
+            metric = (a.get("probe_metric") or {}).get("name")
+            if test.get(metric) is not None:  # compress --method probe: its held-out score
+                facts.append(f"probe test {metric} {float(test[metric]):.3f}")
             if "segment" in a:
                 facts.append(f"segment={a['segment'].get('seconds')}s/{a['segment'].get('crop')}")
             if facts:

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("eastkd.cli.demo", "Render the bundled instrument dataset; run every stage on it."),
     "extract": ("eastkd.cli.extract", "Run a teacher once over a dataset into a store."),
     "info": ("eastkd.cli.info", "Show what a store holds: items, teachers, targets, provenance."),
+    "probe": ("eastkd.cli.probe", "Linear probe of every teacher and target: worth distilling?"),
     "compress": ("eastkd.cli.compress", "Fit PCA or a learned transformation; write targets."),
     "distill": ("eastkd.cli.distill", "Train a student from the store alone (task + KD loss)."),
     "evaluate": ("eastkd.cli.evaluate", "Evaluate a trained student on a store's split."),
@@ -101,6 +102,7 @@ def cli(verbose: bool) -> None:
 
     \b
     1. extract   run the teacher once, cache embeddings + student log-mel in a store
+       probe     a linear probe on the stored embeddings: does the teacher know the task?
     2. compress  fit PCA / a learned teacher transformation, write compact targets
     3. distill   train a small student from the store alone (the teacher never runs)
     4. evaluate  score a trained student on any store with matching inputs

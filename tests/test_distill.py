@@ -401,3 +401,61 @@ def test_cli_distill_and_evaluate(demo_store_master, tmp_path):
     assert res.exit_code == 1 and "needs --targets" in res.output
     res = runner.invoke(cli, ["distill", "--help"])
     assert res.exit_code == 0 and "--lambda" in res.output and "default: 0.6" in res.output
+
+
+def test_probe_targets_and_kl_distillation_end_to_end(demo_store, tmp_path):
+    """compress --method probe writes soft labels for every clip; distill --kd kl trains on
+    them (logits, not features; targets as stored); the runs table shows the probe beside it;
+    targets of other classes are refused."""
+    from eastkd.pipeline.runs.table import PROBE_REFERENCE, render_text, runs_table
+
+    runner = CliRunner()
+    store = str(demo_store)
+    res = runner.invoke(cli, ["compress", store, "--method", "probe", "--name", "soft",
+                              "--plot", str(tmp_path / "soft.png"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "256 -> 5" in res.output and "valid accuracy" in res.output
+    with open_store(store) as s:
+        sec = s.targets("soft")
+        values, attrs = sec.array("values")[:], sec.attrs
+        assert attrs["kind"] == "probabilities"
+        assert attrs["class_names"] == list(s.items.class_names)
+    assert values.shape == (80, 5)
+    np.testing.assert_allclose(values.sum(axis=1), 1.0, atol=1e-5)
+
+    run = tmp_path / "runs" / "kl"
+    res = runner.invoke(cli, ["distill", store, "-t", "soft", "--kd", "kl", "-T", "2", "--out",
+                              str(run), "--width", "8", "--epochs", "3", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["options"]["kd"] == "kl" and cfg["options"]["temperature"] == 2.0
+    assert cfg["targets"]["attrs"]["kind"] == "probabilities"
+    best = torch.load(run / "best.pt", weights_only=True)
+    assert best["target_norm"] == {}  # probabilities are used as stored
+    history = (run / "history.csv").read_text().splitlines()
+    header = history[0].split(",")
+    assert "train_kd" in header and "train_kd_shuffled" in header
+    last = dict(zip(header, history[-1].split(",")))
+    assert float(last["train_kd_shuffled"]) > float(last["train_kd"]) > 0.0
+    # a run without KL records no temperature (older runs' options are unchanged)
+    fit = distill(store, "soft", str(tmp_path / "runs" / "fitnet"), kd="fitnet", **FAST)
+    assert "temperature" not in json.loads(
+        (tmp_path / "runs" / "fitnet" / "config.json").read_text())["options"]
+    assert fit.epochs_run == 3
+
+    table = runs_table(str(tmp_path / "runs"))
+    kinds = [s["kd"] for s in table.settings]
+    assert kinds.index(PROBE_REFERENCE) < kinds.index("kl")
+    ref = table.settings[kinds.index(PROBE_REFERENCE)]
+    assert ref["test_accuracy"]["mean"] == attrs["probe_scores"]["test"]["accuracy"]
+    assert PROBE_REFERENCE in render_text(table)
+
+    # targets for other classes, or not class targets at all: refused in one line
+    _write_targets(demo_store, "other", values, np.full(80, OK),
+                   {**attrs, "class_names": list(reversed(attrs["class_names"]))})
+    with pytest.raises(StoreMismatchError, match="classes .* differ from the store's"):
+        distill(store, "other", str(tmp_path / "other"), kd="kl", **FAST)
+    with pytest.raises(EastkdError, match="needs class probabilities or logits"):
+        distill(store, TEACHER, str(tmp_path / "raw"), kd="kl", **FAST)
+    with pytest.raises(EastkdError, match="--temperature applies to response-based KD"):
+        distill(store, "soft", str(tmp_path / "t"), kd="dc", temperature=2.0, **FAST)

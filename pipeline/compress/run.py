@@ -21,6 +21,9 @@ A compressor (entry point group ``eastkd.compressors``) is a class built as
 with ``identity()``, ``fit(source, rows, items, valid_rows, progress)``, ``out_dim``,
 ``uses_valid_rows`` (whether ``fit`` early-stops on ``valid_rows``; assumed when absent),
 ``transform(x)``, ``params()``, ``summary()`` and a static ``plot(fig, attrs, params)``.
+Optional: ``dim_from_classes = True`` (``--dim`` does not apply: the output has one column per
+class; the default name is ``<key>-<method>``) and ``held_out_scores(source, splits, items)``
+(attributes to record from rows the fit never saw, e.g. a probe's valid and test scores).
 """
 
 from __future__ import annotations
@@ -188,9 +191,11 @@ def compress(store_path: str, embeddings_key: str | None = None, method: str | N
     cls = registry.compressors.get(opts.method)
     with open_store(store_path, "r+") as store:
         key, emb = _source(store, opts.embeddings)
-        name = opts.name or default_name(key, opts.method, opts.dim)
+        sized = not getattr(cls, "dim_from_classes", False)  # probe: one column per class
+        name = opts.name or (default_name(key, opts.method, opts.dim) if sized
+                             else f"{key}-{opts.method}")
         status = emb.status()
-        rows = _check_fit(store, emb, key, status, opts)
+        rows = _check_fit(store, emb, key, status, opts, sized)
         comp = cls(opts.dim, whiten=opts.whiten, seed=opts.seed, epochs=opts.epochs,
                    patience=opts.patience)
         identity = _identity(store, emb, key, opts, comp)
@@ -223,13 +228,14 @@ def compress(store_path: str, embeddings_key: str | None = None, method: str | N
 
 
 def _check_fit(store: Store, emb: Section, key: str, status: np.ndarray,
-               opts: CompressOptions) -> np.ndarray:
+               opts: CompressOptions, sized: bool = True) -> np.ndarray:
     """The rows the compressor is fitted on, after checking the options against the store
-    (the output size against the embeddings' and the fit rows', the fit split exists)."""
+    (the output size against the embeddings' and the fit rows' unless the compressor is not
+    ``sized`` by ``--dim``, the fit split exists)."""
     dim, fit_split = opts.dim, opts.fit_split
     src = emb.array("clip")
     d_in = int(np.prod(src.shape[1:]))
-    if isinstance(dim, int) and dim > d_in:
+    if sized and isinstance(dim, int) and dim > d_in:
         raise EastkdError(f"--dim {dim} is larger than the {d_in}-d embeddings {key!r}; "
                           f"choose at most {d_in}")
     splits = sorted(set(item_splits(store, opts.fold)))
@@ -286,6 +292,11 @@ def _targets_attrs(store: Store, emb: Section, key: str, comp: Any, identity: di
     rows fitted and early-stopped on (fingerprints), sizes and the compressor's summary."""
     src_attrs = emb.attrs
     summary = comp.summary()
+    if hasattr(comp, "held_out_scores"):  # scored on rows it never fitted on
+        status = emb.status()
+        summary.update(comp.held_out_scores(emb.array("clip"), {
+            s: fit_rows(store, status, s, opts.fold) for s in ("valid", "test")
+            if s != opts.fit_split}, store.items))
     return _json_safe({
         "kind": "compressed teacher embeddings",
         "method": opts.method,

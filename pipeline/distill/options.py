@@ -37,6 +37,11 @@ def kd_methods() -> list[str]:
     return [*registry.losses.names(), NO_KD]
 
 
+def uses_logits(kd: str) -> bool:
+    """Whether KD loss ``kd`` reads the student's logits (response-based KD, e.g. ``kl``)."""
+    return kd != NO_KD and bool(getattr(registry.losses.get(kd), "uses_logits", False))
+
+
 def student_names() -> list[str]:
     """The ``--student`` choices: every registered student."""
     return registry.students.names()
@@ -46,7 +51,9 @@ def student_names() -> list[str]:
 class DistillOptions:
     """Every option of a distill run (the README's "Training runs" explains each).
 
-    ``lam`` is λ in ``L = (1 - λ) L_task + λ L_kd``; ``memory_limit`` and ``shuffle_buffer``
+    ``lam`` is λ in ``L = (1 - λ) L_task + λ L_kd``; ``temperature`` softens the logits of a
+    response-based KD loss (``kl``; recorded only for such a loss); ``memory_limit`` and
+    ``shuffle_buffer``
     are bytes; ``workers`` None picks reader processes automatically; ``threads`` fixes the
     intra-op CPU threads of a CPU run (results depend on it; unused on CUDA).
     ``unlabelled_ratio`` is unlabelled rows per labelled row in a step (None: 1 when the train
@@ -60,6 +67,7 @@ class DistillOptions:
     width: int = 16
     kd: str = "fitnet"
     lam: float = 0.6
+    temperature: float = 1.0
     teacher_linear: bool = False
     teacher_linear_dim: int | None = None
     frame_targets: bool = False
@@ -107,6 +115,15 @@ class DistillOptions:
                               "teacher")
         if self.teacher_linear and not self.uses_kd:
             raise EastkdError("--teacher-linear needs a KD loss (--kd fitnet or dc)")
+        if not self.temperature > 0:
+            raise EastkdError(f"--temperature {self.temperature}: must be positive")
+        if uses_logits(self.kd):
+            if self.teacher_linear or self.frame_targets:
+                raise EastkdError(f"--kd {self.kd} distils class targets from clip-level "
+                                  "logits; drop --teacher-linear and --frame-targets")
+        elif self.temperature != 1.0:
+            raise EastkdError(f"--temperature applies to response-based KD (--kd kl), not "
+                              f"--kd {self.kd}; drop it")
         if self.epochs < 1 or self.batch_size < 2:
             raise EastkdError("--epochs must be >= 1 and --batch-size >= 2")
         if self.threads < 1:
@@ -138,5 +155,9 @@ class DistillOptions:
             spec_augment=SpecAugment().config() if self.spec_augment else None,
             mixup=float(self.mixup) if self.mixup else None)
         out["lambda"] = out.pop("lam")
+        if uses_logits(self.kd):  # only then: other runs' options stay as they were
+            out["temperature"] = float(self.temperature)
+        else:
+            out.pop("temperature")
         out["grad_clip"] = GRAD_CLIP
         return out

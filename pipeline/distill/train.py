@@ -17,6 +17,12 @@ little signal). With
 by one scalar (train statistics) so the FitNet MSE has the same size for every teacher; the
 distance correlation is unaffected by that.
 
+Response-based KD (``kd='kl'``, :class:`~eastkd.pipeline.distill.losses.SoftLabelKDLoss`): a
+loss that declares ``uses_logits`` gets the student's logits instead of its features, and the
+targets as stored (class probabilities from ``compress --method probe``, or a teacher's logits;
+``normalise_targets = False``), softened by ``temperature``. Targets whose ``class_names``
+differ from the store's are refused.
+
 ``teacher_linear`` is the compression paper's teacher transformation, trained jointly: a linear
 map on the targets with its own linear classifier, trained by the task loss on the transformed
 targets (``L_teacher``, which updates only the map and its classifier); the student is pulled
@@ -56,9 +62,14 @@ from eastkd.pipeline.datasets.splits import missing_class_warnings
 from eastkd.pipeline.core.device import resolve_device
 from eastkd.pipeline.distill.complexity import count_parameters
 from eastkd.pipeline.distill.evaluate import compute_metrics, predict, selection_metric
-from eastkd.pipeline.distill.losses import FrameTiming, TimeAlignment
 from eastkd.pipeline.core.options import options_from_kwargs
-from eastkd.pipeline.distill.options import GRAD_CLIP, RUNTIME_KEYS, DistillOptions
+from eastkd.pipeline.distill.losses import TARGET_KINDS, FrameTiming, TimeAlignment
+from eastkd.pipeline.distill.options import (
+    GRAD_CLIP,
+    RUNTIME_KEYS,
+    DistillOptions,
+    uses_logits,
+)
 from eastkd.progress import progress_bar
 from eastkd.pipeline.runs.rundir import (
     BEST,
@@ -292,7 +303,9 @@ def _step_losses(run: "_Run", step: Step, task_loss: Callable[..., torch.Tensor]
             t, t_logits = tlin(t)
             parts["teacher"] = task_loss(t_logits[:n_lab], y)  # trains the linear map + head
             t = t.detach()  # the student follows the map; the KD loss does not train it
-        feats = out.feature_map if t.dim() == 3 else out.features
+        # a response-based loss reads the logits; a distance loss the last stage's features
+        feats = (out.logits if getattr(kd_loss, "uses_logits", False)
+                 else out.feature_map if t.dim() == 3 else out.features)
         parts["kd"] = kd_loss(feats, t)
         loss = (1.0 - lam) * parts["task"] + lam * parts["kd"] + parts.get("teacher", 0.0)
         with torch.no_grad():  # the same term with each item paired with another's target
@@ -384,7 +397,24 @@ def _resolve_run_targets(store: Any, options: dict[str, Any]) -> TargetsSpec | N
         return None
     spec = resolve_targets(store, options["targets"], options["frame_targets"])
     check_fit_rows(store, spec.section, spec.attrs, options["fold"])
+    if uses_logits(options["kd"]):
+        _check_class_targets(store, spec, options["kd"])
     return spec
+
+
+def _check_class_targets(store: Any, spec: TargetsSpec, kd: str) -> None:
+    """Refuse targets a response-based loss cannot read: not class probabilities or logits
+    (``kind``), or for other classes than the store's (``class_names``)."""
+    kind, names = spec.attrs.get("kind"), spec.attrs.get("class_names")
+    if kind not in TARGET_KINDS or names is None:
+        raise EastkdError(f"--kd {kd} needs class probabilities or logits as targets; "
+                          f"{spec.section} holds {kind or 'embeddings'}: write them with "
+                          f"`eastkd compress --method probe`")
+    if list(names) != list(store.items.class_names) or spec.dim != len(names):
+        raise StoreMismatchError(
+            f"{spec.section}: its classes ({', '.join(map(str, names))}) differ from the "
+            f"store's ({', '.join(store.items.class_names)}); fit them on this store with "
+            "`eastkd compress --method probe`")
 
 
 def _load_splits(store: Any, store_path: str, spec: TargetsSpec | None,
@@ -437,15 +467,22 @@ def _build_run(config: dict[str, Any], spec: TargetsSpec | None, splits: _Splits
     tlin: TeacherLinear | None = None
     norm: dict[str, Any] = {}
     if spec is not None:
-        mean, scale = train.target_stats(pool)
-        for split in (train, *pool):
-            split.normalise_targets(mean, scale)
-        norm = {"mean": mean, "scale": scale}
+        loss_cls = registry.losses.get(o["kd"])
+        if getattr(loss_cls, "normalise_targets", True):
+            mean, scale = train.target_stats(pool)
+            for split in (train, *pool):
+                split.normalise_targets(mean, scale)
+            norm = {"mean": mean, "scale": scale}
         t_dim = spec.dim
         if o["teacher_linear"]:
             t_dim = int(o["teacher_linear_dim"] or spec.dim)
             tlin = TeacherLinear(spec.dim, t_dim, n_classes).to(dev)
-        kd_loss = registry.losses.create(o["kd"], model.feature_dim, t_dim).to(dev)
+        if getattr(loss_cls, "uses_logits", False):
+            kd_loss = loss_cls(n_classes, t_dim, temperature=o["temperature"],
+                               target_kind=spec.attrs["kind"],
+                               multi_label=config["multi_label"]).to(dev)
+        else:
+            kd_loss = loss_cls(model.feature_dim, t_dim).to(dev)
         if spec.frame_level:
             kd_loss.timing = _time_alignment(config, spec)
     model.to(dev)
@@ -474,6 +511,7 @@ def _start_line(run: _Run, spec: TargetsSpec | None, splits: _Splits, options: d
             f"items train {sizes['train']}, valid {sizes['valid']}, test {sizes['test']}"
             + (f"; targets {spec.section}/{spec.array} ({spec.dim}-d), {options['kd']} "
                f"λ={options['lambda']}" if spec else "; no KD (task loss only)")
+            + (f" T={options['temperature']:g}" if spec and "temperature" in options else "")
             + (f"; teacher-linear {spec.dim}->{run.tlin.transform.out_features}"
                if spec is not None and run.tlin is not None else "")
             + f"; device {dev}; train split "
