@@ -33,7 +33,7 @@ from eastkd.errors import (
 from eastkd.store.items import ItemsTable
 
 FORMAT_NAME = "eastkd-store"
-FORMAT_VERSION = 2  # 2: checksummed chunks, NaN fill for floats, dimension names
+FORMAT_VERSION = 3  # 2: checksummed chunks, NaN fill for floats, dimension names; 3: views
 SECTION_KINDS = ("features", "embeddings", "targets")
 _TARGET_CHUNK_BYTES = 4 << 20
 _MAX_CHUNK_ITEMS = 8192

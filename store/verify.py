@@ -30,7 +30,6 @@ from eastkd.store.damage import is_nan_fill, missing_rows, reason_of, rows_text
 from eastkd.errors import EastkdError, StoreDamageError
 from eastkd.store.items import SPLITS, ItemsTable
 from eastkd.store.store import (
-    FORMAT_VERSION,
     OK,
     PENDING,
     SECTION_KINDS,
@@ -509,7 +508,7 @@ def verify(path: str, repair: bool = False, progress: bool = True,
         report.backend = store.backend_name
         report.format_version = int(attrs.get("format_version", 0))
         report.bytes_on_disk = store.nbytes_stored()
-        if report.format_version < FORMAT_VERSION:
+        if report.format_version < 2:
             report.findings.append(Finding("/", f"format version {report.format_version}: "
                                                 "arrays written before version 2 carry no "
                                                 "checksums", damage=False))

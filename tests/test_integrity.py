@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 from eastkd.cli.main import cli
-from eastkd.store import open_store
+from eastkd.store import FORMAT_VERSION, open_store
 from eastkd.store.backends.hdf5_backend import has_abandoned_files
 from eastkd.errors import StoreDamageError
 
@@ -270,7 +270,7 @@ def test_verify_json_on_a_sound_store(built: Path) -> None:
     code, out = run("verify", built, "--json")
     report = json.loads(out)
     assert code == 0 and report["ok"] and report["findings"] == []
-    assert report["items"] == 15 and report["format_version"] == 2
+    assert report["items"] == 15 and report["format_version"] == FORMAT_VERSION
     with open_store(str(built)) as s:
         n_arrays = sum(1 for _ in _walk_arrays(s))
     assert report["arrays"] == n_arrays and report["bytes_decoded"] > 0
