@@ -80,6 +80,42 @@ class CompressResult:
     reused: bool
 
 
+class ViewRows:
+    """An embeddings array with views (N x K x D) read as N*K rows of D: row ``i*K + v`` is view
+    ``v`` of item ``i``. What a compressor fits on, so that it sees every view's embedding
+    (the read-only part of :class:`~eastkd.store.StoreArray` that fitting uses)."""
+
+    def __init__(self, array: Any) -> None:
+        self.array = array
+        self.k = int(array.shape[1])
+        self.path = array.path
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        n, k, *rest = self.array.shape
+        return (n * k, *rest)
+
+    @property
+    def chunks(self) -> tuple[int, ...]:
+        c, k, *rest = self.array.chunks
+        return (c * k, *rest)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.array.dtype
+
+    def rows(self, items: np.ndarray) -> np.ndarray:
+        """The flat rows of every view of ``items``."""
+        return (np.asarray(items, dtype=np.int64)[:, None] * self.k + np.arange(self.k)).ravel()
+
+    def __getitem__(self, selection: slice) -> np.ndarray:
+        lo, hi, _ = selection.indices(self.shape[0])
+        first, last = lo // self.k, -(-hi // self.k)
+        block = self.array[first:last]
+        block = block.reshape(len(block) * self.k, *block.shape[2:])
+        return block[lo - first * self.k:hi - first * self.k]
+
+
 def parse_dim(text: str | int | float) -> int | float:
     """``"64"`` -> 64 components; ``"0.95"`` -> keep 95 % of the variance (PCA)."""
     try:
@@ -212,7 +248,11 @@ def compress(store_path: str, embeddings_key: str | None, method: str, dim: int 
         if not _NAME.match(name):
             raise EastkdError(f"--name {name!r}: use letters, digits and . _ + - only")
         src = emb.array("clip")
-        n_items, d_in = src.shape[0], int(np.prod(src.shape[1:]))
+        views = int(src.shape[1]) if emb.has("views") else 0  # K, or 0: no view axis
+        if views and (method != "pca" or dask is not None):
+            raise EastkdError(f"embeddings {key!r} have {views} views per item: compress fits "
+                              "them with --method pca, in-process (no --dask) for now")
+        n_items, d_in = src.shape[0], int(np.prod(src.shape[2 if views else 1:]))
         if isinstance(dim, int) and dim > d_in:
             raise EastkdError(f"--dim {dim} is larger than the {d_in}-d embeddings {key!r}; "
                               f"choose at most {d_in}")
@@ -225,9 +265,10 @@ def compress(store_path: str, embeddings_key: str | None, method: str, dim: int 
         if rows.size == 0:
             raise EastkdError(f"--fit-split {fit_split!r}: no item of it has embeddings "
                               f"{key!r} (all skipped); choose another split")
-        if method == "pca" and isinstance(dim, int) and dim > rows.size:
-            raise EastkdError(f"--dim {dim}: PCA on {rows.size} {fit_split} rows gives at most "
-                              f"{rows.size} components; choose a smaller --dim")
+        n_fit = rows.size * max(1, views)  # every view of a fit item is a fit row
+        if method == "pca" and isinstance(dim, int) and dim > n_fit:
+            raise EastkdError(f"--dim {dim}: PCA on {n_fit} {fit_split} rows gives at most "
+                              f"{n_fit} components; choose a smaller --dim")
         comp = cls(dim, whiten=whiten, seed=seed, epochs=epochs, patience=patience)
 
         src_attrs = emb.attrs
@@ -257,6 +298,9 @@ def compress(store_path: str, embeddings_key: str | None, method: str, dim: int 
             from eastkd.pipeline.compress.pca_dask import fit_on_cluster
 
             fit_on_cluster(comp, store_path, emb.path, "clip", rows, dask)
+        elif views:
+            flat = ViewRows(src)
+            comp.fit(flat, flat.rows(rows), store.items, valid_rows, progress)
         else:
             comp.fit(src, rows, store.items, valid_rows, progress)
         fit_seconds = time.perf_counter() - tf
@@ -281,14 +325,17 @@ def compress(store_path: str, embeddings_key: str | None, method: str, dim: int 
             "input_dim": d_in,
             "dim": d_out,
             "whiten": bool(whiten),
-            "layout": "items x dims",
+            "layout": "items x views x dims" if views else "items x dims",
+            **({"views": {"k": views, "source": f"{emb.path}/views"}} if views else {}),
             "params": sorted(comp.params()),
             "seconds": round(fit_seconds, 3),
             "eastkd_version": eastkd_version(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             **summary,
         })
-        sec = store.require_section("targets", name, {"values": ArraySpec((d_out,), "float32")},
+        spec = (ArraySpec((views, d_out), "float32", ("view", "dim")) if views
+                else ArraySpec((d_out,), "float32"))
+        sec = store.require_section("targets", name, {"values": spec},
                                     attrs=attrs, identity=identity, overwrite=existing)
         store.write_params(sec, comp.params())
         _write_values(sec, src, status, emb.errors(), comp, key, progress)
@@ -306,9 +353,11 @@ def _write_values(sec: Section, src: Any, status: np.ndarray, errors: np.ndarray
     for start in range(0, n, step):
         stop = min(n, start + step)
         ok = status[start:stop] == OK
-        values = np.zeros((stop - start, comp.out_dim), dtype=np.float32)
-        if ok.any():
-            values[ok] = comp.transform(src[start:stop][ok])
+        values = np.zeros((stop - start, *src.shape[1:-1], comp.out_dim), dtype=np.float32)
+        if ok.any():  # with views: each view transformed alike (items x views x d)
+            x = src[start:stop][ok]
+            y = comp.transform(x.reshape(-1, x.shape[-1]) if x.ndim == 3 else x)
+            values[ok] = y.reshape(len(x), *values.shape[1:])
         errs = ["" if o else f"skipped in embeddings/{key}: {e}"
                 for o, e in zip(ok, errors[start:stop])]
         sec.write_block(start, {"values": values}, np.where(ok, OK, SKIPPED).astype(np.uint8),
