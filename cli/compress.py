@@ -2,27 +2,30 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from eastkd.cli.options import store_access
+from eastkd.pipeline.compress.options import CompressOptions
 
 
 @click.command("compress", context_settings={"show_default": True})
 @click.argument("store")
-@click.option("--embeddings", "key", default=None, metavar="KEY",
+@click.option("--embeddings", default=None, metavar="KEY",
               help="Embeddings to compress (a key shown by `eastkd info`).  "
                    "[default: the only one in the store]")
-@click.option("--method", default="pca", metavar="NAME",
+@click.option("--method", default=CompressOptions.method, metavar="NAME",
               help="Compressor: pca (unsupervised, streaming) or learned (a two-stage, offline "
                    "teacher transformation: a linear map trained through a linear probe on the "
                    "labels before distillation; the paper trains it jointly with the student, "
                    "which is `distill --teacher-linear`).")
-@click.option("--dim", default="128", metavar="D",
+@click.option("--dim", default=str(CompressOptions.dim), metavar="D",
               help="Output dimensions; for pca a fraction in (0, 1) keeps that share of the "
                    "train variance instead (e.g. 0.95).")
 @click.option("--name", default=None,
               help="Targets name in the store.  [default: <key>-<method><dim>]")
-@click.option("--fit-split", default="train", help="Split whose items the compressor is fitted "
+@click.option("--fit-split", default=CompressOptions.fit_split, help="Split whose items the compressor is fitted "
               "on (targets are written for every item).")
 @click.option("--fold", type=click.IntRange(1, 5), default=None,
               help="Test fold K of a store with an items 'fold' column (ESC-50): fit on the "
@@ -32,23 +35,20 @@ from eastkd.cli.options import store_access
 @click.option("--whiten", is_flag=True, help="pca: scale components to unit train variance.")
 @click.option("--overwrite", is_flag=True,
               help="Replace existing targets of this name written with other settings.")
-@click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False),
+@click.option("--plot", default=None, type=click.Path(dir_okay=False),
               help="Where to write the PNG (explained variance or learning curve).  "
                    "[default: <store>.<name>.png beside the store]")
-@click.option("--seed", default=0, type=int, help="learned: random seed (init and batches).")
-@click.option("--epochs", default=100, type=click.IntRange(min=1),
+@click.option("--seed", default=CompressOptions.seed, type=int, help="learned: random seed (init and batches).")
+@click.option("--epochs", default=CompressOptions.epochs, type=click.IntRange(min=1),
               help="learned: maximum epochs (stops early when validation stops improving).")
-@click.option("--patience", default=10, type=click.IntRange(min=1),
+@click.option("--patience", default=CompressOptions.patience, type=click.IntRange(min=1),
               help="learned: epochs without validation improvement before stopping.")
-@click.option("--dask", "dask_cluster", default=None, metavar="local:N|ADDRESS",
+@click.option("--dask", default=None, metavar="local:N|ADDRESS",
               help="pca: fit on a dask.distributed cluster (one task per chunk, moments merged "
                    "in a tree); local:N starts N worker processes here.  [default: in-process]")
 @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
 @store_access
-def command(store: str, key: str | None, method: str, dim: str, name: str | None,
-            fit_split: str, fold: int | None, whiten: bool, overwrite: bool,
-            plot_path: str | None, seed: int, epochs: int, patience: int,
-            dask_cluster: str | None, progress: bool) -> None:
+def command(store: str, **options: Any) -> None:
     """Fit a compressor on STORE's embeddings and write targets/<name> into STORE.
 
     \b
@@ -59,9 +59,7 @@ def command(store: str, key: str | None, method: str, dim: str, name: str | None
     """
     from eastkd.pipeline.compress.run import compress
 
-    r = compress(store, key, method, dim, name=name, fit_split=fit_split, fold=fold,
-                 whiten=whiten, overwrite=overwrite, plot=plot_path, seed=seed, epochs=epochs,
-                 patience=patience, progress=progress, dask=dask_cluster)
+    r = compress(store, options=CompressOptions(**options))
     if r.explained_variance is not None:
         quality = f"explained variance {100 * r.explained_variance:.2f} %"
     elif r.metric_value is not None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from eastkd.cli.options import store_access
+from eastkd.pipeline.distill.options import SCHEDULES, DistillOptions, kd_methods
 
 
 @click.command("distill", context_settings={"show_default": True})
@@ -15,19 +18,18 @@ from eastkd.cli.options import store_access
 @click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False),
               help="RUN_DIR for config.json, best.pt, last.pt, metrics.json, history.csv, "
                    "curves.png.")
-@click.option("--student", "-s", default="vgg",
+@click.option("--student", "-s", default=DistillOptions.student,
               help="Student architecture: vgg, mobilenet, mobilefcn (EAsT's MagnaTagATune "
                    "student, 0.31 M at width 16), cpresnet (receptive-field-regularised "
                    "CP-ResNet, 5.5 M at width 16) or any in the eastkd.students group.")
-@click.option("--width", type=click.IntRange(min=1), default=16,
+@click.option("--width", type=click.IntRange(min=1), default=DistillOptions.width,
               help="Student width (channels of its first stage).")
-@click.option("--kd", type=click.Choice(["fitnet", "dc", "dc-unbiased", "none"]),
-              default="fitnet",
+@click.option("--kd", type=click.Choice(kd_methods()), default=DistillOptions.kd,
               help="Distance loss: FitNet (MSE after a learned regressor), dc (distance "
                    "correlation, EAsT's estimator: biased towards 1 in high dimensions), "
                    "dc-unbiased (bias-corrected distance correlation, Székely & Rizzo 2014), "
                    "or none (task loss only: the no-teacher baseline).")
-@click.option("--lambda", "lam", type=click.FloatRange(0.0, 1.0), default=0.6,
+@click.option("--lambda", "lam", type=click.FloatRange(0.0, 1.0), default=DistillOptions.lam,
               help="Weight λ in L = (1-λ)·L_task + λ·L_kd (EAsT reference convention).")
 @click.option("--teacher-linear", is_flag=True,
               help="The compression paper's teacher transformation: a linear map on the targets "
@@ -39,18 +41,22 @@ from eastkd.cli.options import store_access
 @click.option("--frame-targets", is_flag=True,
               help="Use frame-level embeddings (embeddings/NAME/frames) aligned in time with "
                    "the student's feature map, instead of clip-level ones.")
-@click.option("--epochs", "-e", type=click.IntRange(min=1), default=50, help="Maximum epochs.")
-@click.option("--batch-size", "-b", type=click.IntRange(min=2), default=16, help="Batch size.")
-@click.option("--lr", type=float, default=1e-3, help="AdamW learning rate.")
-@click.option("--weight-decay", type=float, default=1e-4, help="AdamW weight decay.")
-@click.option("--schedule", type=click.Choice(["cosine", "plateau"]), default="cosine",
+@click.option("--epochs", "-e", type=click.IntRange(min=1), default=DistillOptions.epochs,
+              help="Maximum epochs.")
+@click.option("--batch-size", "-b", type=click.IntRange(min=2),
+              default=DistillOptions.batch_size, help="Batch size.")
+@click.option("--lr", type=float, default=DistillOptions.lr, help="AdamW learning rate.")
+@click.option("--weight-decay", type=float, default=DistillOptions.weight_decay,
+              help="AdamW weight decay.")
+@click.option("--schedule", type=click.Choice(SCHEDULES), default=DistillOptions.schedule,
               help="Learning-rate schedule: cosine over --epochs, or reduce-on-plateau (x0.2).")
-@click.option("--patience", type=click.IntRange(min=0), default=10,
+@click.option("--patience", type=click.IntRange(min=0), default=DistillOptions.patience,
               help="Stop after this many epochs without a higher validation metric (0: never). "
                    "An equal metric with a lower validation loss becomes the best epoch but "
                    "does not reset this count.")
-@click.option("--seed", type=int, default=0, help="Seed of initialisation and batch order.")
-@click.option("--device", default="auto", help="auto, cpu or cuda.")
+@click.option("--seed", type=int, default=DistillOptions.seed,
+              help="Seed of initialisation and batch order.")
+@click.option("--device", default=DistillOptions.device, help="auto, cpu or cuda.")
 @click.option("--fold", type=click.IntRange(1, 5),
               help="Test fold K of a store with an items 'fold' column (ESC-50): fold K is "
                    "test, fold K-1 valid, the rest train.")
@@ -64,7 +70,7 @@ from eastkd.cli.options import store_access
 @click.option("--workers", type=click.IntRange(min=0),
               help="Reader processes for streamed splits (0: one background thread)  "
                    "[default: half the CPU cores, 1 to 4]")
-@click.option("--threads", type=click.IntRange(min=1), default=1,
+@click.option("--threads", type=click.IntRange(min=1), default=DistillOptions.threads,
               help="Intra-op CPU threads (CPU runs). Results depend on this count, so a fixed "
                    "one makes a run repeat on any machine; more are faster on many cores.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in RUN_DIR.")
@@ -72,29 +78,21 @@ from eastkd.cli.options import store_access
 @click.option("--progress/--no-progress", default=True,
               help="Show progress bars; without them, print one line per epoch.")
 @store_access
-def command(store: str, targets: str | None, out_dir: str, student: str, width: int, kd: str,
-            lam: float, teacher_linear: bool, teacher_linear_dim: int | None,
-            frame_targets: bool, epochs: int, batch_size: int, lr: float, weight_decay: float,
-            schedule: str, patience: int, seed: int, device: str, fold: int | None,
-            memory_limit: str, shuffle_buffer: str, workers: int | None, threads: int,
-            resume: bool, overwrite: bool, progress: bool) -> None:
+def command(store: str, out_dir: str, memory_limit: str, shuffle_buffer: str,
+            **options: Any) -> None:
     """Train a student on STORE's log-mel inputs with KD towards stored teacher targets.
 
     The teacher never runs: inputs, labels and targets all come from STORE. The best epoch
     (validation accuracy, or mAP for multi-label data) is kept in RUN_DIR/best.pt and scored
     on the test split; `eastkd evaluate RUN_DIR STORE` scores it on any matching store.
     """
-    from eastkd.pipeline.distill.train import distill
     from eastkd.pipeline.core.reading import parse_bytes
+    from eastkd.pipeline.distill.train import distill
 
-    r = distill(store, targets, out_dir, student=student, width=width, kd=kd, lam=lam,
-                teacher_linear=teacher_linear, teacher_linear_dim=teacher_linear_dim,
-                frame_targets=frame_targets, epochs=epochs, batch_size=batch_size, lr=lr,
-                weight_decay=weight_decay, schedule=schedule, seed=seed, device=device,
-                patience=patience, resume=resume, overwrite=overwrite, fold=fold,
-                memory_limit=parse_bytes(memory_limit), workers=workers,
-                shuffle_buffer=parse_bytes(shuffle_buffer, "--shuffle-buffer"),
-                threads=threads, progress=progress, log=click.echo)
+    opts = DistillOptions(memory_limit=parse_bytes(memory_limit),
+                          shuffle_buffer=parse_bytes(shuffle_buffer, "--shuffle-buffer"),
+                          **options)
+    r = distill(store, opts.targets, out_dir, opts, log=click.echo)
     fmt = ", ".join
     valid = fmt(f"{k} {v:.4f}" for k, v in r.valid_metrics.items() if k != "loss")
     test = fmt(f"{k} {v:.4f}" for k, v in r.test_metrics.items()) or "no test items"

@@ -18,13 +18,14 @@ if TYPE_CHECKING:
 @click.argument("dataset")
 @click.argument("store")
 @click.option("--teacher", "-t", default="crepe-tiny",
-              help="Teacher name (crepe, crepe-tiny, passt, mule, python:MODULE:CALLABLE, or "
-                   "any registered in the eastkd.teachers entry-point group). The contract for "
-                   "your own module: README, 'Bring your own teacher'.")
+              help="Teacher name (crepe, crepe-tiny, aisfx, passt, mule, "
+                   "python:MODULE:CALLABLE, or any registered in the eastkd.teachers entry-point "
+                   "group). The contract for your own module: README, 'Bring your own teacher'.")
 @click.option("--teacher-opt", "teacher_opts", multiple=True, metavar="KEY=VALUE",
               help="Option passed to the teacher factory, e.g. hop_ms=100 (repeatable).")
 @click.option("--weights", type=click.Path(dir_okay=False),
-              help="Local checkpoint file for teachers that load weights (passt, mule).")
+              help="Local checkpoint file for teachers that load weights (passt, mule; aisfx "
+                   "reads the one in the aisfx wheel by default).")
 @click.option("--key", help="Name of the embeddings in the store (letters, digits, . _ + -)  "
                             "[default: the teacher name; CALLABLE for python:MODULE:CALLABLE]")
 @click.option("--segment", type=float,

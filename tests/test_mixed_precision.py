@@ -3,6 +3,7 @@ float32 on full-scale noise and square waves, and extract uses autocast only whe
 
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import pytest
@@ -21,8 +22,11 @@ pytestmark = [
 CUDA = torch.device("cuda")  # a device object only: nothing runs on it
 #: relative L2 error of float16 autocast against float32 (float16 eps is ~1e-3)
 RTOL = 1e-2
-#: PaSST and CREPE are declared float16-safe; MULE's export (unknown float16 behaviour) is not
-SAFE = {"crepe-tiny": True, "crepe": True, "passt": True, "mule": False}
+#: PaSST, CREPE and aiSFX are declared float16-safe; MULE's export (unknown float16 behaviour)
+#: is not
+SAFE = {"crepe-tiny": True, "crepe": True, "passt": True, "mule": False, "aisfx": True}
+NO_AISFX = pytest.mark.skipif(importlib.util.find_spec("aisfx") is None,
+                              reason="aisfx not installed (pip install --no-deps aisfx==0.1.2)")
 
 
 class SliceNet(torch.nn.Module):
@@ -61,11 +65,12 @@ def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b).norm() / b.norm())
 
 
-@pytest.mark.parametrize("name", ["crepe-tiny", "crepe", "passt", "mule"])
+@pytest.mark.parametrize("name", ["crepe-tiny", "crepe", "passt", "mule",
+                                  pytest.param("aisfx", marks=NO_AISFX)])
 def test_teachers_under_float16_autocast(name, tmp_path):
     teacher = _build(name, tmp_path)
     assert teacher.autocast_safe is SAFE[name]
-    seconds = 3.2 if name == "mule" else 0.5
+    seconds = {"mule": 3.2, "aisfx": 3.5}.get(name, 0.5)  # aisfx: 2 blocks
     for kind, wave in _signals(teacher.sample_rate, seconds).items():
         with torch.no_grad():
             ref = teacher(wave)

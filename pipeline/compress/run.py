@@ -29,15 +29,15 @@ import hashlib
 import json
 import math
 import os
-import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from eastkd.pipeline.core import registry
+from eastkd.pipeline.compress.options import CompressOptions, default_name
 from eastkd.pipeline.core.reading import item_splits
 from eastkd.store import (
     OK,
@@ -52,9 +52,6 @@ from eastkd.store import (
     store_location,
     store_name,
 )
-
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
-
 
 @dataclass
 class CompressResult:
@@ -116,24 +113,9 @@ class ViewRows:
         return block[lo - first * self.k:hi - first * self.k]
 
 
-def parse_dim(text: str | int | float) -> int | float:
-    """``"64"`` -> 64 components; ``"0.95"`` -> keep 95 % of the variance (PCA)."""
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        raise EastkdError(f"--dim {text!r}: expected a whole number of dimensions or a "
-                          "fraction of variance in (0, 1), e.g. 128 or 0.95") from None
-    if not math.isfinite(value) or value <= 0:
-        raise EastkdError(f"--dim {text!r}: must be positive")
-    if value.is_integer():
-        return int(value)
-    if value < 1:
-        return value
-    raise EastkdError(f"--dim {text!r}: a dimension must be a whole number")
-
-
-def default_name(key: str, method: str, dim: int | float) -> str:
-    return f"{key}-{method}{dim}"
+def n_views(emb: Section) -> int:
+    """K of embeddings written with ``extract --views K`` (a view axis); 0 without views."""
+    return int(emb.array("clip").shape[1]) if emb.has("views") else 0
 
 
 def default_plot_path(store_path: str, name: str) -> str:
@@ -226,122 +208,157 @@ def check_fit_rows(store: Store, section: str, attrs: dict[str, Any], fold: int 
                     f"fold: eastkd compress --fold {fold} --name NAME")
 
 
-def compress(store_path: str, embeddings_key: str | None, method: str, dim: int | float | str,
-             name: str | None = None, fit_split: str = "train", whiten: bool = False,
-             overwrite: bool = False, plot: str | None | bool = None, seed: int = 0,
-             epochs: int = 100, patience: int = 10, fold: int | None = None,
-             progress: bool = True, dask: Any = None) -> CompressResult:
+def compress(store_path: str, embeddings_key: str | None = None, method: str | None = None,
+             dim: int | float | str | None = None, name: str | None = None,
+             options: CompressOptions | None = None, **kwargs: Any) -> CompressResult:
     """Fit ``method`` on ``embeddings/<key>`` (``fit_split`` rows, under ``fold`` K when given:
     the splits of ``distill --fold K``) and write ``targets/<name>``.
 
-    ``plot`` is a PNG path, None for ``<store>.<name>.png`` beside the store, or False for none.
-    ``dask`` (``local:N``, a scheduler address or a Client) fits PCA on that cluster.
+    The options are a :class:`CompressOptions` or, equally, its fields as keyword arguments;
+    ``embeddings_key``, ``method``, ``dim`` and ``name`` given here win over ``options``.
     """
-    if dask is not None and method != "pca":
-        raise EastkdError(f"--dask fits --method pca only, not {method!r}; drop --dask")
     t0 = time.perf_counter()
-    dim = parse_dim(dim)
-    cls = registry.compressors.get(method)
+    if options is not None and kwargs:
+        raise EastkdError("give compress either a CompressOptions or keyword options, not both")
+    opts = options if options is not None else CompressOptions.from_kwargs(**kwargs)
+    given = {"embeddings": embeddings_key, "method": method, "dim": dim, "name": name}
+    opts = replace(opts, **{k: v for k, v in given.items() if v is not None})
+    opts.check()
+    cls = registry.compressors.get(opts.method)
     with open_store(store_path, "r+") as store:
-        key, emb = _source(store, embeddings_key)
-        name = name or default_name(key, method, dim)
-        if not _NAME.match(name):
-            raise EastkdError(f"--name {name!r}: use letters, digits and . _ + - only")
-        src = emb.array("clip")
-        views = int(src.shape[1]) if emb.has("views") else 0  # K, or 0: no view axis
-        if views and (method != "pca" or dask is not None):
-            raise EastkdError(f"embeddings {key!r} have {views} views per item: compress fits "
-                              "them with --method pca, in-process (no --dask) for now")
-        n_items, d_in = src.shape[0], int(np.prod(src.shape[2 if views else 1:]))
-        if isinstance(dim, int) and dim > d_in:
-            raise EastkdError(f"--dim {dim} is larger than the {d_in}-d embeddings {key!r}; "
-                              f"choose at most {d_in}")
+        key, emb = _source(store, opts.embeddings)
+        name = opts.name or default_name(key, opts.method, opts.dim)
         status = emb.status()
-        splits = sorted(set(item_splits(store, fold)))
-        if fit_split not in splits:
-            raise EastkdError(f"--fit-split {fit_split!r}: no such split in {store_path} "
-                              f"(have: {', '.join(splits)})")
-        rows = fit_rows(store, status, fit_split, fold)
-        if rows.size == 0:
-            raise EastkdError(f"--fit-split {fit_split!r}: no item of it has embeddings "
-                              f"{key!r} (all skipped); choose another split")
-        n_fit = rows.size * max(1, views)  # every view of a fit item is a fit row
-        if method == "pca" and isinstance(dim, int) and dim > n_fit:
-            raise EastkdError(f"--dim {dim}: PCA on {n_fit} {fit_split} rows gives at most "
-                              f"{n_fit} components; choose a smaller --dim")
-        comp = cls(dim, whiten=whiten, seed=seed, epochs=epochs, patience=patience)
-
-        src_attrs = emb.attrs
-        identity = _json_safe({
-            "source": key,
-            "source_weights_sha256": src_attrs.get("weights_sha256"),
-            "source_identity_sha256": _sha(src_attrs.get("identity")),
-            "dataset_fingerprint": store.dataset_fingerprint,
-            "method": method,
-            "fit_split": fit_split,
-            **({"fold": fold} if fold is not None else {}),
-            "whiten": bool(whiten),
-            **comp.identity(),
-        })
+        rows = _check_fit(store, emb, key, status, opts)
+        comp = cls(opts.dim, whiten=opts.whiten, seed=opts.seed, epochs=opts.epochs,
+                   patience=opts.patience)
+        identity = _identity(store, emb, key, opts, comp)
         existing = store.has_section("targets", name)
         if existing:
-            store.check_identity("targets", name, identity, overwrite)  # before fitting
+            store.check_identity("targets", name, identity, opts.overwrite)  # before fitting
             old = store.targets(name)
-            old_id = old.attrs.get("identity")
-            if old_id == identity and not overwrite and old.complete and "dim" in old.attrs \
+            if old.attrs.get("identity") == identity and not opts.overwrite and old.complete \
+                    and "dim" in old.attrs \
                     and np.array_equal(old.status(), np.where(status == OK, OK, SKIPPED)):
-                return _reuse(store, old, cls, plot, t0, store_path, name)
+                return _reuse(store, old, cls, opts.plot, t0, store_path, name)
 
         tf = time.perf_counter()
-        valid_rows = fit_rows(store, status, "valid", fold) if fit_split != "valid" else None
-        if dask is not None:
-            from eastkd.pipeline.compress.pca_dask import fit_on_cluster
-
-            fit_on_cluster(comp, store_path, emb.path, "clip", rows, dask)
-        elif views:
-            flat = ViewRows(src)
-            comp.fit(flat, flat.rows(rows), store.items, valid_rows, progress)
-        else:
-            comp.fit(src, rows, store.items, valid_rows, progress)
+        valid_rows = _fit(store, store_path, emb, comp, rows, status, opts)
         fit_seconds = time.perf_counter() - tf
-        d_out = comp.out_dim
-        summary = comp.summary()
-        attrs = _json_safe({
-            "kind": "compressed teacher embeddings",
-            "method": method,
-            "source": key,
-            "source_section": emb.path,
-            "source_identity": src_attrs.get("identity"),
-            "source_weights_sha256": src_attrs.get("weights_sha256"),
-            "source_teacher": src_attrs.get("teacher"),
-            "dataset_fingerprint": store.dataset_fingerprint,
-            "fingerprint": _sha(identity),
-            "fit_split": fit_split,
-            "fold": fold,
-            "fit_rows": int(summary.get("fit_rows", rows.size)),
-            "fit_rows_sha256": rows_fingerprint(store, rows),
-            "valid_rows_sha256": rows_fingerprint(store, valid_rows)
-            if getattr(comp, "uses_valid_rows", True) else None,
-            "input_dim": d_in,
-            "dim": d_out,
-            "whiten": bool(whiten),
-            "layout": "items x views x dims" if views else "items x dims",
-            **({"views": {"k": views, "source": f"{emb.path}/views"}} if views else {}),
-            "params": sorted(comp.params()),
-            "seconds": round(fit_seconds, 3),
-            "eastkd_version": eastkd_version(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            **summary,
-        })
-        spec = (ArraySpec((views, d_out), "float32", ("view", "dim")) if views
-                else ArraySpec((d_out,), "float32"))
+        attrs = _targets_attrs(store, emb, key, comp, identity, rows, valid_rows, opts,
+                               fit_seconds)
+        views = n_views(emb)
+        spec = (ArraySpec((views, comp.out_dim), "float32", ("view", "dim")) if views
+                else ArraySpec((comp.out_dim,), "float32"))
         sec = store.require_section("targets", name, {"values": spec},
                                     attrs=attrs, identity=identity, overwrite=existing)
         store.write_params(sec, comp.params())
-        _write_values(sec, src, status, emb.errors(), comp, key, progress)
-        return _result(store_path, name, attrs, n_items, int((status == SKIPPED).sum()),
-                       fit_seconds, t0, _plot(cls, attrs, store.read_params(sec), plot,
+        _write_values(sec, emb.array("clip"), status, emb.errors(), comp, key, opts.progress)
+        return _result(store_path, name, attrs, len(status), int((status == SKIPPED).sum()),
+                       fit_seconds, t0, _plot(cls, attrs, store.read_params(sec), opts.plot,
                                               store_path, name), reused=False)
+
+
+def _check_fit(store: Store, emb: Section, key: str, status: np.ndarray,
+               opts: CompressOptions) -> np.ndarray:
+    """The rows the compressor is fitted on, after checking the options against the store
+    (the output size against the embeddings' and the fit rows', the fit split exists)."""
+    dim, fit_split = opts.dim, opts.fit_split
+    src = emb.array("clip")
+    views = n_views(emb)
+    if views and (opts.method != "pca" or opts.dask is not None):
+        raise EastkdError(f"embeddings {key!r} have {views} views per item: compress fits "
+                          "them with --method pca, in-process (no --dask) for now")
+    d_in = int(np.prod(src.shape[2 if views else 1:]))
+    if isinstance(dim, int) and dim > d_in:
+        raise EastkdError(f"--dim {dim} is larger than the {d_in}-d embeddings {key!r}; "
+                          f"choose at most {d_in}")
+    splits = sorted(set(item_splits(store, opts.fold)))
+    if fit_split not in splits:
+        raise EastkdError(f"--fit-split {fit_split!r}: no such split in {store.path} "
+                          f"(have: {', '.join(splits)})")
+    rows = fit_rows(store, status, fit_split, opts.fold)
+    if rows.size == 0:
+        raise EastkdError(f"--fit-split {fit_split!r}: no item of it has embeddings "
+                          f"{key!r} (all skipped); choose another split")
+    n_fit = rows.size * max(1, views)  # every view of a fit item is a fit row
+    if opts.method == "pca" and isinstance(dim, int) and dim > n_fit:
+        raise EastkdError(f"--dim {dim}: PCA on {n_fit} {fit_split} rows gives at most "
+                          f"{n_fit} components; choose a smaller --dim")
+    return rows
+
+
+def _identity(store: Store, emb: Section, key: str, opts: CompressOptions,
+              comp: Any) -> dict[str, Any]:
+    """What decides the targets' values: the source embeddings, the dataset, the method and
+    its settings (an existing section of the same name must match it)."""
+    src_attrs = emb.attrs
+    return _json_safe({
+        "source": key,
+        "source_weights_sha256": src_attrs.get("weights_sha256"),
+        "source_identity_sha256": _sha(src_attrs.get("identity")),
+        "dataset_fingerprint": store.dataset_fingerprint,
+        "method": opts.method,
+        "fit_split": opts.fit_split,
+        **({"fold": opts.fold} if opts.fold is not None else {}),
+        "whiten": bool(opts.whiten),
+        **comp.identity(),
+    })
+
+
+def _fit(store: Store, store_path: str, emb: Section, comp: Any, rows: np.ndarray,
+         status: np.ndarray, opts: CompressOptions) -> np.ndarray | None:
+    """Fit ``comp`` on ``rows`` (on a dask cluster with ``opts.dask``); the valid rows it may
+    early-stop on (None when fitting on the valid split itself)."""
+    valid_rows = fit_rows(store, status, "valid", opts.fold) if opts.fit_split != "valid" \
+        else None
+    if opts.dask is not None:
+        from eastkd.pipeline.compress.pca_dask import fit_on_cluster
+
+        fit_on_cluster(comp, store_path, emb.path, "clip", rows, opts.dask)
+    elif n_views(emb):  # every view of every fit item is one fit row
+        flat = ViewRows(emb.array("clip"))
+        comp.fit(flat, flat.rows(rows), store.items, valid_rows, opts.progress)
+    else:
+        comp.fit(emb.array("clip"), rows, store.items, valid_rows, opts.progress)
+    return valid_rows
+
+
+def _targets_attrs(store: Store, emb: Section, key: str, comp: Any, identity: dict[str, Any],
+                   rows: np.ndarray, valid_rows: np.ndarray | None, opts: CompressOptions,
+                   fit_seconds: float) -> dict[str, Any]:
+    """The targets section's attributes: method, provenance chained to the embeddings', the
+    rows fitted and early-stopped on (fingerprints), sizes and the compressor's summary."""
+    src_attrs = emb.attrs
+    summary = comp.summary()
+    return _json_safe({
+        "kind": "compressed teacher embeddings",
+        "method": opts.method,
+        "source": key,
+        "source_section": emb.path,
+        "source_identity": src_attrs.get("identity"),
+        "source_weights_sha256": src_attrs.get("weights_sha256"),
+        "source_teacher": src_attrs.get("teacher"),
+        "dataset_fingerprint": store.dataset_fingerprint,
+        "fingerprint": _sha(identity),
+        "fit_split": opts.fit_split,
+        "fold": opts.fold,
+        "fit_rows": int(summary.get("fit_rows", rows.size)),
+        "fit_rows_sha256": rows_fingerprint(store, rows),
+        "valid_rows_sha256": rows_fingerprint(store, valid_rows)
+        if getattr(comp, "uses_valid_rows", True) else None,
+        "input_dim": int(emb.array("clip").shape[-1]),
+        "dim": comp.out_dim,
+        "whiten": bool(opts.whiten),
+        "layout": "items x views x dims" if n_views(emb) else "items x dims",
+        **({"views": {"k": n_views(emb), "source": f"{emb.path}/views"}} if n_views(emb)
+           else {}),
+        "params": sorted(comp.params()),
+        "seconds": round(fit_seconds, 3),
+        "eastkd_version": eastkd_version(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **summary,
+    })
 
 
 def _write_values(sec: Section, src: Any, status: np.ndarray, errors: np.ndarray, comp: Any,

@@ -10,6 +10,7 @@ skips work already done, so rerunning is cheap.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any, Callable
 
 from eastkd.pipeline.demo.data import render_demo_dataset
 from eastkd.pipeline.extract import ExtractOptions, extract
+from eastkd.pipeline.runs.rundir import LAST, is_finished, run_file
 
 
 @dataclass
@@ -88,12 +90,12 @@ def run_demo(out_dir: str | Path, opts: DemoOptions,
         # one folder per setting, so a rerun with other options never reuses a stale run
         setting = f"{opts.student}-d{opts.dim}-e{opts.epochs}-s{opts.seed}"
         run_dir = out / "runs" / setting / run_name
-        if (run_dir / "metrics.json").exists():
+        if is_finished(str(run_dir)):
             say(f"  {run_name:<16} already trained ({run_dir})")
         else:
             distill(store, tgt, str(run_dir), student=opts.student, kd=kd, epochs=opts.epochs,
                     seed=opts.seed, device=opts.device, progress=opts.progress,
-                    resume=(run_dir / "last.pt").exists(),
+                    resume=os.path.isfile(run_file(str(run_dir), LAST)),
                     # without progress bars, one line per epoch instead of minutes of silence
                     log=None if opts.progress else (lambda m: say(f"    {m}")))
         ev = evaluate(str(run_dir), store, split="test")

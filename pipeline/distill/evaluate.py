@@ -8,7 +8,6 @@ the difference spelled out, since the scores would be meaningless.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -21,10 +20,9 @@ from eastkd.pipeline.core.device import resolve_device
 from eastkd.pipeline.distill.complexity import count_macs, count_parameters, cpu_ms_per_clip
 from eastkd.pipeline.core.metrics import multilabel_scores
 from eastkd.pipeline.core.reading import FEATURES, SplitData, load_split
+from eastkd.pipeline.runs.rundir import BEST, CONFIG, read_config, run_file
 from eastkd.store import EastkdError, Store, StoreMismatchError, open_store
 
-CONFIG = "config.json"
-BEST = "best.pt"
 
 
 def selection_metric(multi_label: bool) -> str:
@@ -69,12 +67,11 @@ def predict(model: torch.nn.Module, data: SplitData, device: torch.device,
 
 def load_run(run_dir: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """``config.json`` and the ``best.pt`` checkpoint of a finished (or running) distill run."""
-    cfg_path, best_path = os.path.join(run_dir, CONFIG), os.path.join(run_dir, BEST)
-    if not os.path.isfile(cfg_path) or not os.path.isfile(best_path):
+    best_path = run_file(run_dir, BEST)
+    if not os.path.isfile(run_file(run_dir, CONFIG)) or not os.path.isfile(best_path):
         raise EastkdError(f"{run_dir}: not a distill run directory (needs {CONFIG} and {BEST}); "
                           "train one with `eastkd distill`")
-    with open(cfg_path, encoding="utf-8") as f:
-        config = json.load(f)
+    config = read_config(run_dir)
     ckpt = torch.load(best_path, map_location="cpu", weights_only=True)
     return config, ckpt
 

@@ -31,12 +31,11 @@ teacher's code is never imported.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -49,18 +48,25 @@ from eastkd.pipeline.compress.run import check_fit_rows
 from eastkd.pipeline.datasets.splits import missing_class_warnings
 from eastkd.pipeline.core.device import resolve_device
 from eastkd.pipeline.distill.complexity import count_parameters
-from eastkd.pipeline.distill.evaluate import (
+from eastkd.pipeline.distill.evaluate import compute_metrics, predict, selection_metric
+from eastkd.pipeline.distill.losses import FrameTiming, TimeAlignment
+from eastkd.pipeline.distill.options import GRAD_CLIP, RUNTIME_KEYS, DistillOptions
+from eastkd.pipeline.runs.rundir import (
     BEST,
     CONFIG,
-    compute_metrics,
-    predict,
-    selection_metric,
+    CURVES,
+    HISTORY,
+    LAST,
+    METRICS,
+    RUN_FILES,
+    plot_curves,
+    read_config,
+    run_file,
+    save_atomic,
+    write_history,
+    write_json,
 )
-from eastkd.pipeline.distill.losses import FrameTiming, TimeAlignment
-from eastkd.pipeline.runs.rundir import plot_curves, save_atomic, write_history, write_json
 from eastkd.pipeline.core.reading import (
-    DEFAULT_MEMORY_LIMIT,
-    DEFAULT_SHUFFLE_BUFFER,
     FEATURES,
     SplitData,
     TargetsSpec,
@@ -75,19 +81,6 @@ from eastkd.store import (
     open_store,
     store_location,
 )
-
-KD_METHODS = ("fitnet", "dc", "dc-unbiased", "none")
-SCHEDULES = ("cosine", "plateau")
-GRAD_CLIP = 1.0
-# intra-op CPU threads of distill unless --threads says otherwise: fixed, not the machine's
-# core count, so that a CPU run gives the same result on every machine (see README)
-DEFAULT_CPU_THREADS = 1
-LAST = "last.pt"
-METRICS, HISTORY, CURVES = "metrics.json", "history.csv", "curves.png"
-RUN_FILES = (CONFIG, BEST, LAST, METRICS, HISTORY, CURVES)
-# Options that do not change what a run computes (may differ on --resume).
-_RUNTIME_KEYS = ("device", "memory_limit", "progress", "workers", "shuffle_buffer")
-
 
 @dataclass
 class DistillResult:
@@ -175,7 +168,7 @@ def _metrics_record(r: DistillResult) -> dict[str, Any]:
 
 def _identity(config: dict[str, Any]) -> dict[str, Any]:
     """The part of a config that decides the result (compared on --resume)."""
-    opts = {k: v for k, v in config["options"].items() if k not in _RUNTIME_KEYS}
+    opts = {k: v for k, v in config["options"].items() if k not in RUNTIME_KEYS}
     t = config.get("targets") or {}
     return {"options": opts, "dataset_fingerprint": config["store"]["dataset_fingerprint"],
             "logmel": config["logmel"], "segment": config["segment"],
@@ -185,14 +178,12 @@ def _identity(config: dict[str, Any]) -> dict[str, Any]:
 def _prepare_run_dir(out_dir: str, config: dict[str, Any], resume: bool,
                      overwrite: bool) -> bool:
     """Check RUN_DIR against the new config; True when a previous run should be resumed."""
-    cfg_path = os.path.join(out_dir, CONFIG)
     existing = os.path.isdir(out_dir) and os.listdir(out_dir)
     if not existing:
         os.makedirs(out_dir, exist_ok=True)
         return False
-    if os.path.isfile(cfg_path) and not overwrite:
-        with open(cfg_path, encoding="utf-8") as f:
-            old = json.load(f)
+    if os.path.isfile(run_file(out_dir, CONFIG)) and not overwrite:
+        old = read_config(out_dir)
         a, b = _identity(old), _identity(config)
         if a != b:
             diff = sorted(k for k in set(a["options"]) | set(b["options"])
@@ -203,14 +194,14 @@ def _prepare_run_dir(out_dir: str, config: dict[str, Any], resume: bool,
                 f"{out_dir}: holds a run with other settings (differs in: {', '.join(diff)}); "
                 "choose another --out or pass --overwrite to replace it")
         if resume:
-            return os.path.isfile(os.path.join(out_dir, LAST))
+            return os.path.isfile(run_file(out_dir, LAST))
         raise EastkdError(f"{out_dir}: already holds this run; pass --resume to continue it or "
                           "--overwrite to train again from scratch")
     if not overwrite:
         raise EastkdError(f"{out_dir}: exists and is not empty (no {CONFIG}); choose an empty "
                           "--out or pass --overwrite")
     for name in RUN_FILES:
-        path = os.path.join(out_dir, name)
+        path = run_file(out_dir, name)
         if os.path.exists(path):
             os.remove(path)
     return False
@@ -332,48 +323,6 @@ class _Run:
     resumed_from: int = 0
 
 
-def _check_options(*, kd: str, schedule: str, lam: float, targets: str | None,
-                   teacher_linear: bool, epochs: int, batch_size: int, threads: int) -> None:
-    """Reject option values (and combinations) a run cannot use, one line each."""
-    if kd not in KD_METHODS:
-        raise EastkdError(f"--kd {kd!r}: choose one of {', '.join(KD_METHODS)}")
-    if schedule not in SCHEDULES:
-        raise EastkdError(f"--schedule {schedule!r}: choose one of {', '.join(SCHEDULES)}")
-    if not 0.0 <= lam <= 1.0:
-        raise EastkdError(f"--lambda {lam}: must be in [0, 1] (L = (1-λ) L_task + λ L_kd)")
-    if kd != "none" and not targets:
-        raise EastkdError(f"--kd {kd} needs --targets NAME (targets/NAME or embeddings/NAME); "
-                          "use --kd none for the baseline without a teacher")
-    if teacher_linear and kd == "none":
-        raise EastkdError("--teacher-linear needs a KD loss (--kd fitnet or dc)")
-    if epochs < 1 or batch_size < 2:
-        raise EastkdError("--epochs must be >= 1 and --batch-size >= 2")
-    if threads < 1:
-        raise EastkdError(f"--threads {threads}: must be >= 1")
-
-
-def _run_options(*, student: str, width: int, kd: str, lam: float, targets: str | None,
-                 teacher_linear: bool, teacher_linear_dim: int | None, frame_targets: bool,
-                 epochs: int, batch_size: int, lr: float, weight_decay: float, schedule: str,
-                 seed: int, patience: int, fold: int | None, device: str, memory_limit: int,
-                 progress: bool, workers: int | None, shuffle_buffer: int, threads: int,
-                 dev: torch.device) -> dict[str, Any]:
-    """The run's ``options`` as recorded in config.json (options a setting makes moot are
-    normalised, so that equal runs have equal options)."""
-    return {"student": student, "width": int(width), "kd": kd,
-            "lambda": float(lam) if kd != "none" else 0.0,
-            "targets": targets if kd != "none" else None,
-            "teacher_linear": bool(teacher_linear),
-            "teacher_linear_dim": teacher_linear_dim if teacher_linear else None,
-            "frame_targets": bool(frame_targets) if kd != "none" else False,
-            "epochs": int(epochs), "batch_size": int(batch_size), "lr": float(lr),
-            "weight_decay": float(weight_decay), "schedule": schedule, "seed": int(seed),
-            "patience": int(patience), "fold": fold, "grad_clip": GRAD_CLIP,
-            "device": device, "memory_limit": int(memory_limit), "progress": bool(progress),
-            "workers": workers, "shuffle_buffer": int(shuffle_buffer),
-            "threads": int(threads) if dev.type == "cpu" else None}
-
-
 def _resolve_run_targets(store: Any, options: dict[str, Any]) -> TargetsSpec | None:
     """The KD targets of the run (None without KD), checked not to be fitted on held-out
     items (targets fitted on this run's valid/test items are a leak)."""
@@ -471,12 +420,12 @@ def _save_last(run: _Run, out_dir: str, dev: torch.device) -> None:
         run, optimizer=run.opt.state_dict(), scheduler=run.sched.state_dict(),
         generator=run.gen.get_state(), torch_rng=torch.get_rng_state(),
         cuda_rng=torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None,
-        state=run.state), os.path.join(out_dir, LAST))
+        state=run.state), run_file(out_dir, LAST))
 
 
 def _restore_last(run: _Run, out_dir: str, dev: torch.device) -> None:
     """Put ``run`` back where last.pt left it (weights, optimizer, schedule, random states)."""
-    last = torch.load(os.path.join(out_dir, LAST), map_location="cpu", weights_only=True)
+    last = torch.load(run_file(out_dir, LAST), map_location="cpu", weights_only=True)
     run.model.load_state_dict(last["student"])
     if run.kd_loss is not None:
         run.kd_loss.load_state_dict(last["kd_loss"])
@@ -520,7 +469,7 @@ def _run_epoch(run: _Run, splits: _Splits, config: dict[str, Any], out_dir: str,
     if improved:
         state.update(best=score, best_loss=v_loss, best_epoch=epoch)
         save_atomic(_checkpoint(run, target_norm=run.norm, epoch=epoch, config=config),
-                    os.path.join(out_dir, BEST))
+                    run_file(out_dir, BEST))
     state["bad"] = 0 if resets else state["bad"] + 1
     state["seconds"] += time.perf_counter() - e0
     record = {"epoch": epoch, "lr": lr_now, **{f"train_{k}": v for k, v in means.items()},
@@ -544,7 +493,7 @@ def _train_epochs(run: _Run, splits: _Splits, config: dict[str, Any], out_dir: s
         while not run.state["finished"] and run.state["epoch"] < epochs:
             record = _run_epoch(run, splits, config, out_dir, dev)
             _save_last(run, out_dir, dev)
-            write_history(os.path.join(out_dir, HISTORY), run.state["history"])
+            write_history(run_file(out_dir, HISTORY), run.state["history"])
             ebar.update(1)
             score = record.get(f"valid_{metric}", float("nan"))
             ebar.set_postfix({"loss": f"{record['train_loss']:.3f}",
@@ -560,7 +509,7 @@ def _evaluate_best(run: _Run, test: SplitData, config: dict[str, Any], out_dir: 
                    dev: torch.device) -> tuple[dict[str, float], dict[str, float]]:
     """``(valid, test)`` metrics of the best epoch: valid from its history record, test by
     loading best.pt into the student (no test metrics without test items)."""
-    best_ckpt = torch.load(os.path.join(out_dir, BEST), map_location="cpu", weights_only=True)
+    best_ckpt = torch.load(run_file(out_dir, BEST), map_location="cpu", weights_only=True)
     run.model.load_state_dict(best_ckpt["student"])
     valid_at_best = {k[len("valid_"):]: v for k, v in
                      run.state["history"][run.state["best_epoch"] - 1].items()
@@ -584,63 +533,54 @@ def _finish_run(run: _Run, splits: _Splits, config: dict[str, Any], out_dir: str
         valid_metrics=valid_at_best, test_metrics=test_metrics, student_parameters=n_params,
         n_items=splits.sizes, seconds=time.perf_counter() - t0, resumed_from=run.resumed_from,
         history=state["history"])
-    write_json(os.path.join(out_dir, METRICS), _metrics_record(result))
-    plot_curves(os.path.join(out_dir, CURVES), state["history"], metric)
+    write_json(run_file(out_dir, METRICS), _metrics_record(result))
+    plot_curves(run_file(out_dir, CURVES), state["history"], metric)
     return result
 
 
-def distill(store_path: str, targets: str | None, out_dir: str, *, student: str = "vgg",
-            width: int = 16, kd: str = "fitnet", lam: float = 0.6, teacher_linear: bool = False,
-            teacher_linear_dim: int | None = None, frame_targets: bool = False,
-            epochs: int = 50, batch_size: int = 16, lr: float = 1e-3,
-            weight_decay: float = 1e-4, schedule: str = "cosine", seed: int = 0,
-            device: str = "auto", patience: int = 10, resume: bool = False,
-            overwrite: bool = False, fold: int | None = None,
-            memory_limit: int = DEFAULT_MEMORY_LIMIT, workers: int | None = None,
-            shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, progress: bool = True,
-            threads: int = DEFAULT_CPU_THREADS, log: Callable[[str], None] | None = None,
-            callback: Callable[[dict[str, Any]], None] | None = None) -> DistillResult:
-    """Train ``student`` on ``store_path`` with KD towards ``targets``; write RUN_DIR ``out_dir``.
+def distill(store_path: str, targets: str | None, out_dir: str,
+            options: DistillOptions | None = None, *,
+            log: Callable[[str], None] | None = None,
+            callback: Callable[[dict[str, Any]], None] | None = None,
+            **kwargs: Any) -> DistillResult:
+    """Train a student on ``store_path`` with KD towards ``targets``; write RUN_DIR ``out_dir``.
 
     ``targets`` names ``targets/NAME`` or ``embeddings/NAME`` (unused with ``kd='none'``).
-    ``memory_limit`` bytes of the splits are held in memory (train first), the rest streamed
-    through ``shuffle_buffer`` bytes by ``workers`` reader processes (None: automatic).
-    ``patience`` 0 disables early stopping. ``threads`` fixes the intra-op CPU threads of a CPU
-    run (results depend on it; unused on CUDA). ``log`` receives one-line messages (start info);
-    ``callback`` gets each epoch's history record after the epoch's checkpoints are written.
+    The run's options are a :class:`DistillOptions` or, equally, its fields as keyword
+    arguments (``distill(store, "pca32", "runs/a", kd="dc", seed=1)``); ``targets`` given
+    here wins over ``options.targets``. ``log`` receives one-line messages (start info, and
+    one line per epoch without progress bars); ``callback`` gets each epoch's history record
+    after the epoch's checkpoints are written.
     """
     t0 = time.perf_counter()
-    _check_options(kd=kd, schedule=schedule, lam=lam, targets=targets,
-                   teacher_linear=teacher_linear, epochs=epochs, batch_size=batch_size,
-                   threads=threads)
-    dev = resolve_device(device)
+    opts = DistillOptions.from_kwargs(**kwargs) if options is None else options
+    if kwargs and options is not None:
+        raise EastkdError("give distill either a DistillOptions or keyword options, not both")
+    if targets is not None:
+        opts = replace(opts, targets=targets)
+    opts.check()
+    dev = resolve_device(opts.device)
     log = log or (lambda msg: None)
-    options = _run_options(
-        student=student, width=width, kd=kd, lam=lam, targets=targets,
-        teacher_linear=teacher_linear, teacher_linear_dim=teacher_linear_dim,
-        frame_targets=frame_targets, epochs=epochs, batch_size=batch_size, lr=lr,
-        weight_decay=weight_decay, schedule=schedule, seed=seed, patience=patience, fold=fold,
-        device=device, memory_limit=memory_limit, progress=progress, workers=workers,
-        shuffle_buffer=shuffle_buffer, threads=threads, dev=dev)
+    options_record = opts.record(dev.type)
 
-    with _deterministic(dev.type == "cpu", threads), open_store(store_path, "r") as store:
-        spec = _resolve_run_targets(store, options)
-        splits = _load_splits(store, store_path, spec, options, dev)
-        config = _build_config(store, store_path, spec, options, splits.sizes)
-        if fold is None:
+    with _deterministic(dev.type == "cpu", opts.threads), open_store(store_path, "r") as store:
+        spec = _resolve_run_targets(store, options_record)
+        splits = _load_splits(store, store_path, spec, options_record, dev)
+        config = _build_config(store, store_path, spec, options_record, splits.sizes)
+        if opts.fold is None:
             items = store.items
             for warning in missing_class_warnings(items.class_names, items.labels, items.splits):
                 log(warning)
-        resuming = _prepare_run_dir(out_dir, config, resume, overwrite)
+        resuming = _prepare_run_dir(out_dir, config, opts.resume, opts.overwrite)
 
         run = _build_run(config, spec, splits.train, dev)
         n_params = count_parameters(run.model)
-        log(_start_line(run, spec, splits, options, n_params, dev))
+        log(_start_line(run, spec, splits, options_record, n_params, dev))
         if resuming:
             _restore_last(run, out_dir, dev)
             log(f"resuming {out_dir} after epoch {run.resumed_from}")
         else:
-            write_json(os.path.join(out_dir, CONFIG), config)
+            write_json(run_file(out_dir, CONFIG), config)
 
         _train_epochs(run, splits, config, out_dir, dev, log, callback)
         return _finish_run(run, splits, config, out_dir, n_params, t0, dev)

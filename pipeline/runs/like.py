@@ -4,17 +4,13 @@ parameters) of a trained run or an extracted store, so that a second dataset's s
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, fields
 from typing import Any
 
 from eastkd.pipeline.core.features import LogMelParams
 from eastkd.errors import EastkdError
-
-RUN_CONFIG = "config.json"
-# the flags a user would set by hand instead of --like (named in mismatch errors)
-FLAGS = "--segment, --crop, --n-mels, --student-sr"
+from eastkd.pipeline.runs.rundir import CONFIG, read_config, run_file
 
 
 @dataclass(frozen=True)
@@ -47,14 +43,11 @@ def read_student_inputs_from_config(config: dict[str, Any], where: str) -> Stude
 
 def read_student_inputs(path: str) -> StudentInputs:
     """The student-input settings recorded in a RUN_DIR (``config.json``) or a store."""
-    cfg = os.path.join(path, RUN_CONFIG)
-    if os.path.isfile(cfg):
-        with open(cfg, encoding="utf-8") as f:
-            config = json.load(f)
-        return read_student_inputs_from_config(config, path)
+    if os.path.isfile(run_file(path, CONFIG)):
+        return read_student_inputs_from_config(read_config(path), path)
     if not os.path.exists(path) and "://" not in path:
         raise EastkdError(f"--like {path}: no such run directory or store; give a RUN_DIR "
-                          "(with config.json) or a store")
+                          f"(with {CONFIG}) or a store")
     from eastkd.store import open_store
 
     with open_store(path, "r") as store:

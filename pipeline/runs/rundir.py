@@ -1,5 +1,12 @@
-"""The files of a RUN_DIR, each written atomically (temp file + rename): a run killed while
-writing keeps the previous version of every file."""
+"""The run folder (RUN_DIR) of ``eastkd distill``: the one place that names its files and reads
+and writes them. Each file is written atomically (temp file + rename): a run killed while
+writing keeps the previous version of every file.
+
+    config.json   every option, the store, log-mel settings, classes, targets, teacher
+    best.pt       weights of the best epoch        last.pt       resume state after an epoch
+    metrics.json  the finished run's metrics       history.csv   one row per epoch
+    curves.png    losses and validation metric per epoch
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,39 @@ import os
 from typing import Any
 
 import torch
+
+from eastkd.errors import EastkdError
+
+CONFIG, BEST, LAST = "config.json", "best.pt", "last.pt"
+METRICS, HISTORY, CURVES = "metrics.json", "history.csv", "curves.png"
+RUN_FILES = (CONFIG, BEST, LAST, METRICS, HISTORY, CURVES)
+
+
+def run_file(run_dir: str, name: str) -> str:
+    """The path of one of the run's files (``name`` one of :data:`RUN_FILES`)."""
+    return os.path.join(run_dir, name)
+
+
+def is_finished(run_dir: str) -> bool:
+    """Whether RUN_DIR holds a finished run (its config and final metrics)."""
+    return all(os.path.isfile(run_file(run_dir, n)) for n in (CONFIG, METRICS))
+
+
+def read_json(path: str) -> dict[str, Any]:
+    """A JSON file of a run; an unreadable one is a one-line error."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise EastkdError(f"{path}: unreadable ({e}); remove the run or train it again") from None
+
+
+def read_config(run_dir: str) -> dict[str, Any]:
+    return read_json(run_file(run_dir, CONFIG))
+
+
+def read_metrics(run_dir: str) -> dict[str, Any]:
+    return read_json(run_file(run_dir, METRICS))
 
 
 def save_atomic(obj: Any, path: str) -> None:

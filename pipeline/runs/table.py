@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from eastkd.errors import EastkdError
+from eastkd.pipeline.runs.rundir import CONFIG, METRICS, read_config, read_metrics
 
 # the columns that name a setting (everything that decides a run except its seed)
 SETTING_KEYS = ("dataset", "teacher", "targets", "kd", "lambda", "teacher_linear", "student",
@@ -38,16 +39,8 @@ class RunsTable:
 def _run_dirs(root: str) -> Iterator[str]:
     for folder, dirs, files in os.walk(root):
         dirs.sort()
-        if "config.json" in files and "metrics.json" in files:
+        if CONFIG in files and METRICS in files:
             yield folder
-
-
-def _read_json(path: str) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise EastkdError(f"{path}: unreadable ({e}); remove the run or train it again") from None
 
 
 def _targets_label(targets: dict[str, Any]) -> str | None:
@@ -67,8 +60,7 @@ def _targets_label(targets: dict[str, Any]) -> str | None:
 
 def read_run(run_dir: str, root: str) -> dict[str, Any]:
     """One row: the run's setting, seed, metrics and student parameters."""
-    config = _read_json(os.path.join(run_dir, "config.json"))
-    metrics = _read_json(os.path.join(run_dir, "metrics.json"))
+    config, metrics = read_config(run_dir), read_metrics(run_dir)
     opts = config.get("options", {})
     targets = config.get("targets") or {}
     teacher = (config.get("teacher") or {}).get("name")
@@ -124,8 +116,8 @@ def runs_table(root: str, select: Callable[[str], bool] | None = None) -> RunsTa
     rows = [read_run(d, root) for d in _run_dirs(root)
             if select is None or select(os.path.relpath(d, root))]
     if not rows:
-        raise EastkdError(f"{root}: holds no finished run (a folder with config.json and "
-                          "metrics.json, written by `eastkd distill`)")
+        raise EastkdError(f"{root}: holds no finished run (a folder with {CONFIG} and "
+                          f"{METRICS}, written by `eastkd distill`)")
     keys = _metric_keys(rows)
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for r in rows:
