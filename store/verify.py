@@ -402,10 +402,22 @@ def _extract_hint(path: str, source: str, key: str, a: dict[str, Any]) -> str:
     parts = [f"eastkd extract {source} {path} --teacher {ident.get('teacher', key)}"]
     parts += [f"--key {key}", f"--segment {seg.get('seconds')}", f"--crop {seg.get('crop')}",
               f"--dtype {ident.get('dtype')}", "--frames" if ident.get("frames") else "",
-              f"--on-error {opts.get('on_error', 'fail')}"]
+              f"--on-error {opts.get('on_error', 'fail')}", *_views_flags(ident.get("views"))]
     recorded = ", ".join(f"{k}={v}" for k, v in (ident.get("teacher_options") or {}).items())
     return (" ".join(p for p in parts if p) + " (plus the --teacher-opt/--weights it was run "
             f"with; teacher options recorded: {recorded or 'none'})")
+
+
+def _views_flags(views: dict[str, Any] | None) -> list[str]:
+    """The ``extract --views`` flags of a recorded views identity (none without views)."""
+    if not views:
+        return []
+    flags = [f"--views {views.get('k')}"]
+    if views.get("seconds") is not None:
+        flags.append(f"--view-seconds {views['seconds']}")
+    if views.get("gain_db"):
+        flags.append(f"--view-gain-db {views['gain_db']}")
+    return flags + [f"--view-seed {views.get('seed')}"]
 
 
 def _pending_note(sec: Section, status: np.ndarray, report: VerifyReport) -> None:

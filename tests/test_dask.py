@@ -144,10 +144,13 @@ def _ok_rows(url: str) -> int:
         return 0
 
 
-def test_cli_dask_local_extract_equals_in_process(demo_manifest: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("views", [[], ["--views", "2", "--view-seconds", "0.5",
+                                         "--view-gain-db", "3"]], ids=["plain", "views"])
+def test_cli_dask_local_extract_equals_in_process(demo_manifest: Path, tmp_path: Path,
+                                                  views: list[str]) -> None:
     manifest = small_manifest(demo_manifest, tmp_path / "m.csv", per_class=1)
     common = ["--teacher-opt", "hop_ms=100", "--chunk-items", "2", "-j", "0", "--no-progress",
-              "--frames"]
+              "--frames", *views]
     out = invoke("extract", str(manifest), str(tmp_path / "d.zarr"), *common, "--dask",
                  "local:1")
     assert "5 written, 0 skipped now, 0 already done, of 5 items" in out

@@ -17,8 +17,8 @@ from eastkd.pipeline.extract import extract
 from eastkd.pipeline.teachers.loading import load_teacher
 from eastkd.store import EastkdError, open_store
 
-from test_extract import (HOP, HOP_CLI, all_arrays, assert_bitwise_equal, decoded, opts, pick,
-                          run_cli, write_manifest)
+from test_extract import (HOP, HOP_CLI, TEACHER_MODULE, all_arrays, assert_bitwise_equal,  # noqa: F401
+                          decoded, opts, pick, run_cli, teacher_dir, user_teacher, write_manifest)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 VIEWS = dict(views=3, view_seconds=0.6, view_gain_db=6.0, view_seed=7)
@@ -28,7 +28,10 @@ KEY = "crepe-tiny"
 @pytest.fixture(scope="module")
 def views_store(tmp_path_factory: pytest.TempPathFactory, demo_manifest: Path) -> tuple[Path, Path]:
     d = tmp_path_factory.mktemp("views")
-    manifest = write_manifest(d / "m.csv", pick(demo_manifest, 2))  # 10 clips
+    rows = pick(demo_manifest, 3)  # 15 clips: the first two of each family train, one valid
+    for i, row in enumerate(rows):
+        row["split"] = "train" if i < 10 else "valid"
+    manifest = write_manifest(d / "m.csv", rows)
     store = d / "views.zarr"
     extract(str(manifest), str(store), opts(frames=True, dtype="float32", **VIEWS))
     return manifest, store
@@ -42,10 +45,10 @@ def test_view_parameters_are_stored_on_the_hop_grid_and_reproducible(views_store
         params = emb.array("views")[:]
         ids = s.items.ids
         attrs = emb.attrs["views"]
-        assert emb.array("clip").shape == (10, 3, 256)
-        assert emb.array("frames").shape[:2] == (10, 3)
-        assert s.features("logmel").array("values").shape == (10, 96, lm.n_frames(16000))
-    assert params.shape == (10, 3, 3) and params.dtype == np.float64
+        assert emb.array("clip").shape == (15, 3, 256)
+        assert emb.array("frames").shape[:2] == (15, 3)
+        assert s.features("logmel").array("values").shape == (15, 96, lm.n_frames(16000))
+    assert params.shape == (15, 3, 3) and params.dtype == np.float64
     assert attrs["k"] == 3 and attrs["seconds"] == 0.6 and attrs["seed"] == 7
     # drawn from (seed, item id, view) alone: recomputed exactly, whatever the position
     spec = ViewSpec(3, 0.6, 6.0, 7)
@@ -147,11 +150,130 @@ def test_compress_fits_every_view_and_writes_targets_per_view(views_store, tmp_p
         train = np.flatnonzero(np.asarray(s.items.splits) == "train")
         sec = s.targets("p8")
         values, attrs = sec.array("values")[:], sec.attrs
-    assert values.shape == (10, 3, 8) and attrs["views"]["k"] == 3
+    assert values.shape == (15, 3, 8) and attrs["views"]["k"] == 3
     assert attrs["fit_rows"] == 3 * len(train) == res.fit_rows
     ref = PCACompressor(8).fit_array(clip[train].reshape(-1, 256))
-    want = ref.transform(clip.reshape(-1, 256)).reshape(10, 3, 8)
+    want = ref.transform(clip.reshape(-1, 256)).reshape(15, 3, 8)
     np.testing.assert_allclose(values, want, rtol=1e-4, atol=1e-4)
     assert not np.allclose(values[:, 0], values[:, 1], atol=1e-3)  # one target per view
     with pytest.raises(EastkdError, match="3 views per item: compress fits them with --method"):
         compress(str(store), KEY, "learned", 8, name="l8", plot=False, progress=False)
+
+
+# ------------------------------------------------------------------------------------------
+# distill: one view per item per epoch, cut out of the whole-clip log-mel
+
+
+def test_distill_batches_cut_the_chosen_views_frames_and_targets(views_store) -> None:
+    from eastkd.pipeline.core.reading import epoch_views, load_split, resolve_targets
+
+    _, store = views_store
+    lm = LogMelParams()
+    for memory_limit in (4 << 30, 0):  # resident, and streamed in chunks
+        with open_store(str(store)) as s:
+            spec = resolve_targets(s, KEY, frame_targets=True)
+            assert spec.views == 3 and spec.frame_level and spec.dim == 256
+            params = s.embeddings(KEY).array("views")[:]
+            whole = s.features("logmel").array("values")[:]
+            frames = s.embeddings(KEY).array("frames")[:]
+            train = load_split(s, "train", spec, memory_limit=memory_limit, workers=0)
+            n_view = lm.n_frames(9600)
+            assert train.input_shape == (96, n_view)
+            seen = {}
+            for epoch in (1, 2):
+                train.set_epoch(5, epoch)
+                chosen = epoch_views(5, epoch, train.rows, 3)
+                for b in train.batches(4, torch.Generator().manual_seed(epoch)):
+                    for j, row in enumerate(b.rows):
+                        v = int(chosen[np.searchsorted(train.rows, row)])
+                        h = int(offset_hops(params[row, v, 0], lm))
+                        want = whole[row][:, h:h + n_view] + log_gain(params[row, v, 1])
+                        np.testing.assert_allclose(b.x[j].numpy(), want, rtol=0, atol=1e-6)
+                        np.testing.assert_array_equal(b.t[j].numpy(), frames[row, v])
+                        seen[(epoch, int(row))] = v
+            train.close()
+    # drawn from (seed, epoch, row) alone: the views change between epochs, all are used
+    assert len(set(seen.values())) == 3
+    assert any(seen[(1, r)] != seen[(2, r)] for (_, r) in seen)
+    np.testing.assert_array_equal(epoch_views(5, 2, train.rows[::-1], 3),
+                                  epoch_views(5, 2, train.rows, 3)[::-1])
+
+
+def test_distill_with_views_resumes_bit_identical_and_evaluates_whole_clips(
+        views_store, tmp_path: Path) -> None:
+    import json
+
+    from eastkd.pipeline.distill.train import distill
+
+    _, store = views_store
+    kw = dict(kd="fitnet", width=8, epochs=3, batch_size=4, patience=0, seed=2,
+              progress=False)
+    a = distill(str(store), KEY, str(tmp_path / "a"), **kw)
+
+    def stop_after_1(rec: dict) -> None:
+        if rec["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        distill(str(store), KEY, str(tmp_path / "b"), callback=stop_after_1, **kw)
+    b = distill(str(store), KEY, str(tmp_path / "b"), resume=True, **kw)
+    assert b.resumed_from == 1
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in a.history]
+    assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in b.history]
+    wa = torch.load(tmp_path / "a" / "best.pt", weights_only=True)["student"]
+    wb = torch.load(tmp_path / "b" / "best.pt", weights_only=True)["student"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert config["views"]["k"] == 3 and config["views"]["evaluation"] == "whole clip"
+    assert config["targets"]["views"] == 3
+    # another seed draws other views, and trains to another student
+    c = distill(str(store), KEY, str(tmp_path / "c"), **{**kw, "seed": 3})
+    assert c.history[0]["train_kd"] != a.history[0]["train_kd"]
+
+
+# ------------------------------------------------------------------------------------------
+# the teacher-skipping rerun and verify --repair with views
+
+
+def test_views_rerun_skips_the_teacher_and_repair_recomputes_exactly(
+        demo_manifest: Path, tmp_path: Path, user_teacher: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    import eastkd.pipeline.extract.run as run
+
+    loads = []
+    real_load = run.load_teacher
+    monkeypatch.setattr(run, "load_teacher", lambda *a: loads.append(a) or real_load(*a))
+    manifest = write_manifest(tmp_path / "m.csv", pick(demo_manifest, 1))  # 5 clips
+    weights = tmp_path / "proj.pt"
+    torch.save(torch.randn(1600, 8, generator=torch.Generator().manual_seed(1)) / 30, weights)
+    teacher = dict(teacher=f"python:{TEACHER_MODULE}:make_from_file",
+                   teacher_options={"path": str(weights)}, key="filed", frames=True,
+                   chunk_items=1, views=3, view_seconds=0.5, view_gain_db=4.0)
+    store = tmp_path / "s.zarr"
+    extract(str(manifest), str(store), opts(**teacher))
+    assert len(loads) == 1
+    with open_store(str(store)) as s:
+        assert s.embeddings("filed").array("frames").shape == (5, 3, 5, 8)
+    before = all_arrays(store)
+    assert extract(str(manifest), str(store), opts(**teacher)).already_done == 5
+    assert len(loads) == 1  # views unchanged: nothing to do, the teacher not loaded
+    with pytest.raises(EastkdError, match="differs in: views"):
+        extract(str(manifest), str(store), opts(**{**teacher, "view_seed": 1}))
+    assert len(loads) == 2  # other views: loaded, and refused
+
+    # a lost chunk of the views' embeddings and one of their parameters: repaired exactly
+    for array in ("clip", "views"):
+        chunk = store / "embeddings" / "filed" / array / "c" / "2" / "0" / "0"
+        assert chunk.exists(), chunk
+        chunk.unlink()
+    assert run_cli("verify", str(store), "--no-progress").returncode == 1
+    fixed = run_cli("verify", str(store), "--repair", "--no-progress")
+    assert "rows marked pending" in fixed.stdout, fixed.stdout + fixed.stderr
+    assert "--views 3 --view-seconds 0.5 --view-gain-db 4.0 --view-seed 0" in fixed.stdout
+    assert run_cli("verify", str(store), "--no-progress").returncode == 0  # only pending left
+    redo = extract(str(manifest), str(store), opts(**teacher))
+    assert (redo.written, redo.already_done) == (1, 4)
+    assert_bitwise_equal(all_arrays(store), before)
+    shutil.rmtree(store)

@@ -212,7 +212,8 @@ def _time_alignment(config: dict[str, Any], spec: TargetsSpec) -> TimeAlignment:
     target frames at the ``frame_rate`` and ``frame_offset`` recorded at extract (offset 0 in
     stores written before it was recorded)."""
     lm = config["logmel"]
-    return TimeAlignment(FrameTiming(lm["sample_rate"] / lm["hop_length"]), config["n_frames"],
+    n_input = config.get("views", {}).get("frames", config["n_frames"])  # a view's, with views
+    return TimeAlignment(FrameTiming(lm["sample_rate"] / lm["hop_length"]), n_input,
                          FrameTiming(float(spec.attrs["frame_rate"]),
                                      float(spec.attrs.get("frame_offset") or 0.0)))
 
@@ -452,6 +453,7 @@ def _run_epoch(run: _Run, splits: _Splits, config: dict[str, Any], out_dir: str,
     epoch = state["epoch"] + 1
     bar = tqdm(total=-(-len(splits.train) // o["batch_size"]), desc=f"epoch {epoch}/{o['epochs']}",
                unit="batch", leave=False, position=1, disable=not o["progress"])
+    splits.train.set_epoch(o["seed"], epoch)  # with views: this epoch's view of each item
     with bar:
         means = _train_epoch(run.model, run.kd_loss, run.tlin, splits.train, run.opt, run.gen,
                              task_loss, o["lambda"], o["batch_size"], dev, bar)
@@ -567,6 +569,10 @@ def distill(store_path: str, targets: str | None, out_dir: str,
         spec = _resolve_run_targets(store, options_record)
         splits = _load_splits(store, store_path, spec, options_record, dev)
         config = _build_config(store, store_path, spec, options_record, splits.sizes)
+        if splits.train.views is not None:  # recorded only with views: plain runs unchanged
+            config["views"] = {"k": splits.train.views.k, "frames": splits.train.views.frames,
+                               "draw": "one view per item per epoch: splitmix64(seed, epoch, "
+                                       "store row) mod K", "evaluation": "whole clip"}
         if opts.fold is None:
             items = store.items
             for warning in missing_class_warnings(items.class_names, items.labels, items.splits):
