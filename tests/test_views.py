@@ -12,6 +12,7 @@ import torch
 
 from eastkd.pipeline.core.audio import Segment
 from eastkd.pipeline.core.features import LogMel, LogMelParams
+from eastkd.pipeline.core.reading import epoch_views
 from eastkd.pipeline.core.views import ViewSpec, log_gain, offset_hops, view_params
 from eastkd.pipeline.extract import extract
 from eastkd.pipeline.teachers.loading import load_teacher
@@ -156,6 +157,19 @@ def test_compress_fits_every_view_and_writes_targets_per_view(views_store, tmp_p
     want = ref.transform(clip.reshape(-1, 256)).reshape(15, 3, 8)
     np.testing.assert_allclose(values, want, rtol=1e-4, atol=1e-4)
     assert not np.allclose(values[:, 0], values[:, 1], atol=1e-3)  # one target per view
+    # distill reads the targets of the view it cuts: one per item, d wide
+    from eastkd.pipeline.core.reading import load_split, resolve_targets
+
+    with open_store(str(store)) as s:
+        spec = resolve_targets(s, "p8")
+        assert (spec.views, spec.views_path, spec.frame_level) == (3, f"embeddings/{KEY}/views",
+                                                                  False)
+        train = load_split(s, "train", spec)
+        train.set_epoch(0, 1)
+        b = next(train.batches(4))
+        v = epoch_views(0, 1, b.rows, 3)
+        np.testing.assert_array_equal(b.t.numpy(), values[b.rows, v])
+        assert b.x.shape == (4, 96, LogMelParams().n_frames(9600))
     with pytest.raises(EastkdError, match="3 views per item: compress fits them with --method"):
         compress(str(store), KEY, "learned", 8, name="l8", plot=False, progress=False)
 
