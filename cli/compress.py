@@ -25,7 +25,8 @@ from eastkd.pipeline.compress.options import CompressOptions
                    "train variance instead (e.g. 0.95).")
 @click.option("--name", default=None,
               help="Targets name in the store.  [default: <key>-<method><dim>]")
-@click.option("--fit-split", default=CompressOptions.fit_split, help="Split whose items the compressor is fitted "
+@click.option("--fit-split", default=CompressOptions.fit_split,
+              help="Split whose items the compressor is fitted "
               "on (targets are written for every item).")
 @click.option("--fold", type=click.IntRange(1, 5), default=None,
               help="Test fold K of a store with an items 'fold' column (ESC-50): fit on the "
@@ -38,7 +39,8 @@ from eastkd.pipeline.compress.options import CompressOptions
 @click.option("--plot", default=None, type=click.Path(dir_okay=False),
               help="Where to write the PNG (explained variance or learning curve).  "
                    "[default: <store>.<name>.png beside the store]")
-@click.option("--seed", default=CompressOptions.seed, type=int, help="learned: random seed (init and batches).")
+@click.option("--seed", default=CompressOptions.seed, type=int,
+              help="learned: random seed (init and batches).")
 @click.option("--epochs", default=CompressOptions.epochs, type=click.IntRange(min=1),
               help="learned: maximum epochs (stops early when validation stops improving).")
 @click.option("--patience", default=CompressOptions.patience, type=click.IntRange(min=1),

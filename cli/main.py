@@ -31,11 +31,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def _hdf5_write_failed() -> bool:
-    backend = sys.modules.get("eastkd.store.backends.hdf5_backend")
-    return backend is not None and backend.has_abandoned_files()
-
-
 class OneLineUsageError(click.ClickException):
     """A usage error (bad or missing argument or option) printed as one ``Error:`` line."""
 
@@ -63,8 +58,10 @@ class LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except EastkdError as e:
-            if _hdf5_write_failed():
-                # HDF5 crashes when it flushes a file into a full disk at exit: skip that
+            from eastkd.store.backends import must_exit_without_flush
+
+            if must_exit_without_flush():
+                # a file that cannot be flushed into a full disk crashes at exit: skip that
                 click.echo(f"Error: {e}", err=True)
                 sys.stdout.flush()
                 sys.stderr.flush()

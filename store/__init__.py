@@ -16,6 +16,7 @@ from eastkd.store.location import absolute as store_location
 from eastkd.store.location import basename as store_name
 from eastkd.store.location import configure as configure_access
 from eastkd.store.store import (
+    FEATURES,
     FORMAT_NAME,
     FORMAT_VERSION,
     OK,
@@ -37,7 +38,8 @@ from eastkd.store.store import (
 __all__ = [
     "EastkdError", "StoreDamageError", "StoreMismatchError", "StoreNotFoundError",
     "StoreWriteError", "SPLITS", "ItemsTable",
-    "FORMAT_NAME", "FORMAT_VERSION", "OK", "PENDING", "SKIPPED", "ArraySpec", "Section", "Store",
+    "FEATURES", "FORMAT_NAME", "FORMAT_VERSION", "OK", "PENDING", "SKIPPED", "ArraySpec",
+    "Section", "Store",
     "StoreArray", "backend_name", "chunk_items", "create_store", "eastkd_version",
     "open_for_dataset", "open_store", "store_exists", "AccessOptions", "access_options",
     "configure_access", "is_url", "store_location", "store_name",

@@ -35,6 +35,7 @@ from eastkd.store.items import ItemsTable
 FORMAT_NAME = "eastkd-store"
 FORMAT_VERSION = 3  # 2: checksummed chunks, NaN fill for floats, dimension names; 3: views
 SECTION_KINDS = ("features", "embeddings", "targets")
+FEATURES = "logmel"  # the features section that holds the student's log-mel input
 _TARGET_CHUNK_BYTES = 4 << 20
 _MAX_CHUNK_ITEMS = 8192
 ITEM_DIM = "item"
@@ -514,7 +515,7 @@ class Store:
     def embeddings(self, key: str) -> Section:
         return self.section("embeddings", key)
 
-    def features(self, name: str = "logmel") -> Section:
+    def features(self, name: str = FEATURES) -> Section:
         return self.section("features", name)
 
     def targets(self, name: str) -> Section:
@@ -582,50 +583,43 @@ def check_items(path: str, items: ItemsTable, items_attrs: dict[str, Any],
                                f"recorded at creation; {ITEMS_DAMAGED}")
 
 
+def _item_columns(items: ItemsTable) -> dict[str, tuple[np.ndarray, tuple[str, ...]]]:
+    """The items table as stored: column name -> (values, dimension names). The one place that
+    lays out the columns, for writing a new table and for rewriting one in place."""
+    n = len(items)
+    item = (ITEM_DIM,)
+    cols: dict[str, tuple[np.ndarray, tuple[str, ...]]] = {
+        name: (np.asarray(col, dtype=object), item)
+        for name, col in (("id", items.ids), ("path", items.paths), ("sha256", items.sha256),
+                          ("split", items.splits))}
+    cols["duration"] = (np.asarray(items.durations, dtype=np.float32), item)
+    labels = np.asarray(items.labels, dtype=np.uint8).reshape(n, -1)
+    if labels.shape[1] == 0:  # unlabelled data: one all-zero column keeps the layout uniform
+        labels = np.zeros((n, 1), dtype=np.uint8)
+    cols["labels"] = (labels, dimension_names("items", "labels", 1))
+    cols["label"] = (items.label, item)
+    for name, col in items.extra.items():
+        col = np.asarray(col)
+        cols[name] = (col.astype(object if col.dtype.kind in "OUS" else col.dtype), item)
+    return cols
+
+
 def _write_items(backend: Backend, items: ItemsTable) -> None:
     n = len(items)
     ck = chunk_items(256, n)
     backend.create_group("items", {"class_names": list(items.class_names),
                                    "multi_label": bool(items.multi_label)})
-    item = (ITEM_DIM,)
-    strings = {"id": items.ids, "path": items.paths, "sha256": items.sha256, "split": items.splits}
-    for name, col in strings.items():
-        backend.create_array(f"items/{name}", (n,), (ck,), object,
-                             data=np.asarray(col, dtype=object), dims=item)
-    backend.create_array("items/duration", (n,), (ck,), np.float32,
-                         data=np.asarray(items.durations, dtype=np.float32), dims=item)
-    labels = np.asarray(items.labels, dtype=np.uint8).reshape(n, -1)
-    if labels.shape[1] == 0:  # unlabelled data: one all-zero column keeps the layout uniform
-        labels = np.zeros((n, 1), dtype=np.uint8)
-    c = labels.shape[1]
-    backend.create_array("items/labels", (n, c), (ck, c), np.uint8, data=labels,
-                         dims=dimension_names("items", "labels", 1))
-    backend.create_array("items/label", (n,), (ck,), np.int32, data=items.label, dims=item)
-    for name, col in items.extra.items():
-        col = np.asarray(col)
-        dtype = object if col.dtype.kind in "OUS" else col.dtype
-        backend.create_array(f"items/{name}", (n,), (ck,), dtype, data=col.astype(dtype),
-                             dims=item)
+    for name, (values, dims) in _item_columns(items).items():
+        backend.create_array(f"items/{name}", values.shape, (ck, *values.shape[1:]),
+                             values.dtype, data=values, dims=dims)
     # the checksum of the table as it reads back, so that any later change is caught
     backend.update_attrs("items", {"checksum": _read_items(backend).content_sha256()})
 
 
 def _write_item_columns(backend: Backend, items: ItemsTable) -> None:
     """Overwrite the columns of an existing items table in place (same rows and columns)."""
-    n = len(items)
-    strings = {"id": items.ids, "path": items.paths, "sha256": items.sha256, "split": items.splits}
-    for name, col in strings.items():
-        backend.write(f"items/{name}", slice(0, n), np.asarray(col, dtype=object))
-    backend.write("items/duration", slice(0, n), np.asarray(items.durations, dtype=np.float32))
-    labels = np.asarray(items.labels, dtype=np.uint8).reshape(n, -1)
-    if labels.shape[1] == 0:
-        labels = np.zeros((n, 1), dtype=np.uint8)
-    backend.write("items/labels", slice(0, n), labels)
-    backend.write("items/label", slice(0, n), items.label)
-    for name, col in items.extra.items():
-        col = np.asarray(col)
-        backend.write(f"items/{name}", slice(0, n), col.astype(object if col.dtype.kind in "OUS"
-                                                                else col.dtype))
+    for name, (values, _) in _item_columns(items).items():
+        backend.write(f"items/{name}", slice(0, len(items)), values)
 
 
 def open_store(path: str, mode: str = "r") -> Store:

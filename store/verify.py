@@ -73,7 +73,7 @@ class VerifyReport:
     seconds: float = 0.0
     findings: list[Finding] = field(default_factory=list)
     repaired: dict[str, int] = field(default_factory=dict)  # section -> rows marked pending
-    rerun: list[str] = field(default_factory=list)  # commands that recompute repaired rows
+    rerun: list[Rerun] = field(default_factory=list)  # commands that recompute repaired rows
 
     @property
     def damaged(self) -> bool:
@@ -376,48 +376,61 @@ def _check_provenance(store: Store, sec: Section, status: np.ndarray,
                                        damage=False))
 
 
-def _rerun_hint(store: Store, sec: Section) -> str:
+@dataclass
+class Rerun:
+    """A command that recomputes a section's pending rows, as data: the ``eastkd`` stage, its
+    positional arguments and its options (flag -> value; True for a bare flag). ``note`` says
+    what the command cannot carry (e.g. options not recorded). The CLI renders it."""
+
+    stage: str
+    args: list[str]
+    options: dict[str, Any]
+    note: str = ""
+
+
+def _rerun_hint(store: Store, sec: Section) -> Rerun:
     """The command that recomputes the pending rows of ``sec``, rebuilt from its provenance."""
     if sec.kind == "targets":
         return _compress_hint(store.path, sec.name, sec.attrs)
     keys = [sec.name] if sec.kind == "embeddings" else store.section_names("embeddings")[:1]
     src = store.attrs.get("dataset", {}).get("source") or "DATASET"
     if not keys:
-        return f"eastkd extract {src} {store.path} ... (the command that wrote {sec.path})"
+        return Rerun("extract", [src, store.path], {},
+                     note=f"with the options of the command that wrote {sec.path}")
     return _extract_hint(store.path, src, keys[0], store.embeddings(keys[0]).attrs)
 
 
-def _compress_hint(path: str, name: str, a: dict[str, Any]) -> str:
+def _compress_hint(path: str, name: str, a: dict[str, Any]) -> Rerun:
     ident = a.get("identity") or {}
-    cmd = (f"eastkd compress {path} --embeddings {a.get('source')} --method {a.get('method')} "
-           f"--dim {ident.get('dim', a.get('dim'))} --name {name} "
-           f"--fit-split {a.get('fit_split', 'train')}")
-    return cmd + (" --whiten" if a.get("whiten") else "")
+    return Rerun("compress", [path], {
+        "embeddings": a.get("source"), "method": a.get("method"),
+        "dim": ident.get("dim", a.get("dim")), "name": name,
+        "fit-split": a.get("fit_split", "train"), "whiten": bool(a.get("whiten"))})
 
 
-def _extract_hint(path: str, source: str, key: str, a: dict[str, Any]) -> str:
+def _extract_hint(path: str, source: str, key: str, a: dict[str, Any]) -> Rerun:
     ident = a.get("identity") or {}
     opts = a.get("extract_options") or {}
     seg = ident.get("segment") or {}
-    parts = [f"eastkd extract {source} {path} --teacher {ident.get('teacher', key)}"]
-    parts += [f"--key {key}", f"--segment {seg.get('seconds')}", f"--crop {seg.get('crop')}",
-              f"--dtype {ident.get('dtype')}", "--frames" if ident.get("frames") else "",
-              f"--on-error {opts.get('on_error', 'fail')}", *_views_flags(ident.get("views"))]
     recorded = ", ".join(f"{k}={v}" for k, v in (ident.get("teacher_options") or {}).items())
-    return (" ".join(p for p in parts if p) + " (plus the --teacher-opt/--weights it was run "
-            f"with; teacher options recorded: {recorded or 'none'})")
+    return Rerun("extract", [source, path], {
+        "teacher": ident.get("teacher", key), "key": key, "segment": seg.get("seconds"),
+        "crop": seg.get("crop"), "dtype": ident.get("dtype"), "frames": bool(ident.get("frames")),
+        "on-error": opts.get("on_error", "fail"), **_views_options(ident.get("views"))},
+        note=f"plus the --teacher-opt/--weights it was run with; teacher options recorded: "
+             f"{recorded or 'none'}")
 
 
-def _views_flags(views: dict[str, Any] | None) -> list[str]:
-    """The ``extract --views`` flags of a recorded views identity (none without views)."""
+def _views_options(views: dict[str, Any] | None) -> dict[str, Any]:
+    """The ``extract --views`` options of a recorded views identity (none without views)."""
     if not views:
-        return []
-    flags = [f"--views {views.get('k')}"]
+        return {}
+    out: dict[str, Any] = {"views": views.get("k")}
     if views.get("seconds") is not None:
-        flags.append(f"--view-seconds {views['seconds']}")
+        out["view-seconds"] = views["seconds"]
     if views.get("gain_db"):
-        flags.append(f"--view-gain-db {views['gain_db']}")
-    return flags + [f"--view-seed {views.get('seed')}"]
+        out["view-gain-db"] = views["gain_db"]
+    return {**out, "view-seed": views.get("seed")}
 
 
 def _pending_note(sec: Section, status: np.ndarray, report: VerifyReport) -> None:

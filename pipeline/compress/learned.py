@@ -104,17 +104,6 @@ class LearnedCompressor:
                                 vy if vrows.size else None, items.multi_label,
                                 len(items.class_names), progress)
 
-    def fit_arrays(self, x: np.ndarray, y: np.ndarray, vx: np.ndarray | None,
-                   vy: np.ndarray | None, multi_label: bool, n_classes: int,
-                   progress: bool = False) -> "LearnedCompressor":
-        """Train on in-memory arrays (``y``: class indices, or multi-hot rows if multi-label)."""
-        def stream(a: np.ndarray) -> RowStream:
-            return RowStream.from_tensors({"x": torch.from_numpy(
-                np.asarray(a, dtype=np.float32).reshape(len(a), -1))})
-
-        return self.fit_streams(stream(x), y, stream(vx) if vx is not None else None, vy,
-                                multi_label, n_classes, progress)
-
     def fit_streams(self, train: RowStream, y: np.ndarray, valid: RowStream | None,
                     vy: np.ndarray | None, multi_label: bool, n_classes: int,
                     progress: bool = False) -> "LearnedCompressor":

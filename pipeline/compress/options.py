@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from eastkd.errors import EastkdError
@@ -67,16 +67,6 @@ class CompressOptions:
     plot: str | None | bool = None
     progress: bool = True
     dask: Any = None
-
-    @classmethod
-    def from_kwargs(cls, **kwargs: Any) -> "CompressOptions":
-        """Options from keyword arguments, with a one-line error for an unknown name."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(kwargs) - known)
-        if unknown:
-            raise EastkdError(f"unknown compress option(s): {', '.join(unknown)}; "
-                              f"choose from {', '.join(sorted(known))}")
-        return cls(**kwargs)
 
     def check(self) -> None:
         """Reject values a run cannot use (one line each); ``dim`` becomes a number."""

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from eastkd.pipeline.core import registry
 from eastkd.pipeline.compress.options import CompressOptions, default_name
+from eastkd.pipeline.core.options import options_from_kwargs
 from eastkd.pipeline.core.reading import item_splits
 from eastkd.store import (
     OK,
@@ -220,7 +221,8 @@ def compress(store_path: str, embeddings_key: str | None = None, method: str | N
     t0 = time.perf_counter()
     if options is not None and kwargs:
         raise EastkdError("give compress either a CompressOptions or keyword options, not both")
-    opts = options if options is not None else CompressOptions.from_kwargs(**kwargs)
+    opts = options if options is not None else \
+        options_from_kwargs(CompressOptions, "compress", kwargs)
     given = {"embeddings": embeddings_key, "method": method, "dim": dim, "name": name}
     opts = replace(opts, **{k: v for k, v in given.items() if v is not None})
     opts.check()

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from eastkd.store import (
+    FEATURES,
     OK,
     SKIPPED,
     EastkdError,
@@ -55,7 +56,6 @@ from eastkd.store import (
     open_store,
 )
 
-FEATURES = "logmel"
 DEFAULT_MEMORY_LIMIT = 4 << 30  # bytes of float32 rows held in memory before streaming
 DEFAULT_SHUFFLE_BUFFER = 128 << 20  # bytes of streamed rows shuffled together (one window)
 MAX_WINDOW_UNITS = 256  # more units per window add no diversity worth the latency
@@ -410,14 +410,6 @@ class RowStream:
                                         1, MAX_WINDOW_UNITS))
         self._loader: torch.utils.data.DataLoader | None = None
         self._sampler = _TaskSampler()
-
-    @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> "RowStream":
-        """A resident stream over tensors already in memory (rows are their positions)."""
-        self = cls({}, np.arange(len(next(iter(tensors.values())))))
-        self.shapes = {k: tuple(v.shape[1:]) for k, v in tensors.items()}
-        self.resident = dict(tensors)
-        return self
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -23,15 +23,6 @@ class Registry(Generic[T]):
         self._items: dict[str, Callable[..., T]] = {}
         self._loaded = False
 
-    def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
-        """Decorator that registers a factory under ``name``."""
-
-        def deco(fn: Callable[..., T]) -> Callable[..., T]:
-            self._items[name] = fn
-            return fn
-
-        return deco
-
     def _load_entry_points(self) -> None:
         if self._loaded:
             return

@@ -76,7 +76,7 @@ def _dataset_name(path: Path) -> str:
 # manifest files
 
 
-def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
+def read_manifest_rows(path: Path) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
     """Columns and ``(line number, row)`` pairs of a CSV or JSONL manifest."""
     if path.suffix.lower() == ".csv":
         with path.open(newline="", encoding="utf-8-sig") as fh:
@@ -151,7 +151,7 @@ def load_manifest(path: str, split_ratios: tuple[float, float, float] = DEFAULT_
         )
     if mpath.suffix.lower() not in _MANIFEST_SUFFIXES:
         raise EastkdError(f"manifest {mpath} must end in .csv or .jsonl")
-    columns, rows = _read_rows(mpath)
+    columns, rows = read_manifest_rows(mpath)
     missing = [c for c in ("id", "path") if c not in columns]
     if "label" not in columns and "labels" not in columns:
         missing.append("label (or labels)")

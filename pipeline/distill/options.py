@@ -8,7 +8,7 @@ groups ``eastkd.losses`` and ``eastkd.students``), plus ``none`` for the task-on
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from eastkd.errors import EastkdError
@@ -71,17 +71,6 @@ class DistillOptions:
     resume: bool = False
     overwrite: bool = False
 
-    @classmethod
-    def from_kwargs(cls, **kwargs: Any) -> "DistillOptions":
-        """Options from keyword arguments, with a one-line error for an unknown name."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(kwargs) - known)
-        if unknown:
-            raise EastkdError(f"unknown distill option(s): {', '.join(unknown)}; "
-                              f"choose from {', '.join(sorted(known))}")
-        return cls(**kwargs)
-
-    @property
     def uses_kd(self) -> bool:
         return self.kd != NO_KD
 

@@ -50,6 +50,7 @@ from eastkd.pipeline.core.device import resolve_device
 from eastkd.pipeline.distill.complexity import count_parameters
 from eastkd.pipeline.distill.evaluate import compute_metrics, predict, selection_metric
 from eastkd.pipeline.distill.losses import FrameTiming, TimeAlignment
+from eastkd.pipeline.core.options import options_from_kwargs
 from eastkd.pipeline.distill.options import GRAD_CLIP, RUNTIME_KEYS, DistillOptions
 from eastkd.pipeline.runs.rundir import (
     BEST,
@@ -555,7 +556,8 @@ def distill(store_path: str, targets: str | None, out_dir: str,
     after the epoch's checkpoints are written.
     """
     t0 = time.perf_counter()
-    opts = DistillOptions.from_kwargs(**kwargs) if options is None else options
+    opts = options if options is not None else \
+        options_from_kwargs(DistillOptions, "distill", kwargs)
     if kwargs and options is not None:
         raise EastkdError("give distill either a DistillOptions or keyword options, not both")
     if targets is not None:

@@ -10,9 +10,9 @@ from eastkd.pipeline.core.audio import DEFAULT_RESAMPLER
 from eastkd.pipeline.core.features import LogMelParams
 from eastkd.pipeline.core.views import ViewSpec
 from eastkd.errors import EastkdError
+from eastkd.store import FEATURES
 
 ON_ERROR = ("fail", "skip")
-FEATURES = "logmel"
 MAX_DEFAULT_WORKERS = 8
 
 

@@ -48,11 +48,11 @@ def read_student_inputs(path: str) -> StudentInputs:
     if not os.path.exists(path) and "://" not in path:
         raise EastkdError(f"--like {path}: no such run directory or store; give a RUN_DIR "
                           f"(with {CONFIG}) or a store")
-    from eastkd.store import open_store
+    from eastkd.store import FEATURES, open_store
 
     with open_store(path, "r") as store:
-        if not store.has_section("features", "logmel"):
+        if not store.has_section("features", FEATURES):
             raise EastkdError(f"--like {path}: the store has no log-mel features; extract it "
                               "first or give a RUN_DIR")
-        attrs = store.features("logmel").attrs
+        attrs = store.features(FEATURES).attrs
     return _from_dicts(attrs.get("params", {}), attrs.get("segment", {}), path)

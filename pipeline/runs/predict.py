@@ -17,7 +17,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from eastkd.pipeline.core.audio import AudioError, Segment, decode, fit_segment, read_bytes, resample
+from eastkd.pipeline.core.audio import (
+    AudioError,
+    Segment,
+    decode,
+    fit_segment,
+    read_bytes,
+    resample,
+)
 from eastkd.pipeline.core.device import resolve_device
 from eastkd.pipeline.distill.evaluate import build_student, load_run
 from eastkd.pipeline.core.features import LogMel
@@ -95,9 +102,9 @@ class Predictor:
 def _manifest_files(path: Path) -> list[tuple[str, str]]:
     """``(id, path)`` of every row of a manifest (only ``path`` is needed; ``id`` defaults to
     it; paths relative to the manifest's folder)."""
-    from eastkd.pipeline.datasets.manifest import _read_rows
+    from eastkd.pipeline.datasets.manifest import read_manifest_rows
 
-    columns, rows = _read_rows(path)
+    columns, rows = read_manifest_rows(path)
     if "path" not in columns:
         raise EastkdError(f"manifest {path} has no 'path' column; list one audio file per row")
     base = path.resolve().parent

@@ -141,10 +141,6 @@ class Backend(ABC):
     def close(self) -> None:
         """Release file handles."""
 
-    def native(self, path: str) -> Any:
-        """The library's own array object (zarr.Array / h5py.Dataset), e.g. for dask."""
-        raise NotImplementedError
-
 
 def is_string_dtype(dtype: Any) -> bool:
     return dtype is str or np.dtype(dtype).kind in "OUT"

@@ -524,6 +524,3 @@ class HDF5Backend(Backend):
             raise (write_failure(self.path, "its data", OSError(str(e)))
                    or self._damaged("closing the file", e)) from None
         self._file = None
-
-    def native(self, path: str) -> h5py.Dataset:
-        return self._ds(path)

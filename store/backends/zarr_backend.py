@@ -279,6 +279,3 @@ class ZarrBackend(Backend):
     def close(self) -> None:
         if isinstance(self._store, ZipStore):
             self._store.close()
-
-    def native(self, path: str) -> zarr.Array:
-        return self._arr(path)
