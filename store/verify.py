@@ -430,7 +430,7 @@ def _views_options(views: dict[str, Any] | None) -> dict[str, Any]:
         out["view-seconds"] = views["seconds"]
     if views.get("gain_db"):
         out["view-gain-db"] = views["gain_db"]
-    return {**out, "view-seed": views.get("seed")}
+    return {**out, "view-seed": str(views.get("seed"))}  # a string: seed 0 is not a False flag
 
 
 def _pending_note(sec: Section, status: np.ndarray, report: VerifyReport) -> None:
