@@ -170,7 +170,7 @@ def test_compress_fits_every_view_and_writes_targets_per_view(views_store, tmp_p
         v = epoch_views(0, 1, b.rows, 3)
         np.testing.assert_array_equal(b.t.numpy(), values[b.rows, v])
         assert b.x.shape == (4, 96, LogMelParams().n_frames(9600))
-    with pytest.raises(EastkdError, match="3 views per item: compress fits them with --method"):
+    with pytest.raises(EastkdError, match="3 views per item: compress fits them with --method pca"):
         compress(str(store), KEY, "learned", 8, name="l8", plot=False, progress=False)
 
 

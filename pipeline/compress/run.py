@@ -268,9 +268,9 @@ def _check_fit(store: Store, emb: Section, key: str, status: np.ndarray,
     dim, fit_split = opts.dim, opts.fit_split
     src = emb.array("clip")
     views = n_views(emb)
-    if views and (opts.method != "pca" or opts.dask is not None):
+    if views and opts.method != "pca":
         raise EastkdError(f"embeddings {key!r} have {views} views per item: compress fits "
-                          "them with --method pca, in-process (no --dask) for now")
+                          "them with --method pca only, for now")
     d_in = int(np.prod(src.shape[2 if views else 1:]))
     if isinstance(dim, int) and dim > d_in:
         raise EastkdError(f"--dim {dim} is larger than the {d_in}-d embeddings {key!r}; "
@@ -317,7 +317,8 @@ def _fit(store: Store, store_path: str, emb: Section, comp: Any, rows: np.ndarra
     if opts.dask is not None:
         from eastkd.pipeline.compress.pca_dask import fit_on_cluster
 
-        fit_on_cluster(comp, store_path, emb.path, "clip", rows, opts.dask)
+        fit_on_cluster(comp, store_path, emb.path, "clip", rows, opts.dask,
+                       views=bool(n_views(emb)))
     elif n_views(emb):  # every view of every fit item is one fit row
         flat = ViewRows(emb.array("clip"))
         comp.fit(flat, flat.rows(rows), store.items, valid_rows, opts.progress)
