@@ -71,6 +71,7 @@ class DistillOptions:
     resume: bool = False
     overwrite: bool = False
 
+    @property
     def uses_kd(self) -> bool:
         return self.kd != NO_KD
 

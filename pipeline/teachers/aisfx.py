@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from eastkd.pipeline.teachers.base import Teacher, TeacherOutput, file_sha256, float32_front_end
-from eastkd.store.errors import EastkdError
+from eastkd.errors import EastkdError
 
 SAMPLE_RATE = 44100
 EMBEDDING_DIM = 512
