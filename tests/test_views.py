@@ -170,8 +170,15 @@ def test_compress_fits_every_view_and_writes_targets_per_view(views_store, tmp_p
         v = epoch_views(0, 1, b.rows, 3)
         np.testing.assert_array_equal(b.t.numpy(), values[b.rows, v])
         assert b.x.shape == (4, 96, LogMelParams().n_frames(9600))
-    with pytest.raises(EastkdError, match="3 views per item: compress fits them with --method pca"):
-        compress(str(store), KEY, "learned", 8, name="l8", plot=False, progress=False)
+    # the learned transformation: every view of a labelled train item is one row
+    learned = compress(str(store), KEY, "learned", 4, name="l4", plot=False, progress=False,
+                       epochs=3)
+    assert learned.fit_rows == 3 * len(train)
+    with open_store(str(store)) as s:
+        lv, p = s.targets("l4").array("values")[:], s.read_params(s.targets("l4"))
+    assert lv.shape == (15, 3, 4)
+    want = ((clip - p["input_mean"]) / p["input_std"]) @ p["weight"].T + p["bias"]
+    np.testing.assert_allclose(lv, want, rtol=1e-4, atol=1e-4)
 
 
 # ------------------------------------------------------------------------------------------

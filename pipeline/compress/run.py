@@ -102,6 +102,10 @@ class ViewRows:
     def dtype(self) -> np.dtype:
         return self.array.dtype
 
+    @property
+    def backend(self) -> Any:  # a reader in this process (workers=0) reads through this view
+        return self.array.backend
+
     def rows(self, items: np.ndarray) -> np.ndarray:
         """The flat rows of every view of ``items``."""
         return (np.asarray(items, dtype=np.int64)[:, None] * self.k + np.arange(self.k)).ravel()
@@ -268,9 +272,6 @@ def _check_fit(store: Store, emb: Section, key: str, status: np.ndarray,
     dim, fit_split = opts.dim, opts.fit_split
     src = emb.array("clip")
     views = n_views(emb)
-    if views and opts.method != "pca":
-        raise EastkdError(f"embeddings {key!r} have {views} views per item: compress fits "
-                          "them with --method pca only, for now")
     d_in = int(np.prod(src.shape[2 if views else 1:]))
     if isinstance(dim, int) and dim > d_in:
         raise EastkdError(f"--dim {dim} is larger than the {d_in}-d embeddings {key!r}; "
@@ -319,12 +320,40 @@ def _fit(store: Store, store_path: str, emb: Section, comp: Any, rows: np.ndarra
 
         fit_on_cluster(comp, store_path, emb.path, "clip", rows, opts.dask,
                        views=bool(n_views(emb)))
+    elif n_views(emb) and opts.method == "learned":
+        _fit_learned_views(comp, ViewRows(emb.array("clip")), rows, store.items, valid_rows,
+                           opts.progress)
     elif n_views(emb):  # every view of every fit item is one fit row
         flat = ViewRows(emb.array("clip"))
         comp.fit(flat, flat.rows(rows), store.items, valid_rows, opts.progress)
     else:
         comp.fit(emb.array("clip"), rows, store.items, valid_rows, opts.progress)
     return valid_rows
+
+
+def _fit_learned_views(comp: Any, flat: ViewRows, rows: np.ndarray, items: Any,
+                       valid_rows: np.ndarray | None, progress: bool) -> None:
+    """The learned transformation on every view of the labelled fit (and valid) items, each
+    view one row with its item's label; read in this process (the view rows are a read-only
+    view of the stored array, which reader processes could not reopen)."""
+    from eastkd.pipeline.core.reading import RowStream
+
+    def labelled(r: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        r, y = comp._targets(items, np.asarray(r if r is not None else [], dtype=np.int64))
+        return flat.rows(r), np.repeat(y, flat.k, axis=0)
+
+    train, y = labelled(rows)
+    if train.size == 0:
+        raise EastkdError("no fit rows carry a label; the learned transformation needs "
+                          "labelled training items")
+    valid, vy = labelled(valid_rows)
+
+    def stream(r: np.ndarray) -> RowStream:
+        return RowStream({"x": flat}, r, memory_limit=comp.memory_limit, workers=0)
+
+    comp.fit_streams(stream(train), y, stream(valid) if valid.size else None,
+                     vy if valid.size else None, items.multi_label, len(items.class_names),
+                     progress)
 
 
 def _targets_attrs(store: Store, emb: Section, key: str, comp: Any, identity: dict[str, Any],
