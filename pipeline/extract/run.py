@@ -21,6 +21,7 @@ from eastkd.pipeline.core.audio import RESAMPLERS, Segment
 from eastkd.pipeline.datasets.base import DatasetSpec
 from eastkd.pipeline.datasets.manifest import resolve_dataset
 from eastkd.pipeline.core.device import resolve_device
+from eastkd.pipeline.core.features import LogMelParams
 from eastkd.pipeline.core.views import PARAMS, ViewSpec, crop_views, view_params
 from eastkd.pipeline.extract.inputs import ClipBatches, FileRef, FrontEnd, Target, to_device
 from eastkd.pipeline.extract.options import FEATURES, ON_ERROR, ExtractOptions, ExtractSummary
@@ -395,7 +396,7 @@ def _stream(loader: Any, batches: list[Batch], front: FrontEnd, teacher: Teacher
 class _ViewCutter:
     """Cuts a batch's segment waves into its items' K views (parameters drawn per item)."""
 
-    def __init__(self, views: ViewSpec, segment: Segment, lm: Any, ids: list[str],
+    def __init__(self, views: ViewSpec, segment: Segment, lm: LogMelParams, ids: list[str],
                  sample_rate: int) -> None:
         self.views, self.segment, self.lm, self.ids = views, segment, lm, ids
         self.sample_rate = sample_rate
