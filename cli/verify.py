@@ -7,17 +7,6 @@ import click
 from eastkd.cli.options import store_access
 
 
-def rerun_command(rerun) -> str:  # noqa: ANN001 (store.verify.Rerun; imported lazily)
-    """A structured rerun hint as the command line a user types."""
-    parts = ["eastkd", rerun.stage, *rerun.args]
-    for flag, value in rerun.options.items():
-        if value is True:
-            parts.append(f"--{flag}")
-        elif value not in (False, None):
-            parts.append(f"--{flag} {value}")
-    return " ".join(parts) + (f" ({rerun.note})" if rerun.note else "")
-
-
 def _print_text(report) -> None:  # noqa: ANN001 (VerifyReport; imported lazily)
     from eastkd.cli.report import human_bytes
 
@@ -37,7 +26,7 @@ def _print_text(report) -> None:  # noqa: ANN001 (VerifyReport; imported lazily)
                    "`eastkd verify FOLDER --repair`, then rerun:")
     elif report.damaged and report.rerun:
         click.echo(f"repair with `eastkd verify {report.store} --repair`, then rerun:")
-    commands = list(dict.fromkeys(rerun_command(r) for r in report.rerun))
+    commands = list(dict.fromkeys(r.command() for r in report.rerun))
     if report.damaged or report.repaired:
         for cmd in commands:
             click.echo(f"  {cmd}")

@@ -380,12 +380,22 @@ def _check_provenance(store: Store, sec: Section, status: np.ndarray,
 class Rerun:
     """A command that recomputes a section's pending rows, as data: the ``eastkd`` stage, its
     positional arguments and its options (flag -> value; True for a bare flag). ``note`` says
-    what the command cannot carry (e.g. options not recorded). The CLI renders it."""
+    what the command cannot carry (e.g. options not recorded)."""
 
     stage: str
     args: list[str]
     options: dict[str, Any]
     note: str = ""
+
+    def command(self) -> str:
+        """The command line a user types (the note in brackets after it)."""
+        parts = ["eastkd", self.stage, *self.args]
+        for flag, value in self.options.items():
+            if value is True:
+                parts.append(f"--{flag}")
+            elif value not in (False, None):
+                parts.append(f"--{flag} {value}")
+        return " ".join(parts) + (f" ({self.note})" if self.note else "")
 
 
 def _rerun_hint(store: Store, sec: Section) -> Rerun:
