@@ -81,6 +81,22 @@ if TYPE_CHECKING:
                    "resume units (chunks of small rows hold up to 8192 items). Default: a cap "
                    "giving small datasets at least 8 units. Each chunk is written once: the "
                    "writer holds one chunk per array (about 4 MB each) plus 8 queued batches.")
+@click.option("--views", type=click.IntRange(min=1), default=1, metavar="K",
+              help="Seeded views per item, each run through the teacher: embeddings get a view "
+                   "axis (items x K x D; frames items x K x T x D) and the view parameters are "
+                   "stored per item and view. The student's log-mel stays one per item, over "
+                   "the whole segment; distill cuts each view out of it. 1: one view, the "
+                   "segment (the layout without views).")
+@click.option("--view-seconds", type=click.FloatRange(min=0, min_open=True), default=None,
+              metavar="S", help="Each view is a random crop of S seconds inside the segment, "
+                                "starting on the student's log-mel hop grid (needs --views K > "
+                                "1).  [default: the whole segment]")
+@click.option("--view-gain-db", type=click.FloatRange(min=0), default=0.0, metavar="G",
+              help="Each view gets a random gain, uniform in +-G dB (needs --views K > 1).")
+@click.option("--view-seed", type=int, default=None,
+              help="Seed of the views: view v of an item is drawn from (seed, item id, v) "
+                   "alone, so shards, workers and resumed runs draw the same.  [default: "
+                   "--split-seed]")
 @click.option("--n-mels", type=click.IntRange(min=8), default=96, help="Log-mel bands.")
 @click.option("--student-sr", type=click.IntRange(min=8000), default=16000,
               help="Sample rate of the student's log-mel input.")
@@ -106,7 +122,8 @@ def command(ctx: click.Context,
             frames: bool, batch_size: int, batch_seconds: float | None, workers: int | None,
             resampler: str, device: str, on_error: str, allow_duplicates: bool,
             overwrite: bool, rehash: bool,
-            shard: str, dask_cluster: str | None, chunk_items: int | None, n_mels: int,
+            shard: str, dask_cluster: str | None, chunk_items: int | None, views: int,
+            view_seconds: float | None, view_gain_db: float, view_seed: int | None, n_mels: int,
             student_sr: int, like: str | None, split_ratios: str, split_seed: int,
             unlabelled: tuple[str, ...], progress: bool | None) -> None:
     """Run TEACHER once over DATASET and write embeddings and log-mel features into STORE.
@@ -144,7 +161,9 @@ def command(ctx: click.Context,
         frames=frames, batch_size=batch_size, batch_seconds=batch_seconds, workers=workers,
         resampler=resampler, device=device, on_error=on_error, overwrite=overwrite,
         rehash=rehash, shard=parse_shard(shard), progress=progress, chunk_items=chunk_items,
-        logmel=logmel, allow_duplicates=allow_duplicates,
+        logmel=logmel, allow_duplicates=allow_duplicates, views=views,
+        view_seconds=view_seconds, view_gain_db=view_gain_db,
+        view_seed=split_seed if view_seed is None else view_seed,
     )
     if dask_cluster:
         from eastkd.pipeline.extract.distributed import extract_distributed

@@ -70,6 +70,10 @@ def _print_text(d: dict[str, Any], show_skipped: int) -> None:
                 facts.append(f"probe test {metric} {float(test[metric]):.3f}")
             if "segment" in a:
                 facts.append(f"segment={a['segment'].get('seconds')}s/{a['segment'].get('crop')}")
+            views = a.get("views")
+            if isinstance(views, dict) and "seconds" in views:  # extract --views K
+                facts.append(f"views={views.get('k')} x {views.get('seconds')}s, "
+                             f"gain ±{views.get('gain_db')} dB, seed {views.get('seed')}")
             if facts:
                 click.echo("  " + " " * 19 + ", ".join(facts))
             for sk in s["skipped"][:show_skipped]:

@@ -34,7 +34,6 @@ from eastkd.store.damage import is_nan_fill, missing_rows, reason_of, rows_text
 from eastkd.errors import EastkdError, StoreDamageError
 from eastkd.store.items import SPLITS, ItemsTable
 from eastkd.store.store import (
-    FORMAT_VERSION,
     OK,
     PENDING,
     SECTION_KINDS,
@@ -525,9 +524,22 @@ def _extract_hint(path: str, source: str, key: str, a: dict[str, Any],
     return Rerun("extract", [source, path], {
         "teacher": ident.get("teacher", key), "key": key, "segment": seg.get("seconds"),
         "crop": seg.get("crop"), "dtype": ident.get("dtype"), "frames": bool(ident.get("frames")),
-        "on-error": opts.get("on_error", "fail"), "unlabelled": unlabelled},
+        "on-error": opts.get("on_error", "fail"), "unlabelled": unlabelled,
+        **_views_options(ident.get("views"))},
         note=f"plus the --teacher-opt/--weights it was run with; teacher options recorded: "
              f"{recorded or 'none'}")
+
+
+def _views_options(views: dict[str, Any] | None) -> dict[str, Any]:
+    """The ``extract --views`` options of a recorded views identity (none without views)."""
+    if not views:
+        return {}
+    out: dict[str, Any] = {"views": views.get("k")}
+    if views.get("seconds") is not None:
+        out["view-seconds"] = views["seconds"]
+    if views.get("gain_db"):
+        out["view-gain-db"] = views["gain_db"]
+    return {**out, "view-seed": str(views.get("seed"))}  # a string: seed 0 is not a False flag
 
 
 def _pending_note(sec: Section, status: np.ndarray, report: VerifyReport) -> None:
@@ -679,7 +691,7 @@ def verify(path: str, repair: bool = False, progress: Progress = False,
         report.backend = store.backend_name
         report.format_version = int(attrs.get("format_version", 0))
         report.bytes_on_disk = store.nbytes_stored()
-        if report.format_version < FORMAT_VERSION:
+        if report.format_version < 2:
             report.findings.append(Finding("/", f"format version {report.format_version}: "
                                                 "arrays written before version 2 carry no "
                                                 "checksums", damage=False))

@@ -212,6 +212,13 @@ def _chunk_mtimes(store: Path) -> dict[str, int]:
             if p.is_file() and "/c/" in str(p.relative_to(store))}
 
 
+# a views variant of the resume, backend and shard tests: (CLI flags, ExtractOptions fields)
+NO_VIEWS: tuple[list[str], dict[str, Any]] = ([], {})
+VIEWS = (["--views", "3", "--view-seconds", "0.6", "--view-gain-db", "6"],
+         {"views": 3, "view_seconds": 0.6, "view_gain_db": 6.0})
+VIEW_VARIANTS = pytest.mark.parametrize("views", [NO_VIEWS, VIEWS], ids=["plain", "views"])
+
+
 def _kill_when(args: list[str], ok_rows: Any, at_least: int) -> None:
     """Start `eastkd ARGS`, SIGKILL it once ``ok_rows()`` reaches ``at_least``, and wait until
     its whole process group (the DataLoader worker too, which shares the store's file
@@ -236,13 +243,14 @@ def _kill_when(args: list[str], ok_rows: Any, at_least: int) -> None:
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
 
 
-def test_resume_after_sigkill_equals_uninterrupted_run(demo_manifest: Path,
-                                                       tmp_path: Path) -> None:
+@VIEW_VARIANTS
+def test_resume_after_sigkill_equals_uninterrupted_run(demo_manifest: Path, tmp_path: Path,
+                                                       views: tuple) -> None:
     manifest = write_manifest(tmp_path / "m.csv", pick(demo_manifest, 8))  # 40 clips
     store = tmp_path / "killed.zarr"
     # chunks of 8 items: 5 units, each written data-first, status-last
     args = ["extract", str(manifest), str(store), *HOP_CLI, "--frames", "--chunk-items", "8",
-            "--batch-size", "8", "--no-progress"]
+            "--batch-size", "8", "--no-progress", *views[0]]
     _kill_when(args, lambda: _ok_rows(store), 8)
     done = _ok_rows(store)
     assert 8 <= done < 40, done
@@ -264,9 +272,11 @@ def test_resume_after_sigkill_equals_uninterrupted_run(demo_manifest: Path,
             assert after[rel] == mtime, rel
 
     ref = tmp_path / "uninterrupted.zarr"
-    extract(str(manifest), str(ref), opts(frames=True, chunk_items=8, batch_size=8, workers=1))
+    extract(str(manifest), str(ref), opts(frames=True, chunk_items=8, batch_size=8, workers=1,
+                                          **views[1]))
     got, want = all_arrays(store), all_arrays(ref)
-    assert got["embeddings/crepe-tiny/frames"].shape == (40, 11, 256)
+    assert got["embeddings/crepe-tiny/frames"].shape == ((40, 3, 7, 256) if views[0] else
+                                                         (40, 11, 256))
     assert (got["embeddings/crepe-tiny/status"] == OK).all()
     assert_bitwise_equal(got, want)
     assert _digest(store) == _digest(ref) is not None  # the content digest survives the kill
@@ -291,13 +301,14 @@ def _h5_ok_rows(store: Path) -> int:
         return 0
 
 
+@VIEW_VARIANTS
 def test_hdf5_resume_after_sigkill_equals_uninterrupted_run(demo_manifest: Path,
-                                                            tmp_path: Path) -> None:
+                                                            tmp_path: Path, views: tuple) -> None:
     """HDF5 is flushed after every block: a file killed between blocks reopens and resumes."""
     manifest = write_manifest(tmp_path / "m.csv", pick(demo_manifest, 8))  # 40 clips
     store = tmp_path / "killed.h5"
     args = ["extract", str(manifest), str(store), *HOP_CLI, "--chunk-items", "8",
-            "--batch-size", "8", "--no-progress"]
+            "--batch-size", "8", "--no-progress", *views[0]]
     _kill_when(args, lambda: _h5_ok_rows(store), 8)
     done = _ok_rows(store)
     assert 8 <= done < 40, done
@@ -305,7 +316,7 @@ def test_hdf5_resume_after_sigkill_equals_uninterrupted_run(demo_manifest: Path,
     assert rerun.returncode == 0, rerun.stderr
     assert f"{done} already done, of 40 items" in rerun.stdout
     ref = tmp_path / "uninterrupted.h5"
-    extract(str(manifest), str(ref), opts(chunk_items=8, batch_size=8, workers=1))
+    extract(str(manifest), str(ref), opts(chunk_items=8, batch_size=8, workers=1, **views[1]))
     assert_bitwise_equal(all_arrays(store), all_arrays(ref))
     assert _digest(store) == _digest(ref) is not None
 
@@ -536,10 +547,13 @@ def test_rerun_of_a_finished_store_does_not_load_the_teacher(
 # backends, shards
 
 
-def test_zarr_and_hdf5_hold_identical_values(demo_manifest: Path, tmp_path: Path) -> None:
+@VIEW_VARIANTS
+def test_zarr_and_hdf5_hold_identical_values(demo_manifest: Path, tmp_path: Path,
+                                             views: tuple) -> None:
     manifest = write_manifest(tmp_path / "m.csv", pick(demo_manifest, 3))
     for ext in (".zarr", ".h5"):
-        extract(str(manifest), str(tmp_path / f"s{ext}"), opts(frames=True, dtype="float32"))
+        extract(str(manifest), str(tmp_path / f"s{ext}"), opts(frames=True, dtype="float32",
+                                                                 **views[1]))
     z, h = all_arrays(tmp_path / "s.zarr"), all_arrays(tmp_path / "s.h5")
     assert z["embeddings/crepe-tiny/clip"].dtype == np.float32
     assert_bitwise_equal(z, h)
@@ -548,11 +562,13 @@ def test_zarr_and_hdf5_hold_identical_values(demo_manifest: Path, tmp_path: Path
         assert s.backend_name == "hdf5" and s.embeddings("crepe-tiny").complete
 
 
-def test_two_concurrent_shards_fill_one_store(demo_manifest: Path, tmp_path: Path) -> None:
+@VIEW_VARIANTS
+def test_two_concurrent_shards_fill_one_store(demo_manifest: Path, tmp_path: Path,
+                                              views: tuple) -> None:
     manifest = write_manifest(tmp_path / "m.csv", pick(demo_manifest, 4))  # 20 clips
     store = tmp_path / "sharded.zarr"
     common = ["extract", str(manifest), str(store), *HOP_CLI, "--chunk-items", "4",
-              "--no-progress"]
+              "--no-progress", *views[0]]
     procs = [subprocess.Popen([sys.executable, "-m", "eastkd.cli.main", *common, "--shard",
                                f"{i}/2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for i in range(2)]
@@ -562,7 +578,7 @@ def test_two_concurrent_shards_fill_one_store(demo_manifest: Path, tmp_path: Pat
     # units of 4 items: shard 0 gets units 0, 2, 4 (12 clips), shard 1 units 1, 3 (8 clips)
     assert "12 written" in outs[0][0] and "8 written" in outs[1][0]
     ref = tmp_path / "single.zarr"
-    extract(str(manifest), str(ref), opts(chunk_items=4, workers=1))
+    extract(str(manifest), str(ref), opts(chunk_items=4, workers=1, **views[1]))
     assert_bitwise_equal(all_arrays(store), all_arrays(ref))
 
     with pytest.raises(EastkdError, match="--shard needs a Zarr store"):

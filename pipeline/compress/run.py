@@ -81,6 +81,51 @@ class CompressResult:
     reused: bool
 
 
+class ViewRows:
+    """An embeddings array with views (N x K x D) read as N*K rows of D: row ``i*K + v`` is view
+    ``v`` of item ``i``. What a compressor fits on, so that it sees every view's embedding
+    (the read-only part of :class:`~eastkd.store.StoreArray` that fitting uses)."""
+
+    def __init__(self, array: Any) -> None:
+        self.array = array
+        self.k = int(array.shape[1])
+        self.path = array.path
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        n, k, *rest = self.array.shape
+        return (n * k, *rest)
+
+    @property
+    def chunks(self) -> tuple[int, ...]:
+        c, k, *rest = self.array.chunks
+        return (c * k, *rest)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.array.dtype
+
+    @property
+    def backend(self) -> Any:  # a reader in this process (workers=0) reads through this view
+        return self.array.backend
+
+    def rows(self, items: np.ndarray) -> np.ndarray:
+        """The flat rows of every view of ``items``."""
+        return (np.asarray(items, dtype=np.int64)[:, None] * self.k + np.arange(self.k)).ravel()
+
+    def __getitem__(self, selection: slice) -> np.ndarray:
+        lo, hi, _ = selection.indices(self.shape[0])
+        first, last = lo // self.k, -(-hi // self.k)
+        block = self.array[first:last]
+        block = block.reshape(len(block) * self.k, *block.shape[2:])
+        return block[lo - first * self.k:hi - first * self.k]
+
+
+def n_views(emb: Section) -> int:
+    """K of embeddings written with ``extract --views K`` (a view axis); 0 without views."""
+    return int(emb.array("clip").shape[1]) if emb.has("views") else 0
+
+
 def default_plot_path(store_path: str, name: str) -> str:
     """``<store>.<name>.png`` beside the store (never inside it); for a store at a URL, in the
     current folder."""
@@ -214,11 +259,13 @@ def compress(store_path: str, embeddings_key: str | None = None, method: str | N
         fit_seconds = time.perf_counter() - tf
         attrs = _targets_attrs(store, emb, key, comp, identity, rows, valid_rows, opts,
                                fit_seconds)
+        views = n_views(emb)
+        spec = (ArraySpec((views, comp.out_dim), "float32", ("view", "dim")) if views
+                else ArraySpec((comp.out_dim,), "float32"))
         errors = emb.errors()
         # all or nothing: an HDF5 store gets the section through a copy swapped in at the end
         with store.replacing(f"targets/{name}"):
-            sec = store.require_section("targets", name,
-                                        {"values": ArraySpec((comp.out_dim,), "float32")},
+            sec = store.require_section("targets", name, {"values": spec},
                                         attrs=attrs, identity=identity, overwrite=existing)
             store.write_params(sec, comp.params())
             _write_values(sec, emb.array("clip"), status, errors, comp, key, opts.progress)
@@ -234,7 +281,8 @@ def _check_fit(store: Store, emb: Section, key: str, status: np.ndarray,
     ``sized`` by ``--dim``, the fit split exists)."""
     dim, fit_split = opts.dim, opts.fit_split
     src = emb.array("clip")
-    d_in = int(np.prod(src.shape[1:]))
+    views = n_views(emb)
+    d_in = int(np.prod(src.shape[2 if views else 1:]))
     if sized and isinstance(dim, int) and dim > d_in:
         raise EastkdError(f"--dim {dim} is larger than the {d_in}-d embeddings {key!r}; "
                           f"choose at most {d_in}")
@@ -246,9 +294,10 @@ def _check_fit(store: Store, emb: Section, key: str, status: np.ndarray,
     if rows.size == 0:
         raise EastkdError(f"--fit-split {fit_split!r}: no item of it has embeddings "
                           f"{key!r} (all skipped); choose another split")
-    if opts.method == "pca" and isinstance(dim, int) and dim > rows.size:
-        raise EastkdError(f"--dim {dim}: PCA on {rows.size} {fit_split} rows gives at most "
-                          f"{rows.size} components; choose a smaller --dim")
+    n_fit = rows.size * max(1, views)  # every view of a fit item is a fit row
+    if opts.method == "pca" and isinstance(dim, int) and dim > n_fit:
+        raise EastkdError(f"--dim {dim}: PCA on {n_fit} {fit_split} rows gives at most "
+                          f"{n_fit} components; choose a smaller --dim")
     return rows
 
 
@@ -279,10 +328,42 @@ def _fit(store: Store, store_path: str, emb: Section, comp: Any, rows: np.ndarra
     if opts.dask is not None:
         from eastkd.pipeline.compress.pca_dask import fit_on_cluster
 
-        fit_on_cluster(comp, store_path, emb.path, "clip", rows, opts.dask)
+        fit_on_cluster(comp, store_path, emb.path, "clip", rows, opts.dask,
+                       views=bool(n_views(emb)))
+    elif n_views(emb) and opts.method == "learned":
+        _fit_learned_views(comp, ViewRows(emb.array("clip")), rows, store.items, valid_rows,
+                           opts.progress)
+    elif n_views(emb):  # every view of every fit item is one fit row
+        flat = ViewRows(emb.array("clip"))
+        comp.fit(flat, flat.rows(rows), store.items, valid_rows, opts.progress)
     else:
         comp.fit(emb.array("clip"), rows, store.items, valid_rows, opts.progress)
     return valid_rows
+
+
+def _fit_learned_views(comp: Any, flat: ViewRows, rows: np.ndarray, items: Any,
+                       valid_rows: np.ndarray | None, progress: bool) -> None:
+    """The learned transformation on every view of the labelled fit (and valid) items, each
+    view one row with its item's label; read in this process (the view rows are a read-only
+    view of the stored array, which reader processes could not reopen)."""
+    from eastkd.pipeline.core.reading import RowStream
+
+    def labelled(r: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        r, y = comp._targets(items, np.asarray(r if r is not None else [], dtype=np.int64))
+        return flat.rows(r), np.repeat(y, flat.k, axis=0)
+
+    train, y = labelled(rows)
+    if train.size == 0:
+        raise EastkdError("no fit rows carry a label; the learned transformation needs "
+                          "labelled training items")
+    valid, vy = labelled(valid_rows)
+
+    def stream(r: np.ndarray) -> RowStream:
+        return RowStream({"x": flat}, r, memory_limit=comp.memory_limit, workers=0)
+
+    comp.fit_streams(stream(train), y, stream(valid) if valid.size else None,
+                     vy if valid.size else None, items.multi_label, len(items.class_names),
+                     progress)
 
 
 def _targets_attrs(store: Store, emb: Section, key: str, comp: Any, identity: dict[str, Any],
@@ -314,10 +395,12 @@ def _targets_attrs(store: Store, emb: Section, key: str, comp: Any, identity: di
         "fit_rows_sha256": rows_fingerprint(store, rows),
         "valid_rows_sha256": rows_fingerprint(store, valid_rows)
         if getattr(comp, "uses_valid_rows", True) else None,
-        "input_dim": int(np.prod(emb.array("clip").shape[1:])),
+        "input_dim": int(emb.array("clip").shape[-1]),
         "dim": comp.out_dim,
         "whiten": bool(opts.whiten),
-        "layout": "items x dims",
+        "layout": "items x views x dims" if n_views(emb) else "items x dims",
+        **({"views": {"k": n_views(emb), "source": f"{emb.path}/views"}} if n_views(emb)
+           else {}),
         "params": sorted(comp.params()),
         "seconds": round(fit_seconds, 3),
         "eastkd_version": eastkd_version(),
@@ -335,9 +418,11 @@ def _write_values(sec: Section, src: Any, status: np.ndarray, errors: np.ndarray
     for start in range(0, n, step):
         stop = min(n, start + step)
         ok = status[start:stop] == OK
-        values = np.zeros((stop - start, comp.out_dim), dtype=np.float32)
-        if ok.any():
-            values[ok] = comp.transform(src[start:stop][ok])
+        values = np.zeros((stop - start, *src.shape[1:-1], comp.out_dim), dtype=np.float32)
+        if ok.any():  # with views: each view transformed alike (items x views x d)
+            x = src[start:stop][ok]
+            y = comp.transform(x.reshape(-1, x.shape[-1]) if x.ndim == 3 else x)
+            values[ok] = y.reshape(len(x), *values.shape[1:])
         errs = ["" if o else f"skipped in embeddings/{key}: {e}"
                 for o, e in zip(ok, errors[start:stop])]
         sec.write_block(start, {"values": values}, np.where(ok, OK, SKIPPED).astype(np.uint8),

@@ -22,6 +22,13 @@ DataLoader worker processes (each opens the store itself, lazily; no handle cros
 with no workers, by one background thread; either way the windows arrive in plan order and each
 carries its own permutation seed, so a seed gives the same batches with any number of workers.
 
+*Views* (``extract --views K``). When the targets have a view axis, :class:`SplitData` serves
+one view per item per epoch: the view is drawn by a counter-based generator of (seed, epoch,
+store row) (:func:`epoch_views`, set with :meth:`SplitData.set_epoch`), so a resumed run draws
+the same; the view's log-mel frames are cut out of the item's whole-clip log-mel at its offset
+(whole hops) and its gain is added in the log domain; the target is that view's. Splits read
+without targets (valid, test, evaluate, predict) get the whole clip.
+
 Statistics (input mean/std per mel bin, target normalisation) are float64 streaming moments over
 the chunks (Chan et al.'s pairwise merge): no whole-array float64 copies.
 """
@@ -72,6 +79,8 @@ class TargetsSpec:
     dim: int
     frame_level: bool
     attrs: dict[str, Any] = field(default_factory=dict)
+    views: int = 0  # K of targets with a view axis (extract --views K); 0: none
+    views_path: str | None = None  # the (N, K, 3) view parameters (embeddings/KEY/views)
 
     @property
     def alignment(self) -> str:
@@ -93,7 +102,8 @@ class TargetsSpec:
         """What config.json records about the targets (section attributes included)."""
         return {"name": self.name, "section": self.section, "array": self.array,
                 "dim": self.dim, "frame_level": self.frame_level, "alignment": self.alignment,
-                "attrs": self.attrs}
+                "attrs": self.attrs,
+                **({"views": self.views, "views_path": self.views_path} if self.views else {})}
 
 
 def resolve_targets(store: Store, name: str, frame_targets: bool = False) -> TargetsSpec:
@@ -125,8 +135,31 @@ def resolve_targets(store: Store, name: str, frame_targets: bool = False) -> Tar
             if stale:
                 raise EastkdError(f"{store.path}: {stale}")
     shape = sec.array(array).shape
+    attrs = sec.attrs
+    views_path = (attrs.get("views") or {}).get("source") if kind_of(sec.path) == "targets" \
+        else (f"{sec.path}/views" if sec.has("views") else None)
+    views = int(shape[1]) if views_path else 0
     return TargetsSpec(name=name, section=sec.path, array=array, dim=int(shape[-1]),
-                       frame_level=len(shape) == 3, attrs=sec.attrs)
+                       frame_level=len(shape) - (1 if views else 0) == 3, attrs=attrs,
+                       views=views, views_path=views_path)
+
+
+def kind_of(section_path: str) -> str:
+    """``"targets"`` of ``"targets/NAME"``."""
+    return section_path.split("/", 1)[0]
+
+
+def epoch_views(seed: int, epoch: int, rows: np.ndarray, k: int) -> np.ndarray:
+    """The view (0..k-1) each store row trains on in ``epoch``: splitmix64 of (seed, epoch, row),
+    a counter-based generator, so any subset of rows, in any order, on a resumed run, draws
+    the same."""
+    with np.errstate(over="ignore"):
+        x = (np.asarray(rows, dtype=np.uint64)
+             + np.uint64((seed * 1_000_003 + epoch) & 0xFFFFFFFF) * np.uint64(0x9E3779B97F4A7C15))
+        for mult, shift in ((0xBF58476D1CE4E5B9, 30), (0x94D049BB133111EB, 27)):
+            x = (x ^ (x >> np.uint64(shift))) * np.uint64(mult)
+        x ^= x >> np.uint64(31)
+    return (x % np.uint64(k)).astype(np.int64)
 
 
 def item_splits(store: Store, fold: int | None = None) -> np.ndarray:
@@ -625,6 +658,14 @@ class SplitData:
         self.input_shape = self.stream.shapes["x"]
         self.has_targets = targets is not None
         self._norm: tuple[torch.Tensor, float] | None = None
+        self.views = ViewCuts.of(store, targets, rows) if targets is not None else None
+        if self.views is not None:
+            self.input_shape = (self.input_shape[0], self.views.frames)
+
+    def set_epoch(self, seed: int, epoch: int) -> None:
+        """Draw this epoch's view of every item (targets with views only; else nothing)."""
+        if self.views is not None:
+            self.views.draw(seed, epoch)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -688,10 +729,58 @@ class SplitData:
             pos = b["pos"].numpy()
             y = torch.from_numpy(self._labels[pos])
             t = b.get("t")
+            if self.views is not None:
+                b["x"], t = self.views.cut(pos, b["x"], t)
             if t is not None and self._norm is not None:
                 t = (t - self._norm[0]) / self._norm[1]
             yield Batch(x=b["x"], y=y.float() if self.multi_label else y, t=t,
                         rows=self.rows[pos])
+
+
+class ViewCuts:
+    """One view per item and epoch, cut out of the whole-clip log-mel (see the module's
+    *Views*): the split's view offsets in hops and gains in log-mel units, resident."""
+
+    def __init__(self, hops: np.ndarray, log_gains: np.ndarray, frames: int,
+                 rows: np.ndarray) -> None:
+        self.hops = torch.from_numpy(hops)  # (n, K) int64
+        self.log_gains = torch.from_numpy(log_gains.astype(np.float32))  # (n, K)
+        self.frames = int(frames)  # log-mel frames of one view
+        self.rows = rows
+        self.k = int(hops.shape[1])
+        self.chosen = torch.zeros(len(rows), dtype=torch.int64)
+
+    @classmethod
+    def of(cls, store: Store, targets: TargetsSpec, rows: np.ndarray) -> "ViewCuts | None":
+        """The cuts of ``rows`` for targets with views (None without)."""
+        if not targets.views:
+            return None
+        from eastkd.pipeline.core.features import LogMelParams
+        from eastkd.pipeline.core.views import GAIN, OFFSET, log_gain, offset_hops
+
+        lm = LogMelParams(**store.features(FEATURES).attrs["params"])
+        kind, name, array = targets.views_path.split("/", 2)
+        params = store.section(kind, name).array(array).read_rows(rows)
+        seconds = float(store.section(kind, name).attrs["views"]["seconds"])
+        frames = lm.n_frames(int(round(seconds * lm.sample_rate)))
+        return cls(offset_hops(params[..., OFFSET], lm), log_gain(params[..., GAIN]), frames,
+                   rows)
+
+    def draw(self, seed: int, epoch: int) -> None:
+        self.chosen = torch.from_numpy(epoch_views(seed, epoch, self.rows, self.k))
+
+    def cut(self, pos: np.ndarray, x: torch.Tensor,
+            t: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Inputs (B, M, T_clip) -> (B, M, frames) of each item's chosen view (plus its gain);
+        targets (B, K, ...) -> (B, ...) of that view."""
+        p = torch.from_numpy(pos)
+        v = self.chosen[p]
+        hop = self.hops[p, v]
+        idx = (hop[:, None] + torch.arange(self.frames))[:, None, :].expand(-1, x.shape[1], -1)
+        x = torch.gather(x, 2, idx) + self.log_gains[p, v][:, None, None]
+        if t is not None:
+            t = t[torch.arange(len(p)), v]
+        return x, t
 
 
 def load_split(store: Store, split: str, targets: TargetsSpec | None = None,

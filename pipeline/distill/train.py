@@ -239,7 +239,8 @@ def _time_alignment(config: dict[str, Any], spec: TargetsSpec) -> TimeAlignment:
     target frames at the ``frame_rate`` and ``frame_offset`` recorded at extract (offset 0 in
     stores written before it was recorded)."""
     lm = config["logmel"]
-    return TimeAlignment(FrameTiming(lm["sample_rate"] / lm["hop_length"]), config["n_frames"],
+    n_input = config.get("views", {}).get("frames", config["n_frames"])  # a view's, with views
+    return TimeAlignment(FrameTiming(lm["sample_rate"] / lm["hop_length"]), n_input,
                          FrameTiming(float(spec.attrs["frame_rate"]),
                                      float(spec.attrs.get("frame_offset") or 0.0)))
 
@@ -580,6 +581,9 @@ def _run_epoch(run: _Run, splits: _Splits, config: dict[str, Any], out_dir: str,
     bar = progress_bar(total=splits.steps_per_epoch(o["batch_size"]),
                        desc=f"epoch {epoch}/{o['epochs']}", unit="batch", leave=False,
                        position=1, progress=o["progress"])
+    for split in (splits.train, splits.unlabelled):  # with views: this epoch's view of each
+        if split is not None:
+            split.set_epoch(o["seed"], epoch)
     with bar:
         means = _train_epoch(run, splits, task_loss, o["lambda"], o["batch_size"], dev, bar)
     logits, labels = predict(run.model, splits.valid, dev)
@@ -709,6 +713,10 @@ def distill(store_path: str, targets: str | None, out_dir: str,
                 "steps_per_epoch": splits.steps_per_epoch(opts.batch_size),
                 "epoch": "one pass over the KD pool (every train row drawn once; the shorter "
                          "stream cycles)"}
+        if splits.train.views is not None:  # recorded only with views: plain runs unchanged
+            config["views"] = {"k": splits.train.views.k, "frames": splits.train.views.frames,
+                               "draw": "one view per item per epoch: splitmix64(seed, epoch, "
+                                       "store row) mod K", "evaluation": "whole clip"}
         if opts.fold is None:
             items = store.items
             for warning in missing_class_warnings(items.class_names, items.labels, items.splits):
