@@ -8,7 +8,8 @@ stays fast and loads neither torch nor zarr::
 
     eastkd.__version__
     eastkd.extract("data/manifest.csv", "my.zarr", eastkd.ExtractOptions(teacher="crepe-tiny"))
-    eastkd.compress("my.zarr", "crepe-tiny", "pca", "32", name="pca32")
+    eastkd.probe("my.zarr").probes                   # the teacher's linear probe
+    eastkd.compress("my.zarr", "crepe-tiny", "pca", 32, name="pca32")
     result = eastkd.distill("my.zarr", "pca32", "runs/pca32-dc", kd="dc")
     scores = eastkd.evaluate("runs/pca32-dc", "my.zarr")
     preds = eastkd.predict("runs/pca32-dc", ["new.wav"])
@@ -19,6 +20,11 @@ stays fast and loads neither torch nor zarr::
         x = store.features("logmel").array("values")   # a lazy array: x[:10] is numpy
         d = x.to_dask()                                  # a dask array over the chunks
         y = store.items.labels                           # items x classes, numpy
+        ds = store.to_xarray("embeddings/crepe-tiny")    # xarray; item, label, split coords
+
+Every stage is quiet unless asked: ``progress=False`` is the default of the Python API;
+``progress=None`` behaves as the command line (tqdm bars on a terminal, else a plain line every
+10 % or 30 s, see :mod:`eastkd.progress`) and ``progress=True`` forces bars.
 
 The stage functions are those behind the commands (their docstrings give every option); the
 modules they live in are listed in ``_EXPORTS``.
@@ -39,6 +45,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     # the stages
     "extract": ("eastkd.pipeline.extract", "extract"),
     "ExtractOptions": ("eastkd.pipeline.extract", "ExtractOptions"),
+    "probe": ("eastkd.pipeline.probe.run", "probe"),
     "compress": ("eastkd.pipeline.compress.run", "compress"),
     "distill": ("eastkd.pipeline.distill.train", "distill"),
     "evaluate": ("eastkd.pipeline.distill.evaluate", "evaluate"),

@@ -30,3 +30,10 @@ class StoreWriteError(EastkdError, OSError):
     def __init__(self, message: str, disk_full: bool = False) -> None:
         super().__init__(message)
         self.disk_full = disk_full
+
+
+class RunInterrupted(EastkdError):
+    """Ctrl-C stopped a run; the finished work is kept and the same command continues it. The
+    CLI exits with status 130, as a shell does for Ctrl-C."""
+
+    exit_code = 130

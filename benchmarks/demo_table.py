@@ -3,6 +3,7 @@
     python benchmarks/demo_table.py [--dir demo] [--seeds 0 1 2] [--epochs 30]
                                     [--labels-per-class 10]
                                     [--unlabelled | --no-unlabelled]
+                                    [--progress | --no-progress]
                                     [--out benchmarks/results/demo_table.json]
 
 Runs ``eastkd demo`` (the same code, :func:`eastkd.pipeline.demo.run.run_demo`) once per seed in
@@ -98,6 +99,9 @@ def main() -> None:
     ap.add_argument("--unlabelled", action=argparse.BooleanOptionalAction,
                     default=DemoOptions.unlabelled,
                     help="keep the other training clips as unlabelled rows (KD only)")
+    ap.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                    help="tqdm bars (--progress), none (--no-progress); default: bars on a "
+                         "terminal, else a plain line every 10 %% or 30 s")
     ap.add_argument("--out", default="benchmarks/results/demo_table.json")
     args = ap.parse_args()
 
@@ -108,7 +112,7 @@ def main() -> None:
         reports.append(run_demo(Path(args.dir), DemoOptions(
             seed=seed, epochs=args.epochs, student=args.student, dim=args.dim,
             labels_per_class=args.labels_per_class or None, unlabelled=args.unlabelled,
-            progress=False), say=_say))
+            progress=args.progress), say=_say))
     rows = _rows(reports, Path(args.dir) / "runs")
     probe = reports[0]["probe"]
     result = {
@@ -119,7 +123,8 @@ def main() -> None:
         "wall_seconds": round(time.perf_counter() - started, 1),
         "metric": METRIC, "split": "test", "seeds": args.seeds,
         "teacher": reports[0]["teacher"], "families": reports[0]["families"],
-        "labels_per_class": reports[0]["labels_per_class"], "unlabelled": reports[0]["unlabelled"],
+        "labels_per_class": reports[0]["labels_per_class"],
+        "unlabelled": reports[0]["unlabelled"],
         "epochs": args.epochs,
         "student": args.student, "dim": args.dim, "probe": probe, "rows": rows,
     }

@@ -19,8 +19,9 @@ KEY = "synth"
 SPLIT_FRACTIONS = (("train", 0.8), ("valid", 0.1), ("test", 0.1))
 
 
-def synthetic_items(n_items: int, n_classes: int) -> ItemsTable:
-    """Items table: splits in blocks (80/10/10), classes sorted inside each split."""
+def synthetic_items(n_items: int, n_classes: int, unlabelled_every: int = 0) -> ItemsTable:
+    """Items table: splits in blocks (80/10/10), classes sorted inside each split; with
+    ``unlabelled_every`` k, every k-th train item is unlabelled (no labels, KD only)."""
     splits, labels = [], []
     start = 0
     for i, (split, frac) in enumerate(SPLIT_FRACTIONS):
@@ -31,23 +32,27 @@ def synthetic_items(n_items: int, n_classes: int) -> ItemsTable:
         start = stop
     y = np.concatenate(labels)
     ids = [f"item{i:07d}" for i in range(n_items)]
+    labelled = np.ones(n_items, dtype=bool)
+    if unlabelled_every:
+        labelled[np.flatnonzero(np.asarray(splits) == "train")[::unlabelled_every]] = False
     return ItemsTable(
         ids=ids, paths=[f"/synthetic/{i}.wav" for i in ids],
         sha256=[hashlib.sha256(i.encode()).hexdigest() for i in ids],
         durations=np.ones(n_items, np.float32), splits=splits,
-        labels=np.eye(n_classes, dtype=np.uint8)[y],
-        class_names=[f"class{c:02d}" for c in range(n_classes)])
+        labels=np.eye(n_classes, dtype=np.uint8)[y] * labelled[:, None],
+        class_names=[f"class{c:02d}" for c in range(n_classes)], labelled=labelled)
 
 
 def make_synthetic_store(path: str, n_items: int, n_classes: int = 10, n_mels: int = 32,
                          n_frames: int = 32, target_dim: int = 64, chunk_items: int = 64,
-                         seed: int = 0) -> str:
+                         seed: int = 0, unlabelled_every: int = 0) -> str:
     """Write a class-sorted store with features/logmel and embeddings/synth; return ``path``.
 
-    ``chunk_items`` (a power of two) caps the chunk size along items of every array.
+    ``chunk_items`` (a power of two) caps the chunk size along items of every array;
+    ``unlabelled_every`` makes every k-th train item unlabelled (same data as without).
     """
-    items = synthetic_items(n_items, n_classes)
-    y = items.label
+    items = synthetic_items(n_items, n_classes, unlabelled_every)
+    y = synthetic_items(n_items, n_classes).label  # the data's classes, labelled or not
     rng = np.random.default_rng(seed)
     class_mels = rng.normal(size=(n_classes, n_mels, 1)).astype(np.float32)
     class_emb = rng.normal(size=(n_classes, target_dim)).astype(np.float32)

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from eastkd.cli.options import store_access
+from eastkd.cli.options import progress_option, store_access
 from eastkd.pipeline.compress.options import CompressOptions
 
 
@@ -19,12 +19,16 @@ from eastkd.pipeline.compress.options import CompressOptions
               help="Compressor: pca (unsupervised, streaming) or learned (a two-stage, offline "
                    "teacher transformation: a linear map trained through a linear probe on the "
                    "labels before distillation; the paper trains it jointly with the student, "
-                   "which is `distill --teacher-linear`).")
+                   "which is `distill --teacher-linear`), or probe (the class probabilities of "
+                   "the linear probe of `eastkd probe`, for every item: soft labels for "
+                   "`distill --kd kl`).")
 @click.option("--dim", default=str(CompressOptions.dim), metavar="D",
               help="Output dimensions; for pca a fraction in (0, 1) keeps that share of the "
-                   "train variance instead (e.g. 0.95).")
+                   "train variance instead (e.g. 0.95); probe ignores it (one column per "
+                   "class).")
 @click.option("--name", default=None,
-              help="Targets name in the store.  [default: <key>-<method><dim>]")
+              help="Targets name in the store.  "
+                   "[default: <key>-<method><dim>; probe: <key>-probe]")
 @click.option("--fit-split", default=CompressOptions.fit_split,
               help="Split whose items the compressor is fitted "
               "on (targets are written for every item).")
@@ -48,7 +52,7 @@ from eastkd.pipeline.compress.options import CompressOptions
 @click.option("--dask", default=None, metavar="local:N|ADDRESS",
               help="pca: fit on a dask.distributed cluster (one task per chunk, moments merged "
                    "in a tree); local:N starts N worker processes here.  [default: in-process]")
-@click.option("--progress/--no-progress", default=True, help="Show progress bars.")
+@progress_option()
 @store_access
 def command(store: str, **options: Any) -> None:
     """Fit a compressor on STORE's embeddings and write targets/<name> into STORE.
@@ -58,6 +62,7 @@ def command(store: str, **options: Any) -> None:
       eastkd compress demo.zarr --method pca --dim 0.95
       eastkd compress demo.zarr --embeddings crepe-tiny --method learned --dim 64
       eastkd compress esc50.zarr --method learned --dim 128 --fold 3 --name learned128-f3
+      eastkd compress demo.zarr --method probe --name soft   # then distill --kd kl
     """
     from eastkd.pipeline.compress.run import compress
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from eastkd.cli.options import parse_key_values
+from eastkd.cli.options import check_teacher, parse_key_values, progress_option
 from eastkd.pipeline.demo.data import FAMILIES
 from eastkd.pipeline.demo.run import DemoOptions
 
@@ -13,7 +13,7 @@ _D = DemoOptions()
 
 @click.command("demo", context_settings={"show_default": True})
 @click.argument("out_dir", default="demo", type=click.Path(file_okay=False))
-@click.option("--teacher", "-t", default=_D.teacher,
+@click.option("--teacher", "-t", default=_D.teacher, callback=check_teacher,
               help="Teacher to extract: aisfx (sound effects, knows instrument timbre; about "
                    "a minute on 2 idle CPU cores), or e.g. crepe-tiny (a pitch tracker, with "
                    "--teacher-opt hop_ms=50 --sample-rate 16000: the earlier demo, where KD "
@@ -45,11 +45,11 @@ _D = DemoOptions()
 @click.option("--device", default=_D.device, help="auto, cpu or cuda.")
 @click.option("--backend", type=click.Choice(["zarr", "hdf5"]), default=_D.backend,
               help="Store backend.")
-@click.option("--progress/--no-progress", default=_D.progress, help="Show progress bars.")
+@progress_option()
 def command(out_dir: str, teacher: str, teacher_opts: tuple[str, ...],
             families: tuple[str, ...], clips_per_class: int, seconds: float, sample_rate: int,
             labels_per_class: int, unlabelled: bool, dim: int, epochs: int, student: str,
-            seed: int, device: str, backend: str, progress: bool) -> None:
+            seed: int, device: str, backend: str, progress: bool | None) -> None:
     """Render a real instrument-family dataset (GM SoundFont bundled with pretty_midi) into
     OUT_DIR, keep a few labels per class, and run extract -> probe (the teacher's linear
     classifier on those labels) -> compress (PCA) -> distill (task-only baseline and distilled

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from eastkd.cli.options import store_access
+from eastkd.cli.options import progress_option, store_access
 from eastkd.pipeline.distill.options import SCHEDULES, DistillOptions, kd_methods
 
 
@@ -25,12 +25,20 @@ from eastkd.pipeline.distill.options import SCHEDULES, DistillOptions, kd_method
 @click.option("--width", type=click.IntRange(min=1), default=DistillOptions.width,
               help="Student width (channels of its first stage).")
 @click.option("--kd", type=click.Choice(kd_methods()), default=DistillOptions.kd,
-              help="Distance loss: FitNet (MSE after a learned regressor), dc (distance "
+              help="KD loss: fitnet (MSE after a learned regressor; the default, as its "
+                   "term in history.csv shows whether the targets teach anything: README, "
+                   "'Training runs'), dc (distance "
                    "correlation, EAsT's estimator: biased towards 1 in high dimensions), "
                    "dc-unbiased (bias-corrected distance correlation, Székely & Rizzo 2014), "
+                   "kl (response-based: the student's softened logits follow class "
+                   "probabilities or logits, e.g. from `compress --method probe`), "
                    "or none (task loss only: the no-teacher baseline).")
 @click.option("--lambda", "lam", type=click.FloatRange(0.0, 1.0), default=DistillOptions.lam,
               help="Weight λ in L = (1-λ)·L_task + λ·L_kd (EAsT reference convention).")
+@click.option("--temperature", "-T", type=click.FloatRange(min=0.0, min_open=True),
+              default=DistillOptions.temperature,
+              help="--kd kl: temperature T softening the student's logits and the targets "
+                   "(the loss is scaled by T², Hinton et al.).")
 @click.option("--teacher-linear", is_flag=True,
               help="The compression paper's teacher transformation: a linear map on the targets "
                    "trained jointly with the student (by its own classifier and task loss); the "
@@ -73,10 +81,29 @@ from eastkd.pipeline.distill.options import SCHEDULES, DistillOptions, kd_method
 @click.option("--threads", type=click.IntRange(min=1), default=DistillOptions.threads,
               help="Intra-op CPU threads (CPU runs). Results depend on this count, so a fixed "
                    "one makes a run repeat on any machine; more are faster on many cores.")
-@click.option("--resume", is_flag=True, help="Continue an interrupted run in RUN_DIR.")
-@click.option("--overwrite", is_flag=True, help="Replace a run already in RUN_DIR.")
-@click.option("--progress/--no-progress", default=True,
-              help="Show progress bars; without them, print one line per epoch.")
+@click.option("--unlabelled-ratio", type=click.FloatRange(min=0), default=None, metavar="R",
+              show_default="1 when the train split has unlabelled rows, else unused",
+              help="Unlabelled train rows per labelled row in a step: each step draws a "
+                   "labelled batch (task + KD loss) plus round(R x batch size) unlabelled rows "
+                   "(KD loss only), and an epoch is one pass over all train rows, the shorter "
+                   "stream cycling. 0: unlabelled rows unused; always unused with --kd none.")
+@click.option("--spec-augment", is_flag=True,
+              help="SpecAugment-style masks on the student's input: per item 2 bands of <= 8 "
+                   "mel bins and 2 spans of <= 10% of the frames set to the mel bin's training "
+                   "mean (0 after normalisation); seeded from --seed, recorded in config.json.")
+@click.option("--mixup", type=click.FloatRange(min=0), default=DistillOptions.mixup,
+              metavar="A",
+              help="Mixup with weights m ~ Beta(A, A), one per step (0: off): each training "
+                   "input becomes m x_i + (1-m) x_j, its KD target the same mix of the two "
+                   "targets, its task loss the same mix of both labels' losses; labelled rows "
+                   "pair with labelled, unlabelled with unlabelled. Recorded in config.json.")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in RUN_DIR. Not needed: the same command continues an "
+                   "interrupted run whenever RUN_DIR holds one with the same settings.")
+@click.option("--overwrite", is_flag=True,
+              help="Start over: replace a run in RUN_DIR (needed when its settings differ).")
+@progress_option("Progress: --progress forces tqdm bars; --no-progress prints one line per "
+                 "epoch instead (losses, validation metric, best so far, seconds).")
 @store_access
 def command(store: str, out_dir: str, memory_limit: str, shuffle_buffer: str,
             **options: Any) -> None:
@@ -85,17 +112,34 @@ def command(store: str, out_dir: str, memory_limit: str, shuffle_buffer: str,
     The teacher never runs: inputs, labels and targets all come from STORE. The best epoch
     (validation accuracy, or mAP for multi-label data) is kept in RUN_DIR/best.pt and scored
     on the test split; `eastkd evaluate RUN_DIR STORE` scores it on any matching store.
+    Rerunning the same command continues an interrupted run after its last finished epoch
+    (bit-identical to an uninterrupted one); other settings in the same RUN_DIR are refused,
+    naming them, unless --overwrite.
     """
     from eastkd.pipeline.core.reading import parse_bytes
-    from eastkd.pipeline.distill.train import distill
 
     opts = DistillOptions(memory_limit=parse_bytes(memory_limit),
                           shuffle_buffer=parse_bytes(shuffle_buffer, "--shuffle-buffer"),
                           **options)
-    r = distill(store, opts.targets, out_dir, opts, log=click.echo)
+    r = _distill_or_interrupted(store, out_dir, opts)
     fmt = ", ".join
     valid = fmt(f"{k} {v:.4f}" for k, v in r.valid_metrics.items() if k != "loss")
     test = fmt(f"{k} {v:.4f}" for k, v in r.test_metrics.items()) or "no test items"
     stop = " (early stop)" if r.stopped_early else ""
     click.echo(f"distill -> {r.run_dir}: {r.epochs_run} epochs{stop} in {r.seconds:.1f} s; "
                f"best epoch {r.best_epoch}: valid {valid}; test {test}")
+
+
+def _distill_or_interrupted(store: str, out_dir: str, opts: Any) -> Any:
+    """distill, with Ctrl-C turned into one line saying what is kept (exit status 130)."""
+    from eastkd.errors import RunInterrupted
+    from eastkd.pipeline.distill.train import distill
+    from eastkd.pipeline.runs.rundir import finished_epochs
+
+    try:
+        return distill(store, opts.targets, out_dir, opts, log=click.echo)
+    except KeyboardInterrupt:
+        done = finished_epochs(out_dir)
+        kept = f"epochs 1-{done} of {opts.epochs} are kept" if done else "no epoch finished"
+        raise RunInterrupted(f"interrupted: {kept} in {out_dir}; rerun the same command to "
+                             "continue") from None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from eastkd.cli.options import echo_json, store_access
+from eastkd.cli.options import echo_json, store_access, progress_option
 
 
 @click.command("evaluate", context_settings={"show_default": True})
@@ -18,11 +18,10 @@ from eastkd.cli.options import echo_json, store_access
 @click.option("--device", default="auto", help="auto, cpu or cuda.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object (metrics, n_items, complexity, ...) instead of tables.")
-@click.option("--progress/--no-progress", default=True,
-              help="Accepted for uniformity (evaluate prints no progress bar).")
+@progress_option("Accepted for uniformity (evaluate prints no progress bar).", draws=False)
 @store_access
 def command(run_dir: str, store: str, split: str, fold: int | None, device: str,
-            as_json: bool, progress: bool) -> None:
+            as_json: bool, progress: bool | None) -> None:
     """Score the best student of RUN_DIR on SPLIT of STORE.
 
     STORE may be another store than the one trained on (e.g. another dataset with the same

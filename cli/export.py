@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from eastkd.cli.options import progress_option
+
 
 @click.command("export", context_settings={"show_default": True})
 @click.argument("run_dir", type=click.Path(file_okay=False))
@@ -11,9 +13,8 @@ import click
               default="torchscript", help="File format of the exported model.")
 @click.option("--out", "-o", type=click.Path(dir_okay=False),
               help="Output file  [default: RUN_DIR/student.pt or RUN_DIR/student.onnx]")
-@click.option("--progress/--no-progress", default=True,
-              help="Accepted for uniformity (export prints no progress bar).")
-def command(run_dir: str, fmt: str, out: str | None, progress: bool) -> None:
+@progress_option("Accepted for uniformity (export prints no progress bar).", draws=False)
+def command(run_dir: str, fmt: str, out: str | None, progress: bool | None) -> None:
     """Export the best student of RUN_DIR with its log-mel front end and class names.
 
     \b

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from eastkd.cli.options import parse_key_values, store_access
+from eastkd.cli.options import check_teacher, parse_key_values, progress_option, store_access
 
 RESAMPLER_NAMES = ["kaiser-best", "fast"]  # eastkd.pipeline.core.audio.RESAMPLERS (kept light here)
 
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 @click.command("extract", context_settings={"show_default": True})
 @click.argument("dataset")
 @click.argument("store")
-@click.option("--teacher", "-t", default="crepe-tiny",
+@click.option("--teacher", "-t", default="crepe-tiny", callback=check_teacher,
               help="Teacher name (crepe, crepe-tiny, aisfx, passt, mule, "
                    "python:MODULE:CALLABLE, or any registered in the eastkd.teachers entry-point "
                    "group). The contract for your own module: README, 'Bring your own teacher'.")
@@ -54,6 +54,10 @@ if TYPE_CHECKING:
                    "and auto give the workers on a machine one GPU each.")
 @click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail",
               help="Bad audio or NaN output: stop naming the item, or skip and record it.")
+@click.option("--allow-duplicates", is_flag=True,
+              help="Accept the same audio (equal file sha256, or the same path) under ids in "
+                   "different splits, a leak between them, refused by default (recorded in the "
+                   "store). Duplicates within one split are only warned about.")
 @click.option("--overwrite", is_flag=True,
               help="Replace embeddings/features written earlier with other settings.")
 @click.option("--rehash", is_flag=True,
@@ -61,7 +65,10 @@ if TYPE_CHECKING:
                    "(path, size, mtime); items whose bytes changed are updated in the items "
                    "table and extracted again.")
 @click.option("--shard", default="0/1", metavar="I/N",
-              help="Fill only unit u with u % N == I, so N processes can share one Zarr store.")
+              help="Fill only unit u with u % N == I, so N processes can share one Zarr store. "
+                   "Processes that write one store without it (or --dask) do not split the "
+                   "work: each computes every row (the store stays correct, at N times the "
+                   "work).")
 @click.option("--dask", "dask_cluster", default=None, metavar="local:N|ADDRESS",
               help="Run the units as tasks on a dask.distributed cluster: local:N starts N "
                    "worker processes here, ADDRESS (tcp://host:8786) joins a running scheduler "
@@ -74,6 +81,22 @@ if TYPE_CHECKING:
                    "resume units (chunks of small rows hold up to 8192 items). Default: a cap "
                    "giving small datasets at least 8 units. Each chunk is written once: the "
                    "writer holds one chunk per array (about 4 MB each) plus 8 queued batches.")
+@click.option("--views", type=click.IntRange(min=1), default=1, metavar="K",
+              help="Seeded views per item, each run through the teacher: embeddings get a view "
+                   "axis (items x K x D; frames items x K x T x D) and the view parameters are "
+                   "stored per item and view. The student's log-mel stays one per item, over "
+                   "the whole segment; distill cuts each view out of it. 1: one view, the "
+                   "segment (the layout without views).")
+@click.option("--view-seconds", type=click.FloatRange(min=0, min_open=True), default=None,
+              metavar="S", help="Each view is a random crop of S seconds inside the segment, "
+                                "starting on the student's log-mel hop grid (needs --views K > "
+                                "1).  [default: the whole segment]")
+@click.option("--view-gain-db", type=click.FloatRange(min=0), default=0.0, metavar="G",
+              help="Each view gets a random gain, uniform in +-G dB (needs --views K > 1).")
+@click.option("--view-seed", type=int, default=None,
+              help="Seed of the views: view v of an item is drawn from (seed, item id, v) "
+                   "alone, so shards, workers and resumed runs draw the same.  [default: "
+                   "--split-seed]")
 @click.option("--n-mels", type=click.IntRange(min=8), default=96, help="Log-mel bands.")
 @click.option("--student-sr", type=click.IntRange(min=8000), default=16000,
               help="Sample rate of the student's log-mel input.")
@@ -85,21 +108,30 @@ if TYPE_CHECKING:
 @click.option("--split-ratios", default="0.7,0.15,0.15", metavar="TRAIN,VALID,TEST",
               help="Stratified split of folders and manifests that name no splits.")
 @click.option("--split-seed", type=int, default=0, help="Seed of that stratified split.")
-@click.option("--progress/--no-progress", default=True, help="Show progress bars.")
+@click.option("--unlabelled", "unlabelled", multiple=True, metavar="DIR",
+              type=click.Path(file_okay=False),
+              help="A folder of audio without classes, added as unlabelled train items (KD "
+                   "targets only; repeatable). Inside a class-folder DATASET it is no class. "
+                   "A rerun names the same folders.  [default: none]")
+@progress_option()
 @click.pass_context
 @store_access
 def command(ctx: click.Context,
             dataset: str, store: str, teacher: str, teacher_opts: tuple[str, ...],
             weights: str | None, key: str | None, segment: float | None, crop: str, dtype: str,
             frames: bool, batch_size: int, batch_seconds: float | None, workers: int | None,
-            resampler: str, device: str, on_error: str, overwrite: bool, rehash: bool,
-            shard: str, dask_cluster: str | None, chunk_items: int | None, n_mels: int,
+            resampler: str, device: str, on_error: str, allow_duplicates: bool,
+            overwrite: bool, rehash: bool,
+            shard: str, dask_cluster: str | None, chunk_items: int | None, views: int,
+            view_seconds: float | None, view_gain_db: float, view_seed: int | None, n_mels: int,
             student_sr: int, like: str | None, split_ratios: str, split_seed: int,
-            progress: bool) -> None:
+            unlabelled: tuple[str, ...], progress: bool | None) -> None:
     """Run TEACHER once over DATASET and write embeddings and log-mel features into STORE.
 
-    DATASET is a manifest (.csv/.jsonl with id, path, label or labels, split), a folder with
-    one sub-folder per class, or NAME:PATH for a known dataset (esc50, mtat, fma-small).
+    DATASET is a manifest (.csv/.jsonl with id, path, label or labels, split; a row with an
+    empty label is an unlabelled train item), a folder with one sub-folder per class, or
+    NAME:PATH for a known dataset (esc50, mtat, fma-small); --unlabelled adds folders of audio
+    without classes.
     STORE is a Zarr directory (*.zarr, default), an HDF5 file (*.h5), or a Zarr store at a URL
     (s3://bucket/name.zarr, gs://..., with --storage-option). Rerunning the same command
     continues an interrupted run without recomputing finished chunks; a rerun reads no audio
@@ -117,7 +149,7 @@ def command(ctx: click.Context,
     if like:
         segment, crop, logmel = _like(ctx, like)
     spec = resolve_dataset(dataset, split_ratios=parse_ratios(split_ratios),
-                           split_seed=split_seed)
+                           split_seed=split_seed, unlabelled=unlabelled)
     for line in dataset_split_report(spec):
         click.echo(line)
 
@@ -129,7 +161,9 @@ def command(ctx: click.Context,
         frames=frames, batch_size=batch_size, batch_seconds=batch_seconds, workers=workers,
         resampler=resampler, device=device, on_error=on_error, overwrite=overwrite,
         rehash=rehash, shard=parse_shard(shard), progress=progress, chunk_items=chunk_items,
-        logmel=logmel,
+        logmel=logmel, allow_duplicates=allow_duplicates, views=views,
+        view_seconds=view_seconds, view_gain_db=view_gain_db,
+        view_seed=split_seed if view_seed is None else view_seed,
     )
     if dask_cluster:
         from eastkd.pipeline.extract.distributed import extract_distributed

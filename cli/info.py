@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from eastkd.cli.options import store_access
+from eastkd.cli.options import store_access, progress_option
 
 
 def _print_text(d: dict[str, Any], show_skipped: int) -> None:
@@ -20,9 +20,16 @@ def _print_text(d: dict[str, Any], show_skipped: int) -> None:
                f"  source {ds.get('source', '') or '-'}")
     splits = ", ".join(f"{k} {v}" for k, v in d["splits"].items())
     click.echo(f"items    {d['items']}  ({splits})")
+    if any(d["unlabelled"].values()):
+        counts = ", ".join(f"{k} {d['labelled'][k]} labelled + {v} unlabelled"
+                           for k, v in d["unlabelled"].items())
+        click.echo(f"labels   {counts} (unlabelled items: KD targets only)")
+    click.echo(f"digest   {d['digest'] or d['digest_note']}")
     how = ds.get("split") or {}
     if how.get("method") == "stratified":
-        click.echo(f"split    stratified by {how.get('stratified_on', 'label')}, ratios "
+        from eastkd.pipeline.datasets.splits import stratified_on
+
+        click.echo(f"split    stratified by {stratified_on(how)}, ratios "
                    f"{'/'.join(f'{r:g}' for r in how['ratios'])}, seed {how['seed']}")
     kind = "multi-label" if d["multi_label"] else "single-label"
     classes = ", ".join(f"{k} ({v})" for k, v in d["classes"].items())
@@ -51,10 +58,22 @@ def _print_text(d: dict[str, Any], show_skipped: int) -> None:
                     if isinstance(v, float):
                         v = f"{v:.4g}"
                     if key == "probe_metric" and isinstance(v, dict):
-                        v = f"{v.get('split')} {v.get('name')} {float(v.get('value', 'nan')):.3f}"
+                        value = v.get("value")
+                        v = (f"{v.get('split')} {v.get('name')} "
+                             + (f"{float(value):.3f}" if value is not None else "-"))
+                    if key == "teacher":
+                        v = f"{v}{_teacher_options(s.get('identity') or {})}"
                     facts.append(f"{key}={v}")
+            test = (a.get("probe_scores") or {}).get("test") or {}
+            metric = (a.get("probe_metric") or {}).get("name")
+            if test.get(metric) is not None:  # compress --method probe: its held-out score
+                facts.append(f"probe test {metric} {float(test[metric]):.3f}")
             if "segment" in a:
                 facts.append(f"segment={a['segment'].get('seconds')}s/{a['segment'].get('crop')}")
+            views = a.get("views")
+            if isinstance(views, dict) and "seconds" in views:  # extract --views K
+                facts.append(f"views={views.get('k')} x {views.get('seconds')}s, "
+                             f"gain ±{views.get('gain_db')} dB, seed {views.get('seed')}")
             if facts:
                 click.echo("  " + " " * 19 + ", ".join(facts))
             for sk in s["skipped"][:show_skipped]:
@@ -64,17 +83,24 @@ def _print_text(d: dict[str, Any], show_skipped: int) -> None:
                            "(--json lists all)")
 
 
+def _teacher_options(identity: dict[str, Any]) -> str:
+    """`` (hop_ms=50)``: the --teacher-opt options the embeddings were extracted with."""
+    opts = identity.get("teacher_options") or {}
+    return f" ({' '.join(f'{k}={v}' for k, v in opts.items())})" if opts else ""
+
+
 @click.command("info", context_settings={"show_default": True})
 @click.argument("store")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @click.option("--show-skipped", type=click.IntRange(min=0), default=10,
               help="How many skipped items to list per section in the text view.")
-@click.option("--progress/--no-progress", default=True,
-              help="Accepted for uniformity (info prints no progress bar).")
+@progress_option("Accepted for uniformity (info prints no progress bar).", draws=False)
 @store_access
-def command(store: str, as_json: bool, show_skipped: int, progress: bool) -> None:
+def command(store: str, as_json: bool, show_skipped: int, progress: bool | None) -> None:
     """Show what STORE holds: items, splits, classes, features, teachers' embeddings,
-    compressed targets (with status and provenance), skipped items and bytes on disk.
+    compressed targets (with status and provenance), skipped items and bytes on disk, and
+    the store's content digest (from the chunk digests recorded when they were written; put
+    it in the store's card, and let receivers check it with `eastkd verify --digest`).
 
     STORE may be a .zarr folder, a .zip of one (read-only), an .h5 file, or a Zarr store at a
     URL (s3://bucket/name.zarr; see --storage-option).

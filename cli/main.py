@@ -6,6 +6,7 @@ Sub-command modules are imported only when used (so ``--help`` stays fast), and 
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import logging
 import os
@@ -21,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("eastkd.cli.demo", "Render the bundled instrument dataset; run every stage on it."),
     "extract": ("eastkd.cli.extract", "Run a teacher once over a dataset into a store."),
     "info": ("eastkd.cli.info", "Show what a store holds: items, teachers, targets, provenance."),
+    "probe": ("eastkd.cli.probe", "Linear probe of every teacher and target: worth distilling?"),
     "compress": ("eastkd.cli.compress", "Fit PCA or a learned transformation; write targets."),
     "distill": ("eastkd.cli.distill", "Train a student from the store alone (task + KD loss)."),
     "evaluate": ("eastkd.cli.evaluate", "Evaluate a trained student on a store's split."),
@@ -49,6 +51,16 @@ class LazyGroup(click.Group):
         cmd.short_help = COMMANDS[name][1]
         return cmd
 
+    def resolve_command(self, ctx: click.Context,
+                        args: list[str]) -> tuple[str | None, click.Command | None, list[str]]:
+        """As click's, but an unknown command name that is close to one suggests it."""
+        name = args[0] if args else ""
+        if name and name not in COMMANDS and not name.startswith("-"):
+            close = difflib.get_close_matches(name, list(COMMANDS), n=1, cutoff=0.6)
+            if close:
+                ctx.fail(f"No such command {name!r}. Did you mean {close[0]!r}?")
+        return super().resolve_command(ctx, args)
+
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # from the table above, so that `eastkd --help` imports no sub-command module
         with formatter.section("Commands"):
@@ -58,6 +70,7 @@ class LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except EastkdError as e:
+            code = getattr(e, "exit_code", 1)  # 130 for RunInterrupted
             from eastkd.store.backends import must_exit_without_flush
 
             if must_exit_without_flush():
@@ -65,15 +78,17 @@ class LazyGroup(click.Group):
                 click.echo(f"Error: {e}", err=True)
                 sys.stdout.flush()
                 sys.stderr.flush()
-                os._exit(1)
-            raise click.ClickException(str(e)) from None
+                os._exit(code)
+            exc = click.ClickException(str(e))
+            exc.exit_code = code
+            raise exc from None
         except click.UsageError as e:
             # click prints usage + hint + error on three lines; the project's form is one line
             cmd = f"eastkd {e.ctx.info_name}" if e.ctx and e.ctx.parent else "eastkd"
             raise OneLineUsageError(f"{e.format_message()} (see `{cmd} --help`)") from None
         except KeyboardInterrupt:
-            click.echo("interrupted; finished work is kept: rerun the same command to continue "
-                       "(distill: add --resume)", err=True)
+            click.echo("interrupted; finished work is kept: rerun the same command to continue",
+                       err=True)
             sys.exit(130)
 
 
@@ -87,6 +102,7 @@ def cli(verbose: bool) -> None:
 
     \b
     1. extract   run the teacher once, cache embeddings + student log-mel in a store
+       probe     a linear probe on the stored embeddings: does the teacher know the task?
     2. compress  fit PCA / a learned teacher transformation, write compact targets
     3. distill   train a small student from the store alone (the teacher never runs)
     4. evaluate  score a trained student on any store with matching inputs

@@ -53,3 +53,28 @@ def store_access(command: Callable[..., Any] | None = None, *,
         help="Option for a store at a URL (s3://, gs://, memory://), passed to its fsspec "
              "filesystem, e.g. endpoint_url=http://127.0.0.1:9000 or anon=true (repeatable; "
              "credentials also come from the usual environment variables).")(run)
+
+
+PROGRESS_AUTO = "auto: bars on a terminal, else a plain line every 10 % or 30 s"
+
+
+def progress_option(help: str | None = None,
+                    draws: bool = True) -> Callable[[Callable[..., Any]], Any]:
+    """The shared ``--progress/--no-progress`` flag: None (auto, see eastkd.progress) unless
+    given, True forces tqdm bars, False prints no progress. ``help`` replaces the text;
+    ``draws=False`` for commands that accept the flag for uniformity only (no default shown)."""
+    return click.option(
+        "--progress/--no-progress", default=None, show_default=PROGRESS_AUTO if draws else False,
+        help=help or "Progress: --progress forces tqdm bars, --no-progress prints none.")
+
+
+def check_teacher(ctx: click.Context, param: click.Parameter, name: str) -> str:
+    """``--teacher`` callback: the name checked before any work (registered teachers or
+    python:MODULE:CALLABLE; otherwise a usage error listing them)."""
+    from eastkd.errors import EastkdError
+    from eastkd.pipeline.teachers.loading import check_teacher_name
+
+    try:
+        return check_teacher_name(name)
+    except EastkdError as e:
+        raise click.BadParameter(str(e)) from None

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from eastkd.cli.options import echo_json
+from eastkd.cli.options import echo_json, progress_option
 
 
 @click.command("predict", context_settings={"show_default": True})
@@ -20,10 +20,9 @@ from eastkd.cli.options import echo_json
 @click.option("--batch-size", "-b", type=click.IntRange(min=1), default=32,
               help="Files per student forward pass.")
 @click.option("--device", default="cpu", help="auto, cpu or cuda.")
-@click.option("--progress/--no-progress", default=True,
-              help="Accepted for uniformity (predict prints no progress bar).")
+@progress_option("Accepted for uniformity (predict prints no progress bar).", draws=False)
 def command(run_dir: str, inputs: tuple[str, ...], fmt: str | None, batch_size: int,
-            device: str, progress: bool) -> None:
+            device: str, progress: bool | None) -> None:
     """Predict classes for AUDIO files (or the `path` column of a .csv/.jsonl MANIFEST) with
     the best student of RUN_DIR.
 

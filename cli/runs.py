@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from eastkd.cli.options import echo_json
+from eastkd.cli.options import echo_json, progress_option
 
 
 @click.command("runs", context_settings={"show_default": True})
@@ -12,9 +12,8 @@ from eastkd.cli.options import echo_json
 @click.option("--json", "fmt", flag_value="json", help="Print one JSON object (settings, runs).")
 @click.option("--csv", "fmt", flag_value="csv", help="Print CSV (mean and std columns).")
 @click.option("--per-run", is_flag=True, help="One row per run instead of per setting.")
-@click.option("--progress/--no-progress", default=True,
-              help="Accepted for uniformity (runs prints no progress bar).")
-def command(root: str, fmt: str | None, per_run: bool, progress: bool) -> None:
+@progress_option("Accepted for uniformity (runs prints no progress bar).", draws=False)
+def command(root: str, fmt: str | None, per_run: bool, progress: bool | None) -> None:
     """Tabulate every finished run (config.json + metrics.json) under DIR: teacher, targets,
     KD loss, λ, teacher-linear, student, seeds, validation and test metrics, parameters.
 

@@ -26,6 +26,22 @@ def repair_hint(store: str) -> str:
             "(extract or compress) to recompute exactly those rows")
 
 
+METADATA_LOST = ("the store cannot be repaired in place: restore it from a copy, or extract "
+                 "again into a new store")
+
+
+def metadata_error(store: str, node: str, problem: str) -> StoreDamageError:
+    """The one line for a node whose metadata (Zarr: its ``zarr.json``) is missing or does
+    not parse. The metadata of a section's array can be rebuilt (verify --repair deletes the
+    array, and the command that wrote it writes it again); anything else cannot."""
+    key = f"{node}/zarr.json" if node else "zarr.json"
+    parts = node.split("/")
+    in_section = parts[0] in ("features", "embeddings", "targets") and len(parts) >= 3
+    hint = repair_hint(store) if in_section else METADATA_LOST
+    state = "missing" if problem == "missing" else f"damaged ({problem})"
+    return StoreDamageError(f"{store}: {key} is {state}; {hint}")
+
+
 def rows_text(lo: int, hi: int) -> str:
     """``items 8-15`` for rows ``lo:hi``."""
     return f"item {lo}" if hi - lo == 1 else f"items {lo}-{hi - 1}"

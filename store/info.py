@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from eastkd.store.digest import store_digest
 from eastkd.store.store import SECTION_KINDS, Store
 
 
@@ -27,7 +28,8 @@ def _section_summary(store: Store, kind: str, name: str) -> dict[str, Any]:
 
 
 def describe(store: Store) -> dict[str, Any]:
-    """Items, splits, classes, every section with its status and provenance, bytes on disk."""
+    """Items, splits (with their labelled and unlabelled items), classes, every section with
+    its status and provenance, bytes on disk."""
     items = store.items
     attrs = store.attrs
     label_counts = items.labels.sum(axis=0).tolist()
@@ -41,6 +43,8 @@ def describe(store: Store) -> dict[str, Any]:
         "dataset": attrs.get("dataset", {}),
         "items": len(items),
         "splits": items.split_counts(),
+        "labelled": {s: c["labelled"] for s, c in items.labelled_counts().items()},
+        "unlabelled": {s: c["unlabelled"] for s, c in items.labelled_counts().items()},
         "multi_label": items.multi_label,
         "classes": {n: int(c) for n, c in zip(items.class_names, label_counts)},
         "extra_columns": sorted(items.extra),
@@ -49,4 +53,6 @@ def describe(store: Store) -> dict[str, Any]:
     for kind in SECTION_KINDS:
         out[kind] = {name: _section_summary(store, kind, name)
                      for name in store.section_names(kind) if store.has_section(kind, name)}
+    d = store_digest(store)  # from the recorded chunk digests: `verify` checks the content
+    out.update(digest=d.digest, digest_sections=d.sections, digest_note=d.note)
     return out

@@ -21,9 +21,9 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from eastkd.store import location
+from eastkd.store import digest, location
 from eastkd.store.backends.base import OK, PENDING, SKIPPED, Backend
-from eastkd.store.damage import write_failure
+from eastkd.store.damage import metadata_error, repair_hint, write_failure
 from eastkd.errors import (
     EastkdError,
     StoreDamageError,
@@ -33,7 +33,10 @@ from eastkd.errors import (
 from eastkd.store.items import ItemsTable
 
 FORMAT_NAME = "eastkd-store"
-FORMAT_VERSION = 2  # 2: checksummed chunks, NaN fill for floats, dimension names
+FORMAT_VERSION = 3  # 2: checksummed chunks, NaN fill for floats, dimension names;
+#                    3: content digests (per-chunk sha256 of decoded rows, store digest),
+#                    items/labelled (unlabelled items) and per-view arrays.
+# Versions 1 and 2 are read as they are (every item labelled, no digests, no views).
 SECTION_KINDS = ("features", "embeddings", "targets")
 FEATURES = "logmel"  # the features section that holds the student's log-mel input
 _TARGET_CHUNK_BYTES = 4 << 20
@@ -196,6 +199,10 @@ class StoreArray:
     def ndim(self) -> int:
         return len(self.shape)
 
+    def __repr__(self) -> str:
+        return (f"<StoreArray {self.path}: shape {self.shape}, {self.dtype}, "
+                f"chunks {self.chunks}>")
+
     def to_dask(self) -> Any:
         """The array as a dask array over the store's own chunks, read through the same checks
         as every other read (a damaged or missing chunk is one clear error)."""
@@ -213,6 +220,7 @@ class Section:
         self.kind = kind
         self.name = name
         self.path = f"{kind}/{name}"
+        self._digests: dict[str, bool] = {}
 
     @property
     def backend(self) -> Backend:
@@ -224,6 +232,15 @@ class Section:
 
     def update_attrs(self, attrs: dict[str, Any]) -> None:
         self.backend.update_attrs(self.path, attrs)
+
+    def __repr__(self) -> str:
+        try:
+            arrays = "; ".join(f"{a} {self.backend.shape(f'{self.path}/{a}')}"
+                               for a in self.array_names())
+            counts = ", ".join(f"{v} {k}" for k, v in self.counts().items())
+        except Exception as e:  # a repr must not raise (a closed or damaged store)
+            return f"<Section {self.path} of {self.store.path} ({type(e).__name__})>"
+        return f"<Section {self.path} of {self.store.path}: {arrays}; {counts}>"
 
     def array_names(self) -> list[str]:
         return [c for c in self.backend.children(self.path)
@@ -244,7 +261,20 @@ class Section:
                    for a in self.array_names() + ["status"])
 
     def status(self) -> np.ndarray:
-        return self.backend.read(f"{self.path}/status")
+        """Each row's status; values other than pending, ok and skipped are damage (one line
+        with the repair command), never rows silently left out."""
+        status = self.backend.read(f"{self.path}/status")
+        bad = np.flatnonzero(status > SKIPPED)
+        if bad.size:
+            raise StoreDamageError(
+                f"{self.store.path}: {self.path}/status holds {bad.size} invalid values (rows "
+                f"{int(bad[0])}-{int(bad[-1])}; valid are 0, 1, 2); {repair_hint(self.store.path)}")
+        return status
+
+    def bump_generation(self) -> None:
+        """Record that rows marked done were reset (a repair, a re-hash): what was computed
+        from the section before (targets) is stale from now on."""
+        self.update_attrs({"generation": uuid.uuid4().hex})
 
     def errors(self) -> np.ndarray:
         return self.backend.read(f"{self.path}/error")
@@ -268,11 +298,26 @@ class Section:
         ids = self.store.items.ids
         return [(ids[i], str(err[i])) for i in rows]
 
+    def records_digest(self, name: str) -> bool:
+        """Whether array ``name`` has its chunks' content digests recorded (format 3)."""
+        if name not in self._digests:
+            self._digests[name] = self.backend.exists(digest.digest_path(self.path, name))
+        return self._digests[name]
+
+    def _write_data(self, name: str, start: int, value: np.ndarray) -> None:
+        """Rows of one data array, then the content digests of the chunks they touch. Values
+        are cast to the stored dtype here (numpy), so the digest hashes what is stored."""
+        value = np.asarray(value)
+        if self.records_digest(name):
+            value = value.astype(self.backend.dtype(f"{self.path}/{name}"), copy=False)
+        self.backend.write(f"{self.path}/{name}", slice(start, start + len(value)), value)
+        digest.record(self, name, start, value)
+
     def write_rows(self, start: int, data: dict[str, np.ndarray]) -> None:
         """Write rows of data arrays only, leaving their status pending: a writer that fills
         chunks one at a time marks them done afterwards with :meth:`write_block`."""
         for name, value in data.items():
-            self.backend.write(f"{self.path}/{name}", slice(start, start + len(value)), value)
+            self._write_data(name, start, value)
 
     def reset_rows(self, rows: np.ndarray) -> None:
         """Mark rows pending again (their data is recomputed by the next extract)."""
@@ -283,6 +328,7 @@ class Section:
         status[rows] = PENDING
         errors = self.errors()
         errors[rows] = ""
+        self.bump_generation()  # before the status: a killed reset never leaves it unrecorded
         self.backend.write(f"{self.path}/status", slice(None), status)
         self.backend.write(f"{self.path}/error", slice(None), errors)
         self.backend.flush()
@@ -292,7 +338,7 @@ class Section:
         """Write rows ``start:start+len(status)`` of each array, then their status (last)."""
         stop = start + len(status)
         for name, value in data.items():
-            self.backend.write(f"{self.path}/{name}", slice(start, stop), value)
+            self._write_data(name, start, value)
         if errors is not None:
             self.backend.write(f"{self.path}/error", slice(start, stop),
                                np.asarray(errors, dtype=object))
@@ -330,6 +376,7 @@ class Store:
                 f"eastkd understands ({FORMAT_VERSION}); upgrade eastkd"
             )
         self._items: ItemsTable | None = None
+        self._checked: set[str] = set()  # sections whose metadata was checked
 
     # -- whole store ---------------------------------------------------------------------------
     @property
@@ -355,6 +402,25 @@ class Store:
 
     def nbytes_stored(self) -> int:
         return self.backend.nbytes_stored()
+
+    def __repr__(self) -> str:
+        """The store in one line: backend, items (counts, classes, splits), section names."""
+        try:
+            sections = "; ".join(f"{kind} {', '.join(self.section_names(kind))}"
+                                 for kind in SECTION_KINDS if self.section_names(kind))
+            return (f"<Store {self.path} ({self.backend_name}): {self.items.summary()}; "
+                    f"{sections or 'no sections'}>")
+        except Exception as e:  # a repr must not raise (a closed or damaged store)
+            return f"<Store {self.path} ({type(e).__name__})>"
+
+    def to_xarray(self, section: str) -> Any:
+        """The section ``KIND/NAME`` (e.g. ``"embeddings/crepe-tiny"``) as a lazy
+        ``xarray.Dataset`` with named dimensions and the items as coordinates: ``item`` (ids),
+        ``split``, ``label`` (or ``labels`` x ``class`` for multi-label data) and extra columns
+        such as ``fold``; the section's provenance in ``attrs``. Needs xarray."""
+        from eastkd.store.xarray_view import section_dataset
+
+        return section_dataset(self, section)
 
     @property
     def items(self) -> ItemsTable:
@@ -413,15 +479,37 @@ class Store:
         return self.backend.children(kind)
 
     def has_section(self, kind: str, name: str) -> bool:
-        return self.backend.exists(f"{kind}/{name}/status")
+        """Whether section ``kind/name`` exists (its ``status`` array does); a status whose
+        metadata is lost beside its chunks is one line, not "no such section"."""
+        status = f"{kind}/{name}/status"
+        if self.backend.exists(status):
+            return True
+        if self.backend.orphaned(status):
+            raise metadata_error(self.path, status, self.backend.metadata_problem(status) or "")
+        return False
 
     def section(self, kind: str, name: str) -> Section:
+        """Section ``kind/name``, its metadata checked: an expected array whose metadata is
+        missing or does not parse is one line naming it (see :func:`metadata_problems`)."""
+        path = f"{kind}/{name}"
+        if path not in self._checked:
+            problems = metadata_problems(self, kind, name)
+            if problems:
+                node, problem, _ = problems[0]
+                raise metadata_error(self.path, node, problem) if problem != "unwritten" \
+                    else StoreDamageError(f"{self.path}: {node} is missing while rows are "
+                                          f"marked done; {repair_hint(self.path)}")
         if not self.has_section(kind, name):
-            have = ", ".join(self.section_names(kind)) or "none"
+            have = ", ".join(n for n in self.section_names(kind)
+                             if self.has_section(kind, n)) or "none"
+            unfinished = f"; {path} is unfinished (its writer stopped before creating its " \
+                         "status): rerun the command that writes it" \
+                if self.backend.exists(path) else ""
             raise EastkdError(
                 f"{self.path}: no {kind[:-1] if kind != 'features' else 'features'} "
-                f"{name!r} in this store (have: {have})"
+                f"{name!r} in this store (have: {have}){unfinished}"
             )
+        self._checked.add(path)
         return Section(self, kind, name)
 
     def require_section(self, kind: str, name: str, arrays: dict[str, ArraySpec],
@@ -444,7 +532,14 @@ class Store:
             if overwrite and self.backend.get_attrs(path).get("identity") is not None:
                 self.backend.delete(path)
         n = len(self.items)
+        if not self.backend.exists(path):  # a new section: its first write generation
+            attrs = {**attrs, "generation": uuid.uuid4().hex}
+        # a section created now records content digests; one written before format 3 does not
+        new = not self.has_section(kind, name)
         self._require_group(path, {**attrs, "identity": identity})
+        if new:
+            self._require_group(f"{path}/{digest.DIGEST_GROUP}", {})
+        with_digests = digest.records_digests(self.backend, path)
         units = []
         for aname, spec in arrays.items():
             row_bytes = int(np.prod(spec.row_shape or (1,))) * np.dtype(spec.dtype).itemsize
@@ -454,6 +549,9 @@ class Store:
                 dimension_names(kind, aname, len(spec.row_shape))
             self._create_if_missing(f"{path}/{aname}", (n, *spec.row_shape),
                                     (ck, *spec.row_shape), spec.dtype, dims)
+            if with_digests and not self.backend.exists(digest.digest_path(path, aname)):
+                digest.create_digest_array(self.backend, path, aname, n,
+                                           self.backend.chunks(f"{path}/{aname}")[0])
         unit = max(units) if units else chunk_items(1, n, max_items=max_chunk_items)
         self._create_if_missing(f"{path}/status", (n,), (unit,), np.uint8, (ITEM_DIM,))
         self._create_if_missing(f"{path}/error", (n,), (unit,), object, (ITEM_DIM,))
@@ -496,6 +594,8 @@ class Store:
 
     def _create_if_missing(self, path: str, shape: tuple[int, ...], chunks: tuple[int, ...],
                            dtype: Any, dims: tuple[str, ...]) -> None:
+        if self.backend.orphaned(path):  # chunks without metadata: never written over
+            raise metadata_error(self.path, path, self.backend.metadata_problem(path) or "")
         if self.backend.exists(path):
             if tuple(self.backend.shape(path)) != tuple(shape):
                 raise StoreMismatchError(
@@ -507,6 +607,12 @@ class Store:
             self.backend.create_array(path, shape, chunks, dtype, dims=dims)
         except FileExistsError:  # a concurrent writer created it first
             pass
+
+    def replacing(self, what: str) -> Any:
+        """A context in which writes reach the store only if all succeed (HDF5: a copy of the
+        file renamed over it when complete), so that a full disk in the middle of writing a
+        new section (``compress``) leaves the store as it was."""
+        return self.backend.replacing(what)
 
     def delete_section(self, kind: str, name: str) -> None:
         self.backend.delete(f"{kind}/{name}")
@@ -538,6 +644,47 @@ class Store:
         return {p: self.backend.read(f"{base}/{p}") for p in self.backend.children(base)}
 
 
+def expected_arrays(kind: str, attrs: dict[str, Any]) -> list[str]:
+    """The arrays every section of ``kind`` holds (docs/store-format.md), ``status`` first."""
+    names = ["status", "error"]
+    if kind == "features":
+        names.append("values")
+    elif kind == "embeddings":
+        names.append("clip")
+        if (attrs.get("identity") or {}).get("frames"):
+            names.append("frames")
+    elif kind == "targets":
+        names.append("values")
+        names += [f"params/{p}" for p in attrs.get("params") or []]
+    return names
+
+
+def metadata_problems(store: Store, kind: str, name: str) -> list[tuple[str, str, bool]]:
+    """``(array path, problem, repairable)`` for each expected array of section
+    ``kind/name`` whose metadata is missing or does not parse ("unwritten": absent with rows
+    marked done). An array absent with nothing stored and every row pending is not a problem
+    (its writer creates it); a section whose ``status`` was never created is unfinished."""
+    backend, path = store.backend, f"{kind}/{name}"
+    if not backend.exists(path):
+        return []
+    attrs = backend.get_attrs(path)
+    out: list[tuple[str, str, bool]] = []
+    for array in expected_arrays(kind, attrs):
+        node = f"{path}/{array}"
+        problem = backend.metadata_problem(node)
+        if problem is None:
+            continue
+        if problem != "missing" or backend.orphaned(node):
+            out.append((node, problem, True))
+        elif array == "status":
+            return []  # never created: unfinished, not damaged
+        elif backend.exists(f"{path}/status") and (backend.read(f"{path}/status") != PENDING
+                                                    ).any():
+            out.append((node, "unwritten", True))
+    return out
+
+
+LABELLED = "labelled"  # items column: 1 labelled, 0 unlabelled (absent before format 3: all 1)
 ITEMS_DAMAGED = ("the items table cannot be repaired in place: restore the store from a copy, "
                  "or extract again into a new store")
 
@@ -552,7 +699,9 @@ def _read_items(backend: Backend) -> ItemsTable:
                           "damaged or half-written: recreate it with `eastkd extract`")
     try:
         extra = {c: backend.read(f"items/{c}", allow_missing=True)
-                 for c in sorted(cols - core - {"label"})}
+                 for c in sorted(cols - core - {"label", LABELLED})}
+        labelled = (backend.read(f"items/{LABELLED}").astype(bool) if LABELLED in cols
+                    else None)  # a store before format 3: every item labelled
         return ItemsTable(
             ids=[str(x) for x in backend.read("items/id")],
             paths=[str(x) for x in backend.read("items/path")],
@@ -563,6 +712,7 @@ def _read_items(backend: Backend) -> ItemsTable:
             class_names=list(attrs.get("class_names", [])),
             multi_label=bool(attrs.get("multi_label", False)),
             extra=extra,
+            labelled=labelled,
         )
     except StoreDamageError as e:
         raise StoreDamageError(f"{str(e).split('; run `eastkd verify')[0]}; "
@@ -598,6 +748,7 @@ def _item_columns(items: ItemsTable) -> dict[str, tuple[np.ndarray, tuple[str, .
         labels = np.zeros((n, 1), dtype=np.uint8)
     cols["labels"] = (labels, dimension_names("items", "labels", 1))
     cols["label"] = (items.label, item)
+    cols[LABELLED] = (items.labelled_mask.astype(np.uint8), item)
     for name, col in items.extra.items():
         col = np.asarray(col)
         cols[name] = (col.astype(object if col.dtype.kind in "OUS" else col.dtype), item)
@@ -618,7 +769,13 @@ def _write_items(backend: Backend, items: ItemsTable) -> None:
 
 def _write_item_columns(backend: Backend, items: ItemsTable) -> None:
     """Overwrite the columns of an existing items table in place (same rows and columns)."""
-    for name, (values, _) in _item_columns(items).items():
+    for name, (values, dims) in _item_columns(items).items():
+        if name == LABELLED and not backend.exists(f"items/{name}"):  # before format 3
+            if items.has_unlabelled:
+                backend.create_array(f"items/{name}", values.shape,
+                                     (chunk_items(256, len(items)),), values.dtype, data=values,
+                                     dims=dims)
+            continue
         backend.write(f"items/{name}", slice(0, len(items)), values)
 
 

@@ -2,9 +2,11 @@
 
 Checks, in order: the root attributes, the items table (per-chunk checksums, its content
 checksum, the dataset fingerprint recomputed from it, unique ids, valid splits, the stored
-``label`` column), and every section: array shapes, every chunk of every array (its checksum,
-that it decodes, that it is present where rows are marked done), status values, and provenance
-(the dataset fingerprint each section records; the embeddings a target was computed from).
+``label`` column), and every section: that each expected array's metadata is present and
+parses, array shapes, every chunk of every array (its checksum, that it decodes, that it is
+present where rows are marked done), status values, and provenance (the dataset fingerprint
+each section records; the embeddings a target was computed from, and whether their rows were
+recomputed since the targets were fitted: the write ``generation``).
 
 Repair marks the rows of every damaged or missing chunk *pending* (their status written, the
 damaged chunk replaced by the fill value), so the same ``eastkd extract`` or ``eastkd
@@ -16,27 +18,29 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
 
 import numpy as np
-from tqdm.auto import tqdm
+from eastkd.progress import Progress, progress_bar
 
+from eastkd.store import digest as content_digest
 from eastkd.store import location
 from eastkd.store.backends.base import Backend
 from eastkd.store.damage import is_nan_fill, missing_rows, reason_of, rows_text
 from eastkd.errors import EastkdError, StoreDamageError
 from eastkd.store.items import SPLITS, ItemsTable
 from eastkd.store.store import (
-    FORMAT_VERSION,
     OK,
     PENDING,
     SECTION_KINDS,
     SKIPPED,
     Section,
     Store,
+    metadata_problems,
     open_store,
 )
 
@@ -75,6 +79,10 @@ class VerifyReport:
     findings: list[Finding] = field(default_factory=list)
     repaired: dict[str, int] = field(default_factory=dict)  # section -> rows marked pending
     rerun: list[Rerun] = field(default_factory=list)  # commands that recompute repaired rows
+    digest: str | None = None  # the store digest computed from the content read
+    digest_sections: dict[str, str | None] = field(default_factory=dict)
+    digest_note: str = ""  # why there is no digest
+    digest_checked: bool = False  # computed from the content (--deep, --digest), not recorded
 
     @property
     def damaged(self) -> bool:
@@ -121,9 +129,9 @@ def _read_chunks(backend: Backend, path: str, lo: int, hi: int, chunk: int
 class _Reader:
     """Streams arrays chunk by chunk, counting what it read and showing progress."""
 
-    def __init__(self, report: VerifyReport, backend: Backend, total: int, progress: bool):
+    def __init__(self, report: VerifyReport, backend: Backend, total: int, progress: Progress):
         self.report, self.backend = report, backend
-        self.bar = tqdm(total=total, desc="verify", unit="chunk", disable=not progress)
+        self.bar = progress_bar(total=total, desc="verify", unit="chunk", progress=progress)
         self._pool: ThreadPoolExecutor | None = None
         self._raw: Future[dict[str, list[tuple[int, int, str]]]] | None = None
         self._raw_paths: set[str] = set()
@@ -208,6 +216,13 @@ def _check_items_content(store: Store, items: ItemsTable, report: VerifyReport) 
         label = store.backend.read("items/label")
         if not np.array_equal(label, items.label):
             report.findings.append(Finding("items/label", "disagrees with items/labels"))
+    wrong = ~items.labelled_mask & ((np.asarray(items.splits, dtype=object) != "train")
+                                    | np.asarray(items.labels).any(axis=1))
+    if wrong.any():
+        first = items.ids[int(np.flatnonzero(wrong)[0])]
+        report.findings.append(Finding("items/labelled", f"{int(wrong.sum())} unlabelled items "
+                                       f"outside train or with labels (first: {first}); "
+                                       "unlabelled items must be train items with no labels"))
     expected = store.attrs.get("dataset", {}).get("n_items")
     if expected is not None and int(expected) != n:
         report.findings.append(Finding("items", f"holds {n} items, the root attributes say "
@@ -231,9 +246,14 @@ def _check_shapes(sec: Section, n: int, report: VerifyReport) -> bool:
 class _SectionCheck:
     """One section's chunks against its status; collects the rows a repair marks pending."""
 
-    def __init__(self, sec: Section, reader: _Reader, report: VerifyReport) -> None:
+    def __init__(self, sec: Section, reader: _Reader, report: VerifyReport,
+                 leaves: dict[str, content_digest.Leaves], content: bool = False,
+                 digests: bool = True) -> None:
         self.sec, self.reader, self.report = sec, reader, report
         self.backend = sec.backend
+        self.leaves = leaves  # array path -> hashes of its chunks as read (for the digest)
+        self.content = content  # hash every data array, also those without recorded digests
+        self.digests = digests  # check the recorded content digests (False: checksums only)
         self.pending_rows: set[int] = set()
         self.reset: list[tuple[str, int]] = []  # (array path, chunk index) to replace by fill
 
@@ -281,11 +301,33 @@ class _SectionCheck:
         if not self.backend.checksummed(path):
             self.report.findings.append(Finding(path, "chunks carry no checksum (written by "
                                                       "format 1)", damage=False))
-        raw = None if deep else self.reader.raw_chunks(path)
+        recorded = self._recorded(name, len(status)) if self.digests else None
+        raw = None if deep or self.content or recorded is not None \
+            else self.reader.raw_chunks(path)
         if raw is not None:
             self._check_raw(path, raw, status)
         else:
-            self._check_decoded(path, status)
+            self._check_decoded(path, status, recorded)
+
+    def _recorded(self, name: str, n: int) -> list[bytes | None] | None:
+        """The content digests recorded for array ``name`` (b"" where none was, None for a
+        damaged digest chunk, reported here); None where the section records none."""
+        dpath = content_digest.digest_path(self.sec.path, name)
+        if not self.backend.exists(dpath):
+            return None
+        chunk = self.backend.chunks(f"{self.sec.path}/{name}")[0]
+        out: list[bytes | None] = []
+        for lo, hi, data, reason in self.reader.chunks(dpath):
+            if data is None:
+                rows = (lo * chunk, min(n, hi * chunk))
+                self.report.findings.append(Finding(dpath, f"{reason} (the content digests of "
+                                                           "these rows)", rows, repairable=True))
+                self.pending_rows.update(range(*rows))
+                self.reset.extend((dpath, c) for c in range(lo, hi))
+                out += [None] * (hi - lo)
+            else:
+                out += [row.tobytes() if row.any() else b"" for row in data]
+        return out
 
     def _check_raw(self, path: str, raw: Iterator[tuple[int, str]], status: np.ndarray) -> None:
         """Checksums on the raw bytes; chunks absent where rows are done (by listing)."""
@@ -305,10 +347,17 @@ class _SectionCheck:
             self.damaged(path, lo, min(len(status), lo + chunk),
                          "chunk missing (rows marked done have no data)", chunk)
 
-    def _check_decoded(self, path: str, status: np.ndarray) -> None:
-        """Every chunk decoded; NaN-fill rows or (format 1) absent chunks where rows are done."""
+    def _check_decoded(self, path: str, status: np.ndarray,
+                       recorded: list[bytes | None] | None = None) -> None:
+        """Every chunk decoded and hashed (against its ``recorded`` content digest); NaN-fill
+        rows or (format 1) absent chunks where rows are done."""
         chunk = self.backend.chunks(path)[0]
         nan_fill = is_nan_fill(self.backend.dtype(path), self.backend.fill_value(path))
+        leaves: list[bytes | None] = [None] * -(-len(status) // chunk)
+        reported = len(self.reset)
+        stored = None if nan_fill else self.backend.stored_chunks(path)
+        if stored is not None:  # format 1: fill 0, so listing tells; skipped rows may be absent
+            self._absent(path, stored, status, chunk, done=status == OK)
         for lo, hi, data, reason in self.reader.chunks(path):
             if data is None:
                 self.damaged(path, lo, hi, reason, chunk)
@@ -321,9 +370,28 @@ class _SectionCheck:
                     self.damaged(path, c_lo, min(hi, c_lo + chunk),
                                  "chunk missing (rows marked done read as the fill value)",
                                  chunk)
-        stored = None if nan_fill else self.backend.stored_chunks(path)
-        if stored is not None:  # format 1: fill 0, so listing tells; skipped rows may be absent
-            self._absent(path, stored, status, chunk, done=status == OK)
+            damaged = {c for p, c in self.reset[reported:] if p == path}
+            self._hash_chunks(path, lo, data, chunk, status, recorded, leaves, damaged)
+        if all(leaf is not None for leaf in leaves):
+            self.leaves[path] = leaves  # type: ignore[assignment]
+
+    def _hash_chunks(self, path: str, lo: int, data: np.ndarray, chunk: int,
+                     status: np.ndarray, recorded: list[bytes | None] | None,
+                     leaves: list[bytes | None], damaged: set[int]) -> None:
+        """Hash each chunk of the decoded rows ``lo:lo+len(data)``; a chunk with rows done
+        whose hash differs from the one recorded when it was written is damage (rewritten
+        since, e.g. with a fresh codec checksum), unless already reported (``damaged``)."""
+        for c_lo in range(lo, lo + len(data), chunk):
+            c_hi = min(lo + len(data), c_lo + chunk)
+            leaf = content_digest.chunk_hash(data[c_lo - lo:c_hi - lo])
+            leaves[c_lo // chunk] = leaf
+            want = None if recorded is None else recorded[c_lo // chunk]
+            if want is None or leaf == want or c_lo // chunk in damaged \
+                    or (status[c_lo:c_hi] == PENDING).all():
+                continue
+            self.damaged(path, c_lo, c_hi, "content differs from the digest recorded when it "
+                         "was written (changed since)" if want else "no content digest "
+                         "recorded for rows marked done", chunk)
 
     def params(self) -> None:
         base = f"{self.sec.path}/params"
@@ -356,21 +424,28 @@ def _check_provenance(store: Store, sec: Section, status: np.ndarray,
     if sec.kind != "targets" or "source" not in attrs:
         return
     src = attrs["source"]
-    if not store.has_section("embeddings", src):
+    try:
+        present = store.has_section("embeddings", src)
+    except EastkdError:  # its damage is reported with the embeddings themselves
+        return
+    if not present:
         report.findings.append(Finding(sec.path, f"its source embeddings/{src} is gone",
                                        damage=False))
         return
-    emb = store.embeddings(src)
+    emb = Section(store, "embeddings", src)  # its own damage is reported with it
     identity = attrs.get("identity") or {}
     want = identity.get("source_identity_sha256")
     if want is not None and want != _sha(emb.attrs.get("identity")):
         report.findings.append(Finding(sec.path, f"computed from other embeddings than the "
                                                  f"current embeddings/{src}; rerun compress "
                                                  "with --overwrite"))
+    stale = stale_targets(store.path, sec.name, attrs, emb.attrs)
     try:
         src_status = emb.status()
-    except StoreDamageError:  # reported with the embeddings themselves
+    except EastkdError:  # reported with the embeddings themselves
         return
+    if stale:  # a note while the embeddings' rows are still being recomputed (after a repair)
+        report.findings.append(Finding(sec.path, stale, damage=not (src_status == PENDING).any()))
     both = (status != PENDING) & (src_status != PENDING)
     if ((status[both] == SKIPPED) != (src_status[both] == SKIPPED)).any():
         report.findings.append(Finding(sec.path, f"skipped rows differ from embeddings/{src}",
@@ -380,13 +455,41 @@ def _check_provenance(store: Store, sec: Section, status: np.ndarray,
 @dataclass
 class Rerun:
     """A command that recomputes a section's pending rows, as data: the ``eastkd`` stage, its
-    positional arguments and its options (flag -> value; True for a bare flag). ``note`` says
-    what the command cannot carry (e.g. options not recorded). The CLI renders it."""
+    positional arguments and its options (flag -> value; True for a bare flag, a list for a
+    flag given once per value). ``note`` says what the command cannot carry (e.g. options not
+    recorded)."""
 
     stage: str
     args: list[str]
     options: dict[str, Any]
     note: str = ""
+
+    def command(self) -> str:
+        """The command line a user types (the note in brackets after it)."""
+        parts = ["eastkd", self.stage, *self.args]
+        for flag, value in self.options.items():
+            if value is True:
+                parts.append(f"--{flag}")
+            elif isinstance(value, list):  # a repeatable flag, e.g. --unlabelled DIR
+                parts += [f"--{flag} {v}" for v in value]
+            elif value not in (False, None):
+                parts.append(f"--{flag} {value}")
+        return " ".join(parts) + (f" ({self.note})" if self.note else "")
+
+
+def stale_targets(store: str, name: str, attrs: dict[str, Any], source: dict[str, Any]
+                  ) -> str | None:
+    """Why targets ``name`` (attributes ``attrs``) are older than their source embeddings
+    (attributes ``source``), with the command that refits them; None when they are not.
+    Every section records a write ``generation``, renewed whenever rows marked done are
+    reset (repair, re-hash); targets record the one they were fitted on."""
+    if "source_generation" not in attrs or attrs["source_generation"] == source.get(
+            "generation"):
+        return None
+    refit = _compress_hint(store, name, attrs)
+    refit.options["overwrite"] = True
+    return (f"targets/{name} were fitted on embeddings/{attrs.get('source')} rows that have "
+            f"changed since (repaired and recomputed); refit them: {refit.command()}")
 
 
 def _rerun_hint(store: Store, sec: Section) -> Rerun:
@@ -394,11 +497,14 @@ def _rerun_hint(store: Store, sec: Section) -> Rerun:
     if sec.kind == "targets":
         return _compress_hint(store.path, sec.name, sec.attrs)
     keys = [sec.name] if sec.kind == "embeddings" else store.section_names("embeddings")[:1]
-    src = store.attrs.get("dataset", {}).get("source") or "DATASET"
+    dataset = store.attrs.get("dataset", {})
+    src = dataset.get("source") or "DATASET"
+    unlabelled = list(dataset.get("unlabelled", [])) or None  # folders: --unlabelled each
     if not keys:
-        return Rerun("extract", [src, store.path], {},
+        return Rerun("extract", [src, store.path], {"unlabelled": unlabelled},
                      note=f"with the options of the command that wrote {sec.path}")
-    return _extract_hint(store.path, src, keys[0], store.embeddings(keys[0]).attrs)
+    return _extract_hint(store.path, src, keys[0], Section(store, "embeddings", keys[0]).attrs,
+                         unlabelled)
 
 
 def _compress_hint(path: str, name: str, a: dict[str, Any]) -> Rerun:
@@ -409,7 +515,8 @@ def _compress_hint(path: str, name: str, a: dict[str, Any]) -> Rerun:
         "fit-split": a.get("fit_split", "train"), "whiten": bool(a.get("whiten"))})
 
 
-def _extract_hint(path: str, source: str, key: str, a: dict[str, Any]) -> Rerun:
+def _extract_hint(path: str, source: str, key: str, a: dict[str, Any],
+                  unlabelled: list[str] | None = None) -> Rerun:
     ident = a.get("identity") or {}
     opts = a.get("extract_options") or {}
     seg = ident.get("segment") or {}
@@ -417,9 +524,22 @@ def _extract_hint(path: str, source: str, key: str, a: dict[str, Any]) -> Rerun:
     return Rerun("extract", [source, path], {
         "teacher": ident.get("teacher", key), "key": key, "segment": seg.get("seconds"),
         "crop": seg.get("crop"), "dtype": ident.get("dtype"), "frames": bool(ident.get("frames")),
-        "on-error": opts.get("on_error", "fail")},
+        "on-error": opts.get("on_error", "fail"), "unlabelled": unlabelled,
+        **_views_options(ident.get("views"))},
         note=f"plus the --teacher-opt/--weights it was run with; teacher options recorded: "
              f"{recorded or 'none'}")
+
+
+def _views_options(views: dict[str, Any] | None) -> dict[str, Any]:
+    """The ``extract --views`` options of a recorded views identity (none without views)."""
+    if not views:
+        return {}
+    out: dict[str, Any] = {"views": views.get("k")}
+    if views.get("seconds") is not None:
+        out["view-seconds"] = views["seconds"]
+    if views.get("gain_db"):
+        out["view-gain-db"] = views["gain_db"]
+    return {**out, "view-seed": str(views.get("seed"))}  # a string: seed 0 is not a False flag
 
 
 def _pending_note(sec: Section, status: np.ndarray, report: VerifyReport) -> None:
@@ -436,6 +556,8 @@ def _repair(sec: Section, check: _SectionCheck, report: VerifyReport) -> None:
     backend = sec.backend
     rows = np.asarray(sorted(check.pending_rows), dtype=np.int64)
     status_path, error_path = f"{sec.path}/status", f"{sec.path}/error"
+    if rows.size:  # first: a killed repair never leaves the change unrecorded
+        sec.bump_generation()
     for path, c in check.reset:
         if path in (status_path, error_path):
             backend.reset_chunk(path, c)
@@ -464,9 +586,49 @@ def _runs(rows: np.ndarray) -> list[tuple[int, int]]:
 # the entry point
 
 
-def _sections(store: Store) -> list[Section]:
-    return [store.section(kind, name) for kind in SECTION_KINDS
-            for name in store.section_names(kind) if store.has_section(kind, name)]
+def _sections(store: Store, report: VerifyReport) -> tuple[list[Section], list[Section]]:
+    """The sections whose metadata reads, and those with an array whose metadata is missing
+    or does not parse (each a finding; repairable: the array is deleted and the rows marked
+    pending, so the command that wrote it writes it again). A section created but never
+    given a status (its writer stopped) is a note."""
+    good: list[Section] = []
+    broken: list[Section] = []
+    for kind in SECTION_KINDS:
+        for name in store.section_names(kind):
+            problems = metadata_problems(store, kind, name)
+            for node, problem, repairable in problems:
+                what = ("metadata missing while rows are marked done" if problem == "unwritten"
+                        else f"zarr.json {problem}")
+                report.findings.append(Finding(node, what, repairable=repairable))
+            if problems:
+                broken.append(Section(store, kind, name))
+            elif store.has_section(kind, name):
+                good.append(store.section(kind, name))
+            else:
+                report.findings.append(Finding(f"{kind}/{name}", "unfinished: created, but "
+                                               "its writer stopped before its status; the "
+                                               "command that writes it continues it",
+                                               damage=False))
+    return good, broken
+
+
+def _repair_metadata(store: Store, sec: Section, report: VerifyReport) -> None:
+    """Delete the arrays of ``sec`` whose metadata is lost, then mark every row pending (a
+    lost ``status`` is recreated pending by the next writer), so that the command that wrote
+    the section writes it again."""
+    backend = sec.backend
+    status = f"{sec.path}/status"
+    for node, _, repairable in metadata_problems(store, sec.kind, sec.name):
+        if repairable and backend.orphaned(node):
+            backend.delete_orphan(node)
+    n = report.items
+    sec.bump_generation()
+    if backend.exists(status):
+        if backend.exists(f"{sec.path}/error"):
+            backend.write(f"{sec.path}/error", slice(None), np.full(n, "", dtype=object))
+        backend.write(status, slice(None), np.zeros(n, dtype=np.uint8))
+        backend.flush()
+    report.repaired[sec.path] = n
 
 
 def _array_paths(store: Store, sections: list[Section]) -> list[str]:
@@ -476,16 +638,19 @@ def _array_paths(store: Store, sections: list[Section]) -> list[str]:
                   if store.backend.exists(f"{sec.path}/{a}")]
         paths += [f"{sec.path}/params/{p}"
                   for p in store.backend.children(f"{sec.path}/params")]
+        paths += [content_digest.digest_path(sec.path, a) for a in sec.array_names()
+                  if sec.records_digest(a)]
     return paths
 
 
-def _check_section(store: Store, sec: Section, reader: _Reader, report: VerifyReport
+def _check_section(store: Store, sec: Section, reader: _Reader, report: VerifyReport,
+                   leaves: dict[str, content_digest.Leaves], content: bool, digests: bool
                    ) -> tuple[_SectionCheck, np.ndarray] | None:
     """Everything of a section but its data arrays: shapes, status, parameters, provenance
     (done while the data chunks' checksums are still being computed in the background)."""
     if not _check_shapes(sec, report.items, report):
         return None
-    check = _SectionCheck(sec, reader, report)
+    check = _SectionCheck(sec, reader, report, leaves, content, digests)
     status = check.status(report.items)
     check.params()
     _check_provenance(store, sec, status, report)
@@ -508,13 +673,17 @@ def _check_section_data(store: Store, check: _SectionCheck, status: np.ndarray,
         report.rerun.append(_rerun_hint(store, sec))
 
 
-def verify(path: str, repair: bool = False, progress: bool = True,
-           deep: bool = False) -> VerifyReport:
+def verify(path: str, repair: bool = False, progress: Progress = False,
+           deep: bool = False, expected_digest: str | None = None) -> VerifyReport:
     """Read every chunk of the store at ``path`` and report damage; ``repair`` marks the rows
     of damaged chunks pending so that extract or compress recomputes exactly them.
 
-    Data chunks are checked on their raw bytes where the backend can (Zarr: crc32c; HDF5:
-    fletcher32), about as fast as reading them; ``deep`` decodes every chunk as well."""
+    Data chunks of sections that record content digests (format 3) are decoded and hashed
+    against them only with ``deep`` (or ``expected_digest``), which decodes and hashes every
+    chunk; by default chunks are checked on their raw bytes where the backend can (Zarr:
+    crc32c; HDF5: fletcher32), about as fast as reading them, and the digest reported is the
+    one recorded (``digest_checked`` False). ``expected_digest`` (a digest, or a JSON file from
+    ``info``/``verify --json``) is compared with the digest computed from the content."""
     t0 = time.perf_counter()
     report = VerifyReport(store=path)
     with location.uncached(), open_store(path, "r+" if repair else "r") as store:
@@ -522,26 +691,71 @@ def verify(path: str, repair: bool = False, progress: bool = True,
         report.backend = store.backend_name
         report.format_version = int(attrs.get("format_version", 0))
         report.bytes_on_disk = store.nbytes_stored()
-        if report.format_version < FORMAT_VERSION:
+        if report.format_version < 2:
             report.findings.append(Finding("/", f"format version {report.format_version}: "
                                                 "arrays written before version 2 carry no "
                                                 "checksums", damage=False))
-        sections = _sections(store)
+        sections, broken = _sections(store, report)
         total = _chunk_count(store.backend, _array_paths(store, sections))
         reader = _Reader(report, store.backend, total, progress)
-        if not deep:
-            reader.start_raw([f"{sec.path}/{a}" for sec in sections for a in sec.array_names()])
+        content = digests = deep or expected_digest is not None
+        if not content:
+            reader.start_raw([f"{sec.path}/{a}" for sec in sections for a in sec.array_names()
+                              if not (digests and sec.records_digest(a))])
+        leaves: dict[str, content_digest.Leaves] = {}
         try:
             items = _check_items(store, reader, report)
             report.items = len(items) if items is not None else \
                 int(attrs.get("dataset", {}).get("n_items", 0))
-            checks = [_check_section(store, sec, reader, report) for sec in sections]
+            checks = [_check_section(store, sec, reader, report, leaves, content, digests)
+                      for sec in sections]
             for check in checks:
                 if check is not None:
                     _check_section_data(store, *check, report, repair, deep)
+            for sec in broken:
+                report.rerun.append(_rerun_hint(store, sec))
+                if repair:
+                    _repair_metadata(store, sec, report)
+            if items is not None:
+                _content_digest(store, leaves if content else None, report)
         finally:
             reader.close()
+        if expected_digest is not None:
+            _compare_digest(report, expected_digest)
     return _finish(report, t0)
+
+
+def _content_digest(store: Store, leaves: dict[str, content_digest.Leaves] | None,
+                    report: VerifyReport) -> None:
+    """The store digest from the content read (``leaves``: hashes of the data chunks, as
+    decoded while checking them), or, with ``leaves`` None, from the recorded chunk digests
+    (as ``eastkd info`` prints it: not checked against the content)."""
+    try:
+        d = content_digest.store_digest(store, leaves.get if leaves is not None else None)
+    except EastkdError:  # damage the checks above report: no digest for a damaged store
+        report.digest_note = "no digest: the store is damaged (see the findings)"
+        return
+    report.digest, report.digest_sections, report.digest_note = d.digest, d.sections, d.note
+    report.digest_checked = leaves is not None and d.digest is not None
+
+
+def _compare_digest(report: VerifyReport, expected: str) -> None:
+    """A finding when the digest computed from the content differs from ``expected`` (a
+    digest, or a JSON file holding ``digest`` and ``digest_sections``), naming the sections
+    that differ where the file lists them."""
+    theirs: dict[str, Any] = {}
+    if os.path.isfile(expected):
+        with open(expected) as f:
+            published = json.load(f)
+        expected, theirs = published.get("digest"), published.get("digest_sections") or {}
+    if report.digest == expected:
+        return
+    where = content_digest.differing(report.digest_sections, theirs) if theirs else []
+    problem = (f"store digest {report.digest} differs from the expected {expected}"
+               if report.digest else f"store digest unknown ({report.digest_note})")
+    if where:
+        problem += f"; differing: {', '.join(where)}"
+    report.findings.append(Finding("/", problem))
 
 
 def _finish(report: VerifyReport, t0: float) -> VerifyReport:

@@ -500,6 +500,50 @@ def test_targets_that_saw_a_runs_valid_or_test_items_are_refused(tmp_path: Path)
             check_fit_rows(store, sec.path, sec.attrs, 4)
 
 
+def test_probe_targets_are_probabilities_for_every_row_with_class_names(tmp_path: Path) -> None:
+    from eastkd.pipeline.probe.run import probe
+
+    x, labels = synthetic(300, 24, n_classes=4, seed=5, sep=0.8)
+    labels[::7] = 0  # unlabelled items: ignored by the fit, still given probabilities
+    path = make_store(tmp_path / "p.zarr", x, labels, class_names=["a", "b", "c", "d"])
+    r = compress(path, KEY, "probe", "128", plot=False, progress=False)
+    values, status, attrs, params = read_targets(path, f"{KEY}-probe")
+    assert r.name == f"{KEY}-probe" and r.output_dim == 4 and values.shape == (300, 4)
+    assert (status == OK).all()
+    np.testing.assert_allclose(values.sum(axis=1), 1.0, atol=1e-5)
+    assert (values >= 0).all()
+    assert attrs["kind"] == "probabilities" and attrs["class_names"] == ["a", "b", "c", "d"]
+    train = train_rows(300)
+    assert attrs["fit_rows"] == int((labels[train].sum(axis=1) == 1).sum())  # labelled only
+    # the same fit as `eastkd probe`: its scores are the probe command's
+    (ref,) = probe(path, embeddings=[KEY]).probes
+    assert attrs["probe_metric"]["C"] == ref["C"][0]
+    for split in ("valid", "test"):
+        assert attrs["probe_scores"][split]["accuracy"] == ref[split]["accuracy"]["mean"]
+        assert attrs["probe_scores"][split]["rows"] == ref["rows"][split]
+    # the stored parameters reproduce the probabilities: softmax(standardised x . W + b)
+    z = (x.astype(np.float32) - params["input_mean"]) / params["input_std"]
+    logits = z @ params["weight"].T + params["bias"]
+    soft = np.exp(logits - logits.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(soft / soft.sum(axis=1, keepdims=True), values, atol=1e-4)
+    assert attrs["probe_scores"]["test"]["accuracy"] > 0.5  # 4 classes: chance 0.25
+
+
+def test_probe_targets_of_another_fold_are_refused(tmp_path: Path) -> None:
+    path, folds = _fold_store(tmp_path / "f.zarr")
+    compress(path, KEY, "probe", "1", name="probe-f3", fold=3, plot=False, progress=False)
+    _, _, attrs, _ = read_targets(path, "probe-f3")
+    with open_store(path) as store:
+        assert attrs["valid_rows_sha256"] == rows_fingerprint(store, np.flatnonzero(folds == 2))
+        sec = store.targets("probe-f3")
+        check_fit_rows(store, sec.path, sec.attrs, 3)
+        with pytest.raises(EastkdError, match="fitted on 100 items that are test items"):
+            check_fit_rows(store, sec.path, sec.attrs, 4)
+        with pytest.raises(EastkdError, match="fitted on 100 items that are valid items .*"
+                                              r"\(compress fold 3, distill fold 2\)"):
+            check_fit_rows(store, sec.path, sec.attrs, 2)
+
+
 def test_registry_and_parse_dim() -> None:
     assert compressors.get("pca") is PCACompressor
     assert compressors.get("learned") is LearnedCompressor
@@ -538,7 +582,8 @@ def test_cli_prints_a_table_writes_a_png_and_fails_in_one_line(tmp_path: Path) -
 
     res = runner.invoke(cli, ["compress", "--help"])
     text = " ".join(res.output.split())
-    assert res.exit_code == 0 and "[default: <key>-<method><dim>]" in text
+    assert res.exit_code == 0 and "[default: <key>-<method><dim>; probe: <key>-probe]" in text
+    assert "--kd kl" in text  # --method probe's soft labels
     assert "two-stage, offline" in text and "--teacher-linear" in text and "--fold" in text
 
     res = runner.invoke(cli, ["compress", path, "--dim", "4", "--fold", "2", "--no-progress"])

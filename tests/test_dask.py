@@ -144,10 +144,13 @@ def _ok_rows(url: str) -> int:
         return 0
 
 
-def test_cli_dask_local_extract_equals_in_process(demo_manifest: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("views", [[], ["--views", "2", "--view-seconds", "0.5",
+                                         "--view-gain-db", "3"]], ids=["plain", "views"])
+def test_cli_dask_local_extract_equals_in_process(demo_manifest: Path, tmp_path: Path,
+                                                  views: list[str]) -> None:
     manifest = small_manifest(demo_manifest, tmp_path / "m.csv", per_class=1)
     common = ["--teacher-opt", "hop_ms=100", "--chunk-items", "2", "-j", "0", "--no-progress",
-              "--frames"]
+              "--frames", *views]
     out = invoke("extract", str(manifest), str(tmp_path / "d.zarr"), *common, "--dask",
                  "local:1")
     assert "5 written, 0 skipped now, 0 already done, of 5 items" in out
@@ -169,6 +172,26 @@ def test_pca_tree_reduction_on_the_cluster_equals_the_streaming_fit(
             np.testing.assert_allclose(pa[k], pb[k], rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(s.targets("stream").array("values")[:],
                                    s.targets("tree").array("values")[:], rtol=1e-5, atol=1e-6)
+
+
+def test_pca_on_the_cluster_fits_every_view(demo_manifest: Path, cluster,
+                                            tmp_path: Path) -> None:
+    from eastkd.pipeline.compress.run import compress
+
+    manifest = small_manifest(demo_manifest, tmp_path / "m.csv", per_class=2)
+    store = tmp_path / "views.zarr"
+    extract(str(manifest), str(store), opts(views=3, view_seconds=0.5, view_gain_db=3.0))
+    a = compress(str(store), None, "pca", 4, name="stream", plot=False, progress=False)
+    b = compress(str(store), None, "pca", 4, name="tree", plot=False, progress=False,
+                 dask=cluster)
+    assert a.fit_rows == b.fit_rows and a.fit_rows % 3 == 0
+    with open_store(str(store)) as s:
+        pa, pb = s.read_params(s.targets("stream")), s.read_params(s.targets("tree"))
+        np.testing.assert_allclose(pa["components"], pb["components"], rtol=1e-8, atol=1e-10)
+        tree = s.targets("tree").array("values")[:]
+        assert tree.shape == (10, 3, 4)
+        np.testing.assert_allclose(s.targets("stream").array("values")[:], tree, rtol=1e-5,
+                                   atol=1e-6)
 
 
 def test_bad_dask_values_are_one_line_errors(demo_manifest: Path, tmp_path: Path) -> None:
@@ -211,3 +234,20 @@ def test_workers_share_their_machines_cores_and_gpus(monkeypatch: pytest.MonkeyP
     assert worker_device("cuda:1", 0) == "cuda:1" and worker_device("cpu", 1) == "cpu"
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert worker_device("cuda", 1) == "cuda"
+
+
+def test_local_cluster_run_prints_only_the_summary(demo_manifest: Path, tmp_path: Path) -> None:
+    """A normal `extract --dask local:1` run, as a user starts it: the summary, and no dask
+    INFO lines, nanny warnings or "leaked semaphore" reports on stderr."""
+    import subprocess
+
+    manifest = small_manifest(demo_manifest, tmp_path / "m.csv", per_class=1)  # 5 clips
+    res = subprocess.run(
+        [sys.executable, "-m", "eastkd.cli.main", "extract", str(manifest),
+         str(tmp_path / "s.zarr"), "--teacher", "crepe-tiny", "--teacher-opt", "hop_ms=100",
+         "--no-progress", "--dask", "local:1"],
+        capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert "5 written" in res.stdout
+    for noise in ("INFO", "distributed", "leaked", "semaphore", "Traceback"):
+        assert noise not in res.stderr, res.stderr

@@ -220,7 +220,7 @@ def test_jsonl_multilabel_manifest(tmp_path: Path) -> None:
     lines = [
         {"id": "a", "path": "audio/a.wav", "labels": "rock;guitar", "split": "train"},
         {"id": "b", "path": "audio/b.wav", "labels": ["vocal", "rock"], "split": "test"},
-        {"id": "c", "path": "audio/c.wav", "labels": "", "split": "valid", "year": 1999},
+        {"id": "c", "path": "audio/c.wav", "labels": [], "split": "valid", "year": 1999},
     ]
     (tmp_path / "tags.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n\n")
     spec = resolve_dataset(str(tmp_path / "tags.jsonl"))
@@ -231,6 +231,7 @@ def test_jsonl_multilabel_manifest(tmp_path: Path) -> None:
         ("c", [], "valid"),
     ]
     assert spec.items[2].extra == {"year": 1999}
+    assert all(i.labelled for i in spec.items)  # "labels": [] is a row with no positive tag
 
 
 def test_manifest_without_split_column_gets_a_stratified_split(tmp_path: Path) -> None:
@@ -241,7 +242,7 @@ def test_manifest_without_split_column_gets_a_stratified_split(tmp_path: Path) -
     (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
     spec = load_manifest(str(tmp_path / "m.csv"))
     assert spec.split_info == {"method": "stratified", "ratios": [0.7, 0.15, 0.15], "seed": 0,
-                               "stratified_on": "label"}
+                               "stratified_on": "class"}
     per_class = Counter((spec.class_names[i.labels[0]], i.split) for i in spec.items)
     # 20 items per class: round(20 * 0.15) = 3 valid and 3 test each, the rest train
     assert per_class == {(c, s): n for c in "xy" for s, n in
@@ -273,10 +274,19 @@ def test_manifest_without_split_column_gets_a_stratified_split(tmp_path: Path) -
         ),
         (
             "m.csv",
-            "id,path,label,split\na,a.wav,x,train\nb,missing.wav,x,test\n",
-            r"m\.csv:3: audio file .*missing\.wav for id 'b' does not exist",
+            "id,path,label,split\na,a.wav,,valid\n",
+            r"m\.csv:2: id 'a' has no label but is a valid row; unlabelled items are train",
         ),
-        ("m.csv", "id,path,label,split\na,a.wav,,train\n", r"m\.csv:2: empty label for id 'a'"),
+        (
+            "m.csv",
+            "id,path,label,split,labelled\na,a.wav,,train,1\n",
+            r"m\.csv:2: empty label for id 'a' marked labelled",
+        ),
+        (
+            "m.csv",
+            "id,path,label,split,labelled\na,a.wav,x,train,no\n",
+            r"m\.csv:2: labelled is 'no' but the row names classes x",
+        ),
         (
             "m.csv",
             "id,path,label,split\na,a.wav,x;y,train\n",

@@ -37,17 +37,18 @@ def test_demo_end_to_end_and_rerun(tmp_path: Path, teacher: dict) -> None:
     probe = [ln for ln in lines if ln.strip().startswith("probe (teacher's linear classifier")]
     assert len(probe) == 1 and "valid accuracy" in probe[0] and "test accuracy" in probe[0]
     assert 0.0 <= report["probe"]["test"] <= 1.0
-    names = [r.name for r in student_runs({"pca": "x"})]
-    assert list(report["results"]) == names == ["baseline", "fitnet-pca", "dc-pca"]
+    names = [r.name for r in student_runs({"probe": "p", "pca": "x"})]
+    assert list(report["results"]) == names == ["baseline", "kl-probe", "fitnet-pca", "dc-pca"]
     for name in names:
         assert any(ln.strip().startswith(f"{name} ") and "test accuracy" in ln for ln in lines)
-    saved = json.loads((tmp_path / "demo" / f"results-store-k2-labelled-s0.json").read_text())
+    saved = json.loads((tmp_path / "demo" / f"results-store-k2-s0.json").read_text())
     assert saved["results"] == report["results"] and saved["teacher"] == opts.teacher
-    # 3 classes x 2 labelled train clips, and every valid/test clip, went into the store
+    # 3 classes x 2 labelled train clips, the other 2 per class unlabelled, valid/test labelled
     from eastkd.store import open_store
 
     with open_store(report["store"], "r") as store:
-        assert store.items.split_counts() == {"train": 6, "valid": 3, "test": 3}
+        assert store.items.split_counts() == {"train": 12, "valid": 3, "test": 3}
+        assert int(store.items.labelled_mask.sum()) == 12
 
     again, lines = _run(tmp_path / "demo", opts)  # everything is reused
     assert sum("already trained" in ln for ln in lines) == len(names)

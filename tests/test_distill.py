@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from eastkd.cli.main import cli
 from eastkd.pipeline.core.reading import chunk_groups, load_split, resolve_targets
 from eastkd.pipeline.distill.evaluate import evaluate
 from eastkd.pipeline.distill.train import LAST, distill
+from eastkd.pipeline.runs.rundir import finished_epochs
 from eastkd.pipeline.core.features import LogMelParams
 from eastkd.store import OK, SKIPPED, ArraySpec, EastkdError, StoreMismatchError, open_store
 
@@ -155,11 +157,9 @@ def test_determinism_resume_and_run_dir_refusals(demo_store_master, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         distill(store, TEACHER, str(tmp_path / "b"), callback=stop_after_2, **kw)
     assert (tmp_path / "b" / LAST).exists() and not (tmp_path / "b" / "metrics.json").exists()
-    with pytest.raises(EastkdError, match="--resume"):
-        distill(store, TEACHER, str(tmp_path / "b"), **kw)
     with pytest.raises(StoreMismatchError, match="differs in: lr"):
-        distill(store, TEACHER, str(tmp_path / "b"), resume=True, **{**kw, "lr": 5e-3})
-    b = distill(store, TEACHER, str(tmp_path / "b"), resume=True, **kw)
+        distill(store, TEACHER, str(tmp_path / "b"), **{**kw, "lr": 5e-3})
+    b = distill(store, TEACHER, str(tmp_path / "b"), **kw)  # the same call continues
     assert b.resumed_from == 2
     assert _strip(b.history) == _strip(a.history)
     assert b.test_metrics == a.test_metrics
@@ -171,6 +171,75 @@ def test_determinism_resume_and_run_dir_refusals(demo_store_master, tmp_path):
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(EastkdError, match="not empty"):
         distill(store, TEACHER, str(tmp_path / "other"), **kw)
+
+
+def _history_rows(path: Path) -> int:
+    try:
+        return max(0, len(path.read_text().splitlines()) - 1)
+    except OSError:
+        return 0
+
+
+def _run_files(run: Path) -> tuple[list[dict], dict, dict]:
+    """history.csv without its timings, and the student weights of best.pt and last.pt."""
+    import csv
+
+    with open(run / "history.csv", encoding="utf-8") as f:
+        history = [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
+    best = torch.load(run / "best.pt", weights_only=True)["student"]
+    last = torch.load(run / LAST, weights_only=True)["student"]
+    return history, best, last
+
+
+def test_the_same_distill_command_continues_after_ctrl_c(demo_store_master, tmp_path):
+    """Ctrl-C in the middle of a run, then the very same command: it continues after the last
+    finished epoch and ends bit-identical to an uninterrupted run. Other settings are refused
+    naming them; --overwrite starts over."""
+    import signal
+
+    cmd = [sys.executable, "-m", "eastkd.cli.main", "distill", str(demo_store_master),
+           "--targets", TEACHER, "--kd", "dc", "--width", "8", "--epochs", "12",
+           "--patience", "0", "--seed", "3", "--no-progress"]
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    done = subprocess.run([*cmd, "--out", str(ref)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+
+    # a background job of a non-interactive shell ignores SIGINT: restore Ctrl-C's default
+    proc = subprocess.Popen([*cmd, "--out", str(run)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and _history_rows(run / "history.csv") < 2 \
+            and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (out, err)
+    kept = finished_epochs(str(run))  # in last.pt: where the same command continues
+    assert err.endswith(f"Error: interrupted: epochs 1-{kept} of 12 are kept in {run}; rerun "
+                        "the same command to continue\n"), err
+    assert 2 <= kept < 12 and not (run / "metrics.json").exists()
+
+    again = subprocess.run([*cmd, "--out", str(run)], capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert f"continuing {run} after epoch {kept} of 12" in again.stdout
+    want, got = _run_files(ref), _run_files(run)
+    assert got[0] == want[0]
+    for a, b in zip(want[1:], got[1:]):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((run / "metrics.json").read_text())["test"] == \
+        json.loads((ref / "metrics.json").read_text())["test"]
+
+    other = subprocess.run([*cmd, "--out", str(run), "--lr", "0.005"], capture_output=True,
+                           text=True, timeout=600)
+    assert other.returncode == 1 and other.stdout == ""
+    assert other.stderr.startswith(f"Error: {run}: holds a run with other settings "
+                                   "(differs in: lr)"), other.stderr
+    over = subprocess.run([*cmd, "--out", str(run), "--lr", "0.005", "--epochs", "1",
+                           "--overwrite"], capture_output=True, text=True, timeout=600)
+    assert over.returncode == 0, over.stderr
+    assert _history_rows(run / "history.csv") == 1 and "continuing" not in over.stdout
 
 
 def test_loader_reads_blocks_and_streams_shuffled_chunks(demo_store_master):
@@ -332,3 +401,61 @@ def test_cli_distill_and_evaluate(demo_store_master, tmp_path):
     assert res.exit_code == 1 and "needs --targets" in res.output
     res = runner.invoke(cli, ["distill", "--help"])
     assert res.exit_code == 0 and "--lambda" in res.output and "default: 0.6" in res.output
+
+
+def test_probe_targets_and_kl_distillation_end_to_end(demo_store, tmp_path):
+    """compress --method probe writes soft labels for every clip; distill --kd kl trains on
+    them (logits, not features; targets as stored); the runs table shows the probe beside it;
+    targets of other classes are refused."""
+    from eastkd.pipeline.runs.table import PROBE_REFERENCE, render_text, runs_table
+
+    runner = CliRunner()
+    store = str(demo_store)
+    res = runner.invoke(cli, ["compress", store, "--method", "probe", "--name", "soft",
+                              "--plot", str(tmp_path / "soft.png"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "256 -> 5" in res.output and "valid accuracy" in res.output
+    with open_store(store) as s:
+        sec = s.targets("soft")
+        values, attrs = sec.array("values")[:], sec.attrs
+        assert attrs["kind"] == "probabilities"
+        assert attrs["class_names"] == list(s.items.class_names)
+    assert values.shape == (80, 5)
+    np.testing.assert_allclose(values.sum(axis=1), 1.0, atol=1e-5)
+
+    run = tmp_path / "runs" / "kl"
+    res = runner.invoke(cli, ["distill", store, "-t", "soft", "--kd", "kl", "-T", "2", "--out",
+                              str(run), "--width", "8", "--epochs", "3", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["options"]["kd"] == "kl" and cfg["options"]["temperature"] == 2.0
+    assert cfg["targets"]["attrs"]["kind"] == "probabilities"
+    best = torch.load(run / "best.pt", weights_only=True)
+    assert best["target_norm"] == {}  # probabilities are used as stored
+    history = (run / "history.csv").read_text().splitlines()
+    header = history[0].split(",")
+    assert "train_kd" in header and "train_kd_shuffled" in header
+    last = dict(zip(header, history[-1].split(",")))
+    assert float(last["train_kd_shuffled"]) > float(last["train_kd"]) > 0.0
+    # a run without KL records no temperature (older runs' options are unchanged)
+    fit = distill(store, "soft", str(tmp_path / "runs" / "fitnet"), kd="fitnet", **FAST)
+    assert "temperature" not in json.loads(
+        (tmp_path / "runs" / "fitnet" / "config.json").read_text())["options"]
+    assert fit.epochs_run == 3
+
+    table = runs_table(str(tmp_path / "runs"))
+    kinds = [s["kd"] for s in table.settings]
+    assert kinds.index(PROBE_REFERENCE) < kinds.index("kl")
+    ref = table.settings[kinds.index(PROBE_REFERENCE)]
+    assert ref["test_accuracy"]["mean"] == attrs["probe_scores"]["test"]["accuracy"]
+    assert PROBE_REFERENCE in render_text(table)
+
+    # targets for other classes, or not class targets at all: refused in one line
+    _write_targets(demo_store, "other", values, np.full(80, OK),
+                   {**attrs, "class_names": list(reversed(attrs["class_names"]))})
+    with pytest.raises(StoreMismatchError, match="classes .* differ from the store's"):
+        distill(store, "other", str(tmp_path / "other"), kd="kl", **FAST)
+    with pytest.raises(EastkdError, match="needs class probabilities or logits"):
+        distill(store, TEACHER, str(tmp_path / "raw"), kd="kl", **FAST)
+    with pytest.raises(EastkdError, match="--temperature applies to response-based KD"):
+        distill(store, "soft", str(tmp_path / "t"), kd="dc", temperature=2.0, **FAST)

@@ -157,9 +157,9 @@ def assert_bitwise_equal(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> 
 
 
 def section_attrs(path: Path) -> dict[str, dict]:
-    with open_store(str(path)) as s:
-        return {f"{k}/{n}": s.section(k, n).attrs for k in ("features", "embeddings")
-                for n in s.section_names(k)}
+    with open_store(str(path)) as s:  # but the write generation (random per section)
+        return {f"{k}/{n}": {a: v for a, v in s.section(k, n).attrs.items() if a != "generation"}
+                for k in ("features", "embeddings") for n in s.section_names(k)}
 
 
 def decoded(path: str, sr: int = 16000) -> torch.Tensor:
@@ -212,6 +212,13 @@ def _chunk_mtimes(store: Path) -> dict[str, int]:
             if p.is_file() and "/c/" in str(p.relative_to(store))}
 
 
+# a views variant of the resume, backend and shard tests: (CLI flags, ExtractOptions fields)
+NO_VIEWS: tuple[list[str], dict[str, Any]] = ([], {})
+VIEWS = (["--views", "3", "--view-seconds", "0.6", "--view-gain-db", "6"],
+         {"views": 3, "view_seconds": 0.6, "view_gain_db": 6.0})
+VIEW_VARIANTS = pytest.mark.parametrize("views", [NO_VIEWS, VIEWS], ids=["plain", "views"])
+
+
 def _kill_when(args: list[str], ok_rows: Any, at_least: int) -> None:
     """Start `eastkd ARGS`, SIGKILL it once ``ok_rows()`` reaches ``at_least``, and wait until
     its whole process group (the DataLoader worker too, which shares the store's file
@@ -236,13 +243,14 @@ def _kill_when(args: list[str], ok_rows: Any, at_least: int) -> None:
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
 
 
-def test_resume_after_sigkill_equals_uninterrupted_run(demo_manifest: Path,
-                                                       tmp_path: Path) -> None:
+@VIEW_VARIANTS
+def test_resume_after_sigkill_equals_uninterrupted_run(demo_manifest: Path, tmp_path: Path,
+                                                       views: tuple) -> None:
     manifest = write_manifest(tmp_path / "m.csv", pick(demo_manifest, 8))  # 40 clips
     store = tmp_path / "killed.zarr"
     # chunks of 8 items: 5 units, each written data-first, status-last
     args = ["extract", str(manifest), str(store), *HOP_CLI, "--frames", "--chunk-items", "8",
-            "--batch-size", "8", "--no-progress"]
+            "--batch-size", "8", "--no-progress", *views[0]]
     _kill_when(args, lambda: _ok_rows(store), 8)
     done = _ok_rows(store)
     assert 8 <= done < 40, done
@@ -264,11 +272,22 @@ def test_resume_after_sigkill_equals_uninterrupted_run(demo_manifest: Path,
             assert after[rel] == mtime, rel
 
     ref = tmp_path / "uninterrupted.zarr"
-    extract(str(manifest), str(ref), opts(frames=True, chunk_items=8, batch_size=8, workers=1))
+    extract(str(manifest), str(ref), opts(frames=True, chunk_items=8, batch_size=8, workers=1,
+                                          **views[1]))
     got, want = all_arrays(store), all_arrays(ref)
-    assert got["embeddings/crepe-tiny/frames"].shape == (40, 11, 256)
+    assert got["embeddings/crepe-tiny/frames"].shape == ((40, 3, 7, 256) if views[0] else
+                                                         (40, 11, 256))
     assert (got["embeddings/crepe-tiny/status"] == OK).all()
     assert_bitwise_equal(got, want)
+    assert _digest(store) == _digest(ref) is not None  # the content digest survives the kill
+
+
+def _digest(store: Path) -> str | None:
+    """The store's content digest, from the chunk hashes recorded at write time."""
+    from eastkd.store.digest import store_digest
+
+    with open_store(str(store)) as s:
+        return store_digest(s).digest
 
 
 def _h5_ok_rows(store: Path) -> int:
@@ -282,13 +301,14 @@ def _h5_ok_rows(store: Path) -> int:
         return 0
 
 
+@VIEW_VARIANTS
 def test_hdf5_resume_after_sigkill_equals_uninterrupted_run(demo_manifest: Path,
-                                                            tmp_path: Path) -> None:
+                                                            tmp_path: Path, views: tuple) -> None:
     """HDF5 is flushed after every block: a file killed between blocks reopens and resumes."""
     manifest = write_manifest(tmp_path / "m.csv", pick(demo_manifest, 8))  # 40 clips
     store = tmp_path / "killed.h5"
     args = ["extract", str(manifest), str(store), *HOP_CLI, "--chunk-items", "8",
-            "--batch-size", "8", "--no-progress"]
+            "--batch-size", "8", "--no-progress", *views[0]]
     _kill_when(args, lambda: _h5_ok_rows(store), 8)
     done = _ok_rows(store)
     assert 8 <= done < 40, done
@@ -296,8 +316,9 @@ def test_hdf5_resume_after_sigkill_equals_uninterrupted_run(demo_manifest: Path,
     assert rerun.returncode == 0, rerun.stderr
     assert f"{done} already done, of 40 items" in rerun.stdout
     ref = tmp_path / "uninterrupted.h5"
-    extract(str(manifest), str(ref), opts(chunk_items=8, batch_size=8, workers=1))
+    extract(str(manifest), str(ref), opts(chunk_items=8, batch_size=8, workers=1, **views[1]))
     assert_bitwise_equal(all_arrays(store), all_arrays(ref))
+    assert _digest(store) == _digest(ref) is not None
 
 
 # ------------------------------------------------------------------------------------------
@@ -313,8 +334,8 @@ def test_bad_input_fail_then_skip(kind: str, demo_manifest: Path, tmp_path: Path
            "label": good[0]["label"], "split": "test"}
     manifest = write_manifest(tmp_path / "m.csv", good + [bad])
     if kind == "missing":
-        # the manifest adapter refuses a path that does not exist (see test_demo_and_manifest);
-        # here the file vanishes after listing (a network drive, a cleanup job ...)
+        # here the file vanishes after listing (a network drive, a cleanup job ...); a path
+        # missing from the start is tested in test_inputs
         Path(bad["path"]).write_bytes(Path(good[0]["path"]).read_bytes())
         manifest = load_manifest(str(manifest))
         os.remove(bad["path"])
@@ -421,7 +442,7 @@ def test_each_chunk_written_once_and_status_per_unit(demo_manifest: Path, tmp_pa
 def test_cli_bad_input_one_line_error_then_skip_and_info(demo_manifest: Path, tmp_path: Path,
                                                          teacher_dir: Path) -> None:
     good = pick(demo_manifest, 1)
-    kinds = [k for k in REASONS if k != "missing"]  # a manifest refuses missing files upfront
+    kinds = [k for k in REASONS if k != "missing"]  # missing: tested in test_inputs
     bad = [{"id": f"bad_{k}", "path": make_bad_file(k, tmp_path, good[0]["path"]),
             "label": good[0]["label"], "split": "train"} for k in kinds]
     manifest = write_manifest(tmp_path / "m.csv", good + bad)
@@ -526,10 +547,13 @@ def test_rerun_of_a_finished_store_does_not_load_the_teacher(
 # backends, shards
 
 
-def test_zarr_and_hdf5_hold_identical_values(demo_manifest: Path, tmp_path: Path) -> None:
+@VIEW_VARIANTS
+def test_zarr_and_hdf5_hold_identical_values(demo_manifest: Path, tmp_path: Path,
+                                             views: tuple) -> None:
     manifest = write_manifest(tmp_path / "m.csv", pick(demo_manifest, 3))
     for ext in (".zarr", ".h5"):
-        extract(str(manifest), str(tmp_path / f"s{ext}"), opts(frames=True, dtype="float32"))
+        extract(str(manifest), str(tmp_path / f"s{ext}"), opts(frames=True, dtype="float32",
+                                                                 **views[1]))
     z, h = all_arrays(tmp_path / "s.zarr"), all_arrays(tmp_path / "s.h5")
     assert z["embeddings/crepe-tiny/clip"].dtype == np.float32
     assert_bitwise_equal(z, h)
@@ -538,11 +562,13 @@ def test_zarr_and_hdf5_hold_identical_values(demo_manifest: Path, tmp_path: Path
         assert s.backend_name == "hdf5" and s.embeddings("crepe-tiny").complete
 
 
-def test_two_concurrent_shards_fill_one_store(demo_manifest: Path, tmp_path: Path) -> None:
+@VIEW_VARIANTS
+def test_two_concurrent_shards_fill_one_store(demo_manifest: Path, tmp_path: Path,
+                                              views: tuple) -> None:
     manifest = write_manifest(tmp_path / "m.csv", pick(demo_manifest, 4))  # 20 clips
     store = tmp_path / "sharded.zarr"
     common = ["extract", str(manifest), str(store), *HOP_CLI, "--chunk-items", "4",
-              "--no-progress"]
+              "--no-progress", *views[0]]
     procs = [subprocess.Popen([sys.executable, "-m", "eastkd.cli.main", *common, "--shard",
                                f"{i}/2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for i in range(2)]
@@ -552,7 +578,7 @@ def test_two_concurrent_shards_fill_one_store(demo_manifest: Path, tmp_path: Pat
     # units of 4 items: shard 0 gets units 0, 2, 4 (12 clips), shard 1 units 1, 3 (8 clips)
     assert "12 written" in outs[0][0] and "8 written" in outs[1][0]
     ref = tmp_path / "single.zarr"
-    extract(str(manifest), str(ref), opts(chunk_items=4, workers=1))
+    extract(str(manifest), str(ref), opts(chunk_items=4, workers=1, **views[1]))
     assert_bitwise_equal(all_arrays(store), all_arrays(ref))
 
     with pytest.raises(EastkdError, match="--shard needs a Zarr store"):

@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 from eastkd.cli.main import cli
-from eastkd.store import open_store
+from eastkd.store import FORMAT_VERSION, open_store
 from eastkd.store.backends.hdf5_backend import has_abandoned_files
 from eastkd.errors import StoreDamageError
 
@@ -105,6 +105,8 @@ def all_arrays(path: Path) -> dict[str, np.ndarray]:
         out = {}
         for kind in ("features", "embeddings", "targets"):
             for name in s.section_names(kind):
+                if not s.has_section(kind, name):  # created, never given a status
+                    continue
                 sec = s.section(kind, name)
                 for a in sec.array_names() + ["status", "error"]:
                     out[f"{sec.path}/{a}"] = s.backend.read(f"{sec.path}/{a}",
@@ -270,7 +272,7 @@ def test_verify_json_on_a_sound_store(built: Path) -> None:
     code, out = run("verify", built, "--json")
     report = json.loads(out)
     assert code == 0 and report["ok"] and report["findings"] == []
-    assert report["items"] == 15 and report["format_version"] == 2
+    assert report["items"] == 15 and report["format_version"] == FORMAT_VERSION
     with open_store(str(built)) as s:
         n_arrays = sum(1 for _ in _walk_arrays(s))
     assert report["arrays"] == n_arrays and report["bytes_decoded"] > 0
@@ -310,6 +312,21 @@ def test_every_group_opens_in_xarray(built: Path) -> None:
     with open_store(str(built)) as s:
         np.testing.assert_array_equal(emb["clip"].values, s.embeddings(KEY).array("clip")[:])
         assert list(opened["items"]["id"].values) == s.items.ids
+
+
+def test_to_xarray_gives_ids_labels_and_splits(built: Path) -> None:
+    import warnings
+
+    with open_store(str(built)) as s, warnings.catch_warnings():
+        warnings.simplefilter("error")  # no consolidated-metadata warning, nor any other
+        ds = s.to_xarray(f"targets/{TARGETS}")
+        items = s.items
+        assert list(ds["item"].values) == items.ids
+        assert list(ds["label"].values) == [items.class_names[i] for i in items.label]
+        assert list(ds["split"].values) == items.splits
+        test = ds["values"].where(ds["split"] == "test", drop=True)
+        np.testing.assert_array_equal(
+            test.values, s.targets(TARGETS).array("values")[:][items.split_indices("test")])
 
 
 def test_every_chunk_is_checksummed(built: Path) -> None:
@@ -373,7 +390,7 @@ def test_disk_full_keeps_finished_rows(tiny_manifest: Path, tmp_path: Path, back
     if SUFFIX[backend] != built.suffix.lstrip("."):
         pytest.skip("one backend per built store")
     small = tmp_path / "small"
-    size = {"zarr": "240k", "hdf5": "160k"}[backend]  # room for a few blocks, not all
+    size = {"zarr": "240k", "hdf5": "200k"}[backend]  # room for a few blocks, not all
     with _mount(small, "-t", "tmpfs", "-o", f"size={size}"):
         path = small / f"s.{SUFFIX[backend]}"
         code, out = run("extract", tiny_manifest, path, *EXTRACT_ARGS)
@@ -577,7 +594,8 @@ def test_deep_verify_finds_the_same_damage(store: Path, how: str) -> None:
     assert rows == [(f["path"], f["rows"]) for f in deep["findings"] if f["damage"]]
     assert rows == [("features/logmel/values", [8, 12])]
     if store.is_dir():  # HDF5 has no raw check: it always decodes
-        assert deep["bytes_decoded"] > fast["bytes_decoded"] and fast["bytes_checked"] > 0
+        # data that records content digests (format 3) is decoded and hashed by both
+        assert deep["bytes_decoded"] >= fast["bytes_decoded"] > 0
 
 
 # -- manifests -------------------------------------------------------------------------------

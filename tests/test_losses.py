@@ -288,3 +288,69 @@ def test_unbiased_dcor_needs_four_items() -> None:
         unbiased_distance_correlation(torch.randn(3, 2), torch.randn(3, 2))
     s = torch.randn(3, 4, requires_grad=True)  # a short last batch: no signal, no error
     assert UnbiasedDistanceCorrelationLoss()(s, torch.randn(3, 5)).item() == 0.0
+
+
+# ------------------------------------------------------------------- response-based KD (kl)
+
+
+def _kl_by_hand(logits: np.ndarray, q: np.ndarray, temp: float) -> float:
+    """T² · mean over items of sum_c q_c log(q_c / softmax(s/T)_c), with explicit loops."""
+    total = 0.0
+    for s_row, q_row in zip(logits, q):
+        z = [math.exp(v / temp) for v in s_row]
+        p = [v / sum(z) for v in z]
+        total += sum(qc * math.log(qc / pc) for qc, pc in zip(q_row, p) if qc > 0)
+    return temp * temp * total / len(logits)
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("temp", [1.0, 2.5])
+def test_kl_equals_a_hand_computation(temp: float) -> None:
+    from eastkd.pipeline.distill.losses import SoftLabelKDLoss
+
+    rng = np.random.default_rng(0)
+    s = rng.normal(size=(6, 4)) * 2
+    t = rng.normal(size=(6, 4)) * 3  # a teacher's logits
+    p = _softmax(t)
+    p[0] = [1.0, 0.0, 0.0, 0.0]  # a one-hot row: 0 log 0 = 0
+    st = torch.tensor(s, dtype=torch.float64)
+    by_logits = SoftLabelKDLoss(4, 4, temp, "logits")(st, torch.tensor(t))
+    assert float(by_logits) == pytest.approx(_kl_by_hand(s, _softmax(t / temp), temp), rel=1e-9)
+    # probabilities are tempered as p^(1/T) renormalised, i.e. as their logits would be
+    got = SoftLabelKDLoss(4, 4, temp, "probabilities")(st, torch.tensor(p))
+    q = p ** (1 / temp) if temp != 1.0 else p
+    q = q / q.sum(axis=1, keepdims=True)
+    assert float(got) == pytest.approx(_kl_by_hand(s, q, temp), rel=1e-6)
+    # the student equal to the teacher: zero
+    same = SoftLabelKDLoss(4, 4, temp, "logits")(torch.tensor(t), torch.tensor(t))
+    assert float(same) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_kl_multi_label_is_bce_against_the_target_probabilities() -> None:
+    from eastkd.pipeline.distill.losses import SoftLabelKDLoss
+
+    rng = np.random.default_rng(1)
+    s, p = rng.normal(size=(5, 3)), rng.uniform(0.05, 0.95, size=(5, 3))
+    for temp in (1.0, 2.0):
+        q = 1 / (1 + np.exp(-np.log(p / (1 - p)) / temp))
+        sig = 1 / (1 + np.exp(-s / temp))
+        want = -(q * np.log(sig) + (1 - q) * np.log(1 - sig)).mean() * temp * temp
+        got = SoftLabelKDLoss(3, 3, temp, "probabilities", multi_label=True)(
+            torch.tensor(s), torch.tensor(p))
+        assert float(got) == pytest.approx(want, rel=1e-6)
+
+
+def test_kl_is_registered_and_refuses_bad_shapes() -> None:
+    from eastkd.pipeline.distill.losses import SoftLabelKDLoss
+    from eastkd.pipeline.distill.options import kd_methods
+
+    assert losses.get("kl") is SoftLabelKDLoss and "kl" in kd_methods()
+    assert SoftLabelKDLoss.uses_logits and not SoftLabelKDLoss.normalise_targets
+    with pytest.raises(EastkdError, match="5 classes but the targets 4"):
+        SoftLabelKDLoss(5, 4)
+    with pytest.raises(EastkdError, match="temperature"):
+        SoftLabelKDLoss(4, 4, temperature=0.0)

@@ -206,3 +206,22 @@ def test_frame_targets_stream_with_their_own_chunking(demo_store_master):
         (ma, sa), (mb, sb) = mem.target_stats(), stream.target_stats()
         torch.testing.assert_close(ma, mb, rtol=1e-6, atol=1e-7)
         assert sa == pytest.approx(sb, rel=1e-9)
+
+
+def test_what_a_reader_process_receives_does_not_grow_with_the_rows(zarr_store):
+    """The reader sent to a worker process carries no per-row table (each window's task carries
+    its own rows), so a worker's memory does not grow with the number of items; the windows
+    still read the right rows."""
+    import pickle
+
+    with open_store(zarr_store) as s:
+        rows = split_rows(s, "train")
+        arrays = {"x": s.features().array("values")}
+        few = RowStream(arrays, rows[:64], memory_limit=0, workers=0)
+        many = RowStream(arrays, rows, memory_limit=0, workers=0)
+        sizes = [len(pickle.dumps(stream._reader)) for stream in (few, many)]
+        assert sizes[1] - sizes[0] <= 8 < rows.nbytes  # (the row count itself is an int)
+        tasks = many.plan(None)
+        assert np.array_equal(np.concatenate([t.rows for t in tasks]), rows)
+        got = np.concatenate([b["x"].numpy() for b in many.batches(100)])
+        np.testing.assert_array_equal(got, arrays["x"].read_rows(rows).astype(np.float32))

@@ -179,12 +179,14 @@ def test_half_created_store_is_refused_then_taken_over(demo_manifest: Path, tmp_
         assert len(s.items) == 5 and s.embeddings("crepe-tiny").complete
 
 
+@pytest.mark.parametrize("views", [[], ["--views", "2", "--view-seconds", "0.5",
+                                         "--view-gain-db", "3"]], ids=["plain", "views"])
 def test_kill9_resume_on_s3_equals_an_uninterrupted_run(demo_manifest: Path, tmp_path: Path,
-                                                        s3) -> None:  # noqa: F811
+                                                        s3, views: list[str]) -> None:  # noqa: F811
     manifest = small_manifest(demo_manifest, tmp_path / "m.csv")  # 15 clips
-    url = s3.url("resume.zarr")
+    url = s3.url("resume-views.zarr" if views else "resume.zarr")
     args = ["extract", str(manifest), url, *HOP_CLI, "--chunk-items", "2", "-b", "2", "-j", "0",
-            "--no-progress", *s3.cli_options]
+            "--no-progress", *views, *s3.cli_options]
     configure_access({"endpoint_url": s3.endpoint})
 
     def ok_rows() -> int:

@@ -139,6 +139,51 @@ class TestBackend:
                 getattr(c, change)[5] = "other"
             assert c.fingerprint() != a.fingerprint(), change
 
+    def test_reprs_are_short_and_list_no_ids(self, path: str) -> None:
+        store = create_store(path, make_items(), {"name": "toy"})
+        _fill(store, _section(store))
+        store.close()
+        with open_store(path) as s:
+            sec = s.embeddings("k")
+            texts = {"items": repr(s.items), "store": repr(s), "section": repr(sec),
+                     "array": repr(sec.array("frames"))}
+        for what, text in texts.items():
+            assert "\n" not in text and len(text) < 300, (what, text)
+            assert "clip-003" not in text and "/data/" not in text, (what, text)
+        assert texts["items"] == ("<ItemsTable: 37 items, 3 classes (bäss, drums, vocals), "
+                                  "multi-label; train 13, valid 12, test 12; columns artist, "
+                                  "fold>")
+        assert texts["store"].endswith("embeddings k>") and "37 items" in texts["store"]
+        assert texts["section"].endswith(f"clip ({N}, {D}); frames ({N}, {T}, {D}); "
+                                         "35 ok, 2 skipped, 0 pending>")
+        assert "shape (37, 3, 6), float16" in texts["array"]
+        many = make_items(5000)
+        many.class_names = [f"class{i}" for i in range(50)]
+        assert len(repr(many)) < 200 and "(50 in all)" in repr(many)
+
+    def test_to_xarray_attaches_the_items(self, path: str) -> None:
+        import warnings
+
+        items = make_items()
+        store = create_store(path, items, {"name": "toy"})
+        clip, frames = _fill(store, _section(store))
+        store.close()
+        with open_store(path) as s, warnings.catch_warnings():
+            warnings.simplefilter("error")
+            ds = s.to_xarray("embeddings/k")
+            assert ds["clip"].dims == ("item", "dim") and ds["frames"].dims[0] == "item"
+            assert list(ds["item"].values) == items.ids
+            assert list(ds["split"].values) == items.splits
+            np.testing.assert_array_equal(ds["labels"].values, items.labels)
+            assert list(ds["class"].values) == CLASSES
+            np.testing.assert_array_equal(ds["fold"].values, items.extra["fold"])
+            np.testing.assert_array_equal(ds["clip"].sel(item="clip-005").values, clip[5])
+            valid = ds["clip"].where(ds["split"] == "valid", drop=True)
+            np.testing.assert_array_equal(valid.values, clip[1::3])
+            assert ds.attrs["teacher"] == "t"
+            with pytest.raises(EastkdError, match="expected KIND/NAME"):
+                s.to_xarray("k")
+
     def test_sections_status_errors_and_counts(self, path: str) -> None:
         store = create_store(path, make_items(), {"name": "toy"})
         sec = _section(store)
@@ -185,7 +230,7 @@ class TestBackend:
         real_write, real_flush = cls.write, cls.flush
 
         def write(self, p, sel, value):
-            order.append(p.rsplit("/", 1)[1])
+            order.append(p.split("/", 2)[2])  # the path within the section
             if p.endswith("/" + fail_on):
                 raise OSError("disk full (injected)")
             return real_write(self, p, sel, value)
@@ -202,9 +247,11 @@ class TestBackend:
                             np.full(4, OK, np.uint8), [""] * 4)
         monkeypatch.undo()
         if fail_on == "status":
-            assert order == ["clip", "frames", "error", "flush", "status"]
+            # each data chunk's content digest right after it, all before the status
+            assert order == ["clip", "digest/clip", "frames", "digest/frames", "error", "flush",
+                             "status"]
         else:
-            assert order == ["clip", "frames"]
+            assert order[-1] == fail_on and "status" not in order
         store.close()
         with open_store(path) as s:
             sec = s.embeddings("k")

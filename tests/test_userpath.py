@@ -136,14 +136,14 @@ def test_extract_like_a_run_and_stratified_split_recorded(demo_manifest: Path, t
     with open_store(like) as s:
         assert s.attrs["dataset"]["split"] == {"method": "stratified",
                                                "ratios": [0.5, 0.25, 0.25], "seed": 3,
-                                               "stratified_on": "label"}
+                                               "stratified_on": "class"}
         per_class = {(int(np.argmax(lab)), sp) for lab, sp in zip(s.items.labels, s.items.splits)}
         assert all((c, sp) in per_class for c in range(5) for sp in ("train", "valid", "test"))
     res = runner.invoke(cli, ["evaluate", str(trained_run), like, "--split", "all",
                               "--no-progress"])
     assert res.exit_code == 0, res.output
     res = runner.invoke(cli, ["info", like])
-    assert "split    stratified by label, ratios 0.5/0.25/0.25, seed 3" in res.output
+    assert "split    stratified by class, ratios 0.5/0.25/0.25, seed 3" in res.output
 
     res = runner.invoke(cli, [*base[:2], like, *base[2:], "--like", str(trained_run),
                               "--n-mels", "64"])
@@ -274,6 +274,10 @@ def test_runs_table_groups_seeds(demo_store: Path, tmp_path: Path) -> None:
     res = runner.invoke(cli, ["runs", str(root)])
     assert res.exit_code == 0, res.output
     assert "6 runs, 3 settings" in res.output and "±" in res.output
+    lines = res.output.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("teacher "))
+    col = lines[head].index(" seeds ") + 1  # left-aligned: each row's count starts there
+    assert [line[col:].split()[0] for line in lines[head + 1:]] == ["2", "2", "2"]
     res = runner.invoke(cli, ["runs", str(root), "--csv"])
     rows = list(csv.DictReader(res.output.splitlines()))
     assert len(rows) == 3 and float(rows[0]["test_accuracy_mean"]) >= 0

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from eastkd.progress import Progress, progress_bar
 
 from eastkd.pipeline.core.metrics import multilabel_scores
 from eastkd.pipeline.core.reading import DEFAULT_MEMORY_LIMIT, RowStream
@@ -73,7 +73,9 @@ class LearnedCompressor:
     # -- data ----------------------------------------------------------------------------------
     @staticmethod
     def _targets(items: ItemsTable, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(rows with a usable label, targets): class indices or multi-hot float rows."""
+        """(labelled rows, targets): class indices or multi-hot float rows; unlabelled rows
+        (and single-label rows without exactly one class) are left out."""
+        rows = rows[items.labelled_mask[rows]]
         if items.multi_label:
             return rows, items.labels[rows].astype(np.float32)
         lab = items.label[rows]
@@ -82,7 +84,8 @@ class LearnedCompressor:
 
     # -- fitting -------------------------------------------------------------------------------
     def fit(self, source: StoreArray, rows: np.ndarray, items: ItemsTable | None = None,
-            valid_rows: np.ndarray | None = None, progress: bool = False) -> "LearnedCompressor":
+            valid_rows: np.ndarray | None = None,
+            progress: Progress = False) -> "LearnedCompressor":
         """Train on ``source[rows]`` with ``items``' labels; early-stop on ``valid_rows``."""
         if items is None or len(items.class_names) < (1 if items.multi_label else 2):
             raise EastkdError("the learned transformation needs class labels (at least 2 "
@@ -106,7 +109,7 @@ class LearnedCompressor:
 
     def fit_streams(self, train: RowStream, y: np.ndarray, valid: RowStream | None,
                     vy: np.ndarray | None, multi_label: bool, n_classes: int,
-                    progress: bool = False) -> "LearnedCompressor":
+                    progress: Progress = False) -> "LearnedCompressor":
         """Train on row streams (array ``x``) with labels ``y``/``vy`` per stream row."""
         m = train.moments("x")
         finite = np.isfinite(m.m2).all() and (valid is None or np.isfinite(
@@ -131,7 +134,7 @@ class LearnedCompressor:
 
     def _train(self, train: RowStream, yt: torch.Tensor, valid: RowStream | None,
                vy: np.ndarray | None, multi_label: bool, n_classes: int,
-               progress: bool) -> "LearnedCompressor":
+               progress: Progress) -> "LearnedCompressor":
         loss_fn: nn.Module = nn.BCEWithLogitsLoss() if multi_label else nn.CrossEntropyLoss()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
@@ -143,8 +146,8 @@ class LearnedCompressor:
         best: tuple[float, float] = (-math.inf, -math.inf)
         best_state, bad = copy.deepcopy(model.state_dict()), 0
         self.curve, self.early_stopped = [], False
-        bar = tqdm(range(1, self.epochs + 1), desc="learned fit", unit="epoch",
-                   disable=not progress)
+        bar = progress_bar(range(1, self.epochs + 1), desc="learned fit", unit="epoch",
+                           progress=progress)
         for epoch in bar:
             model.train()
             total = torch.zeros((), dtype=torch.float64)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from eastkd.errors import EastkdError
+from eastkd.progress import Progress
 from eastkd.pipeline.core import registry
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
@@ -65,7 +66,7 @@ class CompressOptions:
     patience: int = 10
     overwrite: bool = False
     plot: str | None | bool = None
-    progress: bool = True
+    progress: Progress = False  # None: bars on a terminal, else plain lines (the CLI's)
     dask: Any = None
 
     def check(self) -> None:

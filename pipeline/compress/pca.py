@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 from scipy.linalg.blas import dsyr, dsyrk
-from tqdm.auto import tqdm
+from eastkd.progress import Progress, progress_bar
 
 from eastkd.pipeline.core.reading import iter_row_blocks
 from eastkd.store import EastkdError, ItemsTable, StoreArray
@@ -59,7 +59,7 @@ class PCACompressor:
 
     # -- fitting -------------------------------------------------------------------------------
     def fit(self, source: StoreArray, rows: np.ndarray, items: ItemsTable | None = None,
-            valid_rows: np.ndarray | None = None, progress: bool = False,
+            valid_rows: np.ndarray | None = None, progress: Progress = False,
             block_items: int | None = None) -> "PCACompressor":
         """Fit on ``source[rows]`` reading each chunk of ``source`` once (chunks without fit
         rows are not read); ``block_items`` reads that many items at a time instead."""
@@ -71,7 +71,7 @@ class PCACompressor:
         mean = np.zeros(d_in, dtype=np.float64)
         # upper triangle only, updated in place by BLAS (no D x D temporaries per chunk)
         scatter = np.zeros((d_in, d_in), dtype=np.float64, order="F")
-        bar = tqdm(total=int(rows.size), desc="pca fit", unit="row", disable=not progress)
+        bar = progress_bar(total=int(rows.size), desc="pca fit", unit="row", progress=progress)
         for block in iter_row_blocks(source, rows, block_items):
             x = block.reshape(len(block), d_in).astype(np.float64)
             k = x.shape[0]

@@ -29,9 +29,11 @@ FAN_IN = 8
 
 
 def fit_on_cluster(comp: PCACompressor, store_path: str, section: str, array: str,
-                   rows: np.ndarray, cluster: Any, fan_in: int = FAN_IN) -> PCACompressor:
+                   rows: np.ndarray, cluster: Any, fan_in: int = FAN_IN,
+                   views: bool = False) -> PCACompressor:
     """Fit ``comp`` on rows ``rows`` of ``<section>/<array>`` with one task per chunk that holds
-    fit rows; ``cluster`` is ``local:N``, a scheduler address or a connected Client."""
+    fit rows; ``cluster`` is ``local:N``, a scheduler address or a connected Client. With
+    ``views`` (an items x K x D array) every view of a fit item is one fit row."""
     from eastkd.pipeline.extract.distributed import dask_client
 
     rows = np.unique(np.asarray(rows, dtype=np.int64))
@@ -50,7 +52,7 @@ def fit_on_cluster(comp: PCACompressor, store_path: str, section: str, array: st
     with dask_client(cluster) as client:
         where = store_location(store_path)  # workers may run in other folders
         parts = [client.submit(_chunk_moments, where, kind, name, array, *block, access,
-                               pure=False, retries=2) for block in blocks]
+                               views, pure=False, retries=2) for block in blocks]
         while len(parts) > 1:
             parts = [client.submit(_merge, *parts[i:i + fan_in], pure=False, retries=2)
                      if len(parts[i:i + fan_in]) > 1 else parts[i]
@@ -61,12 +63,14 @@ def fit_on_cluster(comp: PCACompressor, store_path: str, section: str, array: st
 
 
 def _chunk_moments(store_path: str, kind: str, name: str, array: str, start: int, stop: int,
-                   rows: np.ndarray, access: AccessOptions) -> Moments:
-    """A task: the moments of ``rows`` (all within ``start:stop``) read from the store."""
+                   rows: np.ndarray, access: AccessOptions, views: bool = False) -> Moments:
+    """A task: the moments of ``rows`` (all within ``start:stop``) read from the store (with
+    ``views``, of every view of those rows)."""
     configure_access(access.storage_options, access.cache_dir)
     with open_store(store_path) as store:
-        block = store.section(kind, name).array(array)[start:stop]
-    x = block.reshape(stop - start, -1)[rows - start].astype(np.float64)
+        block = store.section(kind, name).array(array)[start:stop][rows - start]
+    x = block.reshape(-1, block.shape[-1]) if views else block.reshape(len(block), -1)
+    x = x.astype(np.float64)
     mean = x.mean(axis=0)
     x -= mean
     return x.shape[0], mean, x.T @ x

@@ -21,6 +21,9 @@ A compressor (entry point group ``eastkd.compressors``) is a class built as
 with ``identity()``, ``fit(source, rows, items, valid_rows, progress)``, ``out_dim``,
 ``uses_valid_rows`` (whether ``fit`` early-stops on ``valid_rows``; assumed when absent),
 ``transform(x)``, ``params()``, ``summary()`` and a static ``plot(fig, attrs, params)``.
+Optional: ``dim_from_classes = True`` (``--dim`` does not apply: the output has one column per
+class; the default name is ``<key>-<method>``) and ``held_out_scores(source, splits, items)``
+(attributes to record from rows the fit never saw, e.g. a probe's valid and test scores).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
+from eastkd.progress import Progress, progress_bar
 
 from eastkd.pipeline.core import registry
 from eastkd.pipeline.compress.options import CompressOptions, default_name
@@ -76,6 +79,51 @@ class CompressResult:
     metric_value: float | None
     plot: str | None
     reused: bool
+
+
+class ViewRows:
+    """An embeddings array with views (N x K x D) read as N*K rows of D: row ``i*K + v`` is view
+    ``v`` of item ``i``. What a compressor fits on, so that it sees every view's embedding
+    (the read-only part of :class:`~eastkd.store.StoreArray` that fitting uses)."""
+
+    def __init__(self, array: Any) -> None:
+        self.array = array
+        self.k = int(array.shape[1])
+        self.path = array.path
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        n, k, *rest = self.array.shape
+        return (n * k, *rest)
+
+    @property
+    def chunks(self) -> tuple[int, ...]:
+        c, k, *rest = self.array.chunks
+        return (c * k, *rest)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.array.dtype
+
+    @property
+    def backend(self) -> Any:  # a reader in this process (workers=0) reads through this view
+        return self.array.backend
+
+    def rows(self, items: np.ndarray) -> np.ndarray:
+        """The flat rows of every view of ``items``."""
+        return (np.asarray(items, dtype=np.int64)[:, None] * self.k + np.arange(self.k)).ravel()
+
+    def __getitem__(self, selection: slice) -> np.ndarray:
+        lo, hi, _ = selection.indices(self.shape[0])
+        first, last = lo // self.k, -(-hi // self.k)
+        block = self.array[first:last]
+        block = block.reshape(len(block) * self.k, *block.shape[2:])
+        return block[lo - first * self.k:hi - first * self.k]
+
+
+def n_views(emb: Section) -> int:
+    """K of embeddings written with ``extract --views K`` (a view axis); 0 without views."""
+    return int(emb.array("clip").shape[1]) if emb.has("views") else 0
 
 
 def default_plot_path(store_path: str, name: str) -> str:
@@ -125,8 +173,8 @@ def _source(store: Store, key: str | None) -> tuple[str, Section]:
 
 def fit_rows(store: Store, status: np.ndarray, split: str, fold: int | None) -> np.ndarray:
     """The rows of ``split`` under ``fold`` as distill derives them (``item_splits``), with
-    embeddings OK: distill's rows of that split (it also drops unlabelled items; the learned
-    compressor ignores those too)."""
+    embeddings OK, unlabelled items included: PCA fits on all of them, the learned compressor
+    keeps the labelled ones (``LearnedCompressor._targets``)."""
     return np.flatnonzero((item_splits(store, fold) == split) & (status == OK))
 
 
@@ -188,9 +236,11 @@ def compress(store_path: str, embeddings_key: str | None = None, method: str | N
     cls = registry.compressors.get(opts.method)
     with open_store(store_path, "r+") as store:
         key, emb = _source(store, opts.embeddings)
-        name = opts.name or default_name(key, opts.method, opts.dim)
+        sized = not getattr(cls, "dim_from_classes", False)  # probe: one column per class
+        name = opts.name or (default_name(key, opts.method, opts.dim) if sized
+                             else f"{key}-{opts.method}")
         status = emb.status()
-        rows = _check_fit(store, emb, key, status, opts)
+        rows = _check_fit(store, emb, key, status, opts, sized)
         comp = cls(opts.dim, whiten=opts.whiten, seed=opts.seed, epochs=opts.epochs,
                    patience=opts.patience)
         identity = _identity(store, emb, key, opts, comp)
@@ -200,6 +250,7 @@ def compress(store_path: str, embeddings_key: str | None = None, method: str | N
             old = store.targets(name)
             if old.attrs.get("identity") == identity and not opts.overwrite and old.complete \
                     and "dim" in old.attrs \
+                    and old.attrs.get("source_generation") == emb.attrs.get("generation") \
                     and np.array_equal(old.status(), np.where(status == OK, OK, SKIPPED)):
                 return _reuse(store, old, cls, opts.plot, t0, store_path, name)
 
@@ -208,24 +259,31 @@ def compress(store_path: str, embeddings_key: str | None = None, method: str | N
         fit_seconds = time.perf_counter() - tf
         attrs = _targets_attrs(store, emb, key, comp, identity, rows, valid_rows, opts,
                                fit_seconds)
-        sec = store.require_section("targets", name,
-                                    {"values": ArraySpec((comp.out_dim,), "float32")},
-                                    attrs=attrs, identity=identity, overwrite=existing)
-        store.write_params(sec, comp.params())
-        _write_values(sec, emb.array("clip"), status, emb.errors(), comp, key, opts.progress)
+        views = n_views(emb)
+        spec = (ArraySpec((views, comp.out_dim), "float32", ("view", "dim")) if views
+                else ArraySpec((comp.out_dim,), "float32"))
+        errors = emb.errors()
+        # all or nothing: an HDF5 store gets the section through a copy swapped in at the end
+        with store.replacing(f"targets/{name}"):
+            sec = store.require_section("targets", name, {"values": spec},
+                                        attrs=attrs, identity=identity, overwrite=existing)
+            store.write_params(sec, comp.params())
+            _write_values(sec, emb.array("clip"), status, errors, comp, key, opts.progress)
         return _result(store_path, name, attrs, len(status), int((status == SKIPPED).sum()),
                        fit_seconds, t0, _plot(cls, attrs, store.read_params(sec), opts.plot,
                                               store_path, name), reused=False)
 
 
 def _check_fit(store: Store, emb: Section, key: str, status: np.ndarray,
-               opts: CompressOptions) -> np.ndarray:
+               opts: CompressOptions, sized: bool = True) -> np.ndarray:
     """The rows the compressor is fitted on, after checking the options against the store
-    (the output size against the embeddings' and the fit rows', the fit split exists)."""
+    (the output size against the embeddings' and the fit rows' unless the compressor is not
+    ``sized`` by ``--dim``, the fit split exists)."""
     dim, fit_split = opts.dim, opts.fit_split
     src = emb.array("clip")
-    d_in = int(np.prod(src.shape[1:]))
-    if isinstance(dim, int) and dim > d_in:
+    views = n_views(emb)
+    d_in = int(np.prod(src.shape[2 if views else 1:]))
+    if sized and isinstance(dim, int) and dim > d_in:
         raise EastkdError(f"--dim {dim} is larger than the {d_in}-d embeddings {key!r}; "
                           f"choose at most {d_in}")
     splits = sorted(set(item_splits(store, opts.fold)))
@@ -236,9 +294,10 @@ def _check_fit(store: Store, emb: Section, key: str, status: np.ndarray,
     if rows.size == 0:
         raise EastkdError(f"--fit-split {fit_split!r}: no item of it has embeddings "
                           f"{key!r} (all skipped); choose another split")
-    if opts.method == "pca" and isinstance(dim, int) and dim > rows.size:
-        raise EastkdError(f"--dim {dim}: PCA on {rows.size} {fit_split} rows gives at most "
-                          f"{rows.size} components; choose a smaller --dim")
+    n_fit = rows.size * max(1, views)  # every view of a fit item is a fit row
+    if opts.method == "pca" and isinstance(dim, int) and dim > n_fit:
+        raise EastkdError(f"--dim {dim}: PCA on {n_fit} {fit_split} rows gives at most "
+                          f"{n_fit} components; choose a smaller --dim")
     return rows
 
 
@@ -269,10 +328,42 @@ def _fit(store: Store, store_path: str, emb: Section, comp: Any, rows: np.ndarra
     if opts.dask is not None:
         from eastkd.pipeline.compress.pca_dask import fit_on_cluster
 
-        fit_on_cluster(comp, store_path, emb.path, "clip", rows, opts.dask)
+        fit_on_cluster(comp, store_path, emb.path, "clip", rows, opts.dask,
+                       views=bool(n_views(emb)))
+    elif n_views(emb) and opts.method == "learned":
+        _fit_learned_views(comp, ViewRows(emb.array("clip")), rows, store.items, valid_rows,
+                           opts.progress)
+    elif n_views(emb):  # every view of every fit item is one fit row
+        flat = ViewRows(emb.array("clip"))
+        comp.fit(flat, flat.rows(rows), store.items, valid_rows, opts.progress)
     else:
         comp.fit(emb.array("clip"), rows, store.items, valid_rows, opts.progress)
     return valid_rows
+
+
+def _fit_learned_views(comp: Any, flat: ViewRows, rows: np.ndarray, items: Any,
+                       valid_rows: np.ndarray | None, progress: bool) -> None:
+    """The learned transformation on every view of the labelled fit (and valid) items, each
+    view one row with its item's label; read in this process (the view rows are a read-only
+    view of the stored array, which reader processes could not reopen)."""
+    from eastkd.pipeline.core.reading import RowStream
+
+    def labelled(r: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        r, y = comp._targets(items, np.asarray(r if r is not None else [], dtype=np.int64))
+        return flat.rows(r), np.repeat(y, flat.k, axis=0)
+
+    train, y = labelled(rows)
+    if train.size == 0:
+        raise EastkdError("no fit rows carry a label; the learned transformation needs "
+                          "labelled training items")
+    valid, vy = labelled(valid_rows)
+
+    def stream(r: np.ndarray) -> RowStream:
+        return RowStream({"x": flat}, r, memory_limit=comp.memory_limit, workers=0)
+
+    comp.fit_streams(stream(train), y, stream(valid) if valid.size else None,
+                     vy if valid.size else None, items.multi_label, len(items.class_names),
+                     progress)
 
 
 def _targets_attrs(store: Store, emb: Section, key: str, comp: Any, identity: dict[str, Any],
@@ -282,6 +373,11 @@ def _targets_attrs(store: Store, emb: Section, key: str, comp: Any, identity: di
     rows fitted and early-stopped on (fingerprints), sizes and the compressor's summary."""
     src_attrs = emb.attrs
     summary = comp.summary()
+    if hasattr(comp, "held_out_scores"):  # scored on rows it never fitted on
+        status = emb.status()
+        summary.update(comp.held_out_scores(emb.array("clip"), {
+            s: fit_rows(store, status, s, opts.fold) for s in ("valid", "test")
+            if s != opts.fit_split}, store.items))
     return _json_safe({
         "kind": "compressed teacher embeddings",
         "method": opts.method,
@@ -290,6 +386,7 @@ def _targets_attrs(store: Store, emb: Section, key: str, comp: Any, identity: di
         "source_identity": src_attrs.get("identity"),
         "source_weights_sha256": src_attrs.get("weights_sha256"),
         "source_teacher": src_attrs.get("teacher"),
+        "source_generation": src_attrs.get("generation"),
         "dataset_fingerprint": store.dataset_fingerprint,
         "fingerprint": _sha(identity),
         "fit_split": opts.fit_split,
@@ -298,10 +395,12 @@ def _targets_attrs(store: Store, emb: Section, key: str, comp: Any, identity: di
         "fit_rows_sha256": rows_fingerprint(store, rows),
         "valid_rows_sha256": rows_fingerprint(store, valid_rows)
         if getattr(comp, "uses_valid_rows", True) else None,
-        "input_dim": int(np.prod(emb.array("clip").shape[1:])),
+        "input_dim": int(emb.array("clip").shape[-1]),
         "dim": comp.out_dim,
         "whiten": bool(opts.whiten),
-        "layout": "items x dims",
+        "layout": "items x views x dims" if n_views(emb) else "items x dims",
+        **({"views": {"k": n_views(emb), "source": f"{emb.path}/views"}} if n_views(emb)
+           else {}),
         "params": sorted(comp.params()),
         "seconds": round(fit_seconds, 3),
         "eastkd_version": eastkd_version(),
@@ -311,17 +410,19 @@ def _targets_attrs(store: Store, emb: Section, key: str, comp: Any, identity: di
 
 
 def _write_values(sec: Section, src: Any, status: np.ndarray, errors: np.ndarray, comp: Any,
-                  key: str, progress: bool) -> None:
+                  key: str, progress: Progress) -> None:
     """Transform every OK item in whole write units; skipped items stay zero and skipped."""
     n = len(status)
     step = max(sec.unit, int(src.chunks[0]))
-    bar = tqdm(total=n, desc="compress write", unit="item", disable=not progress)
+    bar = progress_bar(total=n, desc="compress write", unit="item", progress=progress)
     for start in range(0, n, step):
         stop = min(n, start + step)
         ok = status[start:stop] == OK
-        values = np.zeros((stop - start, comp.out_dim), dtype=np.float32)
-        if ok.any():
-            values[ok] = comp.transform(src[start:stop][ok])
+        values = np.zeros((stop - start, *src.shape[1:-1], comp.out_dim), dtype=np.float32)
+        if ok.any():  # with views: each view transformed alike (items x views x d)
+            x = src[start:stop][ok]
+            y = comp.transform(x.reshape(-1, x.shape[-1]) if x.ndim == 3 else x)
+            values[ok] = y.reshape(len(x), *values.shape[1:])
         errs = ["" if o else f"skipped in embeddings/{key}: {e}"
                 for o, e in zip(ok, errors[start:stop])]
         sec.write_block(start, {"values": values}, np.where(ok, OK, SKIPPED).astype(np.uint8),

@@ -22,14 +22,23 @@ DataLoader worker processes (each opens the store itself, lazily; no handle cros
 with no workers, by one background thread; either way the windows arrive in plan order and each
 carries its own permutation seed, so a seed gives the same batches with any number of workers.
 
+*Views* (``extract --views K``). When the targets have a view axis, :class:`SplitData` serves
+one view per item per epoch: the view is drawn by a counter-based generator of (seed, epoch,
+store row) (:func:`epoch_views`, set with :meth:`SplitData.set_epoch`), so a resumed run draws
+the same; the view's log-mel frames are cut out of the item's whole-clip log-mel at its offset
+(whole hops) and its gain is added in the log domain; the target is that view's. Splits read
+without targets (valid, test, evaluate, predict) get the whole clip.
+
 Statistics (input mean/std per mel bin, target normalisation) are float64 streaming moments over
 the chunks (Chan et al.'s pairwise merge): no whole-array float64 copies.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +56,7 @@ from eastkd.store import (
     access_options,
     configure_access,
     open_store,
+    store_location,
 )
 
 DEFAULT_MEMORY_LIMIT = 4 << 30  # bytes of float32 rows held in memory before streaming
@@ -69,6 +79,8 @@ class TargetsSpec:
     dim: int
     frame_level: bool
     attrs: dict[str, Any] = field(default_factory=dict)
+    views: int = 0  # K of targets with a view axis (extract --views K); 0: none
+    views_path: str | None = None  # the (N, K, 3) view parameters (embeddings/KEY/views)
 
     @property
     def alignment(self) -> str:
@@ -90,7 +102,8 @@ class TargetsSpec:
         """What config.json records about the targets (section attributes included)."""
         return {"name": self.name, "section": self.section, "array": self.array,
                 "dim": self.dim, "frame_level": self.frame_level, "alignment": self.alignment,
-                "attrs": self.attrs}
+                "attrs": self.attrs,
+                **({"views": self.views, "views_path": self.views_path} if self.views else {})}
 
 
 def resolve_targets(store: Store, name: str, frame_targets: bool = False) -> TargetsSpec:
@@ -112,9 +125,41 @@ def resolve_targets(store: Store, name: str, frame_targets: bool = False) -> Tar
                 + [f"embeddings/{n}" for n in store.section_names("embeddings")])
         raise EastkdError(f"{store.path}: no targets or embeddings named {name!r} (have: "
                           f"{', '.join(have) or 'none'}); run `eastkd compress` or choose one")
+    if sec.kind == "targets":
+        from eastkd.store.verify import stale_targets
+
+        attrs = sec.attrs
+        source = attrs.get("source")
+        if source and store.has_section("embeddings", source):
+            stale = stale_targets(store.path, name, attrs, store.embeddings(source).attrs)
+            if stale:
+                raise EastkdError(f"{store.path}: {stale}")
     shape = sec.array(array).shape
+    attrs = sec.attrs
+    views_path = (attrs.get("views") or {}).get("source") if kind_of(sec.path) == "targets" \
+        else (f"{sec.path}/views" if sec.has("views") else None)
+    views = int(shape[1]) if views_path else 0
     return TargetsSpec(name=name, section=sec.path, array=array, dim=int(shape[-1]),
-                       frame_level=len(shape) == 3, attrs=sec.attrs)
+                       frame_level=len(shape) - (1 if views else 0) == 3, attrs=attrs,
+                       views=views, views_path=views_path)
+
+
+def kind_of(section_path: str) -> str:
+    """``"targets"`` of ``"targets/NAME"``."""
+    return section_path.split("/", 1)[0]
+
+
+def epoch_views(seed: int, epoch: int, rows: np.ndarray, k: int) -> np.ndarray:
+    """The view (0..k-1) each store row trains on in ``epoch``: splitmix64 of (seed, epoch, row),
+    a counter-based generator, so any subset of rows, in any order, on a resumed run, draws
+    the same."""
+    with np.errstate(over="ignore"):
+        x = (np.asarray(rows, dtype=np.uint64)
+             + np.uint64((seed * 1_000_003 + epoch) & 0xFFFFFFFF) * np.uint64(0x9E3779B97F4A7C15))
+        for mult, shift in ((0xBF58476D1CE4E5B9, 30), (0x94D049BB133111EB, 27)):
+            x = (x ^ (x >> np.uint64(shift))) * np.uint64(mult)
+        x ^= x >> np.uint64(31)
+    return (x % np.uint64(k)).astype(np.int64)
 
 
 def item_splits(store: Store, fold: int | None = None) -> np.ndarray:
@@ -127,13 +172,15 @@ def item_splits(store: Store, fold: int | None = None) -> np.ndarray:
                           "ESC-50); this store has none, drop --fold")
     from eastkd.pipeline.datasets.esc50 import esc50_split_for_fold
 
-    return np.asarray([esc50_split_for_fold(int(f), fold) for f in items.extra["fold"]],
-                      dtype=object)
+    labelled = items.labelled_mask  # unlabelled items carry no fold: they stay train items
+    return np.asarray([esc50_split_for_fold(int(f), fold) if ok else "train"
+                       for f, ok in zip(items.extra["fold"], labelled)], dtype=object)
 
 
 def split_rows(store: Store, split: str, targets: TargetsSpec | None = None,
-               fold: int | None = None) -> np.ndarray:
-    """Sorted store rows of ``split`` usable for training: features (and targets) OK, labelled.
+               fold: int | None = None, labelled: bool | None = True) -> np.ndarray:
+    """Sorted store rows of ``split`` usable for training: features (and targets) OK, and
+    labelled (``labelled=True``, the default), unlabelled (``False``) or either (``None``).
 
     Skipped rows are left out; a section with pending rows is refused (its writer is unfinished).
     ``split='all'`` takes every item.
@@ -151,9 +198,33 @@ def split_rows(store: Store, split: str, targets: TargetsSpec | None = None,
         mask = np.ones(len(st), dtype=bool)
     else:
         mask = item_splits(store, fold) == split
-    if not store.items.multi_label:
-        mask &= store.items.label >= 0
+    items = store.items
+    has_label = items.labelled_mask & (items.multi_label or items.label >= 0)
+    if labelled is not None:
+        mask &= has_label if labelled else ~items.labelled_mask
     return np.flatnonzero(mask & ok)
+
+
+def labelled_mask(items: Any) -> np.ndarray:
+    """Items that carry a label: exactly one class (single-label) or at least one tag
+    (multi-label). An all-zero label row is an unlabelled item."""
+    if items.multi_label:
+        return np.asarray(items.labels).reshape(len(items), -1).sum(axis=1) > 0
+    return items.label >= 0
+
+
+def read_pooled_rows(array: StoreArray, rows: np.ndarray) -> np.ndarray:
+    """float32 (len(rows), D) of sorted unique ``rows`` of ``array``, read chunk by chunk;
+    every axis between the items and the last (frames, views) is averaged per item."""
+    rows = np.asarray(rows, dtype=np.int64)
+    out = np.empty((len(rows), int(array.shape[-1])), dtype=np.float32)
+    at = 0
+    for block in iter_row_blocks(array, rows):
+        if block.ndim > 2:
+            block = block.reshape(len(block), -1, block.shape[-1]).mean(axis=1, dtype=np.float64)
+        out[at:at + len(block)] = block
+        at += len(block)
+    return out
 
 
 def skipped_count(store: Store, targets: TargetsSpec | None = None) -> int:
@@ -243,6 +314,16 @@ class Moments:
         self.mean += delta * (k / total)
         self.n = total
 
+    def merge(self, other: "Moments") -> None:
+        """Merge the moments of another, disjoint set of rows."""
+        if other.n == 0:
+            return
+        total = self.n + other.n
+        delta = other.mean - self.mean
+        self.m2 = self.m2 + other.m2 + delta * delta * (self.n * other.n / total)
+        self.mean = self.mean + delta * (other.n / total)
+        self.n = total
+
     @property
     def var(self) -> np.ndarray:
         """Population variance."""
@@ -272,20 +353,64 @@ def _ahead(items: Iterator[Any]) -> Iterator[Any]:
 # -- the stream --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ReadTask:
-    """One window: the read units it holds, and the seed that permutes its rows (or None)."""
+    """One window: the read units it holds, the seed that permutes its rows (or None), and
+    the store rows of the groups' positions, in order (so a reader needs no split-sized
+    table: its memory does not grow with the number of items)."""
 
     groups: tuple[Group, ...]
     seed: int | None
+    rows: np.ndarray
+
+
+def _window_groups(groups: list[Group]) -> list[Group]:
+    """``groups`` with positions into the window's own rows (0, 1, ...) instead of the
+    split's."""
+    out, at = [], 0
+    for pos, lo, hi in groups:
+        out.append((np.arange(at, at + len(pos)), lo, hi))
+        at += len(pos)
+    return out
+
+
+_MMAP_THRESHOLD = -3  # glibc's mallopt parameter M_MMAP_THRESHOLD
+LARGE_BLOCK = 4 << 20  # bytes from which an allocation is its own mapping
+
+
+@functools.cache
+def return_large_blocks() -> None:
+    """Make every allocation of :data:`LARGE_BLOCK` bytes or more its own mapping, given back
+    to the system when freed (glibc; a no-op elsewhere). Once per process.
+
+    By default glibc raises that threshold after the first large block is freed (up to 32 MB);
+    the blocks a stream allocates (windows, chunks, their float64 statistics: a few MB each,
+    of varying sizes) then come from the heap and fragment it, so that a process's memory grew
+    with the number of windows read, i.e. with the number of items (reader processes by
+    1.6x from 20k to 80k items). Fixed, the memory is flat in the number of items."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(_MMAP_THRESHOLD, LARGE_BLOCK)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def trim_heap() -> None:
+    """Give the heap's free pages back to the system (glibc's ``malloc_trim``; a no-op
+    elsewhere): done before reader processes fork, which would otherwise start with them
+    counted in their memory (the freed remains of reading the items table grow with N)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 class _WindowReader(torch.utils.data.Dataset):
     """Reads a window of streamed arrays; each process opens the store itself, on first use,
     with the storage options and chunk cache of the process that made the reader."""
 
-    def __init__(self, arrays: dict[str, StoreArray], rows: np.ndarray) -> None:
-        self.rows = rows
+    def __init__(self, arrays: dict[str, StoreArray], n_rows: int) -> None:
+        self.n_rows = n_rows
         self.paths = {k: a.path for k, a in arrays.items()}
-        self.store_path = next(iter(arrays.values())).backend.path
+        # absolute: a reader from the fork server runs in the folder the server started in
+        self.store_path = store_location(next(iter(arrays.values())).backend.path)
         self.access = access_options()  # a store at a URL: its options reach the workers too
         self._arrays: dict[str, StoreArray] | None = dict(arrays)
         self._pid: int | None = os.getpid()
@@ -299,22 +424,24 @@ class _WindowReader(torch.utils.data.Dataset):
         if self._arrays is None or self._pid != os.getpid():
             # a spawned worker starts with no storage options and no chunk cache configured
             configure_access(self.access.storage_options, self.access.cache_dir)
+            return_large_blocks()  # inherited when forked; not when spawned
             store = open_store(self.store_path)
             self._arrays = {k: store_array(store, p) for k, p in self.paths.items()}
             self._pid = os.getpid()
         return self._arrays
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return self.n_rows
 
     def __getitem__(self, task: ReadTask) -> dict[str, torch.Tensor]:
         groups = list(task.groups)
         pos = np.concatenate([g[0] for g in groups])
         out = {"pos": torch.from_numpy(pos)}
         nbytes = 0
+        local = _window_groups(groups)
         for name, arr in self.arrays().items():
             data = np.empty((len(pos),) + tuple(arr.shape[1:]), dtype=np.float32)
-            nbytes += _read_into(data, arr, self.rows, groups)
+            nbytes += _read_into(data, arr, task.rows, local)
             out[name] = torch.from_numpy(data)
         if task.seed is not None:
             perm = torch.randperm(len(pos), generator=torch.Generator().manual_seed(task.seed))
@@ -343,7 +470,9 @@ class RowStream:
     streamed in windows of read units of about ``shuffle_buffer`` bytes each (the rows shuffled
     together; ``workers * PREFETCH + 2`` windows at most are in memory at once), read by
     ``workers`` reader processes ( None: :func:`default_workers` when anything is streamed;
-    pinned memory with ``pin_memory``; ``context`` names the workers' start method).
+    pinned memory with ``pin_memory``; ``context`` names the workers' start method). A
+    streaming process returns large blocks to the system (:func:`return_large_blocks`), so
+    its memory and its readers' do not grow with the number of items.
     """
 
     def __init__(self, arrays: dict[str, StoreArray], rows: np.ndarray, *,
@@ -368,10 +497,12 @@ class RowStream:
             else:
                 streamed[name] = arr
         self.streamed = list(streamed)
+        if streamed:
+            return_large_blocks()
         self.workers = (0 if not streamed else default_workers() if workers is None
                         else max(0, int(workers)))
         self.unit = max((int(a.chunks[0]) for a in streamed.values()), default=1)
-        self._reader = _WindowReader(streamed, self.rows) if streamed else None
+        self._reader = _WindowReader(streamed, len(self.rows)) if streamed else None
         unit_bytes = self.unit * sum(self.row_bytes(k) for k in streamed)
         self.window_units = int(np.clip(shuffle_buffer // max(1, unit_bytes),
                                         1, MAX_WINDOW_UNITS))
@@ -404,10 +535,11 @@ class RowStream:
             groups = [groups[i] for i in torch.randperm(len(groups), generator=generator)]
         k = self.window_units
         windows = [tuple(groups[i:i + k]) for i in range(0, len(groups), k)]
-        if generator is None:
-            return [ReadTask(w, None) for w in windows]
-        seeds = torch.randint(0, 2**62, (len(windows),), generator=generator).tolist()
-        return [ReadTask(w, s) for w, s in zip(windows, seeds)]
+        seeds: list[int | None] = [None] * len(windows)
+        if generator is not None:
+            seeds = torch.randint(0, 2**62, (len(windows),), generator=generator).tolist()
+        return [ReadTask(w, s, self.rows[np.concatenate([g[0] for g in w])])
+                for w, s in zip(windows, seeds)]
 
     def _windows(self, tasks: list[ReadTask]) -> Iterator[dict[str, torch.Tensor]]:
         """The windows of ``tasks`` in order, read ahead by workers or one thread."""
@@ -423,6 +555,7 @@ class RowStream:
 
     def _worker_loader(self, tasks: list[ReadTask]) -> Iterator[dict[str, torch.Tensor]]:
         if self._loader is None:
+            trim_heap()
             self._loader = torch.utils.data.DataLoader(
                 self._reader, sampler=self._sampler, batch_size=None,
                 num_workers=self.workers, pin_memory=self.pin_memory,
@@ -525,6 +658,14 @@ class SplitData:
         self.input_shape = self.stream.shapes["x"]
         self.has_targets = targets is not None
         self._norm: tuple[torch.Tensor, float] | None = None
+        self.views = ViewCuts.of(store, targets, rows) if targets is not None else None
+        if self.views is not None:
+            self.input_shape = (self.input_shape[0], self.views.frames)
+
+    def set_epoch(self, seed: int, epoch: int) -> None:
+        """Draw this epoch's view of every item (targets with views only; else nothing)."""
+        if self.views is not None:
+            self.views.draw(seed, epoch)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -550,18 +691,27 @@ class SplitData:
     def close(self) -> None:
         self.stream.close()
 
-    def input_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-mel-bin mean and std over all items and frames of the split (for normalisation)."""
-        m = self.stream.moments("x", axis=1)
+    def _moments(self, name: str, axis: int, others: Sequence[SplitData]) -> Moments:
+        m = self.stream.moments(name, axis)
+        for other in others:
+            m.merge(other.stream.moments(name, axis))
+        return m
+
+    def input_stats(self, others: Sequence[SplitData] = ()
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-mel-bin mean and std over all items and frames of the split (and of ``others``,
+        e.g. the unlabelled train rows), for normalisation."""
+        m = self._moments("x", 1, others)
         if m.n == 0:
             raise EastkdError(f"split {self.split!r} has no usable items; cannot compute input "
                               "statistics")
         return (torch.from_numpy(m.mean).float(),
                 torch.from_numpy(np.maximum(np.sqrt(m.var), 1e-5)).float())
 
-    def target_stats(self) -> tuple[torch.Tensor, float]:
-        """Targets' centre (per dim) and one overall scale (RMS of the per-dim std)."""
-        m = self.stream.moments("t")
+    def target_stats(self, others: Sequence[SplitData] = ()) -> tuple[torch.Tensor, float]:
+        """Targets' centre (per dim) and one overall scale (RMS of the per-dim std), over the
+        split and ``others``."""
+        m = self._moments("t", -1, others)
         return torch.from_numpy(m.mean).float(), float(max(np.sqrt(m.var.mean()), 1e-8))
 
     def normalise_targets(self, mean: torch.Tensor, scale: float) -> None:
@@ -579,17 +729,67 @@ class SplitData:
             pos = b["pos"].numpy()
             y = torch.from_numpy(self._labels[pos])
             t = b.get("t")
+            if self.views is not None:
+                b["x"], t = self.views.cut(pos, b["x"], t)
             if t is not None and self._norm is not None:
                 t = (t - self._norm[0]) / self._norm[1]
             yield Batch(x=b["x"], y=y.float() if self.multi_label else y, t=t,
                         rows=self.rows[pos])
 
 
+class ViewCuts:
+    """One view per item and epoch, cut out of the whole-clip log-mel (see the module's
+    *Views*): the split's view offsets in hops and gains in log-mel units, resident."""
+
+    def __init__(self, hops: np.ndarray, log_gains: np.ndarray, frames: int,
+                 rows: np.ndarray) -> None:
+        self.hops = torch.from_numpy(hops)  # (n, K) int64
+        self.log_gains = torch.from_numpy(log_gains.astype(np.float32))  # (n, K)
+        self.frames = int(frames)  # log-mel frames of one view
+        self.rows = rows
+        self.k = int(hops.shape[1])
+        self.chosen = torch.zeros(len(rows), dtype=torch.int64)
+
+    @classmethod
+    def of(cls, store: Store, targets: TargetsSpec, rows: np.ndarray) -> "ViewCuts | None":
+        """The cuts of ``rows`` for targets with views (None without)."""
+        if not targets.views:
+            return None
+        from eastkd.pipeline.core.features import LogMelParams
+        from eastkd.pipeline.core.views import GAIN, OFFSET, log_gain, offset_hops
+
+        lm = LogMelParams(**store.features(FEATURES).attrs["params"])
+        kind, name, array = targets.views_path.split("/", 2)
+        params = store.section(kind, name).array(array).read_rows(rows)
+        seconds = float(store.section(kind, name).attrs["views"]["seconds"])
+        frames = lm.n_frames(int(round(seconds * lm.sample_rate)))
+        return cls(offset_hops(params[..., OFFSET], lm), log_gain(params[..., GAIN]), frames,
+                   rows)
+
+    def draw(self, seed: int, epoch: int) -> None:
+        self.chosen = torch.from_numpy(epoch_views(seed, epoch, self.rows, self.k))
+
+    def cut(self, pos: np.ndarray, x: torch.Tensor,
+            t: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Inputs (B, M, T_clip) -> (B, M, frames) of each item's chosen view (plus its gain);
+        targets (B, K, ...) -> (B, ...) of that view."""
+        p = torch.from_numpy(pos)
+        v = self.chosen[p]
+        hop = self.hops[p, v]
+        idx = (hop[:, None] + torch.arange(self.frames))[:, None, :].expand(-1, x.shape[1], -1)
+        x = torch.gather(x, 2, idx) + self.log_gains[p, v][:, None, None]
+        if t is not None:
+            t = t[torch.arange(len(p)), v]
+        return x, t
+
+
 def load_split(store: Store, split: str, targets: TargetsSpec | None = None,
                fold: int | None = None, memory_limit: int = DEFAULT_MEMORY_LIMIT,
                shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, workers: int | None = None,
-               pin_memory: bool = False) -> SplitData:
-    """The usable rows of ``split`` with their inputs, labels and (optionally) targets."""
-    rows = split_rows(store, split, targets, fold)
+               pin_memory: bool = False, labelled: bool | None = True) -> SplitData:
+    """The usable rows of ``split`` with their inputs, labels and (optionally) targets:
+    labelled rows (default), unlabelled ones (``labelled=False``; labels -1 or all-zero
+    rows, never a task loss's) or both (None); see :func:`split_rows`."""
+    rows = split_rows(store, split, targets, fold, labelled)
     return SplitData(store, split, rows, targets, memory_limit, shuffle_buffer, workers,
                      pin_memory)

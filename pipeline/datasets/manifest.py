@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,11 @@ def normalise_split(value: str, where: str) -> str:
 
 def _assign_missing_splits(items: list[Item], names: list[list[str]], multi_label: bool,
                            ratios: tuple[float, float, float], seed: int) -> dict[str, Any]:
-    """Give items without a split (``""``) a stratified one; the ``split_info`` to record."""
+    """Give labelled items without a split (``""``) a stratified one, unlabelled ones train;
+    the ``split_info`` to record (the labelled items alone decide the stratified split)."""
+    for it in items:
+        if not it.labelled and not it.split:
+            it.split = "train"
     todo = [i for i, it in enumerate(items) if not it.split]
     if not todo:
         return {"method": "given by the dataset"}
@@ -59,8 +64,8 @@ def _assign_missing_splits(items: list[Item], names: list[list[str]], multi_labe
     for i, split in zip(todo, stratified_split(ids, strata, ratios, seed)):
         items[i].split = split
     info: dict[str, Any] = {"method": "stratified", "ratios": list(ratios), "seed": int(seed),
-                            "stratified_on": "rarest label" if multi_label else "label"}
-    if len(todo) < len(items):
+                            "stratified_on": "rarest class" if multi_label else "class"}
+    if len(todo) < sum(it.labelled for it in items):
         info["items"] = len(todo)  # the rest had their split from the dataset
     return info
 
@@ -132,17 +137,97 @@ def _split_labels(value: Any) -> list[str]:
     return [v.strip() for v in str(value).split(";") if v.strip()]
 
 
+_TRUE, _FALSE = {"1", "true", "yes", "y"}, {"0", "false", "no", "n"}
+_KNOWN_COLUMNS = {"id", "path", "label", "labels", "split", "labelled"}
+
+
+def _labelled(row: dict[str, Any], names: list[str], multi: bool, where: str) -> bool:
+    """Whether a row is labelled: the ``labelled`` column when it says so (1/0, true/false,
+    yes/no), else whether it names a class. In a multi-label manifest an empty ``labels`` cell
+    is an unlabelled item; a labelled row with no positive tag says ``labelled`` 1 (or, in
+    JSONL, ``"labels": []``)."""
+    flag = row.get("labelled")
+    text = str(flag).strip().lower() if flag is not None else ""
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        if names:
+            raise EastkdError(f"{where}: labelled is {flag!r} but the row names classes "
+                              f"{', '.join(names)}; clear one of them")
+        return False
+    if text:
+        raise EastkdError(f"{where}: labelled {flag!r}: use 1 or 0 (true/false), or leave it "
+                          "empty")
+    return bool(names) or (multi and isinstance(row.get("labels"), list))
+
+
+def _row_split(row: dict[str, Any], labelled: bool, has_split: bool, where: str,
+               item_id: str) -> str:
+    """The row's split ("" for a stratified one); an unlabelled row is a train row (an empty
+    split cell makes it one) and any other split is refused naming the row."""
+    cell = str(row.get("split") or "").strip()
+    if labelled:
+        return normalise_split(cell, where) if has_split else ""
+    split = normalise_split(cell, where) if cell else "train"
+    if split != "train":
+        raise EastkdError(f"{where}: id {item_id!r} has no label but is a {split} row; "
+                          "unlabelled items are train items only: give it a label or make it "
+                          "a train row")
+    return split
+
+
+def _row_item(row: dict[str, Any], where: str, lineno: int, seen: dict[str, int], base: Path,
+              multi: bool, has_split: bool) -> tuple[Item, list[str]]:
+    """One manifest row as an :class:`Item` (labels still as names) and its class names."""
+    item_id = str(row.get("id") if row.get("id") is not None else "").strip()
+    if not item_id:
+        raise EastkdError(f"{where}: empty id; every row needs a unique id")
+    if item_id in seen:
+        raise EastkdError(
+            f"{where}: duplicate id {item_id!r} (first on line {seen[item_id]}); "
+            "ids must be unique"
+        )
+    seen[item_id] = lineno
+    rel = str(row.get("path") or "").strip()
+    if not rel:
+        raise EastkdError(f"{where}: empty path for id {item_id!r}")
+    audio = Path(rel).expanduser()
+    audio = audio if audio.is_absolute() else base / audio
+    # a path that does not exist is kept: extract stops at it naming the item
+    # (--on-error fail; finished work is kept) or records it as skipped, "file not found"
+    names = _split_labels(row.get("labels") if multi else row.get("label"))
+    labelled = _labelled(row, names, multi, where)
+    if labelled and not multi and not names:
+        raise EastkdError(f"{where}: empty label for id {item_id!r} marked labelled; give "
+                          "its class, or leave labelled empty for an unlabelled train item")
+    if not multi and len(names) > 1:
+        raise EastkdError(
+            f"{where}: label {row.get('label')!r} names several classes; call the column "
+            "'labels' for multi-label data"
+        )
+    split = _row_split(row, labelled, has_split, where, item_id)
+    extra = {k: v for k, v in row.items() if k not in _KNOWN_COLUMNS and k is not None}
+    return Item(id=item_id, path=str(audio), split=split, extra=extra, labelled=labelled), names
+
+
+
 def load_manifest(path: str, split_ratios: tuple[float, float, float] = DEFAULT_SPLIT_RATIOS,
                   split_seed: int = DEFAULT_SPLIT_SEED) -> DatasetSpec:
     """Load a ``.csv`` or ``.jsonl`` manifest with fields ``id, path, label|labels, split``.
 
     ``label`` holds one class name per item (single-label); ``labels`` holds ``;``-separated
     names (in JSONL also a list) and makes the dataset multi-label. ``path`` is relative to the
-    manifest's folder or absolute. ``split`` is train/valid/test (val, validation accepted); when
+    manifest's folder or absolute (a file that does not exist is listed all the same: extract
+    refuses or skips it, by its ``--on-error``). ``split`` is train/valid/test (val, validation accepted); when
     the column is absent altogether, items get a stratified split by class
     (:func:`~eastkd.pipeline.datasets.splits.stratified_split` with ``split_ratios`` and
     ``split_seed``), recorded in ``split_info``. Other fields are kept in
     ``Item.extra``. Class names are sorted and ``Item.labels`` index into them.
+
+    A row with an empty ``label``/``labels`` is an *unlabelled* item (KD targets only): a train
+    item (an empty ``split`` cell makes it one; valid or test is refused naming the row),
+    outside the stratified split. An optional ``labelled`` column (1/0) says so explicitly; a
+    multi-label row with no positive tag is written ``labelled`` 1 (or ``"labels": []``).
     """
     mpath = Path(path).expanduser()
     if not mpath.is_file():
@@ -163,41 +248,10 @@ def load_manifest(path: str, split_ratios: tuple[float, float, float] = DEFAULT_
     multi = "labels" in columns
     has_split = "split" in columns
     base = mpath.resolve().parent
-    known = {"id", "path", "label", "labels", "split"}
     seen: dict[str, int] = {}
     raw: list[tuple[Item, list[str]]] = []
     for lineno, row in rows:
-        where = f"{mpath}:{lineno}"
-        item_id = str(row.get("id") if row.get("id") is not None else "").strip()
-        if not item_id:
-            raise EastkdError(f"{where}: empty id; every row needs a unique id")
-        if item_id in seen:
-            raise EastkdError(
-                f"{where}: duplicate id {item_id!r} (first on line {seen[item_id]}); "
-                "ids must be unique"
-            )
-        seen[item_id] = lineno
-        rel = str(row.get("path") or "").strip()
-        if not rel:
-            raise EastkdError(f"{where}: empty path for id {item_id!r}")
-        audio = Path(rel).expanduser()
-        audio = audio if audio.is_absolute() else base / audio
-        if not _is_audio_entry(audio):
-            raise EastkdError(
-                f"{where}: audio file {audio} for id {item_id!r} does not exist; paths are "
-                "relative to the manifest's folder or absolute"
-            )
-        split = normalise_split(str(row.get("split") or ""), where) if has_split else ""
-        names = _split_labels(row.get("labels") if multi else row.get("label"))
-        if not multi and not names:
-            raise EastkdError(f"{where}: empty label for id {item_id!r}; every row needs a label")
-        if not multi and len(names) > 1:
-            raise EastkdError(
-                f"{where}: label {row.get('label')!r} names several classes; call the column "
-                "'labels' for multi-label data"
-            )
-        extra = {k: v for k, v in row.items() if k not in known and k is not None}
-        raw.append((Item(id=item_id, path=str(audio), split=split, extra=extra), names))
+        raw.append(_row_item(row, f"{mpath}:{lineno}", lineno, seen, base, multi, has_split))
     if not raw:
         raise EastkdError(f"manifest {mpath} lists no items; add one row per audio file")
     class_names = sorted({n for _, names in raw for n in names})
@@ -244,7 +298,8 @@ def _subdirs(folder: Path) -> list[Path]:
 
 
 def load_folder(path: str, split_ratios: tuple[float, float, float] = DEFAULT_SPLIT_RATIOS,
-                split_seed: int = DEFAULT_SPLIT_SEED) -> DatasetSpec:
+                split_seed: int = DEFAULT_SPLIT_SEED,
+                exclude: Sequence[str] = ()) -> DatasetSpec:
     """Load a folder holding one sub-folder per class of audio files (any depth below it).
 
     Audio files are found by extension (wav, flac, ogg, mp3, aiff/aif, au; hidden files skipped).
@@ -253,7 +308,8 @@ def load_folder(path: str, split_ratios: tuple[float, float, float] = DEFAULT_SP
     and validation accepted). Otherwise items get a stratified split by class
     (:func:`~eastkd.pipeline.datasets.splits.stratified_split` with ``split_ratios`` and
     ``split_seed``), recorded in ``split_info``. The id of an item is its path relative to
-    ``path`` without the extension.
+    ``path`` without the extension. Top-level folders in ``exclude`` are no classes (a folder
+    of unlabelled audio inside ``path``: see :func:`add_unlabelled`).
     """
     root = Path(path).expanduser()
     if not root.is_dir():
@@ -265,7 +321,8 @@ def load_folder(path: str, split_ratios: tuple[float, float, float] = DEFAULT_SP
         raise EastkdError(
             f"{loose[0]} lies directly in {root}; put audio files in one sub-folder per class"
         )
-    top = _subdirs(root)
+    skip = {Path(d).expanduser().resolve() for d in exclude}
+    top = [d for d in _subdirs(root) if d.resolve() not in skip]
     split_first = bool(top) and all(d.name.lower() in _SPLIT_ALIASES for d in top)
     entries: list[tuple[Path, str, str]] = []  # (file, class name, split)
     if split_first:
@@ -337,18 +394,71 @@ def load_folder(path: str, split_ratios: tuple[float, float, float] = DEFAULT_SP
 
 
 # ---------------------------------------------------------------------------------------------
+# unlabelled audio
+
+
+def add_unlabelled(spec: DatasetSpec, folders: Sequence[str]) -> DatasetSpec:
+    """``spec`` plus every audio file under ``folders`` as an unlabelled train item.
+
+    An item's id is its path relative to the dataset folder when the folder lies inside it
+    (``<root>/unlabelled/a/b.wav`` -> ``unlabelled/a/b``), else relative to the folder's parent
+    (``/data/extra/b.wav`` -> ``extra/b``); an id that is taken already is refused, naming
+    both files. The folders are recorded in ``unlabelled_sources``.
+    """
+    root = Path(spec.source) if spec.source and Path(spec.source).is_dir() else None
+    seen = {it.id: it.path for it in spec.items}
+    added: list[Item] = []
+    for text in folders:
+        folder = Path(text).expanduser()
+        if not folder.is_dir():
+            raise EastkdError(f"--unlabelled {text}: no such folder; give a folder of audio "
+                              "files without classes")
+        folder = folder.resolve()
+        base = root.resolve() if root is not None and folder.is_relative_to(root.resolve()) \
+            else folder.parent
+        files = _audio_files(folder)
+        if not files:
+            raise EastkdError(f"--unlabelled {text}: holds no audio files "
+                              f"({', '.join(sorted(AUDIO_EXTENSIONS))})")
+        for f in files:
+            item_id = f.relative_to(base).with_suffix("").as_posix()
+            if item_id in seen:
+                raise EastkdError(f"{f} and {seen[item_id]} give the same id {item_id!r}; "
+                                  "rename one of them or the unlabelled folder")
+            seen[item_id] = str(f)
+            added.append(Item(id=item_id, path=str(f.resolve()), split="train",
+                              labelled=False))
+    spec.items = spec.items + added
+    spec.unlabelled_sources = spec.unlabelled_sources + [str(Path(d).expanduser().resolve())
+                                                         for d in folders]
+    return spec
+
+
+# ---------------------------------------------------------------------------------------------
 # one string -> a dataset
 
 
 def resolve_dataset(spec: str, split_ratios: tuple[float, float, float] = DEFAULT_SPLIT_RATIOS,
-                    split_seed: int = DEFAULT_SPLIT_SEED) -> DatasetSpec:
+                    split_seed: int = DEFAULT_SPLIT_SEED,
+                    unlabelled: Sequence[str] = ()) -> DatasetSpec:
     """A dataset from ``NAME:PATH`` (a registered adapter), a manifest file, or a class folder.
 
     ``NAME:PATH`` is only read as such when ``NAME`` is a registered dataset name and ``spec``
     itself is not an existing path, so ``C:\\data`` or ``./a:b`` stay plain paths.
     ``split_ratios`` and ``split_seed`` make the stratified split of manifests and folders
-    that name no splits (the official layouts bring their own).
+    that name no splits (the official layouts bring their own). ``unlabelled`` folders add
+    their audio as unlabelled train items (:func:`add_unlabelled`; a folder inside a class-folder
+    dataset is then no class).
     """
+    dataset = _resolve(spec, split_ratios, split_seed, unlabelled)
+    dataset = add_unlabelled(dataset, unlabelled) if unlabelled else dataset
+    dataset.check_unlabelled()
+    return dataset
+
+
+def _resolve(spec: str, split_ratios: tuple[float, float, float], split_seed: int,
+             unlabelled: Sequence[str]) -> DatasetSpec:
+    """:func:`resolve_dataset` without the unlabelled folders' items."""
     split = {"split_ratios": tuple(split_ratios), "split_seed": int(split_seed)}
     from eastkd.pipeline.core import registry
 
@@ -360,7 +470,10 @@ def resolve_dataset(spec: str, split_ratios: tuple[float, float, float] = DEFAUL
     if sep and not target.exists() and name in registry.datasets.names():
         factory = registry.datasets.get(name)
         generic = factory in (load_manifest, load_folder)
-        dataset = factory(rest, **split) if generic else factory(rest)
+        if factory is load_folder:
+            dataset = factory(rest, exclude=unlabelled, **split)
+        else:
+            dataset = factory(rest, **split) if generic else factory(rest)
         if not isinstance(dataset, DatasetSpec):
             raise EastkdError(
                 f"dataset adapter {name!r} returned {type(dataset).__name__}, not a DatasetSpec"
@@ -371,7 +484,7 @@ def resolve_dataset(spec: str, split_ratios: tuple[float, float, float] = DEFAUL
             return load_manifest(str(target), **split)
         raise EastkdError(f"dataset file {target} is not a .csv or .jsonl manifest")
     if target.is_dir():
-        return load_folder(str(target), **split)
+        return load_folder(str(target), exclude=unlabelled, **split)
     raise EastkdError(
         f"dataset {text!r} does not exist; give a .csv/.jsonl manifest, a folder of class "
         f"folders, or NAME:PATH with NAME one of: {', '.join(registry.datasets.names())}"

@@ -2,9 +2,10 @@
 that warn when a split lacks a class.
 
 Class-folder datasets without split folders and manifests without a ``split`` column get
-:func:`stratified_split`: within each class (for multi-label data, each item's rarest label),
-items are shuffled with ``seed`` and cut so that the whole dataset follows ``ratios`` as
-closely as whole items allow (:func:`split_sizes`) while every class of at least three items
+:func:`stratified_split` of their labelled items (unlabelled items are train items): within
+each class (for multi-label data, each item's rarest class), items are shuffled with ``seed``
+and cut so that the whole dataset follows ``ratios`` as closely as whole items allow
+(:func:`split_sizes`) while every class of at least three items
 gets at least one valid and one test item. The split depends on the ids, labels, ratios and
 seed only, so it is the same on every machine.
 """
@@ -102,13 +103,22 @@ def split_counts(splits: Sequence[str]) -> dict[str, int]:
     return {s: c.get(s, 0) for s in SPLITS}
 
 
-def describe_split(info: dict[str, Any], splits: Sequence[str]) -> str:
-    """One line: how the splits were made and their sizes."""
+def stratified_on(info: dict[str, Any]) -> str:
+    """What a stratified split was stratified on, in the words every command uses: ``class``,
+    or ``rarest class`` (multi-label: each item's rarest; stores before 0.2 say ``label``)."""
+    return "rarest class" if "rarest" in str(info.get("stratified_on", "")) else "class"
+
+
+def describe_split(info: dict[str, Any], splits: Sequence[str], unlabelled: int = 0) -> str:
+    """One line: how the splits were made and their sizes (``unlabelled`` of the train items
+    carry no label: they are counted in train and stay out of the stratified split)."""
     counts = ", ".join(f"{k} {v}" for k, v in split_counts(splits).items())
+    if unlabelled:
+        counts += f" (train holds {unlabelled} unlabelled items, outside the stratification)"
     if info.get("method") == "stratified":
         r = "/".join(f"{x:g}" for x in info["ratios"])
-        return (f"split: stratified by class, ratios {r} (--split-ratios), seed {info['seed']} "
-                f"(--split-seed); {counts}")
+        return (f"split: stratified by {stratified_on(info)}, ratios {r} (--split-ratios), "
+                f"seed {info['seed']} (--split-seed); {counts}")
     return f"split: {info.get('method', 'from the dataset')}; {counts}"
 
 
@@ -143,5 +153,5 @@ def dataset_split_report(spec: DatasetSpec) -> list[str]:
     labels = np.zeros((len(spec.items), max(1, len(spec.class_names))), dtype=np.uint8)
     for i, it in enumerate(spec.items):
         labels[i, it.labels] = 1
-    return [describe_split(spec.split_info, splits),
+    return [describe_split(spec.split_info, splits, spec.n_unlabelled),
             *missing_class_warnings(spec.class_names, labels, splits)]

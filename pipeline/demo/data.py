@@ -35,6 +35,7 @@ import soundfile as sf
 from scipy.signal import butter, sosfilt
 
 from eastkd.errors import EastkdError
+from eastkd.progress import Progress, progress_bar
 
 #: Bump when the rendering changes in a way that changes the audio of the same parameters.
 RENDER_VERSION = 1
@@ -258,7 +259,7 @@ def render_demo_dataset(
     sample_rate: int = 16000,
     seed: int = 0,
     families: list[str] | None = None,
-    progress: bool = True,
+    progress: Progress = False,
 ) -> Path:
     """Render the demo instrument-family dataset into ``out_dir``; return the manifest path.
 
@@ -308,10 +309,7 @@ def render_demo_dataset(
     started = time.perf_counter()
     rows: list[tuple[str, str, str, str]] = []
     jobs = [(f, i) for f in fams for i in range(clips_per_class)]
-    if progress:
-        from tqdm import tqdm
-
-        jobs = tqdm(jobs, desc="rendering demo clips", unit="clip")
+    jobs = progress_bar(jobs, desc="rendering demo clips", unit="clip", progress=progress)
     splits: dict[str, list[str]] = {}
     for family in fams:
         order = np.random.default_rng([seed, _stable_int(family), 1 << 30]).permutation(

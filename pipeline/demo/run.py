@@ -13,7 +13,6 @@ done, so rerunning is cheap.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,13 +20,19 @@ from typing import Any, Callable
 
 from eastkd.pipeline.demo.data import render_demo_dataset, scarce_manifest
 from eastkd.pipeline.extract import ExtractOptions, extract
-from eastkd.pipeline.runs.rundir import LAST, is_finished, run_file
+from eastkd.pipeline.runs.rundir import is_finished
+from eastkd.pipeline.teachers.loading import check_teacher_name
+from eastkd.progress import Progress
 
 #: The demo's instrument families: seven, so that a few labels per class leave the student
 #: plenty to learn from the teacher.
 DEMO_FAMILIES: tuple[str, ...] = ("piano", "guitar", "strings", "brass", "reed", "flute", "organ")
 
 Say = Callable[[str], None]
+
+
+def _say_now(line: str) -> None:
+    print(line, flush=True)  # a redirected stdout is block-buffered: show each line at once
 
 
 @dataclass
@@ -42,7 +47,7 @@ class DemoOptions:
     seconds: float = 2.0
     sample_rate: int = 44100
     labels_per_class: int | None = 10
-    unlabelled: bool = False  # keep the other training clips as unlabelled rows (KD only)
+    unlabelled: bool = True  # keep the other training clips as unlabelled rows (KD only)
     dim: int = 32
     epochs: int = 30
     student: str = "vgg"
@@ -50,7 +55,7 @@ class DemoOptions:
     data_seed: int = 0
     device: str = "auto"
     backend: str = "zarr"
-    progress: bool = True
+    progress: Progress = False  # None: bars on a terminal, plain lines elsewhere (the CLI's)
 
     @property
     def labels(self) -> str:
@@ -76,12 +81,12 @@ class StudentRun:
 
 
 def student_runs(targets: dict[str, str]) -> list[StudentRun]:
-    """The demo's students: the task-only baseline, then FitNet and DC per feature target."""
-    runs = [StudentRun("baseline", "none", None)]
-    for label, name in targets.items():
-        runs.append(StudentRun(f"fitnet-{label}", "fitnet", name))
-        runs.append(StudentRun(f"dc-{label}", "dc", name))
-    return runs
+    """The demo's students: the task-only baseline, KL towards the probe's soft labels
+    (response-based KD), FitNet and DC towards the PCA targets (feature KD)."""
+    return [StudentRun("baseline", "none", None),
+            StudentRun("kl-probe", "kl", targets["probe"]),
+            StudentRun("fitnet-pca", "fitnet", targets["pca"]),
+            StudentRun("dc-pca", "dc", targets["pca"])]
 
 
 def _render(out: Path, opts: DemoOptions, say: Say) -> Path:
@@ -107,55 +112,42 @@ def _store_path(out: Path, opts: DemoOptions) -> str:
 
 
 def probe_scores(store: str, key: str) -> dict[str, float]:
-    """Valid and test accuracy of the teacher's linear probe on the store's labelled train rows:
-    standardised clip embeddings, multinomial logistic regression, C chosen on valid."""
-    import numpy as np
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    """Valid and test accuracy of the teacher's linear probe (``eastkd probe``) on the store's
+    labelled train rows: standardised clip embeddings, logistic regression, C chosen on valid."""
+    from eastkd.pipeline.probe.run import probe
 
-    from eastkd.pipeline.core.reading import split_rows
-    from eastkd.store import open_store
-
-    with open_store(store, "r") as s:
-        x = s.embeddings(key).array("clip")[:].astype(np.float64)
-        y = np.asarray(s.items.label)
-        rows = {split: split_rows(s, split) for split in ("train", "valid", "test")}
-    best: tuple[float, Any] | None = None
-    for c in (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0):
-        model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000))
-        model.fit(x[rows["train"]], y[rows["train"]])
-        score = model.score(x[rows["valid"]], y[rows["valid"]])
-        if best is None or score > best[0]:
-            best = (score, model)
-    assert best is not None
-    return {"valid": best[0], "test": best[1].score(x[rows["test"]], y[rows["test"]])}
+    found = probe(store, embeddings=[key], targets=[]).probes[0]
+    return {split: found[split]["accuracy"]["mean"] for split in ("valid", "test")}
 
 
 def _compress(store: str, key: str, opts: DemoOptions, say: Say) -> dict[str, str]:
-    """Fit the PCA targets; return {label: targets name} of the feature targets."""
+    """Fit the probe's soft labels and the PCA targets; return {label: targets name}."""
     from eastkd.pipeline.compress.run import compress
 
-    name = f"{key}-pca{opts.dim}"
-    say(f"[3/5] compressing {key} to {opts.dim} dims (PCA)")
-    res = compress(store, key, "pca", opts.dim, name, seed=opts.seed, progress=opts.progress)
-    say(f"  {name}: {res.input_dim} -> {res.output_dim} dims, explained variance "
-        f"{res.explained_variance:.3f}{' (reused)' if res.reused else ''}; plot {res.plot}")
-    return {"pca": name}
+    say(f"[3/5] compressing {key}: the probe's class probabilities for every training clip "
+        f"(soft labels), and PCA to {opts.dim} dims")
+    names = {"probe": f"{key}-probe", "pca": f"{key}-pca{opts.dim}"}
+    for method, name in names.items():
+        res = compress(store, key, method, None if method == "probe" else opts.dim, name,
+                       seed=opts.seed, progress=opts.progress)
+        quality = (f"explained variance {res.explained_variance:.3f}"
+                   if res.explained_variance is not None
+                   else f"probe valid {res.metric} {res.metric_value:.3f}")
+        say(f"  {name}: {res.input_dim} -> {res.output_dim} dims, {quality}"
+            f"{' (reused)' if res.reused else ''}")
+    return names
 
 
 def _train(store: str, run: StudentRun, run_dir: Path, opts: DemoOptions, say: Say) -> None:
-    """Train one student unless its run folder holds a finished run (resumes a killed one)."""
+    """Train one student unless its run folder holds a finished run (distill continues an
+    interrupted one with the same settings)."""
     from eastkd.pipeline.distill.train import distill
 
     if is_finished(str(run_dir)):
         say(f"  {run.name:<16} already trained ({run_dir})")
         return
     distill(store, run.targets, str(run_dir), student=opts.student, kd=run.kd,
-            epochs=opts.epochs, seed=opts.seed, device=opts.device, progress=opts.progress,
-            resume=os.path.isfile(run_file(str(run_dir), LAST)),
-            # without progress bars, one line per epoch instead of minutes of silence
-            log=None if opts.progress else (lambda m: say(f"    {m}")))
+            epochs=opts.epochs, seed=opts.seed, device=opts.device, progress=opts.progress)
 
 
 def _students(store: str, runs: list[StudentRun], out: Path, opts: DemoOptions,
@@ -176,9 +168,11 @@ def _students(store: str, runs: list[StudentRun], out: Path, opts: DemoOptions,
     return results
 
 
-def run_demo(out_dir: str | Path, opts: DemoOptions, say: Say = print) -> dict[str, Any]:
+def run_demo(out_dir: str | Path, opts: DemoOptions, say: Say = _say_now) -> dict[str, Any]:
     """Run the whole pipeline under ``out_dir``; returns (and writes) a summary. Each step
-    and result is reported through ``say`` (one line each)."""
+    and each student's result, as it finishes, is reported through ``say`` (one line each);
+    the stages' progress follows ``opts.progress`` (see :mod:`eastkd.progress`)."""
+    check_teacher_name(opts.teacher)  # before any work
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

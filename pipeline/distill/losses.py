@@ -1,6 +1,7 @@
-"""Distance losses between student features and stored teacher targets (EAsT's L_reg).
+"""KD losses: distances between student features and stored teacher targets (EAsT's L_reg),
+and response-based KD on the student's logits.
 
-Three losses, all called ``loss(student_features, targets) -> scalar``:
+Three distance losses, all called ``loss(student_features, targets) -> scalar``:
 
 * :class:`FitNetLoss` (``fitnet``) — MSE between a learned linear regressor of the student
   feature (student_dim -> target_dim) and the target;
@@ -16,6 +17,11 @@ are aligned by time with :func:`align_time`: each student frame takes the target
 centre is nearest, using the loss's ``timing`` (a :class:`TimeAlignment`, set by distill from
 the store's frame rates and offsets). A clip-level target against a frame-level student uses the
 student's time average (and a frame-level target against a clip-level student the target's).
+
+:class:`SoftLabelKDLoss` (``kl``) is called ``loss(student_logits, targets)``: a loss that
+declares ``uses_logits = True`` is given the student's logits instead of its features, and
+``normalise_targets = False`` has distill pass the targets as stored (class probabilities or
+logits) rather than centred and scaled.
 """
 
 from __future__ import annotations
@@ -272,3 +278,70 @@ class FitNetLoss(_TimedLoss):
             )
         s, t = match_shapes(student, target, self.timing)
         return F.mse_loss(self.regressor(s), t.to(s.dtype))
+
+
+#: What stored class targets hold (the targets' ``kind`` attribute): ``compress --method probe``
+#: writes probabilities; a teacher with its own head for the store's classes may store logits.
+TARGET_KINDS = ("probabilities", "logits")
+_PROB_EPS = 1e-8
+
+
+class SoftLabelKDLoss(nn.Module):
+    """Response-based KD (Hinton et al. 2015): the student's logits follow stored class targets.
+
+    Single-label: ``T² · KL(q ‖ softmax(s / T))`` averaged over the batch, with ``s`` the
+    student's logits and ``q`` the target distribution softened by the temperature ``T``:
+    ``softmax(t / T)`` for stored logits ``t``; for stored probabilities ``p``,
+    ``softmax(log p / T)`` (``p^(1/T)`` renormalised: exactly ``softmax(z / T)`` for the logits
+    ``z`` the probabilities came from, so both kinds temper alike; ``T = 1`` uses ``p`` as
+    stored). The ``T²`` factor keeps the gradients' size independent of ``T``.
+
+    Multi-label: ``T² · BCE(sigmoid(s / T), q)`` averaged over items and tags, with
+    ``q = sigmoid(t / T)`` for logits and ``sigmoid(logit(p) / T)`` for probabilities.
+
+    The loss reads the student's logits (``uses_logits``) and the targets as stored (not
+    centred or scaled: ``normalise_targets`` is False).
+    """
+
+    uses_logits = True
+    normalise_targets = False
+
+    def __init__(self, student_dim: int, target_dim: int, temperature: float = 1.0,
+                 target_kind: str = "probabilities", multi_label: bool = False) -> None:
+        super().__init__()
+        if student_dim != target_dim:
+            raise EastkdError(f"kl: the student has {student_dim} classes but the targets "
+                              f"{target_dim} columns; use targets with one column per class")
+        if not temperature > 0:
+            raise EastkdError(f"--temperature {temperature}: must be positive")
+        if target_kind not in TARGET_KINDS:
+            raise EastkdError(f"kl: targets of kind {target_kind!r}; expected one of "
+                              f"{', '.join(TARGET_KINDS)}")
+        self.temperature = float(temperature)
+        self.target_kind = target_kind
+        self.multi_label = bool(multi_label)
+
+    def soft_targets(self, target: torch.Tensor) -> torch.Tensor:
+        """The target distribution (or per-tag probabilities) at temperature ``T``."""
+        t = target if target.is_floating_point() else target.float()
+        temp = self.temperature
+        if self.target_kind == "logits":
+            return torch.sigmoid(t / temp) if self.multi_label else F.softmax(t / temp, dim=1)
+        p = t.clamp(0.0, 1.0)  # float rounding; a 0 (or 1) stays exactly that when tempered
+        if temp == 1.0:
+            return p if self.multi_label else p / p.sum(dim=1, keepdim=True).clamp(min=_PROB_EPS)
+        if self.multi_label:
+            return torch.sigmoid(torch.logit(p) / temp)
+        return F.softmax(torch.log(p) / temp, dim=1)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if logits.dim() != 2 or logits.shape != target.shape:
+            raise EastkdError(f"kl: expected (batch, classes) logits and targets of one shape, "
+                              f"got {tuple(logits.shape)} and {tuple(target.shape)}")
+        temp = self.temperature
+        q = self.soft_targets(target).to(logits.dtype)
+        s = logits / temp
+        if self.multi_label:
+            return F.binary_cross_entropy_with_logits(s, q) * temp * temp
+        kl = torch.xlogy(q, q) - q * F.log_softmax(s, dim=1)
+        return kl.sum(dim=1).mean() * temp * temp

@@ -5,7 +5,8 @@ The loss follows the EAsT reference implementation::
     L = (1 - λ) · L_task + λ · L_kd          (λ = 0.6 by default, the reference's MTAT value)
 
 ``L_task`` is cross-entropy (single-label) or BCE-with-logits (multi-label); ``L_kd`` is the
-FitNet loss (MSE after a learned regressor, trained with the student) or a distance
+FitNet loss (``fitnet``, the default: MSE after a learned regressor, trained with the
+student; the README's "Training runs" says why it is the default) or a distance
 correlation loss (``dc``: EAsT's estimator; ``dc-unbiased``: the bias-corrected one) between the
 student's last-stage features and the stored targets; frame-level targets are paired with the
 student's frames by time (nearest frame centre, see ``losses.align_time``). History also logs
@@ -16,11 +17,23 @@ little signal). With
 by one scalar (train statistics) so the FitNet MSE has the same size for every teacher; the
 distance correlation is unaffected by that.
 
+Response-based KD (``kd='kl'``, :class:`~eastkd.pipeline.distill.losses.SoftLabelKDLoss`): a
+loss that declares ``uses_logits`` gets the student's logits instead of its features, and the
+targets as stored (class probabilities from ``compress --method probe``, or a teacher's logits;
+``normalise_targets = False``), softened by ``temperature``. Targets whose ``class_names``
+differ from the store's are refused.
+
 ``teacher_linear`` is the compression paper's teacher transformation, trained jointly: a linear
 map on the targets with its own linear classifier, trained by the task loss on the transformed
 targets (``L_teacher``, which updates only the map and its classifier); the student is pulled
 towards the *detached* transformed targets by ``L_kd``. The optimised sum is
 ``(1 - λ) L_task + λ L_kd + L_teacher``; the two parameter sets are disjoint.
+
+Unlabelled train rows (a store with ``items/labelled`` 0 rows) join the KD loss only: each step
+is a labelled batch plus an unlabelled batch of ``round(unlabelled_ratio * batch_size)`` rows
+(:mod:`eastkd.pipeline.distill.streams`, which also defines the epoch), passed through the
+student together; the task loss takes the labelled rows. ``spec_augment`` masks the student's
+input and ``mixup`` mixes its batches, targets alike (:mod:`eastkd.pipeline.distill.augment`).
 
 AdamW, a cosine (default) or reduce-on-plateau schedule, gradient clipping at 1.0, early
 stopping on the validation metric (accuracy, or mAP for multi-label), best epoch kept. A tie on
@@ -31,6 +44,7 @@ teacher's code is never imported.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -41,7 +55,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from eastkd.pipeline.core import registry
 from eastkd.pipeline.compress.run import check_fit_rows
@@ -49,9 +62,15 @@ from eastkd.pipeline.datasets.splits import missing_class_warnings
 from eastkd.pipeline.core.device import resolve_device
 from eastkd.pipeline.distill.complexity import count_parameters
 from eastkd.pipeline.distill.evaluate import compute_metrics, predict, selection_metric
-from eastkd.pipeline.distill.losses import FrameTiming, TimeAlignment
 from eastkd.pipeline.core.options import options_from_kwargs
-from eastkd.pipeline.distill.options import GRAD_CLIP, RUNTIME_KEYS, DistillOptions
+from eastkd.pipeline.distill.losses import TARGET_KINDS, FrameTiming, TimeAlignment
+from eastkd.pipeline.distill.options import (
+    GRAD_CLIP,
+    RUNTIME_KEYS,
+    DistillOptions,
+    uses_logits,
+)
+from eastkd.progress import progress_bar
 from eastkd.pipeline.runs.rundir import (
     BEST,
     CONFIG,
@@ -74,6 +93,16 @@ from eastkd.pipeline.core.reading import (
     load_split,
     resolve_targets,
     skipped_count,
+    split_rows,
+)
+from eastkd.pipeline.distill.augment import Mixup, SpecAugment
+from eastkd.pipeline.distill.options import DEFAULT_UNLABELLED_RATIO
+from eastkd.pipeline.distill.streams import (
+    Step,
+    epoch_line,
+    steps_per_epoch,
+    training_steps,
+    unlabelled_batch_size,
 )
 from eastkd.store import (
     EastkdError,
@@ -128,7 +157,7 @@ def rank_epoch(best: float | None, best_loss: float | None, score: float,
 
 
 def _epoch_line(record: dict[str, Any], epochs: int, metric: str, state: dict[str, Any]) -> str:
-    """The one line per epoch printed when progress bars are off."""
+    """The one line per epoch printed with ``progress=False`` (``--no-progress``)."""
     parts = [f"epoch {record['epoch']}/{epochs}", f"loss {record['train_loss']:.4f}"]
     parts += [f"{k[len('train_'):]} {v:.4f}" for k, v in record.items()
               if k.startswith("train_") and k != "train_loss"]
@@ -168,7 +197,7 @@ def _metrics_record(r: DistillResult) -> dict[str, Any]:
 
 
 def _identity(config: dict[str, Any]) -> dict[str, Any]:
-    """The part of a config that decides the result (compared on --resume)."""
+    """The part of a config that decides the result (compared before a run is continued)."""
     opts = {k: v for k, v in config["options"].items() if k not in RUNTIME_KEYS}
     t = config.get("targets") or {}
     return {"options": opts, "dataset_fingerprint": config["store"]["dataset_fingerprint"],
@@ -176,9 +205,9 @@ def _identity(config: dict[str, Any]) -> dict[str, Any]:
             "targets": [t.get("section"), t.get("array"), (t.get("attrs") or {}).get("identity")]}
 
 
-def _prepare_run_dir(out_dir: str, config: dict[str, Any], resume: bool,
-                     overwrite: bool) -> bool:
-    """Check RUN_DIR against the new config; True when a previous run should be resumed."""
+def _prepare_run_dir(out_dir: str, config: dict[str, Any], overwrite: bool) -> bool:
+    """Check RUN_DIR against the new config; True when it holds this run (same settings) with
+    a last.pt to continue from, as extract continues a store: the same command resumes."""
     existing = os.path.isdir(out_dir) and os.listdir(out_dir)
     if not existing:
         os.makedirs(out_dir, exist_ok=True)
@@ -193,11 +222,8 @@ def _prepare_run_dir(out_dir: str, config: dict[str, Any], resume: bool,
                      if a[k] != b[k]]
             raise StoreMismatchError(
                 f"{out_dir}: holds a run with other settings (differs in: {', '.join(diff)}); "
-                "choose another --out or pass --overwrite to replace it")
-        if resume:
-            return os.path.isfile(run_file(out_dir, LAST))
-        raise EastkdError(f"{out_dir}: already holds this run; pass --resume to continue it or "
-                          "--overwrite to train again from scratch")
+                "choose another --out or pass --overwrite to start over")
+        return os.path.isfile(run_file(out_dir, LAST))
     if not overwrite:
         raise EastkdError(f"{out_dir}: exists and is not empty (no {CONFIG}); choose an empty "
                           "--out or pass --overwrite")
@@ -213,7 +239,8 @@ def _time_alignment(config: dict[str, Any], spec: TargetsSpec) -> TimeAlignment:
     target frames at the ``frame_rate`` and ``frame_offset`` recorded at extract (offset 0 in
     stores written before it was recorded)."""
     lm = config["logmel"]
-    return TimeAlignment(FrameTiming(lm["sample_rate"] / lm["hop_length"]), config["n_frames"],
+    n_input = config.get("views", {}).get("frames", config["n_frames"])  # a view's, with views
+    return TimeAlignment(FrameTiming(lm["sample_rate"] / lm["hop_length"]), n_input,
                          FrameTiming(float(spec.attrs["frame_rate"]),
                                      float(spec.attrs.get("frame_offset") or 0.0)))
 
@@ -246,49 +273,79 @@ def _build_config(store: Any, store_path: str, spec: TargetsSpec | None, options
     }
 
 
-def _train_epoch(model: nn.Module, kd_loss: nn.Module | None, tlin: TeacherLinear | None,
-                 train: SplitData, opt: torch.optim.Optimizer, gen: torch.Generator,
-                 task_loss: Callable[..., torch.Tensor], lam: float, batch_size: int,
-                 dev: torch.device, bar: Any) -> dict[str, float]:
-    """One pass over the training split; the mean of each loss term per item.
+def _step_losses(run: "_Run", step: Step, task_loss: Callable[..., torch.Tensor], lam: float,
+                 dev: torch.device, aug_gen: torch.Generator | None
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, int]]:
+    """The loss of one step, its terms, and the items each term is a mean over.
+
+    The labelled and the unlabelled batch go through the student together; the task loss (and
+    the teacher-linear map's) takes the labelled rows only, the KD loss every row.
+    """
+    model, kd_loss, tlin = run.model, run.kd_loss, run.tlin
+    lab, unl = step.labelled, step.unlabelled
+    x = lab.x if unl is None else torch.cat([lab.x, unl.x])
+    x, y = x.to(dev, non_blocking=True), lab.y.to(dev, non_blocking=True)
+    n_lab, n_all = len(y), len(x)
+    mix = (run.mixup.draw(n_lab, n_all, aug_gen)
+           if run.mixup is not None and aug_gen is not None else None)
+    if mix is not None:
+        x, task_loss = mix.apply(x), functools.partial(mix.loss, task_loss)
+    if run.augment is not None and aug_gen is not None:
+        x = run.augment(x, model.input_mean, aug_gen)
+    out = model(x)
+    counts = {"loss": n_lab, "task": n_lab, "teacher": n_lab, "kd": n_all, "kd_shuffled": n_all}
+    parts = {"task": task_loss(out.logits[:n_lab], y)}
+    loss = parts["task"]
+    if kd_loss is not None:
+        t = lab.t if unl is None else torch.cat([lab.t, unl.t])
+        t = t.to(dev, non_blocking=True)
+        t = mix.apply(t) if mix is not None else t  # a mixed pair's target: the same mix
+        if tlin is not None:
+            t, t_logits = tlin(t)
+            parts["teacher"] = task_loss(t_logits[:n_lab], y)  # trains the linear map + head
+            t = t.detach()  # the student follows the map; the KD loss does not train it
+        # a response-based loss reads the logits; a distance loss the last stage's features
+        feats = (out.logits if getattr(kd_loss, "uses_logits", False)
+                 else out.feature_map if t.dim() == 3 else out.features)
+        parts["kd"] = kd_loss(feats, t)
+        loss = (1.0 - lam) * parts["task"] + lam * parts["kd"] + parts.get("teacher", 0.0)
+        with torch.no_grad():  # the same term with each item paired with another's target
+            parts["kd_shuffled"] = kd_loss(feats, t.roll(1, dims=0))
+    return loss, parts, counts
+
+
+def _train_epoch(run: "_Run", splits: "_Splits", task_loss: Callable[..., torch.Tensor],
+                 lam: float, batch_size: int, dev: torch.device, bar: Any) -> dict[str, float]:
+    """One epoch (``streams.training_steps``); the mean of each loss term per item it covers.
 
     ``L = (1 - lam) L_task + lam L_kd (+ L_teacher)``; only ``L_task`` without a KD loss.
     The loss sums stay on the device: the host waits for the device once, at the epoch's end.
     """
+    model, kd_loss, tlin, opt = run.model, run.kd_loss, run.tlin, run.opt
     model.train()
     params = list(model.parameters()) + (list(kd_loss.parameters()) if kd_loss else [])
     keys = ["loss", "task"] + (["kd", "kd_shuffled"] if kd_loss is not None else []) \
         + (["teacher"] if tlin is not None else [])
     sums = {k: torch.zeros((), dtype=torch.float64, device=dev) for k in keys}
-    n_seen = 0
-    for batch in train.batches(batch_size, gen, drop_last_below=2):
-        x, y = batch.x.to(dev, non_blocking=True), batch.y.to(dev, non_blocking=True)
-        out = model(x)
-        parts = {"task": task_loss(out.logits, y)}
-        loss = parts["task"]
-        if kd_loss is not None:
-            t = batch.t.to(dev, non_blocking=True)
-            if tlin is not None:
-                t, t_logits = tlin(t)
-                parts["teacher"] = task_loss(t_logits, y)  # trains only the linear map + head
-                t = t.detach()  # the student follows the map; the KD loss does not train it
-            feats = out.feature_map if t.dim() == 3 else out.features
-            parts["kd"] = kd_loss(feats, t)
-            loss = (1.0 - lam) * parts["task"] + lam * parts["kd"] + parts.get("teacher", 0.0)
-            with torch.no_grad():  # the same term with each item paired with another's target
-                parts["kd_shuffled"] = kd_loss(feats, t.roll(1, dims=0))
+    seen = dict.fromkeys(keys, 0)
+    # the augmentations' own generator, seeded from the run's (the streams' draws stay apart)
+    aug_gen = (torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,),
+                                                               generator=run.gen)))
+               if run.augment is not None or run.mixup is not None else None)
+    for step in training_steps(splits.train, splits.unlabelled, batch_size,
+                               splits.unlabelled_batch, run.gen):
+        loss, parts, counts = _step_losses(run, step, task_loss, lam, dev, aug_gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(params, GRAD_CLIP)
         if tlin is not None:
             nn.utils.clip_grad_norm_(tlin.parameters(), GRAD_CLIP)
         opt.step()
-        k = len(y)
-        n_seen += k
         for key, v in {"loss": loss, **parts}.items():  # kd_shuffled: not optimised, logged
-            sums[key] += v.detach() * k
+            sums[key] += v.detach() * counts[key]
+            seen[key] += counts[key]
         bar.update(1)
-    means = {k: float(v) / max(1, n_seen) for k, v in sums.items()}
+    means = {k: float(v) / max(1, seen[k]) for k, v in sums.items()}
     bar.set_postfix(loss=f"{means['loss']:.3f}", refresh=False)
     return means
 
@@ -301,10 +358,18 @@ class _Splits:
     valid: SplitData
     test: SplitData
     sizes: dict[str, int]
+    # the unlabelled train rows drawn for the KD loss, and how many per step (None, 0: unused)
+    unlabelled: SplitData | None = None
+    unlabelled_batch: int = 0
 
     def close(self) -> None:
-        for split in (self.train, self.valid, self.test):
-            split.close()
+        for split in (self.train, self.valid, self.test, self.unlabelled):
+            if split is not None:
+                split.close()
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        n_unl = len(self.unlabelled) if self.unlabelled is not None else 0
+        return steps_per_epoch(len(self.train), n_unl, batch_size, self.unlabelled_batch)
 
 
 @dataclass
@@ -318,6 +383,8 @@ class _Run:
     sched: Any
     gen: torch.Generator
     norm: dict[str, Any]
+    augment: SpecAugment | None = None
+    mixup: Mixup | None = None
     state: dict[str, Any] = field(default_factory=lambda: {
         "epoch": 0, "best": None, "best_loss": None, "best_epoch": 0, "bad": 0,
         "history": [], "seconds": 0.0, "finished": False})
@@ -331,7 +398,24 @@ def _resolve_run_targets(store: Any, options: dict[str, Any]) -> TargetsSpec | N
         return None
     spec = resolve_targets(store, options["targets"], options["frame_targets"])
     check_fit_rows(store, spec.section, spec.attrs, options["fold"])
+    if uses_logits(options["kd"]):
+        _check_class_targets(store, spec, options["kd"])
     return spec
+
+
+def _check_class_targets(store: Any, spec: TargetsSpec, kd: str) -> None:
+    """Refuse targets a response-based loss cannot read: not class probabilities or logits
+    (``kind``), or for other classes than the store's (``class_names``)."""
+    kind, names = spec.attrs.get("kind"), spec.attrs.get("class_names")
+    if kind not in TARGET_KINDS or names is None:
+        raise EastkdError(f"--kd {kd} needs class probabilities or logits as targets; "
+                          f"{spec.section} holds {kind or 'embeddings'}: write them with "
+                          f"`eastkd compress --method probe`")
+    if list(names) != list(store.items.class_names) or spec.dim != len(names):
+        raise StoreMismatchError(
+            f"{spec.section}: its classes ({', '.join(map(str, names))}) differ from the "
+            f"store's ({', '.join(store.items.class_names)}); fit them on this store with "
+            "`eastkd compress --method probe`")
 
 
 def _load_splits(store: Any, store_path: str, spec: TargetsSpec | None,
@@ -349,10 +433,27 @@ def _load_splits(store: Any, store_path: str, spec: TargetsSpec | None,
     if len(train) < 2 or len(valid) == 0:
         raise EastkdError(f"{store_path}: need train and valid items (have {sizes}); check "
                           "the manifest's split column or --fold")
-    return _Splits(train, valid, test, sizes)
+    splits = _Splits(train, valid, test, sizes)
+    ratio = _unlabelled_ratio(store, spec, options)
+    if ratio:
+        left = max(0, left - valid.resident_bytes - test.resident_bytes)
+        splits.unlabelled = load_split(store, "train", spec, fold, left, labelled=False, **feed)
+        splits.unlabelled_batch = unlabelled_batch_size(options["batch_size"], ratio)
+        sizes["unlabelled"] = len(splits.unlabelled)
+    return splits
 
 
-def _build_run(config: dict[str, Any], spec: TargetsSpec | None, train: SplitData,
+def _unlabelled_ratio(store: Any, spec: TargetsSpec | None, options: dict[str, Any]) -> float:
+    """Unlabelled rows per labelled row in a step: ``--unlabelled-ratio``, by default 1 when
+    the train split has unlabelled rows with targets; 0 (unused) without KD or such rows."""
+    if spec is None:
+        return 0.0
+    n = len(split_rows(store, "train", spec, options["fold"], labelled=False))
+    given = options.get("unlabelled_ratio")
+    return 0.0 if n == 0 else float(DEFAULT_UNLABELLED_RATIO if given is None else given)
+
+
+def _build_run(config: dict[str, Any], spec: TargetsSpec | None, splits: _Splits,
                dev: torch.device) -> _Run:
     """Student, KD loss, teacher-linear map, optimizer, schedule and sampling generator, seeded
     (the creation order fixes which random numbers each module's initial weights take)."""
@@ -361,19 +462,28 @@ def _build_run(config: dict[str, Any], spec: TargetsSpec | None, train: SplitDat
     torch.manual_seed(o["seed"])
     model = registry.students.create(o["student"], n_mels=config["n_mels"], n_classes=n_classes,
                                      width=o["width"])
-    model.set_input_stats(*train.input_stats())
+    train, pool = splits.train, [s for s in (splits.unlabelled,) if s is not None]
+    model.set_input_stats(*train.input_stats(pool))  # over every row the student trains on
     kd_loss: nn.Module | None = None
     tlin: TeacherLinear | None = None
     norm: dict[str, Any] = {}
     if spec is not None:
-        mean, scale = train.target_stats()
-        train.normalise_targets(mean, scale)
-        norm = {"mean": mean, "scale": scale}
+        loss_cls = registry.losses.get(o["kd"])
+        if getattr(loss_cls, "normalise_targets", True):
+            mean, scale = train.target_stats(pool)
+            for split in (train, *pool):
+                split.normalise_targets(mean, scale)
+            norm = {"mean": mean, "scale": scale}
         t_dim = spec.dim
         if o["teacher_linear"]:
             t_dim = int(o["teacher_linear_dim"] or spec.dim)
             tlin = TeacherLinear(spec.dim, t_dim, n_classes).to(dev)
-        kd_loss = registry.losses.create(o["kd"], model.feature_dim, t_dim).to(dev)
+        if getattr(loss_cls, "uses_logits", False):
+            kd_loss = loss_cls(n_classes, t_dim, temperature=o["temperature"],
+                               target_kind=spec.attrs["kind"],
+                               multi_label=config["multi_label"]).to(dev)
+        else:
+            kd_loss = loss_cls(model.feature_dim, t_dim).to(dev)
         if spec.frame_level:
             kd_loss.timing = _time_alignment(config, spec)
     model.to(dev)
@@ -388,7 +498,9 @@ def _build_run(config: dict[str, Any], spec: TargetsSpec | None, train: SplitDat
                   torch.optim.lr_scheduler.ReduceLROnPlateau(
                       opt, mode="max", factor=0.2, patience=max(1, o["patience"] // 2)))
     gen = torch.Generator().manual_seed(o["seed"])
-    return _Run(model, kd_loss, tlin, opt, sched, gen, norm)
+    augment = SpecAugment() if o.get("spec_augment") else None
+    mixup = Mixup(float(o["mixup"])) if o.get("mixup") else None
+    return _Run(model, kd_loss, tlin, opt, sched, gen, norm, augment, mixup)
 
 
 def _start_line(run: _Run, spec: TargetsSpec | None, splits: _Splits, options: dict[str, Any],
@@ -400,10 +512,25 @@ def _start_line(run: _Run, spec: TargetsSpec | None, splits: _Splits, options: d
             f"items train {sizes['train']}, valid {sizes['valid']}, test {sizes['test']}"
             + (f"; targets {spec.section}/{spec.array} ({spec.dim}-d), {options['kd']} "
                f"λ={options['lambda']}" if spec else "; no KD (task loss only)")
+            + (f" T={options['temperature']:g}" if spec and "temperature" in options else "")
             + (f"; teacher-linear {spec.dim}->{run.tlin.transform.out_features}"
                if spec is not None and run.tlin is not None else "")
             + f"; device {dev}; train split "
-            + ("in memory" if train.in_memory else f"streamed ({train.workers} reader workers)"))
+            + ("in memory" if train.in_memory else f"streamed ({train.workers} reader workers)")
+            + _unlabelled_note(splits, options)
+            + (f"; spec-augment: {run.augment.describe()}" if run.augment is not None else "")
+            + (f"; mixup Beta({run.mixup.alpha:g}, {run.mixup.alpha:g})" if run.mixup else ""))
+
+
+def _unlabelled_note(splits: _Splits, options: dict[str, Any]) -> str:
+    """How the run uses unlabelled train rows (nothing when it draws none)."""
+    unl = splits.unlabelled
+    if unl is None:
+        return ""
+    where = "in memory" if unl.in_memory else f"streamed ({unl.workers} reader workers)"
+    return (f"; unlabelled rows {len(unl)} for the KD loss only ({where}); "
+            + epoch_line(len(splits.train), len(unl), options["batch_size"],
+                         splits.unlabelled_batch))
 
 
 def _checkpoint(run: _Run, **extra: Any) -> dict[str, Any]:
@@ -451,11 +578,14 @@ def _run_epoch(run: _Run, splits: _Splits, config: dict[str, Any], out_dir: str,
     multi_label = config["multi_label"]
     task_loss = _task_loss(multi_label)
     epoch = state["epoch"] + 1
-    bar = tqdm(total=-(-len(splits.train) // o["batch_size"]), desc=f"epoch {epoch}/{o['epochs']}",
-               unit="batch", leave=False, position=1, disable=not o["progress"])
+    bar = progress_bar(total=splits.steps_per_epoch(o["batch_size"]),
+                       desc=f"epoch {epoch}/{o['epochs']}", unit="batch", leave=False,
+                       position=1, progress=o["progress"])
+    for split in (splits.train, splits.unlabelled):  # with views: this epoch's view of each
+        if split is not None:
+            split.set_epoch(o["seed"], epoch)
     with bar:
-        means = _train_epoch(run.model, run.kd_loss, run.tlin, splits.train, run.opt, run.gen,
-                             task_loss, o["lambda"], o["batch_size"], dev, bar)
+        means = _train_epoch(run, splits, task_loss, o["lambda"], o["batch_size"], dev, bar)
     logits, labels = predict(run.model, splits.valid, dev)
     v_loss = float(task_loss(logits, labels))
     v_metrics = compute_metrics(logits.numpy(), labels.numpy(), multi_label)
@@ -489,8 +619,8 @@ def _train_epochs(run: _Run, splits: _Splits, config: dict[str, Any], out_dir: s
     history.csv, then report the epoch (progress bar or log line, and ``callback``)."""
     o, state = config["options"], run.state
     epochs, metric = o["epochs"], selection_metric(config["multi_label"])
-    with tqdm(total=epochs, initial=state["epoch"], desc=f"distill {o['student']}",
-              unit="epoch", disable=not o["progress"]) as ebar:
+    with progress_bar(total=epochs, initial=state["epoch"], desc=f"distill {o['student']}",
+                      unit="epoch", progress=o["progress"]) as ebar:
         while not run.state["finished"] and run.state["epoch"] < epochs:
             record = _run_epoch(run, splits, config, out_dir, dev)
             _save_last(run, out_dir, dev)
@@ -500,10 +630,18 @@ def _train_epochs(run: _Run, splits: _Splits, config: dict[str, Any], out_dir: s
             ebar.set_postfix({"loss": f"{record['train_loss']:.3f}",
                               f"valid {metric}": f"{score:.3f}",
                               "best": f"{run.state['best']:.3f}@{run.state['best_epoch']}"})
-            if not o["progress"]:
+            if o["progress"] is False:  # --no-progress: the epoch lines instead
                 log(_epoch_line(record, epochs, metric, run.state))
             if callback is not None:
                 callback(record)
+
+
+def _continue_line(run: _Run, out_dir: str, epochs: int) -> str:
+    """What a rerun of the same command does with the run it finds in RUN_DIR."""
+    done = run.state["epoch"]
+    if run.state["finished"] or done >= epochs:
+        return f"{out_dir} already holds this run, trained ({done} epochs); nothing to train"
+    return f"continuing {out_dir} after epoch {done} of {epochs}"
 
 
 def _evaluate_best(run: _Run, test: SplitData, config: dict[str, Any], out_dir: str,
@@ -569,18 +707,28 @@ def distill(store_path: str, targets: str | None, out_dir: str,
         spec = _resolve_run_targets(store, options_record)
         splits = _load_splits(store, store_path, spec, options_record, dev)
         config = _build_config(store, store_path, spec, options_record, splits.sizes)
+        if splits.unlabelled is not None:
+            config["unlabelled"] = {
+                "rows": len(splits.unlabelled), "batch": splits.unlabelled_batch,
+                "steps_per_epoch": splits.steps_per_epoch(opts.batch_size),
+                "epoch": "one pass over the KD pool (every train row drawn once; the shorter "
+                         "stream cycles)"}
+        if splits.train.views is not None:  # recorded only with views: plain runs unchanged
+            config["views"] = {"k": splits.train.views.k, "frames": splits.train.views.frames,
+                               "draw": "one view per item per epoch: splitmix64(seed, epoch, "
+                                       "store row) mod K", "evaluation": "whole clip"}
         if opts.fold is None:
             items = store.items
             for warning in missing_class_warnings(items.class_names, items.labels, items.splits):
                 log(warning)
-        resuming = _prepare_run_dir(out_dir, config, opts.resume, opts.overwrite)
+        resuming = _prepare_run_dir(out_dir, config, opts.overwrite)
 
-        run = _build_run(config, spec, splits.train, dev)
+        run = _build_run(config, spec, splits, dev)
         n_params = count_parameters(run.model)
         log(_start_line(run, spec, splits, options_record, n_params, dev))
         if resuming:
             _restore_last(run, out_dir, dev)
-            log(f"resuming {out_dir} after epoch {run.resumed_from}")
+            log(_continue_line(run, out_dir, opts.epochs))
         else:
             write_json(run_file(out_dir, CONFIG), config)
 

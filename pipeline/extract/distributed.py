@@ -20,12 +20,14 @@ the dataset's audio and the store (a shared folder, or an object-store URL).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import threading
 import time
 from dataclasses import dataclass, replace
 from typing import Any, Iterator
 
-from tqdm.auto import tqdm
+from eastkd.progress import Progress, progress_bar
 
 from eastkd.pipeline.datasets.base import DatasetSpec
 from eastkd.pipeline.datasets.manifest import resolve_dataset
@@ -89,13 +91,36 @@ def dask_client(cluster: Any) -> Iterator[Any]:
         except OSError as e:
             raise EastkdError(f"--dask {spec.address}: no scheduler answers there ({e}); "
                               "start one (`dask scheduler`) or use --dask local:N") from e
-        with client:
+        with quiet_dask(logging.WARNING), client:
             yield client
         return
-    with dask.config.set(local_cluster_config(spec.n_workers)):
+    with quiet_dask(logging.ERROR), dask.config.set(local_cluster_config(spec.n_workers)):
         with LocalCluster(n_workers=spec.n_workers, threads_per_worker=1, processes=True,
                           dashboard_address=":0") as lc, Client(lc) as client:
             yield client
+
+
+@contextlib.contextmanager
+def quiet_dask(level: int) -> Iterator[None]:
+    """dask's own messages below ``level`` are dropped while the cluster runs: its INFO lines
+    (scheduler, nanny, connections) are not the user's business, nor, for a local cluster,
+    the nanny's warning when it stops a worker slow to exit (errors still show)."""
+    logger = logging.getLogger("distributed")
+    before = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+
+
+def worker_setup() -> None:
+    """What a task does first in a worker process: progress bars there use a thread lock, not
+    tqdm's default multiprocessing lock, a semaphore that the resource tracker reports as
+    "leaked" when the nanny stops the worker."""
+    from tqdm import tqdm as base_tqdm  # every tqdm class finds its lock here
+
+    base_tqdm.set_lock(threading.RLock())
 
 
 def local_cluster_config(n_workers: int) -> dict[str, Any]:
@@ -125,7 +150,7 @@ def extract_distributed(dataset: str | DatasetSpec, store_path: str, opts: Extra
     with dask_client(cluster) as client:
         # the items table: once, here (hashing with this machine's decode workers)
         open_or_create(store_path, spec, opts.progress, opts.resolved_workers(),
-                       opts.rehash).close()
+                       opts.rehash, opts.allow_duplicates).close()
         where = _placements(client)
         # tasks decode in their own process (a dask worker cannot start DataLoader workers)
         # and never rehash: the client has updated the items table
@@ -154,12 +179,13 @@ def extract_distributed(dataset: str | DatasetSpec, store_path: str, opts: Extra
 
 
 def _gather(client: Any, futures: list[Any], pending: int, key: str,
-            progress: bool) -> list[ExtractSummary]:
+            progress: Progress) -> list[ExtractSummary]:
     """Wait for every unit, with a progress bar; on the first failure cancel the rest."""
     from distributed import KilledWorker, as_completed
 
     done: list[ExtractSummary] = []
-    bar = tqdm(total=pending, desc=f"extract {key} (dask)", unit="clip", disable=not progress)
+    bar = progress_bar(total=pending, desc=f"extract {key} (dask)", unit="clip",
+                       progress=progress)
     try:
         for fut in as_completed(futures):
             try:
@@ -224,6 +250,7 @@ def _run_units(store_path: str, opts: ExtractOptions, access: AccessOptions,
     import torch
     from distributed import get_worker
 
+    worker_setup()
     configure_access(access.storage_options, access.cache_dir)
     place = where.get(get_worker().address, Placement(1, 0))
     torch.set_num_threads(place.threads)

@@ -12,7 +12,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from tqdm.auto import tqdm
+from eastkd.progress import Progress, progress_bar
 
 from eastkd.pipeline.core.audio import AudioError, duration_seconds, file_sha256
 from eastkd.pipeline.datasets.base import DatasetSpec
@@ -41,7 +41,7 @@ def _hash_one(path: str) -> tuple[str, float, tuple[int, int]]:
     return digest, duration_seconds(path), stat
 
 
-def build_items_table(spec: DatasetSpec, progress: bool = True, workers: int = 4,
+def build_items_table(spec: DatasetSpec, progress: Progress = False, workers: int = 4,
                       known: ItemsTable | None = None, rehash: bool = False,
                       hash_files: bool = True) -> ItemsTable:
     """Items table of ``spec``; an unreadable file gets sha256 ``"missing"`` (extract says so).
@@ -65,9 +65,9 @@ def build_items_table(spec: DatasetSpec, progress: bool = True, workers: int = 4
         stats[:, 0], stats[:, 1] = known.extra[SIZE], known.extra[MTIME]
     with ThreadPoolExecutor(max(1, workers)) as pool:
         results = pool.map(_hash_one, [paths[i] for i in todo])
-        for i, (digest, dur, stat) in zip(todo, tqdm(results, total=len(todo), desc="indexing",
-                                                     unit="file", leave=False,
-                                                     disable=not progress or not todo)):
+        for i, (digest, dur, stat) in zip(todo, progress_bar(
+                results, total=len(todo), desc="indexing", unit="file", leave=False,
+                progress=progress if todo else False)):
             sha[i], durations[i], stats[i] = digest, dur, stat
     return _table(spec, sha, durations, stats)
 
@@ -80,6 +80,7 @@ def _reusable(known: ItemsTable | None, spec: DatasetSpec) -> bool:
 
 def _table(spec: DatasetSpec, sha: list[str], durations: np.ndarray,
            stats: np.ndarray) -> ItemsTable:
+    spec.check_unlabelled()
     n, c = len(spec.items), len(spec.class_names)
     labels = np.zeros((n, max(c, 1)), dtype=np.uint8)
     for i, item in enumerate(spec.items):
@@ -97,4 +98,5 @@ def _table(spec: DatasetSpec, sha: list[str], durations: np.ndarray,
         class_names=list(spec.class_names),
         multi_label=bool(spec.multi_label),
         extra=extra,
+        labelled=np.asarray([it.labelled for it in spec.items], dtype=bool),
     )

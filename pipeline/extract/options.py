@@ -8,7 +8,9 @@ from typing import Any
 
 from eastkd.pipeline.core.audio import DEFAULT_RESAMPLER
 from eastkd.pipeline.core.features import LogMelParams
+from eastkd.pipeline.core.views import ViewSpec
 from eastkd.errors import EastkdError
+from eastkd.progress import Progress
 from eastkd.store import FEATURES
 
 ON_ERROR = ("fail", "skip")
@@ -47,8 +49,18 @@ class ExtractOptions:
     rehash: bool = False  # hash every file again instead of trusting (path, size, mtime)
     shard: tuple[int, int] = (0, 1)
     units: list[int] | None = None  # only these unit indices (e.g. one dask task's)
-    progress: bool = True
+    progress: Progress = False
     chunk_items: int | None = None  # cap on items per chunk (power of two) of new sections
+    allow_duplicates: bool = False  # accept the same audio in two splits (recorded)
+    views: int = 1  # K seeded views per item (1: one view, the segment: today's layout)
+    view_seconds: float | None = None  # each view's length (a random crop); None: the segment
+    view_gain_db: float = 0.0  # each view's gain: uniform in +-G dB (0: none)
+    view_seed: int = 0  # views are seeded by (view_seed, item id, view)
+
+    @property
+    def view_spec(self) -> ViewSpec:
+        return ViewSpec(self.views, self.view_seconds, float(self.view_gain_db),
+                        int(self.view_seed))
 
     def resolved_workers(self) -> int:
         return default_workers() if self.workers is None else max(0, int(self.workers))

@@ -15,12 +15,14 @@ from typing import Any, Iterable
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from eastkd.progress import Progress, progress_bar
 
 from eastkd.pipeline.core.audio import RESAMPLERS, Segment
 from eastkd.pipeline.datasets.base import DatasetSpec
 from eastkd.pipeline.datasets.manifest import resolve_dataset
 from eastkd.pipeline.core.device import resolve_device
+from eastkd.pipeline.core.features import LogMelParams
+from eastkd.pipeline.core.views import PARAMS, ViewSpec, crop_views, view_params
 from eastkd.pipeline.extract.inputs import ClipBatches, FileRef, FrontEnd, Target, to_device
 from eastkd.pipeline.extract.options import FEATURES, ON_ERROR, ExtractOptions, ExtractSummary
 from eastkd.pipeline.extract.plan import (
@@ -32,14 +34,22 @@ from eastkd.pipeline.extract.plan import (
     resolve_segment,
 )
 from eastkd.pipeline.extract.writer import BatchResult, Writer
+from eastkd.pipeline.extract.duplicates import check_duplicates
 from eastkd.pipeline.extract.indexing import MTIME, SIZE, build_items_table
 from eastkd.pipeline.teachers.base import Teacher
-from eastkd.pipeline.teachers.loading import check_key, default_key, load_teacher
+from eastkd.pipeline.teachers.loading import (
+    check_key,
+    check_teacher_name,
+    default_key,
+    load_teacher,
+)
+from eastkd.errors import RunInterrupted, StoreWriteError
 from eastkd.store import (
     ArraySpec,
     EastkdError,
     ItemsTable,
     Section,
+    StoreMismatchError,
     Store,
     backend_name,
     create_store,
@@ -60,7 +70,8 @@ def extract(dataset: str | DatasetSpec, store_path: str, opts: ExtractOptions) -
     t0 = time.perf_counter()
     teacher = None if store_exists(store_path) else load_teacher(opts.teacher,
                                                                  opts.teacher_options)
-    store = open_or_create(store_path, spec, opts.progress, opts.resolved_workers(), opts.rehash)
+    store = open_or_create(store_path, spec, opts.progress, opts.resolved_workers(), opts.rehash,
+                           opts.allow_duplicates)
     try:
         if teacher is None:
             done = _finished(store, store_path, opts, t0)
@@ -77,6 +88,7 @@ def extract(dataset: str | DatasetSpec, store_path: str, opts: ExtractOptions) -
 
 
 def _check_options(opts: ExtractOptions, store_path: str) -> None:
+    check_teacher_name(opts.teacher)
     if opts.on_error not in ON_ERROR:
         raise EastkdError(f"--on-error must be one of {ON_ERROR}")
     if opts.dtype not in ("float16", "float32"):
@@ -88,6 +100,7 @@ def _check_options(opts: ExtractOptions, store_path: str) -> None:
     ck = opts.chunk_items
     if ck is not None and (ck < 1 or ck & (ck - 1)):
         raise EastkdError(f"--chunk-items {ck}: must be a power of two (1, 2, 4, ...)")
+    opts.view_spec.check()
     if opts.shard[1] > 1 and backend_name(store_path) != "zarr":
         raise EastkdError("--shard needs a Zarr store (HDF5 has no safe concurrent writers)")
 
@@ -95,33 +108,61 @@ def _check_options(opts: ExtractOptions, store_path: str) -> None:
 # -- the items table ---------------------------------------------------------------------------
 
 
-def open_or_create(store_path: str, spec: DatasetSpec, progress: bool = True, workers: int = 4,
-                   rehash: bool = False) -> Store:
+def open_or_create(store_path: str, spec: DatasetSpec, progress: Progress = False,
+                   workers: int = 4, rehash: bool = False,
+                   allow_duplicates: bool = False) -> Store:
     """The store for this dataset: created with its items table, or reopened after a check.
 
     Reopening reuses the store's file hashes (keyed on path, size and mtime) and reads no
     audio; ``rehash`` hashes every file again, and files whose bytes changed get their items
     row updated and their rows of every section marked pending (recomputed by this run).
+    Duplicate items (same file or same audio) are warned about within a split and refused
+    across splits unless ``allow_duplicates`` (recorded in ``dataset.duplicates``).
     """
     dataset = {"name": spec.name, "source": spec.source, "description": spec.description,
                "split": spec.split_info}
+    if spec.unlabelled_sources:
+        dataset["unlabelled"] = list(spec.unlabelled_sources)
     if not store_exists(store_path):
         items = build_items_table(spec, progress, workers)
+        duplicates = check_duplicates(items, allow_duplicates)
+        if duplicates:
+            dataset["duplicates"] = duplicates
         return create_store(store_path, items, dataset)
     with open_store(store_path) as old:
         known = old.items
         fingerprint = old.dataset_fingerprint
+        recorded = old.attrs.get("dataset", {}).get("duplicates") or {}
+        old_unlabelled = list(old.attrs.get("dataset", {}).get("unlabelled", []))
     if known.ids != [it.id for it in spec.items]:  # another dataset: refused without hashing
+        _check_unlabelled_sources(store_path, old_unlabelled, spec.unlabelled_sources)
         return open_for_dataset(store_path, build_items_table(spec, progress, workers,
                                                               hash_files=False))
     items = build_items_table(spec, progress, workers, known, rehash)
+    duplicates = check_duplicates(items, allow_duplicates,
+                                  bool(recorded.get("allowed_across_splits")))
     same_files = dataclasses.replace(items, sha256=list(known.sha256))
     if rehash and same_files.fingerprint() == fingerprint:
-        return _apply_rehash(store_path, items, known)
-    store = open_for_dataset(store_path, items)
-    if SIZE not in known.extra or MTIME not in known.extra:  # a store from before the cache
-        store.update_items(items, "file size and mtime columns added (hash cache)")
+        store = _apply_rehash(store_path, items, known)
+    else:
+        store = open_for_dataset(store_path, items)
+        if SIZE not in known.extra or MTIME not in known.extra:  # from before the hash cache
+            store.update_items(items, "file size and mtime columns added (hash cache)")
+    if duplicates and duplicates != recorded and not store.read_only:  # e.g. the flag now
+        try:
+            store.backend.update_attrs("", {"dataset": {**store.attrs["dataset"],
+                                                        "duplicates": duplicates}})
+        except StoreWriteError:  # a read-only medium: the run itself may write nothing
+            pass
     return store
+
+
+def _check_unlabelled_sources(store_path: str, old: list[str], new: list[str]) -> None:
+    """Name ``--unlabelled`` when a rerun's items differ because its folders do."""
+    if old != list(new):
+        flags = " ".join(f"--unlabelled {d}" for d in old) or "no --unlabelled"
+        raise StoreMismatchError(f"{store_path} was written with {flags}; rerun with the same "
+                                 "unlabelled folders, or choose another store path")
 
 
 def _apply_rehash(store_path: str, items: ItemsTable, known: ItemsTable) -> Store:
@@ -155,7 +196,7 @@ def _run_identity(opts: ExtractOptions, segment: Segment) -> dict[str, Any]:
     """The part of the embeddings' identity this run's options set (the rest is the
     teacher's)."""
     return {"segment": segment.as_dict(), "dtype": opts.dtype, "frames": bool(opts.frames),
-            "resampler": opts.resampler}
+            "resampler": opts.resampler, **opts.view_spec.identity()}
 
 
 def teacher_request(opts: ExtractOptions, weights_files: Iterable[str]) -> dict[str, Any]:
@@ -216,7 +257,10 @@ def _finished(store: Store, store_path: str, opts: ExtractOptions,
 def _sections(store: Store, teacher: Teacher, device: torch.device, opts: ExtractOptions,
               segment: Segment, batch_size: int, key: str) -> tuple[Section, Section, int]:
     """The features and embeddings sections (created if needed) and the frames per clip."""
-    t_frames = _probe(teacher, device, segment, opts.frames)  # before anything is written
+    views = opts.view_spec
+    views.check(segment)
+    # before anything is written; the teacher hears one view (the segment when K = 1)
+    t_frames = _probe(teacher, device, views.view_segment(segment), opts.frames)
     lm = opts.logmel
     n_frames = lm.n_frames(segment.samples(lm.sample_rate))
     cap = opts.chunk_items or default_chunk_cap(len(store.items), batch_size)
@@ -228,9 +272,7 @@ def _sections(store: Store, teacher: Teacher, device: torch.device, opts: Extrac
         identity=_features_identity(opts, segment),
         overwrite=opts.overwrite, max_chunk_items=cap,
     )
-    arrays = {"clip": ArraySpec((teacher.embedding_dim,), opts.dtype)}
-    if t_frames:
-        arrays["frames"] = ArraySpec((t_frames, teacher.embedding_dim), opts.dtype)
+    arrays = _embedding_arrays(views, teacher.embedding_dim, t_frames, opts.dtype)
     emb = store.require_section(
         "embeddings", key, arrays,
         attrs={"teacher": teacher.name, "weights_sha256": teacher.weights_sha256,
@@ -246,13 +288,42 @@ def _sections(store: Store, teacher: Teacher, device: torch.device, opts: Extrac
                                    "segment": segment.seconds, "on_error": opts.on_error,
                                    "resampler": opts.resampler, "device": device.type,
                                    "autocast_float16": teacher.autocast_on(device)},
-               "teacher_request": teacher_request(opts, teacher.weights_files)},
+               "teacher_request": teacher_request(opts, teacher.weights_files),
+               **_views_attrs(views, segment, opts)},
         identity={"teacher": teacher.name, "weights_sha256": teacher.weights_sha256,
                   "teacher_options": {k: teacher.options[k] for k in sorted(teacher.options)},
                   "sample_rate": teacher.sample_rate, **_run_identity(opts, segment)},
         overwrite=opts.overwrite, max_chunk_items=cap,
     )
     return feat, emb, t_frames
+
+
+def _embedding_arrays(views: ViewSpec, dim: int, t_frames: int,
+                      dtype: str) -> dict[str, ArraySpec]:
+    """The embeddings section's arrays: ``clip`` (D), ``frames`` (T x D) if asked for; with K
+    views a view axis after the item axis and ``views`` (K x 3, float64) of their parameters."""
+    if not views.on:
+        arrays = {"clip": ArraySpec((dim,), dtype)}
+        if t_frames:
+            arrays["frames"] = ArraySpec((t_frames, dim), dtype)
+        return arrays
+    k = views.k
+    arrays = {"clip": ArraySpec((k, dim), dtype, ("view", "dim")),
+              "views": ArraySpec((k, len(PARAMS)), np.float64, ("view", "param"))}
+    if t_frames:
+        arrays["frames"] = ArraySpec((k, t_frames, dim), dtype, ("view", "frame", "dim"))
+    return arrays
+
+
+def _views_attrs(views: ViewSpec, segment: Segment, opts: ExtractOptions) -> dict[str, Any]:
+    """The ``views`` attribute of a section with views (none for K = 1)."""
+    if not views.on:
+        return {}
+    return {"views": {"k": views.k, "seconds": views.view_segment(segment).seconds,
+                      "gain_db": views.gain_db, "seed": views.seed, "params": list(PARAMS),
+                      "offset_grid_seconds": opts.logmel.hop_length / opts.logmel.sample_rate,
+                      "layout": "clip: items x views x dim; frames: items x views x frames x "
+                                "dim; views: items x views x (offset_seconds, gain_db, seed)"}}
 
 
 def _probe(teacher: Teacher, device: torch.device, segment: Segment, frames: bool) -> int:
@@ -302,17 +373,19 @@ def _extract_into(store: Store, store_path: str, teacher: Teacher, device: torch
                     front if in_workers else None),
         batch_size=None, shuffle=False, num_workers=workers,
         prefetch_factor=4 if workers > 0 else None, pin_memory=device.type == "cuda")
-    arrays = {"clip": (teacher.embedding_dim,)}
-    if t_frames:
-        arrays["frames"] = (t_frames, teacher.embedding_dim)
+    views = opts.view_spec
+    arrays = {name: spec.row_shape for name, spec in
+              _embedding_arrays(views, teacher.embedding_dim, t_frames, opts.dtype).items()}
+    cut = _ViewCutter(views, segment, lm, items.ids, teacher.sample_rate) if views.on else None
     writer = Writer(emb, feat, arrays, (lm.n_mels, lm.n_frames(targets[1].samples)), opts.dtype,
                     n, lambda i: f"item {items.ids[i]!r} ({items.paths[i]})", opts.on_error,
                     items.durations, teacher.name, key)
     t0 = time.perf_counter()
     total = sum(u.stop - u.start for u in todo)
-    with tqdm(total=total, desc=f"extract {key}", unit="clip", disable=not opts.progress) as bar:
+    with progress_bar(total=total, desc=f"extract {key}", unit="clip",
+                      progress=opts.progress) as bar:
         fwd, first = _stream(loader, batches, front, teacher, device, writer, opts.frames, bar,
-                             total)
+                             total, cut)
     t = writer.tally
     return ExtractSummary(
         store=store_path, key=key, teacher=teacher.name, items=n, written=t.written,
@@ -328,7 +401,7 @@ def _column(items: ItemsTable, name: str) -> np.ndarray:
 
 def _stream(loader: Any, batches: list[Batch], front: FrontEnd, teacher: Teacher,
             device: torch.device, writer: Writer, frames: bool, bar: Any,
-            total: int) -> tuple[float, float]:
+            total: int, cut: "_ViewCutter | None" = None) -> tuple[float, float]:
     """Run every batch through the teacher and hand it to the writer; returns the host time
     spent in the teacher's forward and the wait for the first batch. An interrupt keeps every
     unit already complete."""
@@ -342,16 +415,16 @@ def _stream(loader: Any, batches: list[Batch], front: FrontEnd, teacher: Teacher
         for data in it:
             tf = time.perf_counter()
             first = first or tf - t0
-            result = _forward(data, batches[data["batch"]], front, teacher, device, frames)
+            result = _forward(data, batches[data["batch"]], front, teacher, device, frames, cut)
             fwd += time.perf_counter() - tf
             writer.put(result)
             bar.update(result.batch.stop - result.batch.start)
     except KeyboardInterrupt:
         writer.abandon()
         t = writer.tally
-        raise EastkdError(f"interrupted: {t.written + t.skipped} of {total} clips of this run "
-                          f"were written and kept ({t.units} units); rerun the same command "
-                          "to continue") from None
+        raise RunInterrupted(f"interrupted: {t.written + t.skipped} of {total} clips of this "
+                             f"run were written and kept ({t.units} units); rerun the same "
+                             "command to continue") from None
     except BaseException:
         writer.abandon()
         raise
@@ -359,22 +432,58 @@ def _stream(loader: Any, batches: list[Batch], front: FrontEnd, teacher: Teacher
     return fwd, first
 
 
+class _ViewCutter:
+    """Cuts a batch's segment waves into its items' K views (parameters drawn per item)."""
+
+    def __init__(self, views: ViewSpec, segment: Segment, lm: LogMelParams, ids: list[str],
+                 sample_rate: int) -> None:
+        self.views, self.segment, self.lm, self.ids = views, segment, lm, ids
+        self.sample_rate = sample_rate
+        self.length = views.view_segment(segment).samples(sample_rate)
+
+    def params(self, batch: Batch) -> np.ndarray:
+        """(rows, K, 3) parameters of the batch's items' views."""
+        return view_params(self.ids[batch.start:batch.stop], self.views, self.segment, self.lm)
+
+    def __call__(self, wave: torch.Tensor, params: np.ndarray) -> torch.Tensor:
+        return crop_views(wave, params, self.sample_rate, self.length)
+
+
+def _run_teacher(teacher: Teacher, wave: torch.Tensor, device: torch.device,
+                 frames: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One forward; clip (and frame) embeddings, still on the device."""
+    cuda = device.type == "cuda"
+    with torch.inference_mode(), torch.autocast("cuda", enabled=teacher.autocast_on(device)):
+        out = teacher(wave.to(device, non_blocking=cuda))
+    return out.clip, (out.frames if frames else None)
+
+
 def _forward(data: dict[str, Any], batch: Batch, front: FrontEnd, teacher: Teacher,
-             device: torch.device, frames: bool) -> BatchResult:
+             device: torch.device, frames: bool, cut: _ViewCutter | None = None) -> BatchResult:
+    """The teacher on a decoded batch: once on its segments, or once per view (a batch of the
+    same size each time) stacked along a view axis."""
     if "teacher" not in data:
         data.update(front(data, batch.unit.features))
     errors = list(data["errors"])
     ok_rows = [j for j, e in enumerate(errors) if not e]
-    clip = frame_emb = None
+    clip = frame_emb = params = None
     cuda = device.type == "cuda"
+    if cut is not None:
+        params = cut.params(batch)
     if ok_rows:
         wave = data["teacher"] if len(ok_rows) == len(errors) else \
             data["teacher"].index_select(0, to_device(ok_rows, data["teacher"].device))
-        with torch.inference_mode(), torch.autocast("cuda", enabled=teacher.autocast_on(device)):
-            out = teacher(wave.to(device, non_blocking=cuda))
-        clip = out.clip.to("cpu", non_blocking=cuda)
-        if frames:
-            frame_emb = out.frames.to("cpu", non_blocking=cuda)
+        if cut is None:
+            clip, frame_emb = _run_teacher(teacher, wave, device, frames)
+        else:
+            views = cut(wave, params[ok_rows])
+            outs = [_run_teacher(teacher, views[:, v], device, frames)
+                    for v in range(views.shape[1])]
+            clip = torch.stack([c for c, _ in outs], dim=1)
+            frame_emb = torch.stack([f for _, f in outs], dim=1) if frames else None
+        clip = clip.to("cpu", non_blocking=cuda)
+        if frame_emb is not None:
+            frame_emb = frame_emb.to("cpu", non_blocking=cuda)
     logmel = data.get("logmel")
     if logmel is not None:
         logmel = logmel.to("cpu", non_blocking=cuda)
@@ -382,4 +491,4 @@ def _forward(data: dict[str, Any], batch: Batch, front: FrontEnd, teacher: Teach
     if cuda:
         ready = torch.cuda.Event()
         ready.record()
-    return BatchResult(batch, errors, ok_rows, clip, frame_emb, logmel, ready)
+    return BatchResult(batch, errors, ok_rows, clip, frame_emb, logmel, ready, params)

@@ -36,6 +36,7 @@ class BatchResult:
     frames: torch.Tensor | None  # (len(ok_rows), T, D)
     logmel: torch.Tensor | None  # (k, M, F), zeros where decoding failed
     ready: Any = None
+    views: np.ndarray | None = None  # (k, K, 3) view parameters, with views (see core.views)
 
 
 @dataclass
@@ -165,12 +166,12 @@ class Writer:
             self._open_unit(b.unit)
         k = b.stop - b.start
         errors = list(r.errors)
-        clip = np.zeros((k, *self.arrays["clip"]), dtype=self.dtype)
+        clip = np.zeros((k, *self.arrays["clip"]), dtype=self.dtype)  # (k, [K,] D)
         frames = np.zeros((k, *self.arrays["frames"]), dtype=self.dtype) \
             if "frames" in self.arrays else None
         if r.ok_rows:
             c = r.clip.float().numpy()
-            bad = ~np.isfinite(c).all(axis=1)
+            bad = ~np.isfinite(c).reshape(len(c), -1).all(axis=1)
             f = None
             if frames is not None:
                 f = r.frames.float().numpy()
@@ -187,6 +188,8 @@ class Writer:
         self._emb.buffers["clip"].add(b.start, clip)
         if frames is not None:
             self._emb.buffers["frames"].add(b.start, frames)
+        if r.views is not None:  # parameters of every row's views, drawn for failed rows too
+            self._emb.buffers["views"].add(b.start, r.views)
         self._emb.errors.extend(errors)
         if self._feat is not None:
             values = np.zeros((k, *self.feat_shape), dtype=self.dtype)
@@ -216,8 +219,9 @@ class Writer:
             self._feat = SectionRows(self.feat, {"values": values})
 
     def _buffer(self, section: Section, name: str, shape: tuple[int, ...]) -> ChunkBuffer:
-        chunk = section.array(name).chunks[0]
-        return ChunkBuffer(section, name, chunk, self.n, shape, self.dtype)
+        array = section.array(name)
+        dtype = "float64" if name == "views" else self.dtype
+        return ChunkBuffer(section, name, array.chunks[0], self.n, shape, dtype)
 
     def _finish_unit(self) -> None:
         """Data is written (the last chunk with the last batch); now error and status, last."""

@@ -34,6 +34,15 @@ def is_finished(run_dir: str) -> bool:
     return all(os.path.isfile(run_file(run_dir, n)) for n in (CONFIG, METRICS))
 
 
+def finished_epochs(run_dir: str) -> int:
+    """How many epochs of the run in RUN_DIR are kept (in last.pt): where rerunning the same
+    command continues; 0 without a last.pt."""
+    path = run_file(run_dir, LAST)
+    if not os.path.isfile(path):
+        return 0
+    return int(torch.load(path, map_location="cpu", weights_only=True)["state"]["epoch"])
+
+
 def read_json(path: str) -> dict[str, Any]:
     """A JSON file of a run; an unreadable one is a one-line error."""
     try:

@@ -3,6 +3,11 @@
 A run is a folder holding ``config.json`` and ``metrics.json`` (written by ``eastkd distill``
 when it finishes). Runs that differ only in ``--seed`` form one *setting*; each setting's
 metrics are given as mean ± sample standard deviation over its seeds.
+
+Runs distilled from a linear probe's targets (``compress --method probe``, which records the
+probe's own valid and test scores as ``probe_scores``) get a *reference* setting just before
+their first setting: ``kd`` ``probe (reference)``, the probe's scores, no seeds. It is the line a
+KD table needs: what the teacher's linear probe reaches on the same splits.
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ from eastkd.errors import EastkdError
 from eastkd.pipeline.runs.rundir import CONFIG, METRICS, read_config, read_metrics
 
 # the columns that name a setting (everything that decides a run except its seed)
-SETTING_KEYS = ("dataset", "teacher", "targets", "kd", "lambda", "teacher_linear", "student",
-                "width", "epochs", "fold")
+SETTING_KEYS = ("dataset", "teacher", "targets", "kd", "lambda", "temperature",
+                "teacher_linear", "student", "width", "epochs", "fold")
+PROBE_REFERENCE = "probe (reference)"
 
 
 @dataclass
@@ -72,6 +78,7 @@ def read_run(run_dir: str, root: str) -> dict[str, Any]:
         "targets": _targets_label(targets),
         "kd": opts.get("kd"),
         "lambda": opts.get("lambda"),
+        "temperature": opts.get("temperature"),
         "teacher_linear": linear,
         "student": opts.get("student"),
         "width": opts.get("width"),
@@ -106,6 +113,45 @@ def _setting(rows: list[dict[str, Any]], metric_keys: list[str]) -> dict[str, An
     return out
 
 
+def probe_reference(run_dir: str) -> dict[str, Any] | None:
+    """The reference setting of a run's probe targets (their recorded ``probe_scores``), or
+    None when its targets are not a probe's."""
+    config = read_config(run_dir)
+    targets = config.get("targets") or {}
+    scores = (targets.get("attrs") or {}).get("probe_scores")
+    if not scores:
+        return None
+    ref: dict[str, Any] = dict.fromkeys(SETTING_KEYS)
+    ref.update(dataset=(config.get("store") or {}).get("dataset"),
+               teacher=(config.get("teacher") or {}).get("name"),
+               targets=_targets_label(targets), kd=PROBE_REFERENCE,
+               fold=(config.get("options") or {}).get("fold"),
+               seeds=[], runs=[], parameters=None, reference=True)
+    for split, metrics in scores.items():
+        for k, v in metrics.items():
+            if k != "rows" and isinstance(v, (int, float)):
+                ref[f"{split}_{k}"] = {"mean": float(v), "std": 0.0, "n": 1}
+    return ref
+
+
+def _with_references(settings: list[dict[str, Any]],
+                     dirs: list[str]) -> list[dict[str, Any]]:
+    """``settings`` with each probe reference just before the first setting of its targets."""
+    def key(s: dict[str, Any]) -> str:
+        return json.dumps([s.get(k) for k in ("dataset", "targets", "fold")])
+
+    refs: dict[str, dict[str, Any]] = {}
+    for d in dirs:
+        ref = probe_reference(d)
+        if ref is not None:
+            refs.setdefault(key(ref), ref)
+    out = []
+    for s in settings:
+        ref = refs.pop(key(s), None)
+        out += [ref, s] if ref is not None else [s]
+    return out
+
+
 def runs_table(root: str, select: Callable[[str], bool] | None = None) -> RunsTable:
     """Every finished run under ``root`` and its settings (grouped over seeds), in path order.
 
@@ -113,8 +159,8 @@ def runs_table(root: str, select: Callable[[str], bool] | None = None) -> RunsTa
     """
     if not os.path.isdir(root):
         raise EastkdError(f"{root}: no such folder; give the folder holding your RUN_DIRs")
-    rows = [read_run(d, root) for d in _run_dirs(root)
-            if select is None or select(os.path.relpath(d, root))]
+    dirs = [d for d in _run_dirs(root) if select is None or select(os.path.relpath(d, root))]
+    rows = [read_run(d, root) for d in dirs]
     if not rows:
         raise EastkdError(f"{root}: holds no finished run (a folder with {CONFIG} and "
                           f"{METRICS}, written by `eastkd distill`)")
@@ -122,7 +168,8 @@ def runs_table(root: str, select: Callable[[str], bool] | None = None) -> RunsTa
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault(tuple(json.dumps(r[k]) for k in SETTING_KEYS), []).append(r)
-    return RunsTable(root, rows, [_setting(g, keys) for g in groups.values()])
+    settings = [_setting(g, keys) for g in groups.values()]
+    return RunsTable(root, rows, _with_references(settings, dirs))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,8 +188,12 @@ def _cell(v: Any) -> str:
     return str(v)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def _columns(table: RunsTable, per_run: bool) -> list[str]:
-    rows = table.runs if per_run else table.settings
+    rows = table.runs if per_run else [s for s in table.settings if not s.get("reference")]
     shown = [k for k in SETTING_KEYS if any(r.get(k) is not None for r in rows)]
     if not per_run:  # a column that is the same everywhere says little: keep it to the header
         shown = [k for k in shown if k in ("teacher", "targets", "kd")
@@ -156,16 +207,20 @@ def render_text(table: RunsTable, per_run: bool = False) -> str:
     rows = table.runs if per_run else table.settings
     cols = _columns(table, per_run)
     cells = [[c.replace("_", " ") for c in cols]]
-    cells += [[_cell(r.get(c)) for c in cols] for r in rows]
+    # a setting's seeds column is how many seeds it has (the seeds themselves: --per-run)
+    cells += [[str(len(r["seeds"])) if c == "seeds" else _cell(r.get(c)) for c in cols]
+              for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
-    n_seeds = sorted({len(s["seeds"]) for s in table.settings})
-    head = (f"{len(table.runs)} runs, {len(table.settings)} settings under {table.root}"
+    trained = [s for s in table.settings if not s.get("reference")]
+    n_seeds = sorted({len(s["seeds"]) for s in trained})
+    head = (f"{_count(len(table.runs), 'run')}, {_count(len(trained), 'setting')} "
+            f"under {table.root}"
             + ("" if per_run else f"; metrics: mean ± std over seeds ({'/'.join(map(str, n_seeds))}"
                " per setting)"))
     constant = [] if per_run else [
-        f"{k}={_cell(table.settings[0].get(k))}" for k in SETTING_KEYS
-        if k not in cols and table.settings[0].get(k) is not None]
+        f"{k}={_cell(trained[0].get(k))}" for k in SETTING_KEYS
+        if k not in cols and trained[0].get(k) is not None]
     if constant:
         head += "\nall settings: " + ", ".join(constant)
     return head + "\n" + "\n".join(lines)

@@ -92,9 +92,28 @@ def check_key(key: str) -> str:
     return key
 
 
+OWN_TEACHER = "python:MODULE:CALLABLE"
+
+
+def check_teacher_name(name: str) -> str:
+    """``name`` if it names a teacher (registered, or ``python:MODULE:CALLABLE``), else a
+    one-line error listing the valid names; cheap (imports nothing), so callers check it
+    before any work."""
+    if name.startswith("python:"):
+        if len(name.split(":")) != 3 or not all(name.split(":")[1:]):
+            raise EastkdError(f"teacher {name!r}: expected {OWN_TEACHER}")
+        return name
+    names = registry.teachers.names()
+    if name not in names:
+        raise EastkdError(f"unknown teacher {name!r}; choose one of: {', '.join(names)}, or "
+                          f"{OWN_TEACHER} for your own torch.nn.Module")
+    return name
+
+
 def load_teacher(name: str, options: dict[str, Any] | None = None) -> Teacher:
     """The teacher called ``name`` built with ``options`` (see module docstring)."""
     options = dict(options or {})
+    check_teacher_name(name)
     if name.startswith("python:"):
         factory = _import_callable(name)
     else:

@@ -135,6 +135,27 @@ class Backend(ABC):
                 raise
             raise err from None
 
+    def metadata_problem(self, path: str) -> str | None:
+        """What is wrong with the metadata of the node at ``path`` (None: it reads); a backend
+        whose metadata lives inside one file (HDF5) cannot lose one node's alone."""
+        return None if self.exists(path) else "missing"
+
+    def orphaned(self, path: str) -> bool:
+        """Whether data is stored under ``path`` while its metadata is missing or unreadable
+        (a Zarr ``zarr.json`` deleted or damaged beside its chunks)."""
+        return False
+
+    def delete_orphan(self, path: str) -> None:
+        """Delete what is stored under ``path`` whatever its metadata (repair)."""
+        self.delete(path)
+
+    @contextmanager
+    def replacing(self, what: str) -> Iterator[None]:
+        """Writes made inside appear in the store only when all of them succeeded (HDF5:
+        into a copy of the file, renamed over it at the end). Zarr writes each chunk and
+        metadata object atomically, and a section's status last, so it writes in place."""
+        yield
+
     def flush(self) -> None:
         """Make everything written so far durable (no-op where writes already are)."""
 

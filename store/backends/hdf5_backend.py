@@ -16,12 +16,15 @@ nothing to do works on it; a write then fails with one line.
 from __future__ import annotations
 
 import ctypes
+import errno
 import functools
 import json
 import os
+import shutil
 import struct
 import sys
 import threading
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, NamedTuple, Union
@@ -44,6 +47,9 @@ from eastkd.store.damage import (
 from eastkd.errors import EastkdError, StoreDamageError, StoreWriteError
 
 _STR = h5py.string_dtype("utf-8")
+# free bytes a write needs beyond its own data (HDF5 metadata: chunk index nodes, object
+# headers, a heap collection for strings; tmpfs and disks allocate whole 4 KB pages)
+_ROOM_MARGIN = 64 << 10
 # handles dropped after a failed write or close that could not be closed unflushed (see
 # _close_unflushed; only where the file has no POSIX descriptor): closing (or garbage-collecting)
 # them flushes data HDF5 can never write, which fails or crashes h5py; they are kept open until
@@ -68,6 +74,50 @@ def _quiet_release_errors(hook: Any) -> Any:
 
     quiet._eastkd = True  # type: ignore[attr-defined]
     return quiet
+
+
+def _quiet_after_failure() -> None:
+    """From a failed write on: h5py's repeats of it (raised while releasing the handles of
+    the failed operation, each printed as a traceback) are dropped; the failure itself is
+    reported as one line."""
+    if not getattr(sys.unraisablehook, "_eastkd", False):
+        sys.unraisablehook = _quiet_release_errors(sys.unraisablehook)
+
+
+def free_bytes(path: str) -> int | None:
+    """Bytes an unprivileged writer may still write on the file system holding ``path``."""
+    try:
+        st = os.statvfs(os.path.dirname(os.path.abspath(path)))
+    except (OSError, AttributeError):  # no statvfs (Windows): cannot tell
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def _nbytes(value: Any) -> int:
+    """Bytes ``value`` takes on disk at most (strings: their UTF-8 and a heap entry each)."""
+    value = np.asarray(value)
+    if value.dtype.kind in "OUS":
+        return sum(len(str(v).encode()) + 16 for v in value.ravel())
+    return int(value.nbytes)
+
+
+def _open_failure(path: str, exc: OSError) -> EastkdError:
+    """The one line for an HDF5 file that cannot be opened, with what to do about it."""
+    text = str(exc)
+    first = text.split(" (", 1)[-1].rstrip(")") if " (" in text else text
+    if "unable to lock file" in text or "errno = 11" in text:
+        return StoreWriteError(
+            f"{path}: another process is writing this store (HDF5 allows one writer and no "
+            "readers meanwhile); wait for it to finish and rerun, or write a Zarr store "
+            "(.zarr), where several writers work at once with `extract --shard I/N`")
+    if "truncated file" in text:
+        return StoreDamageError(
+            f"{path}: cannot open as HDF5 (the file is cut short: {first}); an interrupted "
+            "copy or download: copy it again from its source or restore it from a backup "
+            "(or extract again into a new store)")
+    return EastkdError(f"{path}: cannot open as HDF5 ({first}); check the path, and if the "
+                       "file is a damaged copy, copy it again from its source or restore it "
+                       "from a backup")
 
 
 def _close_unflushed(f: h5py.File) -> bool:
@@ -223,6 +273,7 @@ class HDF5Backend(Backend):
         self.read_only = mode == "r"
         self._mode = "r" if self.read_only else "a"
         self._file: h5py.File | None = None
+        self._file_path = path  # the file open now: a working copy during replacing()
         self._pid = -1
         try:
             self._f()  # fail early on a bad path
@@ -234,10 +285,10 @@ class HDF5Backend(Backend):
     def _f(self) -> h5py.File:
         if self._file is None or self._pid != os.getpid():
             try:
-                self._file = h5py.File(self.path, self._mode)
+                self._file = h5py.File(self._file_path, self._mode)
             except OSError as e:
                 err = write_failure(self.path, "the file", e) if self._mode != "r" else None
-                raise (err or EastkdError(f"{self.path}: cannot open as HDF5 ({e})")) from None
+                raise (err or _open_failure(self.path, e)) from None
             self._pid = os.getpid()
         return self._file
 
@@ -250,22 +301,71 @@ class HDF5Backend(Backend):
         return self._f()
 
     @contextmanager
-    def writing(self, what: str) -> Iterator[None]:
+    def writing(self, what: str, need: int | None = None) -> Iterator[None]:
         """Like :meth:`Backend.writing`, for h5py's errors too (a failed flush is a
-        RuntimeError). After a failed write HDF5 holds data it can never write, so the file
+        RuntimeError). HDF5 has no journal: a write that fails half-way through a flush can
+        leave links to objects it never wrote. So a write of ``need`` bytes (None for a flush,
+        which adds nothing of its own) first checks that the file system has room for them
+        plus :data:`_ROOM_MARGIN`, and stops with the disk-full line before touching the file
+        when it has not. Should a write fail anyway (another process filled the disk
+        meanwhile), HDF5 holds data it can never write, so the file
         handle is dropped unflushed: nothing half-written is flushed later, and no close or
         garbage collection fails (or crashes) on it. A full disk says to free space; any other
         failure of HDF5 (e.g. a file whose index names chunks beyond its end) is damage."""
+        if need is not None and self._mode != "r":
+            self._check_room(what, need)
         try:
             yield
         except EastkdError:
             raise
         except (OSError, RuntimeError) as e:
+            _quiet_after_failure()
             err = write_failure(self.path, what, e if isinstance(e, OSError) else OSError(str(e)))
             if err is not None and not err.disk_full:
                 raise err from None  # permission denied: refused before anything was written
             self._abandon(unflushed=err is not None)
             raise (err or self._damaged(f"writing {what}", e)) from None
+
+    def _check_room(self, what: str, need: int) -> None:
+        free = free_bytes(self._file_path)
+        if free is not None and free < need + _ROOM_MARGIN:
+            raise write_failure(self.path, what, OSError(errno.ENOSPC, "No space left"))
+
+    @contextmanager
+    def replacing(self, what: str) -> Iterator[None]:
+        """Write ``what`` into a copy of the file, renamed over the store only when complete.
+
+        The store itself is not written: a failure at any point (a full disk included) leaves
+        it as it was, and the copy is removed. The store stays open meanwhile, which keeps its
+        lock: no other HDF5 writer starts on it and loses its work to the rename. Needs free
+        space for the store's size again (the copy)."""
+        self._fw()  # a store that may not be written: one line, before any copy
+        self.flush()  # the copy starts from everything written so far
+        base, ext = os.path.splitext(os.path.basename(self.path))
+        tmp = os.path.join(os.path.dirname(os.path.abspath(self.path)),
+                           f".{base}.partial-{uuid.uuid4().hex[:8]}{ext}")
+        original = self._f()
+        doing = f"a working copy of the store for {what} (written into a copy first, it " \
+                "needs the store's size free)"
+        try:
+            self._check_room(doing, os.path.getsize(self.path))
+            try:
+                shutil.copyfile(self.path, tmp)
+            except OSError as e:
+                raise (write_failure(self.path, doing, e) or e) from None
+            self._file, self._file_path = None, tmp
+            yield
+            self.flush()  # a failure here is the disk-full line too
+            self.close()
+            os.replace(tmp, self.path)
+        finally:
+            self._file_path = self.path
+            if self._file is not None and self._file is not original:
+                self._abandon(unflushed=True)  # the copy, after a failure
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            original.close()  # read only since the flush above: writes nothing
+            self._file = None
 
     def _damaged(self, doing: str, exc: BaseException) -> StoreDamageError:
         first = (str(exc).splitlines() or [""])[0]
@@ -291,19 +391,19 @@ class HDF5Backend(Backend):
         return state
 
     def create_group(self, path: str, attrs: dict[str, Any] | None = None) -> None:
-        with self.writing(path):
+        with self.writing(path, need=0):
             g = self._fw().require_group(path)
             for k, v in (attrs or {}).items():
                 g.attrs[k] = _encode(v)
 
     def create_array(self, path, shape, chunks, dtype, attrs=None, data=None, dims=None) -> None:
-        if path in self._f():
+        if self._get(path) is not None:
             raise FileExistsError(path)
         string = is_string_dtype(dtype)
         numeric = not string and all(shape)
         chunks = tuple(max(1, min(c, s)) for c, s in zip(chunks, shape))
         dt = _STR if string else np.dtype(dtype)
-        with self.writing(path):
+        with self.writing(path, need=0 if data is None else _nbytes(data)):
             ds = self._fw().create_dataset(
                 path, shape=tuple(shape), chunks=chunks if all(shape) else None, dtype=dt,
                 compression="gzip" if numeric else None, compression_opts=4 if numeric else None,
@@ -317,18 +417,29 @@ class HDF5Backend(Backend):
             if data is not None:
                 ds[...] = data
 
+    def _get(self, path: str) -> Any:
+        """The group or dataset at ``path`` (None if absent); a link HDF5 cannot follow (an
+        object named beyond the file's end) is damage in one line."""
+        try:
+            return self._f().get(path) if path else self._f()
+        except (KeyError, RuntimeError, OSError, ValueError) as e:
+            first = (str(e).splitlines() or [""])[0].strip("'\"")
+            raise StoreDamageError(
+                f"{self.path}: {path} cannot be read (HDF5: {first}); the file is damaged: "
+                "restore it from a copy, or extract again into a new store") from None
+
     def exists(self, path: str) -> bool:
-        return path in self._f()
+        return self._get(path) is not None
 
     def is_array(self, path: str) -> bool:
-        return isinstance(self._f().get(path), h5py.Dataset)
+        return isinstance(self._get(path), h5py.Dataset)
 
     def children(self, path: str) -> list[str]:
-        node = self._f().get(path) if path else self._f()
+        node = self._get(path)
         return sorted(node.keys()) if isinstance(node, h5py.Group) else []
 
     def _ds(self, path: str) -> h5py.Dataset:
-        node = self._f().get(path)
+        node = self._get(path)
         if not isinstance(node, h5py.Dataset):
             raise EastkdError(f"{self.path}: no array {path!r} in this store")
         return node
@@ -359,7 +470,7 @@ class HDF5Backend(Backend):
         return out
 
     def write(self, path, selection, value) -> None:
-        with self.writing(path):
+        with self.writing(path, need=_nbytes(value)):
             f = self._fw()
             ds = self._ds(path)
             self._check_overwritten(path, ds, selection)
@@ -430,10 +541,10 @@ class HDF5Backend(Backend):
     def _check_chunks(self, chunks: list[_RawChunk]) -> Iterator[tuple[int, str | None]]:
         """``(bytes read, problem)`` per chunk, in order; the problem None for a chunk a repair
         replaced by the fill value (absent)."""
-        eoa = end_of_allocation(self.path)
+        eoa = end_of_allocation(self._file_path)
         local = threading.local()  # one reused buffer per thread: a fresh one per read would
         # be zero-filled, a page fault per 4 KB, while holding the GIL
-        fd = os.open(self.path, os.O_RDONLY)
+        fd = os.open(self._file_path, os.O_RDONLY)
         try:
 
             def direct(chunk: _RawChunk) -> tuple[int, str | None]:
@@ -478,7 +589,7 @@ class HDF5Backend(Backend):
         ds = self._ds(path)
         chunks = ds.chunks or ds.shape
         lo = index * chunks[0]
-        with self.writing(path):
+        with self.writing(path, need=0):
             if h5py.check_string_dtype(ds.dtype):
                 ds[lo:lo + chunks[0]] = np.full(min(chunks[0], ds.shape[0] - lo), "", object)
                 return
@@ -489,25 +600,26 @@ class HDF5Backend(Backend):
                                      filter_mask=0xFFFFFFFF)
 
     def get_attrs(self, path: str = "") -> dict[str, Any]:
-        node = self._f().get(path) if path else self._f()
+        node = self._get(path)
         if node is None:
             return {}
         return {k: _decode(v) for k, v in node.attrs.items()}
 
     def update_attrs(self, path: str, attrs: dict[str, Any]) -> None:
-        with self.writing(f"{path or 'root'} attributes"):
+        with self.writing(f"{path or 'root'} attributes", need=_nbytes(
+                [json.dumps(v, default=str) for v in attrs.values()])):
             f = self._fw()
             node = f[path] if path else f
             for k, v in attrs.items():
                 node.attrs[k] = _encode(v)
 
     def delete(self, path: str) -> None:
-        if path in self._f():
-            with self.writing(path):
+        if self._get(path) is not None:
+            with self.writing(path, need=0):
                 del self._fw()[path]
 
     def nbytes_stored(self) -> int:
-        return os.path.getsize(self.path)
+        return os.path.getsize(self._file_path)
 
     def flush(self) -> None:
         if self._file is not None and self._mode != "r":

@@ -10,6 +10,7 @@ float arrays have fill value NaN, so a chunk missing from disk reads as NaN and 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator
@@ -24,8 +25,8 @@ from zarr.core.sync import sync
 from zarr.storage import LocalStore, ZipStore
 
 from eastkd.store.backends.base import Backend, is_string_dtype
-from eastkd.store.damage import check_not_missing, is_nan_fill, read_failure
-from eastkd.errors import EastkdError, StoreDamageError, StoreNotFoundError
+from eastkd.store.damage import check_not_missing, is_nan_fill, metadata_error, read_failure
+from eastkd.errors import EastkdError, StoreNotFoundError
 
 COMPRESSORS = (ZstdCodec(), Crc32cCodec())
 _CHECK_BATCH = 32  # chunks fetched concurrently while checking checksums
@@ -58,6 +59,28 @@ def _crc_problem(data: np.ndarray) -> str:
     return ""
 
 
+def _metadata_problem(raw: bytes | None) -> str | None:
+    """What is wrong with the bytes of a ``zarr.json`` (None: nothing; it parses as Zarr v3
+    group or array metadata)."""
+    from zarr.core.group import GroupMetadata
+    from zarr.core.metadata.v3 import ArrayV3Metadata
+
+    if raw is None:
+        return "missing"
+    try:
+        meta = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        return f"not valid JSON: {str(e).splitlines()[0]}"
+    if not isinstance(meta, dict) or meta.get("node_type") not in ("array", "group"):
+        return "not Zarr v3 metadata (no node_type)"
+    try:
+        (ArrayV3Metadata if meta["node_type"] == "array" else GroupMetadata).from_dict(
+            dict(meta))
+    except Exception as e:  # noqa: BLE001 - zarr raises many types for bad metadata
+        return f"not valid Zarr metadata ({type(e).__name__}: {str(e).splitlines()[0][:80]})"
+    return None
+
+
 class ZarrBackend(Backend):
     name = "zarr"
 
@@ -87,6 +110,61 @@ class ZarrBackend(Backend):
             raise StoreNotFoundError(
                 f"{path}: not an eastkd store (no Zarr v3 group here); create one with "
                 "`eastkd extract`") from e
+        except Exception as e:  # noqa: BLE001 - an unparseable root zarr.json
+            raise self._metadata_failure("", e) from None
+
+    # -- metadata ----------------------------------------------------------------------------
+    def _raw(self, key: str) -> bytes | None:
+        buf = sync(self._store.get(key, prototype=default_buffer_prototype()))
+        return None if buf is None else buf.to_bytes()
+
+    def metadata_problem(self, path: str) -> str | None:
+        """What is wrong with the ``zarr.json`` of the node at ``path`` (None: it parses)."""
+        try:
+            return _metadata_problem(self._raw(f"{path}/zarr.json" if path else "zarr.json"))
+        except Exception as e:  # noqa: BLE001 - unreadable object
+            return f"unreadable ({type(e).__name__})"
+
+    def _listed(self, path: str) -> list[str]:
+        """Names stored directly under ``path`` (whatever their metadata)."""
+        prefix = f"{path}/" if path else ""
+
+        async def names() -> list[str]:
+            return [k async for k in self._store.list_dir(prefix)]
+
+        try:
+            return sorted(n.rstrip("/") for n in sync(names()))
+        except Exception:  # noqa: BLE001 - a store that cannot list
+            return []
+
+    def _metadata_failure(self, path: str, exc: BaseException) -> Exception:
+        """The damage error naming the ``zarr.json`` that made a metadata read of ``path``
+        fail: ``path`` itself, one of its parents, or one of its children (a listing)."""
+        parts = path.split("/") if path else []
+        candidates = ["/".join(parts[:i]) for i in range(len(parts) + 1)]
+        candidates += [f"{path}/{c}" if path else c for c in self._listed(path)
+                       if c != "zarr.json"]
+        for node in candidates:
+            problem = self.metadata_problem(node)
+            if problem is not None and (problem != "missing" or node in ("", path)):
+                return metadata_error(self.path, node, problem)
+        return exc if isinstance(exc, EastkdError) else metadata_error(
+            self.path, path, f"unreadable ({type(exc).__name__})")
+
+    def orphaned(self, path: str) -> bool:
+        return self.metadata_problem(path) is not None and bool(self._listed(path))
+
+    def delete_orphan(self, path: str) -> None:
+        self._arrays.pop(path, None)
+        with self.writing(path):
+            sync(self._store.delete_dir(path))
+
+    def _node(self, path: str) -> Any:
+        """The group or array at ``path`` (None if absent); damaged metadata is one line."""
+        try:
+            return self.root if not path else self.root.get(path)
+        except Exception as e:  # noqa: BLE001 - unparseable zarr.json: zarr raises many types
+            raise self._metadata_failure(path, e) from None
 
     # -- structure -------------------------------------------------------------------------
     def create_group(self, path: str, attrs: dict[str, Any] | None = None) -> None:
@@ -118,16 +196,19 @@ class ZarrBackend(Backend):
                 arr[...] = data
 
     def exists(self, path: str) -> bool:
-        return path in self._arrays or path in self.root
+        return path in self._arrays or self._node(path) is not None
 
     def is_array(self, path: str) -> bool:
-        return isinstance(self.root.get(path), zarr.Array)
+        return isinstance(self._node(path), zarr.Array)
 
     def children(self, path: str) -> list[str]:
-        node = self.root.get(path) if path else self.root
+        node = self._node(path)
         if not isinstance(node, zarr.Group):
             return []
-        return sorted(k for k, _ in node.members())
+        try:
+            return sorted(k for k, _ in node.members())
+        except Exception as e:  # noqa: BLE001 - a child's zarr.json does not parse
+            raise self._metadata_failure(path, e) from None
 
     def _arr(self, path: str) -> zarr.Array:
         """The array at ``path``; its metadata is read once (shape, chunks and codecs never
@@ -139,12 +220,9 @@ class ZarrBackend(Backend):
         return self._arrays[path]
 
     def _open_array(self, path: str) -> zarr.Array:
-        try:
-            node = self.root.get(path)
-        except Exception as e:  # unparseable zarr.json: zarr raises many types
-            raise StoreDamageError(
-                f"{self.path}: {path}/zarr.json is damaged ({type(e).__name__}); the store "
-                "cannot be repaired in place: recreate it or restore it from a copy") from None
+        node = self._node(path)
+        if node is None and self.orphaned(path):
+            raise metadata_error(self.path, path, "missing")
         if not isinstance(node, zarr.Array):
             raise EastkdError(f"{self.path}: no array {path!r} in this store")
         return node
@@ -251,19 +329,19 @@ class ZarrBackend(Backend):
             sync(self._store.delete(key))
 
     def get_attrs(self, path: str = "") -> dict[str, Any]:
-        node = self.root if not path else self.root.get(path)
+        node = self._node(path)
         if node is None:
             return {}
         return dict(node.attrs.asdict())
 
     def update_attrs(self, path: str, attrs: dict[str, Any]) -> None:
-        node = self.root if not path else self.root[path]
+        node = self._node(path)
         with self.writing(f"{path or 'root'} attributes"):
             node.attrs.update(attrs)
 
     def delete(self, path: str) -> None:
         self._arrays.clear()
-        if path in self.root:
+        if self._node(path) is not None:
             with self.writing(path):
                 del self.root[path]
 
