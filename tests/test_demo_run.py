@@ -38,7 +38,7 @@ def test_demo_end_to_end_and_rerun(tmp_path: Path, teacher: dict) -> None:
     assert len(probe) == 1 and "valid accuracy" in probe[0] and "test accuracy" in probe[0]
     assert 0.0 <= report["probe"]["test"] <= 1.0
     names = [r.name for r in student_runs({"probe": "p", "pca": "x"})]
-    assert list(report["results"]) == names == ["baseline", "kl-probe", "fitnet-pca", "dc-pca"]
+    assert list(report["results"]) == names == ["baseline", "kl-probe", "fitnet-pca"]
     for name in names:
         assert any(ln.strip().startswith(f"{name} ") and "test accuracy" in ln for ln in lines)
     saved = json.loads((tmp_path / "demo" / f"results-store-k2-s0.json").read_text())
