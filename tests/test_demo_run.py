@@ -14,7 +14,7 @@ from eastkd.pipeline.demo.run import DemoOptions, run_demo, student_runs
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = {"families": ("piano", "brass", "flute"), "clips_per_class": 6, "seconds": 1.0,
-        "labels_per_class": 2, "dim": 2, "epochs": 1, "progress": False}
+        "labels_per_class": 2, "unlabelled": True, "dim": 2, "epochs": 1, "progress": False}
 AISFX = pytest.mark.skipif(importlib.util.find_spec("aisfx") is None,
                            reason="aisfx not installed (pip install --no-deps aisfx==0.1.2)")
 

@@ -1,13 +1,14 @@
-"""The bundled default: render a real instrument dataset and show where distillation pays.
+"""The bundled default: a label-scarce instrument task, a teacher that knows it, and its students.
 
 ``eastkd demo DIR`` renders General MIDI instrument families from the SoundFont inside
 ``pretty_midi`` (44.1 kHz, the rate of the default teacher), keeps the labels of only a few
-training clips per class, extracts the teacher that knows the task (``aisfx``, a general
-sound-effects model whose weights ship in the ``aisfx`` wheel), prints the teacher's linear probe
-on those labels (the reference any distilled student is measured against), compresses the
-embeddings and trains students from the store alone: the task-only baseline on the same labels
-and the distilled students, each evaluated on the test split. Every stage skips work already
-done, so rerunning is cheap.
+training clips per class (the others left out, or kept as unlabelled rows with ``unlabelled``),
+extracts the teacher that knows the task (``aisfx``, a general sound-effects model whose weights
+ship in the ``aisfx`` wheel), prints the teacher's linear probe on those labels (the reference
+any distilled student is measured against), compresses the embeddings (the probe's soft labels,
+PCA) and trains students from the store alone: the task-only baseline on the same labels and
+the distilled students, each evaluated on the test split. Every stage skips work already done,
+so rerunning is cheap.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class DemoOptions:
     seconds: float = 2.0
     sample_rate: int = 44100
     labels_per_class: int | None = 10
-    unlabelled: bool = True  # keep the other training clips as unlabelled rows (KD only)
+    unlabelled: bool = False  # keep the other training clips as unlabelled rows (KD only)
     dim: int = 32
     epochs: int = 30
     student: str = "vgg"
