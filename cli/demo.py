@@ -52,8 +52,9 @@ def command(out_dir: str, teacher: str, teacher_opts: tuple[str, ...],
             seed: int, device: str, backend: str, progress: bool | None) -> None:
     """Render a real instrument-family dataset (GM SoundFont bundled with pretty_midi) into
     OUT_DIR, keep a few labels per class, and run extract -> probe (the teacher's linear
-    classifier on those labels) -> compress (PCA) -> distill (task-only baseline and distilled
-    students on the same labels) -> evaluate on the test split. Rerunning skips finished work.
+    classifier on those labels) -> compress (the probe's soft labels, PCA) -> distill (task-only
+    baseline, KL on the soft labels, FitNet on PCA, all on the same labels) -> evaluate on the
+    test split. Rerunning skips finished work.
     """
     from eastkd.pipeline.demo.run import run_demo
 
