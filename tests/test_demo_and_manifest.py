@@ -156,6 +156,10 @@ def test_scarce_manifest_keeps_k_labels_per_class(demo: Path) -> None:
         scarce_manifest(demo, labels_per_class=1, seed=s).open())) for s in range(6)}
     assert len(draws) > 1  # the seed picks the labelled rows
 
+    spec = load_manifest(str(path))  # the empty labels are unlabelled train items
+    assert sum(not i.labelled for i in spec.items) == 5
+    assert all(i.split == "train" for i in spec.items if not i.labelled)
+
     labelled_only = scarce_manifest(demo, labels_per_class=1, seed=0, unlabelled=False)
     spec = load_manifest(str(labelled_only))
     assert Counter(i.split for i in spec.items) == {"train": 5, "valid": 5, "test": 5}
