@@ -179,6 +179,15 @@ def test_compress_fits_every_view_and_writes_targets_per_view(views_store, tmp_p
     assert lv.shape == (15, 3, 4)
     want = ((clip - p["input_mean"]) / p["input_std"]) @ p["weight"].T + p["bias"]
     np.testing.assert_allclose(lv, want, rtol=1e-4, atol=1e-4)
+    # the probe's soft labels: fitted on each item's mean over its views (as `eastkd probe`),
+    # class probabilities written for every view
+    soft = compress(str(store), KEY, "probe", None, name="soft", plot=False, progress=False)
+    assert soft.fit_rows == len(train) and soft.output_dim == 5
+    with open_store(str(store)) as s:
+        pv = s.targets("soft").array("values")[:]
+    assert pv.shape == (15, 3, 5)
+    np.testing.assert_allclose(pv.sum(axis=-1), 1.0, atol=1e-5)
+    assert not np.allclose(pv[:, 0], pv[:, 1], atol=1e-4)  # one soft label per view
 
 
 # ------------------------------------------------------------------------------------------
