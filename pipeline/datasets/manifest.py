@@ -218,11 +218,11 @@ def load_manifest(path: str, split_ratios: tuple[float, float, float] = DEFAULT_
     ``label`` holds one class name per item (single-label); ``labels`` holds ``;``-separated
     names (in JSONL also a list) and makes the dataset multi-label. ``path`` is relative to the
     manifest's folder or absolute (a file that does not exist is listed all the same: extract
-    refuses or skips it, by its ``--on-error``). ``split`` is train/valid/test (val, validation accepted); when
-    the column is absent altogether, items get a stratified split by class
+    refuses or skips it, by its ``--on-error``). ``split`` is train/valid/test (val, validation
+    accepted); when the column is absent altogether, items get a stratified split by class
     (:func:`~eastkd.pipeline.datasets.splits.stratified_split` with ``split_ratios`` and
-    ``split_seed``), recorded in ``split_info``. Other fields are kept in
-    ``Item.extra``. Class names are sorted and ``Item.labels`` index into them.
+    ``split_seed``), recorded in ``split_info``. Other fields are kept in ``Item.extra``.
+    Class names are sorted and ``Item.labels`` index into them.
 
     A row with an empty ``label``/``labels`` is an *unlabelled* item (KD targets only): a train
     item (an empty ``split`` cell makes it one; valid or test is refused naming the row),
@@ -297,6 +297,56 @@ def _subdirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def _file_id(file: Path, base: Path, seen: dict[str, str], advice: str) -> str:
+    """The id of an audio file: its path relative to ``base`` without the extension; an id
+    already in ``seen`` (id -> file) is refused naming both files and ``advice``."""
+    item_id = file.relative_to(base).with_suffix("").as_posix()
+    if item_id in seen:
+        raise EastkdError(f"{file} and {seen[item_id]} give the same id {item_id!r}; {advice}")
+    seen[item_id] = str(file)
+    return item_id
+
+
+def _split_first_entries(split_dirs: list[Path]) -> list[tuple[Path, str, str]]:
+    """``(file, class name, split)`` of a ``<split>/<class>/...`` layout."""
+    entries: list[tuple[Path, str, str]] = []
+    for sdir in split_dirs:
+        split = normalise_split(sdir.name, str(sdir))
+        stray = [f for f in sdir.iterdir() if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS]
+        if stray:
+            raise EastkdError(
+                f"{stray[0]} lies directly in split folder {sdir}; put it in a class sub-folder"
+            )
+        for cdir in _subdirs(sdir):
+            entries.extend((f, cdir.name, split) for f in _audio_files(cdir))
+    return entries
+
+
+def _class_first_entries(class_dirs: list[Path]) -> list[tuple[Path, str, str]]:
+    """``(file, class name, split)`` of ``<class>/...`` folders, each either with
+    ``<class>/<split>/...`` split folders or without splits (split ``""``: stratified later)."""
+    entries: list[tuple[Path, str, str]] = []
+    for cdir in class_dirs:
+        split_dirs = [d for d in _subdirs(cdir) if d.name.lower() in _SPLIT_ALIASES]
+        if not split_dirs:
+            entries.extend((f, cdir.name, "") for f in _audio_files(cdir))
+            continue
+        stray = [
+            f
+            for f in _audio_files(cdir)
+            if f.relative_to(cdir).parts[0].lower() not in _SPLIT_ALIASES
+        ]
+        if stray:
+            raise EastkdError(
+                f"{stray[0]} lies outside the split folders of class {cdir.name!r}; "
+                "put every file of that class under train/, valid/ or test/"
+            )
+        for sdir in split_dirs:
+            split = normalise_split(sdir.name, str(sdir))
+            entries.extend((f, cdir.name, split) for f in _audio_files(sdir))
+    return entries
+
+
 def load_folder(path: str, split_ratios: tuple[float, float, float] = DEFAULT_SPLIT_RATIOS,
                 split_seed: int = DEFAULT_SPLIT_SEED,
                 exclude: Sequence[str] = ()) -> DatasetSpec:
@@ -324,38 +374,7 @@ def load_folder(path: str, split_ratios: tuple[float, float, float] = DEFAULT_SP
     skip = {Path(d).expanduser().resolve() for d in exclude}
     top = [d for d in _subdirs(root) if d.resolve() not in skip]
     split_first = bool(top) and all(d.name.lower() in _SPLIT_ALIASES for d in top)
-    entries: list[tuple[Path, str, str]] = []  # (file, class name, split)
-    if split_first:
-        for sdir in top:
-            split = normalise_split(sdir.name, str(sdir))
-            stray = [
-                f for f in sdir.iterdir() if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS
-            ]
-            if stray:
-                raise EastkdError(
-                    f"{stray[0]} lies directly in split folder {sdir}; put it in a class sub-folder"
-                )
-            for cdir in _subdirs(sdir):
-                entries.extend((f, cdir.name, split) for f in _audio_files(cdir))
-    else:
-        for cdir in top:
-            split_dirs = [d for d in _subdirs(cdir) if d.name.lower() in _SPLIT_ALIASES]
-            if split_dirs:
-                stray = [
-                    f
-                    for f in _audio_files(cdir)
-                    if f.relative_to(cdir).parts[0].lower() not in _SPLIT_ALIASES
-                ]
-                if stray:
-                    raise EastkdError(
-                        f"{stray[0]} lies outside the split folders of class {cdir.name!r}; "
-                        "put every file of that class under train/, valid/ or test/"
-                    )
-                for sdir in split_dirs:
-                    split = normalise_split(sdir.name, str(sdir))
-                    entries.extend((f, cdir.name, split) for f in _audio_files(sdir))
-            else:
-                entries.extend((f, cdir.name, "") for f in _audio_files(cdir))
+    entries = _split_first_entries(top) if split_first else _class_first_entries(top)
     if not entries:
         raise EastkdError(
             f"dataset folder {root} holds no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))}) "
@@ -363,23 +382,10 @@ def load_folder(path: str, split_ratios: tuple[float, float, float] = DEFAULT_SP
         )
     class_names = sorted({c for _, c, _ in entries})
     index = {c: i for i, c in enumerate(class_names)}
-    items: list[Item] = []
-    seen: dict[str, Path] = {}
-    for f, cls, split in sorted(entries):
-        item_id = f.relative_to(root).with_suffix("").as_posix()
-        if item_id in seen:
-            raise EastkdError(
-                f"{f} and {seen[item_id]} give the same id {item_id!r}; keep one file per name"
-            )
-        seen[item_id] = f
-        items.append(
-            Item(
-                id=item_id,
-                path=str(f.resolve()),
-                split=split,
-                labels=[index[cls]],
-            )
-        )
+    seen: dict[str, str] = {}
+    items = [Item(id=_file_id(f, root, seen, "keep one file per name"), path=str(f.resolve()),
+                  split=split, labels=[index[cls]])
+             for f, cls, split in sorted(entries)]
     split_info = _assign_missing_splits(items, [[class_names[i.labels[0]]] for i in items], False,
                                         split_ratios, split_seed)
     return DatasetSpec(
@@ -420,14 +426,10 @@ def add_unlabelled(spec: DatasetSpec, folders: Sequence[str]) -> DatasetSpec:
         if not files:
             raise EastkdError(f"--unlabelled {text}: holds no audio files "
                               f"({', '.join(sorted(AUDIO_EXTENSIONS))})")
-        for f in files:
-            item_id = f.relative_to(base).with_suffix("").as_posix()
-            if item_id in seen:
-                raise EastkdError(f"{f} and {seen[item_id]} give the same id {item_id!r}; "
-                                  "rename one of them or the unlabelled folder")
-            seen[item_id] = str(f)
-            added.append(Item(id=item_id, path=str(f.resolve()), split="train",
-                              labelled=False))
+        advice = "rename one of them or the unlabelled folder"
+        added.extend(Item(id=_file_id(f, base, seen, advice), path=str(f.resolve()),
+                          split="train", labelled=False)
+                     for f in files)
     spec.items = spec.items + added
     spec.unlabelled_sources = spec.unlabelled_sources + [str(Path(d).expanduser().resolve())
                                                          for d in folders]
