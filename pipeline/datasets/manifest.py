@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from eastkd.errors import EastkdError
 from eastkd.pipeline.datasets.base import DatasetSpec, Item
 from eastkd.pipeline.datasets.splits import (
     DEFAULT_SPLIT_RATIOS,
@@ -19,7 +20,6 @@ from eastkd.pipeline.datasets.splits import (
     rarest_label,
     stratified_split,
 )
-from eastkd.errors import EastkdError
 
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 _SPLIT_ALIASES = {

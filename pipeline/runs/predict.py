@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from eastkd.errors import EastkdError
 from eastkd.pipeline.core.audio import (
     AudioError,
     Segment,
@@ -26,10 +27,9 @@ from eastkd.pipeline.core.audio import (
     resample,
 )
 from eastkd.pipeline.core.device import resolve_device
-from eastkd.pipeline.distill.evaluate import build_student, load_run
 from eastkd.pipeline.core.features import LogMel
+from eastkd.pipeline.distill.evaluate import build_student, load_run
 from eastkd.pipeline.runs.like import read_student_inputs_from_config
-from eastkd.errors import EastkdError
 
 MULTI_LABEL_THRESHOLD = 0.5
 _MANIFEST_SUFFIXES = (".csv", ".jsonl")
