@@ -32,7 +32,7 @@ _SPLIT_ALIASES = {
 AUDIO_EXTENSIONS: frozenset[str] = frozenset(
     {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au"}
 )
-_MANIFEST_SUFFIXES = (".csv", ".jsonl")
+MANIFEST_SUFFIXES: tuple[str, ...] = (".csv", ".jsonl")
 
 
 def normalise_split(value: str, where: str) -> str:
@@ -234,7 +234,7 @@ def load_manifest(path: str, split_ratios: tuple[float, float, float] = DEFAULT_
         raise EastkdError(
             f"manifest {mpath} does not exist; give the path of a .csv or .jsonl file"
         )
-    if mpath.suffix.lower() not in _MANIFEST_SUFFIXES:
+    if mpath.suffix.lower() not in MANIFEST_SUFFIXES:
         raise EastkdError(f"manifest {mpath} must end in .csv or .jsonl")
     columns, rows = read_manifest_rows(mpath)
     missing = [c for c in ("id", "path") if c not in columns]
@@ -482,7 +482,7 @@ def _resolve(spec: str, split_ratios: tuple[float, float, float], split_seed: in
             )
         return dataset
     if target.is_file():
-        if target.suffix.lower() in _MANIFEST_SUFFIXES:
+        if target.suffix.lower() in MANIFEST_SUFFIXES:
             return load_manifest(str(target), **split)
         raise EastkdError(f"dataset file {target} is not a .csv or .jsonl manifest")
     if target.is_dir():
