@@ -70,6 +70,23 @@ def _assign_missing_splits(items: list[Item], names: list[list[str]], multi_labe
     return info
 
 
+def _with_splits(source: Path, description: str, items: list[Item], names: list[list[str]],
+                 class_names: list[str], multi_label: bool,
+                 ratios: tuple[float, float, float], seed: int) -> DatasetSpec:
+    """The dataset of a manifest or class folder, its items without a split given one
+    (:func:`_assign_missing_splits`; ``names`` are each item's class names)."""
+    split_info = _assign_missing_splits(items, names, multi_label, ratios, seed)
+    return DatasetSpec(
+        name=_dataset_name(source),
+        items=items,
+        class_names=class_names,
+        multi_label=multi_label,
+        source=str(source.resolve()),
+        description=description,
+        split_info=split_info,
+    )
+
+
 def _dataset_name(path: Path) -> str:
     name = path.stem if path.is_file() else path.name
     if name in {"manifest", "metadata", "index"} and path.parent.name:
@@ -260,17 +277,8 @@ def load_manifest(path: str, split_ratios: tuple[float, float, float] = DEFAULT_
     for item, names in raw:
         item.labels = sorted({index[n] for n in names})
         items.append(item)
-    split_info = _assign_missing_splits(items, [names for _, names in raw], multi, split_ratios,
-                                        split_seed)
-    return DatasetSpec(
-        name=_dataset_name(mpath),
-        items=items,
-        class_names=class_names,
-        multi_label=multi,
-        source=str(mpath.resolve()),
-        description=f"manifest {mpath.name}",
-        split_info=split_info,
-    )
+    return _with_splits(mpath, f"manifest {mpath.name}", items, [names for _, names in raw],
+                        class_names, multi, split_ratios, split_seed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -386,17 +394,9 @@ def load_folder(path: str, split_ratios: tuple[float, float, float] = DEFAULT_SP
     items = [Item(id=_file_id(f, root, seen, "keep one file per name"), path=str(f.resolve()),
                   split=split, labels=[index[cls]])
              for f, cls, split in sorted(entries)]
-    split_info = _assign_missing_splits(items, [[class_names[i.labels[0]]] for i in items], False,
-                                        split_ratios, split_seed)
-    return DatasetSpec(
-        name=_dataset_name(root),
-        items=items,
-        class_names=class_names,
-        multi_label=False,
-        source=str(root.resolve()),
-        description=f"class folders under {root.name}",
-        split_info=split_info,
-    )
+    return _with_splits(root, f"class folders under {root.name}", items,
+                        [[class_names[i.labels[0]]] for i in items], class_names, False,
+                        split_ratios, split_seed)
 
 
 # ---------------------------------------------------------------------------------------------
