@@ -11,7 +11,7 @@ from eastkd.pipeline.core.audio import DEFAULT_RESAMPLER
 from eastkd.pipeline.core.features import LogMelParams
 from eastkd.pipeline.core.views import ViewSpec
 from eastkd.progress import Progress
-from eastkd.store import FEATURES  # re-exported as eastkd.pipeline.extract.FEATURES
+from eastkd.store import FEATURES  # noqa: F401 - re-exported as eastkd.pipeline.extract.FEATURES
 
 ON_ERROR = ("fail", "skip")
 MAX_DEFAULT_WORKERS = 8
