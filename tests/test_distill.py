@@ -19,11 +19,11 @@ from click.testing import CliRunner
 from conftest import extract_demo
 
 from eastkd.cli.main import cli
+from eastkd.pipeline.core.features import LogMelParams
 from eastkd.pipeline.core.reading import chunk_groups, load_split, resolve_targets
 from eastkd.pipeline.distill.evaluate import evaluate
 from eastkd.pipeline.distill.train import LAST, distill
 from eastkd.pipeline.runs.rundir import finished_epochs
-from eastkd.pipeline.core.features import LogMelParams
 from eastkd.store import OK, SKIPPED, ArraySpec, EastkdError, StoreMismatchError, open_store
 
 TEACHER = "crepe-tiny"

@@ -9,6 +9,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_extract import (  # noqa: F401 - fixtures
+    HOP,
+    HOP_CLI,
+    TEACHER_MODULE,
+    all_arrays,
+    assert_bitwise_equal,
+    decoded,
+    opts,
+    pick,
+    run_cli,
+    teacher_dir,
+    user_teacher,
+    write_manifest,
+)
 
 from eastkd.pipeline.core.audio import Segment
 from eastkd.pipeline.core.features import LogMel, LogMelParams
@@ -17,9 +31,6 @@ from eastkd.pipeline.core.views import ViewSpec, log_gain, offset_hops, view_par
 from eastkd.pipeline.extract import extract
 from eastkd.pipeline.teachers.loading import load_teacher
 from eastkd.store import EastkdError, open_store
-
-from test_extract import (HOP, HOP_CLI, TEACHER_MODULE, all_arrays, assert_bitwise_equal,  # noqa: F401
-                          decoded, opts, pick, run_cli, teacher_dir, user_teacher, write_manifest)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 VIEWS = dict(views=3, view_seconds=0.6, view_gain_db=6.0, view_seed=7)

@@ -39,12 +39,12 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-from eastkd.progress import Progress, progress_bar
 
-from eastkd.pipeline.core import registry
 from eastkd.pipeline.compress.options import CompressOptions, default_name
+from eastkd.pipeline.core import registry
 from eastkd.pipeline.core.options import options_from_kwargs
 from eastkd.pipeline.core.reading import item_splits
+from eastkd.progress import Progress, progress_bar
 from eastkd.store import (
     OK,
     SKIPPED,
