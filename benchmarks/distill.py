@@ -49,11 +49,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from emit import emit
+from synthetic import KEY, make_synthetic_store
 
 from eastkd.pipeline.core import registry
 from eastkd.pipeline.core.audio import Segment, decode, fit_segment, read_bytes, resample
 from eastkd.pipeline.core.reading import load_split, parse_bytes, resolve_targets
-from synthetic import KEY, make_synthetic_store
 from eastkd.store import open_store
 
 N_CLASSES = 10
@@ -476,10 +477,7 @@ def main() -> None:
     try:
         if args.items:
             result = run_synthetic(args, tmp)
-            text = json.dumps(result, indent=2)
-            print(text)
-            if args.out:
-                Path(args.out).write_text(text + "\n")
+            emit(result, args.out)
         else:
             run(args, tmp)
     finally:

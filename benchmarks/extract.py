@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import platform
 import shutil
@@ -38,16 +37,17 @@ from typing import Any, Callable
 
 import soundfile as sf
 import torch
+from emit import emit
 
-import eastkd.pipeline.extract.inputs as inputs
 import eastkd.pipeline.extract.indexing as indexing
+import eastkd.pipeline.extract.inputs as inputs
 from eastkd.pipeline.core.audio import Segment
-from eastkd.pipeline.demo.data import render_demo_dataset
 from eastkd.pipeline.core.device import resolve_device
+from eastkd.pipeline.core.features import LogMelParams
+from eastkd.pipeline.demo.data import render_demo_dataset
 from eastkd.pipeline.extract import ExtractOptions, extract
 from eastkd.pipeline.extract.inputs import ClipBatches, FileRef, FrontEnd, Target
 from eastkd.pipeline.extract.plan import Unit, plan_batches
-from eastkd.pipeline.core.features import LogMelParams
 from eastkd.pipeline.teachers.loading import load_teacher
 from eastkd.store import Section
 
@@ -313,10 +313,7 @@ def main() -> None:
             "resume_audio_reads": reads,
             "overlap": overlap,
         }
-        text = json.dumps(result, indent=2)
-        print(text)
-        if args.out:
-            Path(args.out).write_text(text + "\n")
+        emit(result, args.out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import os
 import platform
@@ -39,10 +38,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from emit import emit
 
 from eastkd.pipeline.demo.data import render_demo_dataset
-from eastkd.pipeline.extract.distributed import dask_client, extract_distributed
 from eastkd.pipeline.extract import ExtractOptions, extract
+from eastkd.pipeline.extract.distributed import dask_client, extract_distributed
 from eastkd.store import configure_access, open_store
 
 
@@ -228,10 +228,7 @@ def main() -> None:
             extract(str(manifest), str(tmp / "inproc.zarr"), opts)
         if "read" in args.parts:
             result["read"] = bench_read(tmp / "inproc.zarr", tmp, args.repeats)
-        text = json.dumps(result, indent=2)
-        print(text)
-        if args.out:
-            Path(args.out).write_text(text + "\n")
+        emit(result, args.out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -6,11 +6,12 @@ every item labelled, and *mixed*, every second train item unlabelled. At ``--unl
 same size: the same number of rows per epoch as a plain epoch, so the two epoch times compare
 the cost of drawing two streams instead of one. A mixed epoch has half the steps of a plain
 one, each of twice the rows, so a third mode, *plain-2x*, runs the plain store at twice the
-batch size: the same steps and rows per step as *mixed*, one stream. Each mode runs ``--epochs`` epochs of a real
-``distill`` (FitNet, both splits streamed with ``--memory-limit`` or resident), the modes
-taking turns ``--repeats`` times; an epoch's time is history.csv's ``seconds`` (training plus
-validation, the same validation in both), the first epoch of a run (reader start-up) left out;
-medians and minima (the epochs least disturbed by other load on a shared machine) are reported.
+batch size: the same steps and rows per step as *mixed*, one stream. Each mode runs
+``--epochs`` epochs of a real ``distill`` (FitNet, both splits streamed with
+``--memory-limit`` or resident), the modes taking turns ``--repeats`` times; an epoch's time
+is history.csv's ``seconds`` (training plus validation, the same validation in both), the
+first epoch of a run (reader start-up) left out; medians and minima (the epochs least
+disturbed by other load on a shared machine) are reported.
 
     python benchmarks/unlabelled.py --items 8192 [--memory-limit 0] \
         [--out benchmarks/results/distill-unlabelled.json]
@@ -19,7 +20,6 @@ medians and minima (the epochs least disturbed by other load on a shared machine
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import torch
+from emit import emit
 from synthetic import KEY, make_synthetic_store
 
 from eastkd.pipeline.core.reading import parse_bytes
@@ -89,10 +90,7 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="eastkd-unlabelled-") as tmp:
         result = run(args, Path(tmp))
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ In one run, on the bundled demo rendered to a temp folder (``--clips-per-class``
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -30,8 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from distill import Trainer
+from emit import emit
+
 from eastkd.pipeline.core.reading import load_split, resolve_targets
 from eastkd.pipeline.extract import ExtractOptions, extract
 from eastkd.store import open_store
@@ -157,10 +157,7 @@ def main() -> None:
                     "python": platform.python_version(), "torch": torch.__version__,
                     "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

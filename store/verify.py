@@ -301,7 +301,9 @@ class _SectionCheck:
         if not self.backend.checksummed(path):
             self.report.findings.append(Finding(path, "chunks carry no checksum (written by "
                                                       "format 1)", damage=False))
-        recorded = self._recorded(name, len(status)) if self.digests else None
+        # the recorded digests are read (and so checked) always: they are small
+        recorded = self._recorded(name, len(status))
+        recorded = recorded if self.digests else None
         raw = None if deep or self.content or recorded is not None \
             else self.reader.raw_chunks(path)
         if raw is not None:

@@ -19,16 +19,16 @@ from sklearn.decomposition import PCA
 
 from eastkd.cli.main import cli
 from eastkd.pipeline.compress.learned import LearnedCompressor
-from eastkd.pipeline.compress.pca import PCACompressor
 from eastkd.pipeline.compress.options import parse_dim
+from eastkd.pipeline.compress.pca import PCACompressor
 from eastkd.pipeline.compress.run import (
     check_fit_rows,
     compress,
     default_plot_path,
     rows_fingerprint,
 )
-from eastkd.pipeline.datasets.esc50 import esc50_split_for_fold
 from eastkd.pipeline.core.registry import compressors
+from eastkd.pipeline.datasets.esc50 import esc50_split_for_fold
 from eastkd.store import (
     OK,
     PENDING,

@@ -18,11 +18,11 @@ from fixtures_datasets import (
     make_mtat,
 )
 
+from eastkd.errors import EastkdError
 from eastkd.pipeline.core import registry
 from eastkd.pipeline.datasets.esc50 import esc50_split_for_fold, load_esc50
 from eastkd.pipeline.datasets.fma import load_fma_small
 from eastkd.pipeline.datasets.mtat import load_mtat
-from eastkd.errors import EastkdError
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from eastkd.errors import EastkdError
 from eastkd.pipeline.datasets.manifest import (
     load_folder,
     load_manifest,
@@ -24,7 +25,6 @@ from eastkd.pipeline.demo.data import (
     scarce_manifest,
     soundfont_path,
 )
-from eastkd.errors import EastkdError
 
 SR = 16000
 DEMO = {"clips_per_class": 4, "seconds": 1.0, "sample_rate": SR, "seed": 3, "progress": False}

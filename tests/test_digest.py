@@ -7,68 +7,24 @@ codec checksum stays valid."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
-import pytest
-from click.testing import CliRunner
+from fixtures_tiny import (  # noqa: F401 - fixtures
+    KEY,
+    built,
+    compress_tiny,
+    extract_tiny,
+    run,
+    store,
+    tiny_manifest,
+)
 
-from eastkd.cli.main import cli
 from eastkd.store import open_store
-
-TEACHER_OPTS = {"hop_ms": 100}
-KEY = "crepe-tiny"
-SUFFIX = {"zarr": "zarr", "hdf5": "h5"}
-
-
-def _extract(manifest: Path, store: Path, units: list[int] | None = None) -> None:
-    from eastkd.pipeline.extract import ExtractOptions, extract
-
-    extract(str(manifest), str(store), ExtractOptions(
-        teacher="crepe-tiny", teacher_options=dict(TEACHER_OPTS), progress=False, workers=0,
-        chunk_items=4, frames=True, units=units))
-
-
-def _compress(store: Path) -> None:
-    from eastkd.pipeline.compress.run import compress
-
-    compress(str(store), None, "pca", 4, name="pca4", plot=False, progress=False)
-
-
-def run(*args: object) -> tuple[int, str]:
-    res = CliRunner().invoke(cli, [str(a) for a in args])
-    if res.exception is not None and not isinstance(res.exception, SystemExit):
-        raise res.exception
-    return res.exit_code, res.output
 
 
 def info_digest(store: Path) -> str:
     return json.loads(run("info", store, "--json")[1])["digest"]
-
-
-@pytest.fixture(scope="module")
-def tiny_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from eastkd.pipeline.demo.data import render_demo_dataset
-
-    out = tmp_path_factory.mktemp("tiny_data")
-    return render_demo_dataset(out, clips_per_class=3, seconds=1.0, seed=0, progress=False)
-
-
-@pytest.fixture(scope="module", params=["zarr", "hdf5"])
-def built(request: pytest.FixtureRequest, tiny_manifest: Path,
-          tmp_path_factory: pytest.TempPathFactory) -> Path:
-    store = tmp_path_factory.mktemp("tiny_store") / f"tiny.{SUFFIX[request.param]}"
-    _extract(tiny_manifest, store)
-    _compress(store)
-    return store
-
-
-@pytest.fixture
-def store(built: Path, tmp_path: Path) -> Path:
-    dst = tmp_path / built.name
-    (shutil.copytree if built.is_dir() else shutil.copy)(built, dst)
-    return dst
 
 
 def _rewrite_as_zeros(store: Path, array: str, rows: slice) -> None:
@@ -120,7 +76,8 @@ def test_rewrite_with_valid_checksum_is_caught(store: Path, built: Path, tiny_ma
     assert code == 1 and len(lines) == 1 and lines[0].endswith(f"differing: embeddings/{KEY}")
     # the usual way back: repair marks the rows pending, the same extract recomputes them
     assert run("verify", store, "--deep", "--repair", "--no-progress")[0] == 1
-    _extract(tiny_manifest, store)
+    extract_tiny(tiny_manifest, store)
+    compress_tiny(store)  # the targets fitted before the repair are stale: the same compress refits
     assert info_digest(store) == digest
     assert run("verify", store, "--digest", digest, "--no-progress")[0] == 0
 
@@ -130,12 +87,12 @@ def test_digest_is_stable_across_a_resume(built: Path, tiny_manifest: Path,
     """A run stopped after two units, then resumed (then compressed), has the digest of the
     store written in one go; a repeat run writes nothing and keeps it."""
     store = tmp_path / built.name
-    _extract(tiny_manifest, store, units=[0, 1])
+    extract_tiny(tiny_manifest, store, units=[0, 1])
     partial = info_digest(store)
-    _extract(tiny_manifest, store)
-    _compress(store)
+    extract_tiny(tiny_manifest, store)
+    compress_tiny(store)
     assert partial != info_digest(store) == info_digest(built)
-    _extract(tiny_manifest, store)
+    extract_tiny(tiny_manifest, store)
     assert info_digest(store) == info_digest(built)
 
 

@@ -19,11 +19,11 @@ from click.testing import CliRunner
 from conftest import extract_demo
 
 from eastkd.cli.main import cli
+from eastkd.pipeline.core.features import LogMelParams
 from eastkd.pipeline.core.reading import chunk_groups, load_split, resolve_targets
 from eastkd.pipeline.distill.evaluate import evaluate
 from eastkd.pipeline.distill.train import LAST, distill
 from eastkd.pipeline.runs.rundir import finished_epochs
-from eastkd.pipeline.core.features import LogMelParams
 from eastkd.store import OK, SKIPPED, ArraySpec, EastkdError, StoreMismatchError, open_store
 
 TEACHER = "crepe-tiny"
@@ -452,7 +452,8 @@ def test_probe_targets_and_kl_distillation_end_to_end(demo_store, tmp_path):
 
     # targets for other classes, or not class targets at all: refused in one line
     _write_targets(demo_store, "other", values, np.full(80, OK),
-                   {**attrs, "class_names": list(reversed(attrs["class_names"]))})
+                   {**attrs, "params": [],  # no fitted parameters written for this one
+                    "class_names": list(reversed(attrs["class_names"]))})
     with pytest.raises(StoreMismatchError, match="classes .* differ from the store's"):
         distill(store, "other", str(tmp_path / "other"), kd="kl", **FAST)
     with pytest.raises(EastkdError, match="needs class probabilities or logits"):

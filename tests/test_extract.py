@@ -25,9 +25,9 @@ import torch
 from click.testing import CliRunner
 
 from eastkd.pipeline.core.audio import resample
+from eastkd.pipeline.core.features import LogMel, LogMelParams
 from eastkd.pipeline.datasets.manifest import load_manifest
 from eastkd.pipeline.extract import ExtractOptions, extract, parse_shard
-from eastkd.pipeline.core.features import LogMel, LogMelParams
 from eastkd.pipeline.teachers.base import state_dict_sha256
 from eastkd.pipeline.teachers.loading import load_teacher
 from eastkd.store import OK, PENDING, SKIPPED, EastkdError, StoreMismatchError, open_store

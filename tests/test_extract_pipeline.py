@@ -12,14 +12,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
-from eastkd.pipeline.core.audio import RESAMPLERS, file_sha256, fit_segment, resample
-from eastkd.pipeline.datasets.manifest import load_manifest
-from eastkd.pipeline.extract import extract
-from eastkd.pipeline.extract.inputs import CHANGED, ClipBatches, FileRef, FrontEnd, Target
-from eastkd.pipeline.extract.plan import Batch, Unit
-from eastkd.pipeline.core.features import LogMelParams
-from eastkd.store import OK, PENDING, EastkdError, open_store
 from tests.test_extract import (
     PY_KEY,
     PY_TEACHER,
@@ -34,6 +26,14 @@ from tests.test_extract import (
     user_teacher,  # noqa: F401 - fixture
     write_manifest,
 )
+
+from eastkd.pipeline.core.audio import RESAMPLERS, file_sha256, fit_segment, resample
+from eastkd.pipeline.core.features import LogMelParams
+from eastkd.pipeline.datasets.manifest import load_manifest
+from eastkd.pipeline.extract import extract
+from eastkd.pipeline.extract.inputs import CHANGED, ClipBatches, FileRef, FrontEnd, Target
+from eastkd.pipeline.extract.plan import Batch, Unit
+from eastkd.store import OK, PENDING, EastkdError, open_store
 
 
 # ------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 embeddings, a locked or truncated HDF5 file. Every case ends in one line naming the store and
 what to do, and the store stays usable: nothing finished before is lost, and the same command
 finishes once the cause is gone. Tiny real stores (15 rendered clips, crepe-tiny, 4-item
-chunks, PCA targets; the fixtures of test_integrity)."""
+chunks, PCA targets; tests/fixtures_tiny.py)."""
 
 from __future__ import annotations
 
@@ -16,24 +16,26 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from eastkd.store import open_store
-from eastkd.store.backends import hdf5_backend
-from test_integrity import (  # noqa: F401 - fixtures
-    EXTRACT_ARGS,
+from fixtures_tiny import (  # noqa: F401 - fixtures
     KEY,
     SUFFIX,
     TARGETS,
-    _cli,
-    _mount,
-    all_arrays,
-    assert_one_line_error,
-    assert_same_store,
     built,
     run,
     store,
     tiny_manifest,
 )
+from test_integrity import (
+    EXTRACT_ARGS,
+    _cli,
+    _mount,
+    all_arrays,
+    assert_one_line_error,
+    assert_same_store,
+)
+
+from eastkd.store import open_store
+from eastkd.store.backends import hdf5_backend
 
 FRESH = ("--name", "pca3", "--dim", "3", "--no-progress")
 

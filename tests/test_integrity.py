@@ -18,16 +18,22 @@ from typing import Iterator
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from fixtures_tiny import (  # noqa: F401 - fixtures
+    KEY,
+    SUFFIX,
+    TARGETS,
+    built,
+    compress_tiny,
+    extract_tiny,
+    run,
+    store,
+    tiny_manifest,
+)
 
-from eastkd.cli.main import cli
+from eastkd.errors import StoreDamageError
 from eastkd.store import FORMAT_VERSION, open_store
 from eastkd.store.backends.hdf5_backend import has_abandoned_files
-from eastkd.errors import StoreDamageError
 
-TEACHER_OPTS = {"hop_ms": 100}
-TARGETS = "pca4"
-KEY = "crepe-tiny"
 # array kind -> (array path, item chunk to damage)
 ARRAYS = {
     "features": ("features/logmel/values", 1),
@@ -39,55 +45,8 @@ ARRAYS = {
     "ids": ("items/id", 0),  # Zarr only: HDF5 strings live outside chunks (see below)
 }
 DAMAGES = ("delete", "flip", "truncate", "random")
-SUFFIX = {"zarr": "zarr", "hdf5": "h5"}
 EXTRACT_ARGS = ("--teacher", "crepe-tiny", "--teacher-opt", "hop_ms=100", "--chunk-items", "4",
                 "--frames", "-j", "0", "--no-progress")
-
-
-def _extract(manifest: Path, store: Path, units: list[int] | None = None) -> None:
-    from eastkd.pipeline.extract import ExtractOptions, extract
-
-    extract(str(manifest), str(store), ExtractOptions(
-        teacher="crepe-tiny", teacher_options=dict(TEACHER_OPTS), progress=False, workers=0,
-        chunk_items=4, frames=True, units=units))
-
-
-def _compress(store: Path) -> None:
-    from eastkd.pipeline.compress.run import compress
-
-    compress(str(store), None, "pca", 4, name=TARGETS, plot=False, progress=False)
-
-
-@pytest.fixture(scope="module")
-def tiny_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from eastkd.pipeline.demo.data import render_demo_dataset
-
-    out = tmp_path_factory.mktemp("tiny_data")
-    return render_demo_dataset(out, clips_per_class=3, seconds=1.0, seed=0, progress=False)
-
-
-@pytest.fixture(scope="module", params=["zarr", "hdf5"])
-def built(request: pytest.FixtureRequest, tiny_manifest: Path,
-          tmp_path_factory: pytest.TempPathFactory) -> Path:
-    store = tmp_path_factory.mktemp("tiny_store") / f"tiny.{SUFFIX[request.param]}"
-    _extract(tiny_manifest, store)
-    _compress(store)
-    return store
-
-
-@pytest.fixture
-def store(built: Path, tmp_path: Path) -> Path:
-    dst = tmp_path / built.name
-    (shutil.copytree if built.is_dir() else shutil.copy)(built, dst)
-    return dst
-
-
-def run(*args: str) -> tuple[int, str]:
-    res = CliRunner().invoke(cli, [str(a) for a in args])
-    out = res.output  # stdout and stderr, interleaved
-    if res.exception is not None and not isinstance(res.exception, SystemExit):
-        raise res.exception  # a traceback: the test fails with it
-    return res.exit_code, out
 
 
 def assert_one_line_error(code: int, out: str, *needles: str) -> str:
@@ -232,8 +191,8 @@ def test_damage_is_caught_and_repaired(store: Path, built: Path, tiny_manifest: 
 
     # 3. the same commands recompute exactly those rows: the store equals the original
     if _rerun_restores(store, kind, how) or status_gone:
-        _extract(tiny_manifest, store)
-        _compress(store)
+        extract_tiny(tiny_manifest, store)
+        compress_tiny(store)
         code, out = run("verify", store, "--no-progress")
         assert code == 0 and "pending" not in out, out
         assert_same_store(store, built)
@@ -352,8 +311,8 @@ def test_nothing_to_do_writes_nothing(store: Path, tiny_manifest: Path) -> None:
     """Root ignores permissions, so this checks what a read-only store needs directly: a run
     with nothing to do leaves every file (and the file list) untouched."""
     before = _snapshot(store)
-    _extract(tiny_manifest, store)
-    _compress(store)
+    extract_tiny(tiny_manifest, store)
+    compress_tiny(store)
     assert run("verify", store, "--repair", "--no-progress")[0] == 0
     assert _snapshot(store) == before
 
@@ -375,7 +334,7 @@ def test_read_only_mount(store: Path, tiny_manifest: Path, tmp_path: Path) -> No
     ro = tmp_path / "ro"
     with _mount(ro, "--bind", "-o", "ro", source=str(store.parent)):
         path = ro / store.name
-        _extract(tiny_manifest, path)  # nothing to do: works on a read-only store
+        extract_tiny(tiny_manifest, path)  # nothing to do: works on a read-only store
         assert run("info", path)[0] == 0
         damage_free = run("verify", path, "--repair", "--no-progress")
         assert damage_free[0] == 0, damage_free[1]
@@ -410,7 +369,7 @@ def test_disk_full_keeps_finished_rows(tiny_manifest: Path, tmp_path: Path, back
         # the file left by the full disk is whole: the same command finishes it
         code, out = run("extract", tiny_manifest, path, *EXTRACT_ARGS)
         assert code == 0, out
-        _compress(path)
+        compress_tiny(path)
         assert_same_store(path, built)
 
 
@@ -420,7 +379,7 @@ def _chunk_beyond_the_end(built: Path, store: Path, manifest: Path) -> np.ndarra
     but before the file flush (a full disk did so before every write flushed the whole file):
     every later read or write of that chunk fails in HDF5 ("addr overflow"). Returns the rows'
     clip values, which a rerun writes again (a chunk of the same size, so in the same place)."""
-    _extract(manifest, store, units=[0, 1, 2])  # rows 12-14 (unit 3) pending
+    extract_tiny(manifest, store, units=[0, 1, 2])  # rows 12-14 (unit 3) pending
     with open_store(str(built)) as s:
         rows = s.embeddings(KEY).array("clip")[12:15]
     script = f"""if True:
@@ -451,7 +410,7 @@ def test_hdf5_chunk_beyond_the_files_end_is_one_line_then_repaired(
     code, out = _extract_cli(tiny_manifest, store)
     assert code == 0, out
     assert run("verify", store, "--no-progress")[0] == 0
-    _compress(store)
+    compress_tiny(store)
     assert_same_store(store, built)
 
 
@@ -564,7 +523,7 @@ def test_version_1_store_is_read_verified_and_repaired(store: Path, built: Path,
     damage(store, "embeddings/crepe-tiny/clip", 1, "delete")
     code, out = run("verify", store, "--repair", "--no-progress")
     assert code == 1 and "DAMAGED  embeddings/crepe-tiny/clip items 4-7: chunk missing" in out
-    _extract(tiny_manifest, store)
+    extract_tiny(tiny_manifest, store)
     assert_same_store(store, built)
 
 

@@ -10,6 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from eastkd.errors import EastkdError
+from eastkd.pipeline.core.registry import losses
 from eastkd.pipeline.distill.losses import (
     DistanceCorrelationLoss,
     FitNetLoss,
@@ -20,8 +22,6 @@ from eastkd.pipeline.distill.losses import (
     distance_correlation,
     unbiased_distance_correlation,
 )
-from eastkd.pipeline.core.registry import losses
-from eastkd.errors import EastkdError
 
 
 def dcor2_loops(x: np.ndarray, y: np.ndarray) -> float:

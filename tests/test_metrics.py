@@ -10,8 +10,8 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from eastkd.pipeline.compress import learned
-from eastkd.pipeline.distill.evaluate import compute_metrics
 from eastkd.pipeline.core.metrics import multilabel_scores
+from eastkd.pipeline.distill.evaluate import compute_metrics
 
 
 def _tagging(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -91,7 +91,8 @@ def test_fingerprint_covers_every_tensor_kind() -> None:
     model = torch.nn.Sequential(torch.nn.Conv1d(1, 4, 3), torch.nn.BatchNorm1d(4),
                                 torch.nn.GroupNorm(2, 4), torch.nn.LSTM(4, 8))
     buffers = {"b0": torch.tensor(2.0), "b1": torch.tensor([True, False]),
-               "b2": torch.ones(2, dtype=torch.complex64), "b3": torch.ones(3, dtype=torch.bfloat16),
+               "b2": torch.ones(2, dtype=torch.complex64),
+               "b3": torch.ones(3, dtype=torch.bfloat16),
                "b4": torch.tensor(3, dtype=torch.int64), "b5": torch.zeros(0)}
     for name, value in buffers.items():
         model.register_buffer(name, value)

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from synthetic import KEY, make_synthetic_store
 
 from eastkd.pipeline.compress.learned import LearnedCompressor
-from eastkd.pipeline.distill.train import distill
 from eastkd.pipeline.core.reading import RowStream, load_split, resolve_targets, split_rows
-from synthetic import KEY, make_synthetic_store
+from eastkd.pipeline.distill.train import distill
 from eastkd.store import StoreArray, open_store
 
 N_ITEMS, N_CLASSES, CHUNK = 1200, 10, 16  # 960 train rows: 60 chunks of 16, 96 per class

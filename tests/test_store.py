@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from eastkd.errors import StoreDamageError
 from eastkd.store import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -33,7 +34,6 @@ from eastkd.store import (
 )
 from eastkd.store.backends.hdf5_backend import HDF5Backend
 from eastkd.store.backends.zarr_backend import ZarrBackend
-from eastkd.errors import StoreDamageError
 
 N = 37  # not a power of two: last chunks are partial
 D = 6

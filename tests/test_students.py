@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from eastkd.errors import EastkdError
+from eastkd.pipeline.core.registry import students
 from eastkd.pipeline.distill.complexity import count_macs, count_parameters, cpu_ms_per_clip
 from eastkd.pipeline.distill.students import (
     CPResNetStudent,
@@ -18,8 +20,6 @@ from eastkd.pipeline.distill.students import (
     StudentOutput,
     VGGStudent,
 )
-from eastkd.pipeline.core.registry import students
-from eastkd.errors import EastkdError
 
 NAMES = {"vgg": VGGStudent, "mobilenet": MobileNetStudent, "mobilefcn": MobileFCNStudent,
          "cpresnet": CPResNetStudent}

@@ -8,11 +8,11 @@ import math
 import pytest
 import torch
 
+from eastkd.errors import EastkdError
 from eastkd.pipeline.core.registry import teachers
 from eastkd.pipeline.teachers import mule as mule_mod
 from eastkd.pipeline.teachers import passt as passt_mod
 from eastkd.pipeline.teachers.base import file_sha256, state_dict_sha256
-from eastkd.errors import EastkdError
 
 pytestmark = [  # raised by hear21passt when the tests call it directly, and by torch.jit
     pytest.mark.filterwarnings("ignore:.*return_complex=False is deprecated"),

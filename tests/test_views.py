@@ -9,6 +9,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_extract import (  # noqa: F401 - fixtures
+    HOP,
+    HOP_CLI,
+    TEACHER_MODULE,
+    all_arrays,
+    assert_bitwise_equal,
+    decoded,
+    opts,
+    pick,
+    run_cli,
+    teacher_dir,
+    user_teacher,
+    write_manifest,
+)
 
 from eastkd.pipeline.core.audio import Segment
 from eastkd.pipeline.core.features import LogMel, LogMelParams
@@ -17,9 +31,6 @@ from eastkd.pipeline.core.views import ViewSpec, log_gain, offset_hops, view_par
 from eastkd.pipeline.extract import extract
 from eastkd.pipeline.teachers.loading import load_teacher
 from eastkd.store import EastkdError, open_store
-
-from test_extract import (HOP, HOP_CLI, TEACHER_MODULE, all_arrays, assert_bitwise_equal,  # noqa: F401
-                          decoded, opts, pick, run_cli, teacher_dir, user_teacher, write_manifest)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 VIEWS = dict(views=3, view_seconds=0.6, view_gain_db=6.0, view_seed=7)
@@ -179,6 +190,15 @@ def test_compress_fits_every_view_and_writes_targets_per_view(views_store, tmp_p
     assert lv.shape == (15, 3, 4)
     want = ((clip - p["input_mean"]) / p["input_std"]) @ p["weight"].T + p["bias"]
     np.testing.assert_allclose(lv, want, rtol=1e-4, atol=1e-4)
+    # the probe's soft labels: fitted on each item's mean over its views (as `eastkd probe`),
+    # class probabilities written for every view
+    soft = compress(str(store), KEY, "probe", None, name="soft", plot=False, progress=False)
+    assert soft.fit_rows == len(train) and soft.output_dim == 5
+    with open_store(str(store)) as s:
+        pv = s.targets("soft").array("values")[:]
+    assert pv.shape == (15, 3, 5)
+    np.testing.assert_allclose(pv.sum(axis=-1), 1.0, atol=1e-5)
+    assert not np.allclose(pv[:, 0], pv[:, 1], atol=1e-4)  # one soft label per view
 
 
 # ------------------------------------------------------------------------------------------

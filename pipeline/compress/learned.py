@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from eastkd.progress import Progress, progress_bar
 
 from eastkd.pipeline.core.metrics import multilabel_scores
 from eastkd.pipeline.core.reading import DEFAULT_MEMORY_LIMIT, RowStream
+from eastkd.progress import Progress, progress_bar
 from eastkd.store import EastkdError, ItemsTable, StoreArray
 
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from eastkd.errors import EastkdError
-from eastkd.progress import Progress
 from eastkd.pipeline.core import registry
+from eastkd.progress import Progress
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 

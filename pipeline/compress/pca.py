@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 from scipy.linalg.blas import dsyr, dsyrk
-from eastkd.progress import Progress, progress_bar
 
 from eastkd.pipeline.core.reading import iter_row_blocks
+from eastkd.progress import Progress, progress_bar
 from eastkd.store import EastkdError, ItemsTable, StoreArray
 
 

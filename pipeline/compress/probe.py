@@ -43,6 +43,9 @@ class ProbeCompressor:
         self.class_names: list[str] = []
         self.n_rows = 0
 
+    # fitted on each item's mean over its views (as `eastkd probe`), applied to every view
+    pools_views = True
+
     def identity(self) -> dict[str, Any]:
         return {"c_grid": list(C_GRID), "max_iter": MAX_ITER}
 

@@ -23,7 +23,9 @@ with ``identity()``, ``fit(source, rows, items, valid_rows, progress)``, ``out_d
 ``transform(x)``, ``params()``, ``summary()`` and a static ``plot(fig, attrs, params)``.
 Optional: ``dim_from_classes = True`` (``--dim`` does not apply: the output has one column per
 class; the default name is ``<key>-<method>``) and ``held_out_scores(source, splits, items)``
-(attributes to record from rows the fit never saw, e.g. a probe's valid and test scores).
+(attributes to record from rows the fit never saw, e.g. a probe's valid and test scores),
+and ``pools_views = True`` (with views, ``fit`` gets item rows and reads each item's mean over
+its views; otherwise every view of a fit item is one fit row).
 """
 
 from __future__ import annotations
@@ -37,12 +39,12 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
-from eastkd.progress import Progress, progress_bar
 
-from eastkd.pipeline.core import registry
 from eastkd.pipeline.compress.options import CompressOptions, default_name
+from eastkd.pipeline.core import registry
 from eastkd.pipeline.core.options import options_from_kwargs
 from eastkd.pipeline.core.reading import item_splits
+from eastkd.progress import Progress, progress_bar
 from eastkd.store import (
     OK,
     SKIPPED,
@@ -330,6 +332,8 @@ def _fit(store: Store, store_path: str, emb: Section, comp: Any, rows: np.ndarra
 
         fit_on_cluster(comp, store_path, emb.path, "clip", rows, opts.dask,
                        views=bool(n_views(emb)))
+    elif n_views(emb) and getattr(comp, "pools_views", False):  # probe: the mean of the views
+        comp.fit(emb.array("clip"), rows, store.items, valid_rows, opts.progress)
     elif n_views(emb) and opts.method == "learned":
         _fit_learned_views(comp, ViewRows(emb.array("clip")), rows, store.items, valid_rows,
                            opts.progress)

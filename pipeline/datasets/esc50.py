@@ -17,8 +17,8 @@ import csv
 import os
 from pathlib import Path
 
-from eastkd.pipeline.datasets.base import DatasetSpec, Item, find_metadata
 from eastkd.errors import EastkdError
+from eastkd.pipeline.datasets.base import DatasetSpec, Item, find_metadata
 
 METADATA = os.path.join("meta", "esc50.csv")
 AUDIO_DIR = "audio"

@@ -19,8 +19,8 @@ import csv
 import os
 from pathlib import Path
 
-from eastkd.pipeline.datasets.base import DatasetSpec, Item, find_metadata
 from eastkd.errors import EastkdError
+from eastkd.pipeline.datasets.base import DatasetSpec, Item, find_metadata
 
 METADATA = os.path.join("fma_metadata", "tracks.csv")
 AUDIO_DIR = "fma_small"

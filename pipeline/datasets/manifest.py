@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from eastkd.errors import EastkdError
 from eastkd.pipeline.datasets.base import DatasetSpec, Item
 from eastkd.pipeline.datasets.splits import (
     DEFAULT_SPLIT_RATIOS,
@@ -19,7 +20,6 @@ from eastkd.pipeline.datasets.splits import (
     rarest_label,
     stratified_split,
 )
-from eastkd.errors import EastkdError
 
 SPLITS: tuple[str, ...] = ("train", "valid", "test")
 _SPLIT_ALIASES = {
@@ -32,7 +32,7 @@ _SPLIT_ALIASES = {
 AUDIO_EXTENSIONS: frozenset[str] = frozenset(
     {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au"}
 )
-_MANIFEST_SUFFIXES = (".csv", ".jsonl")
+MANIFEST_SUFFIXES: tuple[str, ...] = (".csv", ".jsonl")
 
 
 def normalise_split(value: str, where: str) -> str:
@@ -68,6 +68,23 @@ def _assign_missing_splits(items: list[Item], names: list[list[str]], multi_labe
     if len(todo) < sum(it.labelled for it in items):
         info["items"] = len(todo)  # the rest had their split from the dataset
     return info
+
+
+def _with_splits(source: Path, description: str, items: list[Item], names: list[list[str]],
+                 class_names: list[str], multi_label: bool,
+                 ratios: tuple[float, float, float], seed: int) -> DatasetSpec:
+    """The dataset of a manifest or class folder, its items without a split given one
+    (:func:`_assign_missing_splits`; ``names`` are each item's class names)."""
+    split_info = _assign_missing_splits(items, names, multi_label, ratios, seed)
+    return DatasetSpec(
+        name=_dataset_name(source),
+        items=items,
+        class_names=class_names,
+        multi_label=multi_label,
+        source=str(source.resolve()),
+        description=description,
+        split_info=split_info,
+    )
 
 
 def _dataset_name(path: Path) -> str:
@@ -218,11 +235,11 @@ def load_manifest(path: str, split_ratios: tuple[float, float, float] = DEFAULT_
     ``label`` holds one class name per item (single-label); ``labels`` holds ``;``-separated
     names (in JSONL also a list) and makes the dataset multi-label. ``path`` is relative to the
     manifest's folder or absolute (a file that does not exist is listed all the same: extract
-    refuses or skips it, by its ``--on-error``). ``split`` is train/valid/test (val, validation accepted); when
-    the column is absent altogether, items get a stratified split by class
+    refuses or skips it, by its ``--on-error``). ``split`` is train/valid/test (val, validation
+    accepted); when the column is absent altogether, items get a stratified split by class
     (:func:`~eastkd.pipeline.datasets.splits.stratified_split` with ``split_ratios`` and
-    ``split_seed``), recorded in ``split_info``. Other fields are kept in
-    ``Item.extra``. Class names are sorted and ``Item.labels`` index into them.
+    ``split_seed``), recorded in ``split_info``. Other fields are kept in ``Item.extra``.
+    Class names are sorted and ``Item.labels`` index into them.
 
     A row with an empty ``label``/``labels`` is an *unlabelled* item (KD targets only): a train
     item (an empty ``split`` cell makes it one; valid or test is refused naming the row),
@@ -234,7 +251,7 @@ def load_manifest(path: str, split_ratios: tuple[float, float, float] = DEFAULT_
         raise EastkdError(
             f"manifest {mpath} does not exist; give the path of a .csv or .jsonl file"
         )
-    if mpath.suffix.lower() not in _MANIFEST_SUFFIXES:
+    if mpath.suffix.lower() not in MANIFEST_SUFFIXES:
         raise EastkdError(f"manifest {mpath} must end in .csv or .jsonl")
     columns, rows = read_manifest_rows(mpath)
     missing = [c for c in ("id", "path") if c not in columns]
@@ -260,17 +277,8 @@ def load_manifest(path: str, split_ratios: tuple[float, float, float] = DEFAULT_
     for item, names in raw:
         item.labels = sorted({index[n] for n in names})
         items.append(item)
-    split_info = _assign_missing_splits(items, [names for _, names in raw], multi, split_ratios,
-                                        split_seed)
-    return DatasetSpec(
-        name=_dataset_name(mpath),
-        items=items,
-        class_names=class_names,
-        multi_label=multi,
-        source=str(mpath.resolve()),
-        description=f"manifest {mpath.name}",
-        split_info=split_info,
-    )
+    return _with_splits(mpath, f"manifest {mpath.name}", items, [names for _, names in raw],
+                        class_names, multi, split_ratios, split_seed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,6 +303,56 @@ def _audio_files(folder: Path) -> list[Path]:
 
 def _subdirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _file_id(file: Path, base: Path, seen: dict[str, str], advice: str) -> str:
+    """The id of an audio file: its path relative to ``base`` without the extension; an id
+    already in ``seen`` (id -> file) is refused naming both files and ``advice``."""
+    item_id = file.relative_to(base).with_suffix("").as_posix()
+    if item_id in seen:
+        raise EastkdError(f"{file} and {seen[item_id]} give the same id {item_id!r}; {advice}")
+    seen[item_id] = str(file)
+    return item_id
+
+
+def _split_first_entries(split_dirs: list[Path]) -> list[tuple[Path, str, str]]:
+    """``(file, class name, split)`` of a ``<split>/<class>/...`` layout."""
+    entries: list[tuple[Path, str, str]] = []
+    for sdir in split_dirs:
+        split = normalise_split(sdir.name, str(sdir))
+        stray = [f for f in sdir.iterdir() if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS]
+        if stray:
+            raise EastkdError(
+                f"{stray[0]} lies directly in split folder {sdir}; put it in a class sub-folder"
+            )
+        for cdir in _subdirs(sdir):
+            entries.extend((f, cdir.name, split) for f in _audio_files(cdir))
+    return entries
+
+
+def _class_first_entries(class_dirs: list[Path]) -> list[tuple[Path, str, str]]:
+    """``(file, class name, split)`` of ``<class>/...`` folders, each either with
+    ``<class>/<split>/...`` split folders or without splits (split ``""``: stratified later)."""
+    entries: list[tuple[Path, str, str]] = []
+    for cdir in class_dirs:
+        split_dirs = [d for d in _subdirs(cdir) if d.name.lower() in _SPLIT_ALIASES]
+        if not split_dirs:
+            entries.extend((f, cdir.name, "") for f in _audio_files(cdir))
+            continue
+        stray = [
+            f
+            for f in _audio_files(cdir)
+            if f.relative_to(cdir).parts[0].lower() not in _SPLIT_ALIASES
+        ]
+        if stray:
+            raise EastkdError(
+                f"{stray[0]} lies outside the split folders of class {cdir.name!r}; "
+                "put every file of that class under train/, valid/ or test/"
+            )
+        for sdir in split_dirs:
+            split = normalise_split(sdir.name, str(sdir))
+            entries.extend((f, cdir.name, split) for f in _audio_files(sdir))
+    return entries
 
 
 def load_folder(path: str, split_ratios: tuple[float, float, float] = DEFAULT_SPLIT_RATIOS,
@@ -324,38 +382,7 @@ def load_folder(path: str, split_ratios: tuple[float, float, float] = DEFAULT_SP
     skip = {Path(d).expanduser().resolve() for d in exclude}
     top = [d for d in _subdirs(root) if d.resolve() not in skip]
     split_first = bool(top) and all(d.name.lower() in _SPLIT_ALIASES for d in top)
-    entries: list[tuple[Path, str, str]] = []  # (file, class name, split)
-    if split_first:
-        for sdir in top:
-            split = normalise_split(sdir.name, str(sdir))
-            stray = [
-                f for f in sdir.iterdir() if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS
-            ]
-            if stray:
-                raise EastkdError(
-                    f"{stray[0]} lies directly in split folder {sdir}; put it in a class sub-folder"
-                )
-            for cdir in _subdirs(sdir):
-                entries.extend((f, cdir.name, split) for f in _audio_files(cdir))
-    else:
-        for cdir in top:
-            split_dirs = [d for d in _subdirs(cdir) if d.name.lower() in _SPLIT_ALIASES]
-            if split_dirs:
-                stray = [
-                    f
-                    for f in _audio_files(cdir)
-                    if f.relative_to(cdir).parts[0].lower() not in _SPLIT_ALIASES
-                ]
-                if stray:
-                    raise EastkdError(
-                        f"{stray[0]} lies outside the split folders of class {cdir.name!r}; "
-                        "put every file of that class under train/, valid/ or test/"
-                    )
-                for sdir in split_dirs:
-                    split = normalise_split(sdir.name, str(sdir))
-                    entries.extend((f, cdir.name, split) for f in _audio_files(sdir))
-            else:
-                entries.extend((f, cdir.name, "") for f in _audio_files(cdir))
+    entries = _split_first_entries(top) if split_first else _class_first_entries(top)
     if not entries:
         raise EastkdError(
             f"dataset folder {root} holds no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))}) "
@@ -363,34 +390,13 @@ def load_folder(path: str, split_ratios: tuple[float, float, float] = DEFAULT_SP
         )
     class_names = sorted({c for _, c, _ in entries})
     index = {c: i for i, c in enumerate(class_names)}
-    items: list[Item] = []
-    seen: dict[str, Path] = {}
-    for f, cls, split in sorted(entries):
-        item_id = f.relative_to(root).with_suffix("").as_posix()
-        if item_id in seen:
-            raise EastkdError(
-                f"{f} and {seen[item_id]} give the same id {item_id!r}; keep one file per name"
-            )
-        seen[item_id] = f
-        items.append(
-            Item(
-                id=item_id,
-                path=str(f.resolve()),
-                split=split,
-                labels=[index[cls]],
-            )
-        )
-    split_info = _assign_missing_splits(items, [[class_names[i.labels[0]]] for i in items], False,
-                                        split_ratios, split_seed)
-    return DatasetSpec(
-        name=_dataset_name(root),
-        items=items,
-        class_names=class_names,
-        multi_label=False,
-        source=str(root.resolve()),
-        description=f"class folders under {root.name}",
-        split_info=split_info,
-    )
+    seen: dict[str, str] = {}
+    items = [Item(id=_file_id(f, root, seen, "keep one file per name"), path=str(f.resolve()),
+                  split=split, labels=[index[cls]])
+             for f, cls, split in sorted(entries)]
+    return _with_splits(root, f"class folders under {root.name}", items,
+                        [[class_names[i.labels[0]]] for i in items], class_names, False,
+                        split_ratios, split_seed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -420,14 +426,10 @@ def add_unlabelled(spec: DatasetSpec, folders: Sequence[str]) -> DatasetSpec:
         if not files:
             raise EastkdError(f"--unlabelled {text}: holds no audio files "
                               f"({', '.join(sorted(AUDIO_EXTENSIONS))})")
-        for f in files:
-            item_id = f.relative_to(base).with_suffix("").as_posix()
-            if item_id in seen:
-                raise EastkdError(f"{f} and {seen[item_id]} give the same id {item_id!r}; "
-                                  "rename one of them or the unlabelled folder")
-            seen[item_id] = str(f)
-            added.append(Item(id=item_id, path=str(f.resolve()), split="train",
-                              labelled=False))
+        advice = "rename one of them or the unlabelled folder"
+        added.extend(Item(id=_file_id(f, base, seen, advice), path=str(f.resolve()),
+                          split="train", labelled=False)
+                     for f in files)
     spec.items = spec.items + added
     spec.unlabelled_sources = spec.unlabelled_sources + [str(Path(d).expanduser().resolve())
                                                          for d in folders]
@@ -480,7 +482,7 @@ def _resolve(spec: str, split_ratios: tuple[float, float, float], split_seed: in
             )
         return dataset
     if target.is_file():
-        if target.suffix.lower() in _MANIFEST_SUFFIXES:
+        if target.suffix.lower() in MANIFEST_SUFFIXES:
             return load_manifest(str(target), **split)
         raise EastkdError(f"dataset file {target} is not a .csv or .jsonl manifest")
     if target.is_dir():

@@ -20,8 +20,8 @@ import csv
 import os
 from pathlib import Path
 
-from eastkd.pipeline.datasets.base import DatasetSpec, Item, find_metadata
 from eastkd.errors import EastkdError
+from eastkd.pipeline.datasets.base import DatasetSpec, Item, find_metadata
 
 METADATA = "annotations_final.csv"
 ID_COLUMN = "clip_id"

@@ -17,9 +17,9 @@ from sklearn.metrics import accuracy_score, f1_score
 
 from eastkd.pipeline.core import registry
 from eastkd.pipeline.core.device import resolve_device
-from eastkd.pipeline.distill.complexity import count_macs, count_parameters, cpu_ms_per_clip
 from eastkd.pipeline.core.metrics import multilabel_scores
 from eastkd.pipeline.core.reading import FEATURES, SplitData, load_split
+from eastkd.pipeline.distill.complexity import count_macs, count_parameters, cpu_ms_per_clip
 from eastkd.pipeline.runs.rundir import BEST, CONFIG, read_config, run_file
 from eastkd.store import EastkdError, Store, StoreMismatchError, open_store
 

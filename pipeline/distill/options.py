@@ -12,10 +12,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from eastkd.errors import EastkdError
-from eastkd.progress import Progress
 from eastkd.pipeline.core import registry
 from eastkd.pipeline.core.reading import DEFAULT_MEMORY_LIMIT, DEFAULT_SHUFFLE_BUFFER
 from eastkd.pipeline.distill.augment import SpecAugment
+from eastkd.progress import Progress
 
 NO_KD = "none"
 SCHEDULES = ("cosine", "plateau")

@@ -56,21 +56,38 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eastkd.pipeline.core import registry
 from eastkd.pipeline.compress.run import check_fit_rows
-from eastkd.pipeline.datasets.splits import missing_class_warnings
+from eastkd.pipeline.core import registry
 from eastkd.pipeline.core.device import resolve_device
+from eastkd.pipeline.core.options import options_from_kwargs
+from eastkd.pipeline.core.reading import (
+    FEATURES,
+    SplitData,
+    TargetsSpec,
+    load_split,
+    resolve_targets,
+    skipped_count,
+    split_rows,
+)
+from eastkd.pipeline.datasets.splits import missing_class_warnings
+from eastkd.pipeline.distill.augment import Mixup, SpecAugment
 from eastkd.pipeline.distill.complexity import count_parameters
 from eastkd.pipeline.distill.evaluate import compute_metrics, predict, selection_metric
-from eastkd.pipeline.core.options import options_from_kwargs
 from eastkd.pipeline.distill.losses import TARGET_KINDS, FrameTiming, TimeAlignment
 from eastkd.pipeline.distill.options import (
+    DEFAULT_UNLABELLED_RATIO,
     GRAD_CLIP,
     RUNTIME_KEYS,
     DistillOptions,
     uses_logits,
 )
-from eastkd.progress import progress_bar
+from eastkd.pipeline.distill.streams import (
+    Step,
+    epoch_line,
+    steps_per_epoch,
+    training_steps,
+    unlabelled_batch_size,
+)
 from eastkd.pipeline.runs.rundir import (
     BEST,
     CONFIG,
@@ -86,24 +103,7 @@ from eastkd.pipeline.runs.rundir import (
     write_history,
     write_json,
 )
-from eastkd.pipeline.core.reading import (
-    FEATURES,
-    SplitData,
-    TargetsSpec,
-    load_split,
-    resolve_targets,
-    skipped_count,
-    split_rows,
-)
-from eastkd.pipeline.distill.augment import Mixup, SpecAugment
-from eastkd.pipeline.distill.options import DEFAULT_UNLABELLED_RATIO
-from eastkd.pipeline.distill.streams import (
-    Step,
-    epoch_line,
-    steps_per_epoch,
-    training_steps,
-    unlabelled_batch_size,
-)
+from eastkd.progress import progress_bar
 from eastkd.store import (
     EastkdError,
     StoreMismatchError,

@@ -27,8 +27,6 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Iterator
 
-from eastkd.progress import Progress, progress_bar
-
 from eastkd.pipeline.datasets.base import DatasetSpec
 from eastkd.pipeline.datasets.manifest import resolve_dataset
 from eastkd.pipeline.extract import (
@@ -38,6 +36,7 @@ from eastkd.pipeline.extract import (
     extract_into,
     open_or_create,
 )
+from eastkd.progress import Progress, progress_bar
 from eastkd.store import (
     PENDING,
     AccessOptions,

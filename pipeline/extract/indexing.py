@@ -12,10 +12,10 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from eastkd.progress import Progress, progress_bar
 
 from eastkd.pipeline.core.audio import AudioError, duration_seconds, file_sha256
 from eastkd.pipeline.datasets.base import DatasetSpec
+from eastkd.progress import Progress, progress_bar
 from eastkd.store import ItemsTable
 
 MISSING = "missing"

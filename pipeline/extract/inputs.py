@@ -26,8 +26,8 @@ from eastkd.pipeline.core.audio import (
     resampled_length,
     resampler_kwargs,
 )
-from eastkd.pipeline.extract.plan import Batch
 from eastkd.pipeline.core.features import LogMel, LogMelParams
+from eastkd.pipeline.extract.plan import Batch
 
 META = ("length", "rate", "offset", "total")  # per-row facts of a decoded batch
 CHANGED = "file changed since the store was created (sha256 differs; --rehash re-extracts it)"

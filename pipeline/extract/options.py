@@ -6,12 +6,12 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from eastkd.errors import EastkdError
 from eastkd.pipeline.core.audio import DEFAULT_RESAMPLER
 from eastkd.pipeline.core.features import LogMelParams
 from eastkd.pipeline.core.views import ViewSpec
-from eastkd.errors import EastkdError
 from eastkd.progress import Progress
-from eastkd.store import FEATURES
+from eastkd.store import FEATURES  # noqa: F401 - re-exported as eastkd.pipeline.extract.FEATURES
 
 ON_ERROR = ("fail", "skip")
 MAX_DEFAULT_WORKERS = 8

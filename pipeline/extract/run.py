@@ -15,14 +15,16 @@ from typing import Any, Iterable
 
 import numpy as np
 import torch
-from eastkd.progress import Progress, progress_bar
 
+from eastkd.errors import RunInterrupted, StoreWriteError
 from eastkd.pipeline.core.audio import RESAMPLERS, Segment
-from eastkd.pipeline.datasets.base import DatasetSpec
-from eastkd.pipeline.datasets.manifest import resolve_dataset
 from eastkd.pipeline.core.device import resolve_device
 from eastkd.pipeline.core.features import LogMelParams
 from eastkd.pipeline.core.views import PARAMS, ViewSpec, crop_views, view_params
+from eastkd.pipeline.datasets.base import DatasetSpec
+from eastkd.pipeline.datasets.manifest import resolve_dataset
+from eastkd.pipeline.extract.duplicates import check_duplicates
+from eastkd.pipeline.extract.indexing import MTIME, SIZE, build_items_table
 from eastkd.pipeline.extract.inputs import ClipBatches, FileRef, FrontEnd, Target, to_device
 from eastkd.pipeline.extract.options import FEATURES, ON_ERROR, ExtractOptions, ExtractSummary
 from eastkd.pipeline.extract.plan import (
@@ -34,8 +36,6 @@ from eastkd.pipeline.extract.plan import (
     resolve_segment,
 )
 from eastkd.pipeline.extract.writer import BatchResult, Writer
-from eastkd.pipeline.extract.duplicates import check_duplicates
-from eastkd.pipeline.extract.indexing import MTIME, SIZE, build_items_table
 from eastkd.pipeline.teachers.base import Teacher
 from eastkd.pipeline.teachers.loading import (
     check_key,
@@ -43,7 +43,7 @@ from eastkd.pipeline.teachers.loading import (
     default_key,
     load_teacher,
 )
-from eastkd.errors import RunInterrupted, StoreWriteError
+from eastkd.progress import Progress, progress_bar
 from eastkd.store import (
     ArraySpec,
     EastkdError,

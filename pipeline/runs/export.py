@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from eastkd.errors import EastkdError
 from eastkd.pipeline.core.features import LogMel, LogMelParams
 from eastkd.pipeline.runs.predict import Predictor
-from eastkd.errors import EastkdError
 
 FORMATS = ("torchscript", "onnx")
 META_KEY = "eastkd"

@@ -8,8 +8,8 @@ import os
 from dataclasses import dataclass, fields
 from typing import Any
 
-from eastkd.pipeline.core.features import LogMelParams
 from eastkd.errors import EastkdError
+from eastkd.pipeline.core.features import LogMelParams
 from eastkd.pipeline.runs.rundir import CONFIG, read_config, run_file
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from eastkd.errors import EastkdError
 from eastkd.pipeline.core.audio import (
     AudioError,
     Segment,
@@ -26,13 +27,11 @@ from eastkd.pipeline.core.audio import (
     resample,
 )
 from eastkd.pipeline.core.device import resolve_device
-from eastkd.pipeline.distill.evaluate import build_student, load_run
 from eastkd.pipeline.core.features import LogMel
+from eastkd.pipeline.distill.evaluate import build_student, load_run
 from eastkd.pipeline.runs.like import read_student_inputs_from_config
-from eastkd.errors import EastkdError
 
 MULTI_LABEL_THRESHOLD = 0.5
-_MANIFEST_SUFFIXES = (".csv", ".jsonl")
 
 
 @dataclass
@@ -119,10 +118,12 @@ def _manifest_files(path: Path) -> list[tuple[str, str]]:
 
 def resolve_inputs(inputs: list[str]) -> list[tuple[str, str]]:
     """``(id, path)`` pairs from audio files and/or .csv/.jsonl manifests."""
+    from eastkd.pipeline.datasets.manifest import MANIFEST_SUFFIXES
+
     files: list[tuple[str, str]] = []
     for text in inputs:
         p = Path(text).expanduser()
-        if p.suffix.lower() in _MANIFEST_SUFFIXES and p.is_file():
+        if p.suffix.lower() in MANIFEST_SUFFIXES and p.is_file():
             files.extend(_manifest_files(p))
         elif p.is_file():
             files.append((p.stem, str(p)))

@@ -214,10 +214,10 @@ def render_text(table: RunsTable, per_run: bool = False) -> str:
     lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
     trained = [s for s in table.settings if not s.get("reference")]
     n_seeds = sorted({len(s["seeds"]) for s in trained})
+    seeds = "/".join(map(str, n_seeds))
     head = (f"{_count(len(table.runs), 'run')}, {_count(len(trained), 'setting')} "
             f"under {table.root}"
-            + ("" if per_run else f"; metrics: mean ± std over seeds ({'/'.join(map(str, n_seeds))}"
-               " per setting)"))
+            + ("" if per_run else f"; metrics: mean ± std over seeds ({seeds} per setting)"))
     constant = [] if per_run else [
         f"{k}={_cell(trained[0].get(k))}" for k in SETTING_KEYS
         if k not in cols and trained[0].get(k) is not None]

@@ -45,8 +45,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from eastkd.pipeline.teachers.base import Teacher, TeacherOutput, file_sha256, float32_front_end
 from eastkd.errors import EastkdError
+from eastkd.pipeline.teachers.base import Teacher, TeacherOutput, file_sha256, float32_front_end
 
 SAMPLE_RATE = 44100
 EMBEDDING_DIM = 512

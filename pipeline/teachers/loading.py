@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
+from eastkd.errors import EastkdError
 from eastkd.pipeline.core import registry
 from eastkd.pipeline.teachers.base import Teacher, TeacherOutput, state_dict_sha256
-from eastkd.errors import EastkdError
 
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 

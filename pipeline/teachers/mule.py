@@ -61,8 +61,8 @@ from typing import Any
 import torch
 import torchaudio
 
-from eastkd.pipeline.teachers.base import Teacher, TeacherOutput, file_sha256, float32_front_end
 from eastkd.errors import EastkdError
+from eastkd.pipeline.teachers.base import Teacher, TeacherOutput, file_sha256, float32_front_end
 
 SAMPLE_RATE = 16000
 EMBEDDING_DIM = 1728

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from eastkd.errors import EastkdError
 from eastkd.pipeline.teachers.base import (
     Teacher,
     TeacherOutput,
@@ -35,7 +36,6 @@ from eastkd.pipeline.teachers.base import (
     float32_front_end,
     state_dict_sha256,
 )
-from eastkd.errors import EastkdError
 
 SAMPLE_RATE = 32000
 EMBEDDING_DIM = 768
