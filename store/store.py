@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from eastkd.store import digest, location
+from eastkd.store.backends import backend_name, open_backend
 from eastkd.store.backends.base import OK, PENDING, SKIPPED, Backend
 from eastkd.store.damage import metadata_error, repair_hint, write_failure
 from eastkd.errors import (
@@ -90,26 +91,6 @@ def chunk_items(row_bytes: int, n_items: int, target_bytes: int = _TARGET_CHUNK_
     return int(max(1, min(k, _MAX_CHUNK_ITEMS, n_cap, max_items or _MAX_CHUNK_ITEMS)))
 
 
-def _backend_for(path: str, mode: str) -> Backend:
-    if location.is_url(path):
-        from eastkd.store.backends.zarr_backend import ZarrBackend
-
-        return ZarrBackend(path, mode, store=location.fsspec_store(path, read_only=mode == "r"))
-    path = location.local_path(path)
-    lower = path.lower().rstrip("/")
-    if lower.endswith((".h5", ".hdf5")):
-        from eastkd.store.backends.hdf5_backend import HDF5Backend
-
-        return HDF5Backend(path, mode)
-    from eastkd.store.backends.zarr_backend import ZarrBackend
-
-    return ZarrBackend(path, mode)
-
-
-def backend_name(path: str) -> str:
-    return "hdf5" if str(path).lower().rstrip("/").endswith((".h5", ".hdf5")) else "zarr"
-
-
 def store_exists(path: str) -> bool:
     """True when ``path`` (a local path or a URL) holds a complete eastkd store, or anything
     else that is not a store's half-created remains: what ``extract`` opens rather than
@@ -122,7 +103,7 @@ def store_exists(path: str) -> bool:
 
 def _has_marker(url: str) -> bool:
     try:
-        backend = _backend_for(url, "r")
+        backend = open_backend(url, "r")
     except StoreNotFoundError:
         return False
     try:
@@ -791,7 +772,7 @@ def open_store(path: str, mode: str = "r") -> Store:
     if location.is_url(path) and not location.url_exists(path):
         raise StoreNotFoundError(f"{path}: no such store; create it with `eastkd extract` "
                                  "(check the URL and --storage-option endpoint_url)")
-    return Store(path, _backend_for(path, "r" if mode == "r" else "a"))
+    return Store(path, open_backend(path, "r" if mode == "r" else "a"))
 
 
 def _write_errors_as_one_line(fn: Callable[..., Store]) -> Callable[..., Store]:
@@ -829,11 +810,7 @@ def create_store(path: str, items: ItemsTable, dataset: dict[str, Any]) -> Store
     os.makedirs(parent, exist_ok=True)
     base, ext = os.path.splitext(os.path.basename(path.rstrip("/")))
     tmp = os.path.join(parent, f".{base}.partial-{uuid.uuid4().hex[:8]}{ext}")
-    if backend_name(path) == "zarr":
-        import zarr
-
-        zarr.open_group(tmp, mode="w", zarr_format=3)
-    backend = _backend_for(tmp, "a")
+    backend = open_backend(tmp, create=True)
     try:
         backend.update_attrs("", _root_attrs(items, dataset))
         _write_items(backend, items)
@@ -871,12 +848,9 @@ def _create_remote(url: str, items: ItemsTable, dataset: dict[str, Any]) -> Stor
     table, then the root attributes with the ``format`` marker in one object PUT (atomic on
     object stores). A reader or ``extract`` that finds no marker treats what is there as a
     half-created store: ``extract`` takes it over (clears and recreates it)."""
-    import zarr
-
     if store_exists(url):
         raise EastkdError(f"{url} already exists")
-    zarr.open_group(location.fsspec_store(url, read_only=False), mode="w", zarr_format=3)
-    backend = _backend_for(url, "a")
+    backend = open_backend(url, create=True)
     try:
         _write_items(backend, items)
         backend.update_attrs("", _root_attrs(items, dataset))  # the marker: last

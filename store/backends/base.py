@@ -26,6 +26,11 @@ class Backend(ABC):
     path: str
     read_only: bool
 
+    @classmethod
+    def create(cls, path: str) -> "Backend":
+        """A new, empty store at ``path`` (nothing there yet), open for writing."""
+        return cls(path, "a")  # type: ignore[call-arg]
+
     @abstractmethod
     def create_array(
         self,

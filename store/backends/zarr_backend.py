@@ -24,7 +24,9 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 from zarr.storage import LocalStore, ZipStore
 
+from eastkd.store import location
 from eastkd.store.backends.base import Backend, is_string_dtype
+from eastkd.store.backends.zarr_url import fsspec_store
 from eastkd.store.damage import check_not_missing, is_nan_fill, metadata_error, read_failure
 from eastkd.errors import EastkdError, StoreNotFoundError
 
@@ -85,10 +87,12 @@ class ZarrBackend(Backend):
     name = "zarr"
 
     def __init__(self, path: str, mode: str = "r", store: Any = None) -> None:
-        """Open the store at ``path``; ``store`` is a zarr Store to use instead of a local
-        folder or zip (a URL store, made by :mod:`eastkd.store.location`)."""
+        """Open the store at ``path`` (a local folder or zip, or a URL); ``store`` is a zarr
+        Store to use instead of the one ``path`` names."""
         self.path = path
         self.read_only = mode == "r"
+        if store is None and location.is_url(path):
+            store = fsspec_store(path, read_only=self.read_only)
         self._remote = store is not None
         self._arrays: dict[str, zarr.Array] = {}
         if store is not None:
@@ -112,6 +116,13 @@ class ZarrBackend(Backend):
                 "`eastkd extract`") from e
         except Exception as e:  # noqa: BLE001 - an unparseable root zarr.json
             raise self._metadata_failure("", e) from None
+
+    @classmethod
+    def create(cls, path: str) -> "ZarrBackend":
+        """An empty Zarr v3 store (its root group) at ``path``, open for writing."""
+        store = fsspec_store(path, read_only=False) if location.is_url(path) else path
+        zarr.open_group(store, mode="w", zarr_format=3)
+        return cls(path, "a")
 
     # -- metadata ----------------------------------------------------------------------------
     def _raw(self, key: str) -> bytes | None:
@@ -347,9 +358,7 @@ class ZarrBackend(Backend):
 
     def nbytes_stored(self) -> int:
         if self._remote:
-            from eastkd.store.location import url_nbytes
-
-            return url_nbytes(self.path)
+            return location.url_nbytes(self.path)
         if self.path.endswith(".zip"):
             return os.path.getsize(self.path)
         return _du(self.path)
