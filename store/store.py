@@ -130,15 +130,15 @@ class StoreArray:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return self.backend.shape(self.path)
+        return self.backend.info(self.path).shape
 
     @property
     def dtype(self) -> np.dtype:
-        return self.backend.dtype(self.path)
+        return self.backend.info(self.path).dtype
 
     @property
     def chunks(self) -> tuple[int, ...]:
-        return self.backend.chunks(self.path)
+        return self.backend.info(self.path).chunks
 
     @property
     def attrs(self) -> dict[str, Any]:
@@ -216,7 +216,7 @@ class Section:
 
     def __repr__(self) -> str:
         try:
-            arrays = "; ".join(f"{a} {self.backend.shape(f'{self.path}/{a}')}"
+            arrays = "; ".join(f"{a} {self.backend.info(f'{self.path}/{a}').shape}"
                                for a in self.array_names())
             counts = ", ".join(f"{v} {k}" for k, v in self.counts().items())
         except Exception as e:  # a repr must not raise (a closed or damaged store)
@@ -238,7 +238,7 @@ class Section:
     @property
     def unit(self) -> int:
         """Items per write block: the largest chunk along items of this section's arrays."""
-        return max(self.backend.chunks(f"{self.path}/{a}")[0]
+        return max(self.backend.info(f"{self.path}/{a}").chunks[0]
                    for a in self.array_names() + ["status"])
 
     def status(self) -> np.ndarray:
@@ -290,7 +290,7 @@ class Section:
         are cast to the stored dtype here (numpy), so the digest hashes what is stored."""
         value = np.asarray(value)
         if self.records_digest(name):
-            value = value.astype(self.backend.dtype(f"{self.path}/{name}"), copy=False)
+            value = value.astype(self.backend.info(f"{self.path}/{name}").dtype, copy=False)
         self.backend.write(f"{self.path}/{name}", slice(start, start + len(value)), value)
         digest.record(self, name, start, value)
 
@@ -532,7 +532,7 @@ class Store:
                                     (ck, *spec.row_shape), spec.dtype, dims)
             if with_digests and not self.backend.exists(digest.digest_path(path, aname)):
                 digest.create_digest_array(self.backend, path, aname, n,
-                                           self.backend.chunks(f"{path}/{aname}")[0])
+                                           self.backend.info(f"{path}/{aname}").chunks[0])
         unit = max(units) if units else chunk_items(1, n, max_items=max_chunk_items)
         self._create_if_missing(f"{path}/status", (n,), (unit,), np.uint8, (ITEM_DIM,))
         self._create_if_missing(f"{path}/error", (n,), (unit,), object, (ITEM_DIM,))
@@ -578,9 +578,9 @@ class Store:
         if self.backend.orphaned(path):  # chunks without metadata: never written over
             raise metadata_error(self.path, path, self.backend.metadata_problem(path) or "")
         if self.backend.exists(path):
-            if tuple(self.backend.shape(path)) != tuple(shape):
+            if tuple(self.backend.info(path).shape) != tuple(shape):
                 raise StoreMismatchError(
-                    f"{self.path}: {path} has shape {self.backend.shape(path)}, expected "
+                    f"{self.path}: {path} has shape {self.backend.info(path).shape}, expected "
                     f"{shape}; use --overwrite to replace it"
                 )
             return

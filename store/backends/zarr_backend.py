@@ -13,7 +13,7 @@ import asyncio
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Literal
 
 import google_crc32c
 import numpy as np
@@ -25,7 +25,7 @@ from zarr.core.sync import sync
 from zarr.storage import LocalStore, ZipStore
 
 from eastkd.store import location
-from eastkd.store.backends.base import Backend, is_string_dtype
+from eastkd.store.backends.base import ArrayInfo, Backend, is_string_dtype
 from eastkd.store.backends.zarr_url import fsspec_store
 from eastkd.store.damage import check_not_missing, is_nan_fill, metadata_error, read_failure
 from eastkd.errors import EastkdError, StoreNotFoundError
@@ -33,17 +33,6 @@ from eastkd.errors import EastkdError, StoreNotFoundError
 COMPRESSORS = (ZstdCodec(), Crc32cCodec())
 _CHECK_BATCH = 32  # chunks fetched concurrently while checking checksums
 _READ_AHEAD = 4  # local chunk files read and checksummed at once by verify
-
-
-def _du(path: str) -> int:
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for f in files:
-            try:
-                total += os.path.getsize(os.path.join(root, f))
-            except OSError:
-                pass
-    return total
 
 
 def _read_file(path: str) -> np.ndarray:
@@ -93,7 +82,6 @@ class ZarrBackend(Backend):
         self.read_only = mode == "r"
         if store is None and location.is_url(path):
             store = fsspec_store(path, read_only=self.read_only)
-        self._remote = store is not None
         self._arrays: dict[str, zarr.Array] = {}
         if store is not None:
             self._store: Any = store
@@ -206,11 +194,11 @@ class ZarrBackend(Backend):
             if data is not None:
                 arr[...] = data
 
-    def exists(self, path: str) -> bool:
-        return path in self._arrays or self._node(path) is not None
-
-    def is_array(self, path: str) -> bool:
-        return isinstance(self._node(path), zarr.Array)
+    def kind(self, path: str) -> Literal["array", "group"] | None:
+        if path in self._arrays:
+            return "array"
+        node = self._node(path)
+        return None if node is None else "array" if isinstance(node, zarr.Array) else "group"
 
     def children(self, path: str) -> list[str]:
         node = self._node(path)
@@ -238,15 +226,12 @@ class ZarrBackend(Backend):
             raise EastkdError(f"{self.path}: no array {path!r} in this store")
         return node
 
-    def shape(self, path):
-        return tuple(self._arr(path).shape)
-
-    def dtype(self, path):
-        dt = self._arr(path).dtype
-        return np.dtype(object) if dt.kind == "T" else np.dtype(dt)
-
-    def chunks(self, path):
-        return tuple(self._arr(path).chunks)
+    def info(self, path: str) -> ArrayInfo:
+        arr = self._arr(path)
+        dt = arr.dtype
+        return ArrayInfo(tuple(arr.shape), np.dtype(object) if dt.kind == "T" else np.dtype(dt),
+                         tuple(arr.chunks), arr.fill_value,
+                         any(isinstance(c, Crc32cCodec) for c in arr.compressors))
 
     def read(self, path, selection=slice(None), allow_missing=False):
         arr = self._arr(path)
@@ -266,12 +251,6 @@ class ZarrBackend(Backend):
     def write(self, path, selection, value) -> None:
         with self.writing(path):
             self._arr(path)[selection] = value
-
-    def fill_value(self, path: str) -> Any:
-        return self._arr(path).fill_value
-
-    def checksummed(self, path: str) -> bool:
-        return any(isinstance(c, Crc32cCodec) for c in self._arr(path).compressors)
 
     def stored_chunks(self, path: str) -> set[int] | None:
         prefix = f"{path}/c/"
@@ -355,13 +334,6 @@ class ZarrBackend(Backend):
         if self._node(path) is not None:
             with self.writing(path):
                 del self.root[path]
-
-    def nbytes_stored(self) -> int:
-        if self._remote:
-            return location.url_nbytes(self.path)
-        if self.path.endswith(".zip"):
-            return os.path.getsize(self.path)
-        return _du(self.path)
 
     def close(self) -> None:
         if isinstance(self._store, ZipStore):
