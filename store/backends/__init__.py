@@ -5,8 +5,6 @@ creates stores through :func:`open_backend` and asks capabilities such as
 
 from __future__ import annotations
 
-import sys
-
 from eastkd.store import location
 from eastkd.store.backends.base import Backend
 
@@ -38,9 +36,14 @@ def open_backend(path: str, mode: str = "r", create: bool = False) -> Backend:
     return cls.create(path) if create else cls(path, mode)  # type: ignore[call-arg]
 
 
+def concurrent_writers(path: str) -> bool:
+    """Whether several processes may write the store at ``path`` at once, each owning whole
+    chunks (``extract --shard`` and ``--dask`` need it)."""
+    return _backend_class(path).concurrent_writers
+
+
 def must_exit_without_flush() -> bool:
     """Whether a failed write (a full disk) left a file handle that the library would crash
     on when flushing it at interpreter exit; the CLI then exits at once after its message.
     Only backends already in use are asked (nothing is imported for this)."""
-    hdf5 = sys.modules.get("eastkd.store.backends.hdf5_backend")
-    return hdf5 is not None and hdf5.has_abandoned_files()
+    return any(cls.abandoned_files() for cls in Backend.__subclasses__())

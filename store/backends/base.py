@@ -42,6 +42,14 @@ class Backend(ABC):
     name: str
     path: str
     read_only: bool
+    # capabilities, asked instead of naming a backend:
+    concurrent_writers: bool = False  # processes that own whole chunks may write at once
+
+    @classmethod
+    def abandoned_files(cls) -> bool:
+        """Whether a failed write (a full disk) left file handles that would crash the
+        process if flushed at exit (see :func:`eastkd.store.backends.must_exit_without_flush`)."""
+        return False
 
     @classmethod
     def create(cls, path: str) -> "Backend":

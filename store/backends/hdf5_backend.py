@@ -267,6 +267,11 @@ def _spans(chunks: list[_RawChunk]) -> Iterator[list[_RawChunk]]:
 
 class HDF5Backend(Backend):
     name = "hdf5"
+    concurrent_writers = False  # one file, one writer: HDF5 has no safe concurrent writers
+
+    @classmethod
+    def abandoned_files(cls) -> bool:
+        return has_abandoned_files()
 
     def __init__(self, path: str, mode: str = "r") -> None:
         self.path = path

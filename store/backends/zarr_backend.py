@@ -74,6 +74,7 @@ def _metadata_problem(raw: bytes | None) -> str | None:
 
 class ZarrBackend(Backend):
     name = "zarr"
+    concurrent_writers = True  # each chunk is its own object, written atomically
 
     def __init__(self, path: str, mode: str = "r", store: Any = None) -> None:
         """Open the store at ``path`` (a local folder or zip, or a URL); ``store`` is a zarr
