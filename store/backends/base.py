@@ -3,6 +3,12 @@
 A backend stores named N-d arrays in nested groups, each array and group with JSON-able
 attributes. Paths are ``/``-separated and relative to the store root (``"embeddings/crepe/clip"``).
 Strings are variable-length UTF-8 in both backends.
+
+A backend implements the twelve abstract members of :class:`Backend` (create a group or an
+array, ``kind``, ``children``, ``info``, ``read``, ``write``, attributes, ``delete``, and the
+chunk-level ``stored_chunks``/``reset_chunk``); existence tests, pending rows, write-failure
+messages and bytes on disk are written once here. Capabilities (``concurrent_writers``,
+``abandoned_files``) are asked instead of naming a backend.
 """
 
 from __future__ import annotations
