@@ -11,6 +11,7 @@ from eastkd.errors import (
     StoreWriteError,
 )
 from eastkd.store.items import SPLITS, ItemsTable
+from eastkd.store.backends import concurrent_writers
 from eastkd.store.location import AccessOptions, access_options, is_url
 from eastkd.store.location import absolute as store_location
 from eastkd.store.location import basename as store_name
@@ -40,7 +41,7 @@ __all__ = [
     "StoreWriteError", "SPLITS", "ItemsTable",
     "FEATURES", "FORMAT_NAME", "FORMAT_VERSION", "OK", "PENDING", "SKIPPED", "ArraySpec",
     "Section", "Store",
-    "StoreArray", "backend_name", "chunk_items", "create_store", "eastkd_version",
+    "StoreArray", "backend_name", "concurrent_writers", "chunk_items", "create_store", "eastkd_version",
     "open_for_dataset", "open_store", "store_exists", "AccessOptions", "access_options",
     "configure_access", "is_url", "store_location", "store_name",
 ]

@@ -74,7 +74,8 @@ def record(section: "Section", name: str, start: int, value: np.ndarray) -> None
     if not section.records_digest(name):
         return
     path = f"{section.path}/{name}"
-    n, chunk = backend.shape(path)[0], backend.chunks(path)[0]
+    info = backend.info(path)
+    n, chunk = info.shape[0], info.chunks[0]
     stop = start + len(value)
     first, last = start // chunk, -(-stop // chunk)
     hashes = []
@@ -112,10 +113,11 @@ def _sha_json(obj: Any) -> str:
 
 
 def array_node(backend: Backend, path: str, leaves: Leaves, status: np.ndarray) -> str:
-    chunk = backend.chunks(path)[0]
+    info = backend.info(path)
+    chunk = info.chunks[0]
     blank = pending_chunks(status, chunk)
-    return _sha_json({"dtype": np.dtype(backend.dtype(path)).str,
-                      "shape": list(backend.shape(path)), "chunk": int(chunk),
+    return _sha_json({"dtype": np.dtype(info.dtype).str,
+                      "shape": list(info.shape), "chunk": int(chunk),
                       "leaves": ["" if blank[i] else leaf.hex()
                                  for i, leaf in enumerate(leaves)]})
 

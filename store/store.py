@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from eastkd.store import digest, location
+from eastkd.store.backends import backend_name, open_backend
 from eastkd.store.backends.base import OK, PENDING, SKIPPED, Backend
 from eastkd.store.damage import metadata_error, repair_hint, write_failure
 from eastkd.errors import (
@@ -90,26 +91,6 @@ def chunk_items(row_bytes: int, n_items: int, target_bytes: int = _TARGET_CHUNK_
     return int(max(1, min(k, _MAX_CHUNK_ITEMS, n_cap, max_items or _MAX_CHUNK_ITEMS)))
 
 
-def _backend_for(path: str, mode: str) -> Backend:
-    if location.is_url(path):
-        from eastkd.store.backends.zarr_backend import ZarrBackend
-
-        return ZarrBackend(path, mode, store=location.fsspec_store(path, read_only=mode == "r"))
-    path = location.local_path(path)
-    lower = path.lower().rstrip("/")
-    if lower.endswith((".h5", ".hdf5")):
-        from eastkd.store.backends.hdf5_backend import HDF5Backend
-
-        return HDF5Backend(path, mode)
-    from eastkd.store.backends.zarr_backend import ZarrBackend
-
-    return ZarrBackend(path, mode)
-
-
-def backend_name(path: str) -> str:
-    return "hdf5" if str(path).lower().rstrip("/").endswith((".h5", ".hdf5")) else "zarr"
-
-
 def store_exists(path: str) -> bool:
     """True when ``path`` (a local path or a URL) holds a complete eastkd store, or anything
     else that is not a store's half-created remains: what ``extract`` opens rather than
@@ -122,7 +103,7 @@ def store_exists(path: str) -> bool:
 
 def _has_marker(url: str) -> bool:
     try:
-        backend = _backend_for(url, "r")
+        backend = open_backend(url, "r")
     except StoreNotFoundError:
         return False
     try:
@@ -149,15 +130,15 @@ class StoreArray:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return self.backend.shape(self.path)
+        return self.backend.info(self.path).shape
 
     @property
     def dtype(self) -> np.dtype:
-        return self.backend.dtype(self.path)
+        return self.backend.info(self.path).dtype
 
     @property
     def chunks(self) -> tuple[int, ...]:
-        return self.backend.chunks(self.path)
+        return self.backend.info(self.path).chunks
 
     @property
     def attrs(self) -> dict[str, Any]:
@@ -235,7 +216,7 @@ class Section:
 
     def __repr__(self) -> str:
         try:
-            arrays = "; ".join(f"{a} {self.backend.shape(f'{self.path}/{a}')}"
+            arrays = "; ".join(f"{a} {self.backend.info(f'{self.path}/{a}').shape}"
                                for a in self.array_names())
             counts = ", ".join(f"{v} {k}" for k, v in self.counts().items())
         except Exception as e:  # a repr must not raise (a closed or damaged store)
@@ -257,7 +238,7 @@ class Section:
     @property
     def unit(self) -> int:
         """Items per write block: the largest chunk along items of this section's arrays."""
-        return max(self.backend.chunks(f"{self.path}/{a}")[0]
+        return max(self.backend.info(f"{self.path}/{a}").chunks[0]
                    for a in self.array_names() + ["status"])
 
     def status(self) -> np.ndarray:
@@ -309,7 +290,7 @@ class Section:
         are cast to the stored dtype here (numpy), so the digest hashes what is stored."""
         value = np.asarray(value)
         if self.records_digest(name):
-            value = value.astype(self.backend.dtype(f"{self.path}/{name}"), copy=False)
+            value = value.astype(self.backend.info(f"{self.path}/{name}").dtype, copy=False)
         self.backend.write(f"{self.path}/{name}", slice(start, start + len(value)), value)
         digest.record(self, name, start, value)
 
@@ -551,7 +532,7 @@ class Store:
                                     (ck, *spec.row_shape), spec.dtype, dims)
             if with_digests and not self.backend.exists(digest.digest_path(path, aname)):
                 digest.create_digest_array(self.backend, path, aname, n,
-                                           self.backend.chunks(f"{path}/{aname}")[0])
+                                           self.backend.info(f"{path}/{aname}").chunks[0])
         unit = max(units) if units else chunk_items(1, n, max_items=max_chunk_items)
         self._create_if_missing(f"{path}/status", (n,), (unit,), np.uint8, (ITEM_DIM,))
         self._create_if_missing(f"{path}/error", (n,), (unit,), object, (ITEM_DIM,))
@@ -597,9 +578,9 @@ class Store:
         if self.backend.orphaned(path):  # chunks without metadata: never written over
             raise metadata_error(self.path, path, self.backend.metadata_problem(path) or "")
         if self.backend.exists(path):
-            if tuple(self.backend.shape(path)) != tuple(shape):
+            if tuple(self.backend.info(path).shape) != tuple(shape):
                 raise StoreMismatchError(
-                    f"{self.path}: {path} has shape {self.backend.shape(path)}, expected "
+                    f"{self.path}: {path} has shape {self.backend.info(path).shape}, expected "
                     f"{shape}; use --overwrite to replace it"
                 )
             return
@@ -791,7 +772,7 @@ def open_store(path: str, mode: str = "r") -> Store:
     if location.is_url(path) and not location.url_exists(path):
         raise StoreNotFoundError(f"{path}: no such store; create it with `eastkd extract` "
                                  "(check the URL and --storage-option endpoint_url)")
-    return Store(path, _backend_for(path, "r" if mode == "r" else "a"))
+    return Store(path, open_backend(path, "r" if mode == "r" else "a"))
 
 
 def _write_errors_as_one_line(fn: Callable[..., Store]) -> Callable[..., Store]:
@@ -829,11 +810,7 @@ def create_store(path: str, items: ItemsTable, dataset: dict[str, Any]) -> Store
     os.makedirs(parent, exist_ok=True)
     base, ext = os.path.splitext(os.path.basename(path.rstrip("/")))
     tmp = os.path.join(parent, f".{base}.partial-{uuid.uuid4().hex[:8]}{ext}")
-    if backend_name(path) == "zarr":
-        import zarr
-
-        zarr.open_group(tmp, mode="w", zarr_format=3)
-    backend = _backend_for(tmp, "a")
+    backend = open_backend(tmp, create=True)
     try:
         backend.update_attrs("", _root_attrs(items, dataset))
         _write_items(backend, items)
@@ -871,12 +848,9 @@ def _create_remote(url: str, items: ItemsTable, dataset: dict[str, Any]) -> Stor
     table, then the root attributes with the ``format`` marker in one object PUT (atomic on
     object stores). A reader or ``extract`` that finds no marker treats what is there as a
     half-created store: ``extract`` takes it over (clears and recreates it)."""
-    import zarr
-
     if store_exists(url):
         raise EastkdError(f"{url} already exists")
-    zarr.open_group(location.fsspec_store(url, read_only=False), mode="w", zarr_format=3)
-    backend = _backend_for(url, "a")
+    backend = open_backend(url, create=True)
     try:
         _write_items(backend, items)
         backend.update_attrs("", _root_attrs(items, dataset))  # the marker: last

@@ -100,8 +100,9 @@ class VerifyReport:
 
 def _chunk_blocks(backend: Backend, path: str) -> Iterator[tuple[int, int, int]]:
     """``(lo, hi, chunk)``: row ranges of whole item chunks, ~32 MB decoded per range."""
-    shape, chunk = backend.shape(path), backend.chunks(path)[0]
-    row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * max(1, backend.dtype(path).itemsize)
+    info = backend.info(path)
+    shape, chunk = info.shape, info.chunks[0]
+    row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * max(1, info.dtype.itemsize)
     step = chunk * max(1, _READ_BYTES // max(1, row_bytes * chunk))
     for lo in range(0, shape[0], step):
         yield lo, min(shape[0], lo + step), chunk
@@ -180,7 +181,8 @@ class _Reader:
 
 
 def _chunk_count(backend: Backend, paths: list[str]) -> int:
-    return sum(-(-backend.shape(p)[0] // backend.chunks(p)[0]) for p in paths)
+    infos = [backend.info(p) for p in paths]
+    return sum(-(-i.shape[0] // i.chunks[0]) for i in infos)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,8 +238,8 @@ def _check_shapes(sec: Section, n: int, report: VerifyReport) -> bool:
         if not sec.backend.exists(path):
             report.findings.append(Finding(path, "array is missing"))
             ok = False
-        elif sec.backend.shape(path)[0] != n:
-            report.findings.append(Finding(path, f"has {sec.backend.shape(path)[0]} rows, the "
+        elif (rows := sec.backend.info(path).shape[0]) != n:
+            report.findings.append(Finding(path, f"has {rows} rows, the "
                                                  f"items table {n}"))
             ok = False
     return ok
@@ -267,7 +269,7 @@ class _SectionCheck:
         ``error`` chunks are checked too (on their raw bytes where possible)."""
         status = np.zeros(n, dtype=np.uint8)
         path = f"{self.sec.path}/status"
-        chunk = self.backend.chunks(path)[0]
+        chunk = self.backend.info(path).chunks[0]
         for lo, hi, data, reason in self.reader.chunks(path):
             if data is None:
                 self.damaged(path, lo, hi, reason, chunk)
@@ -284,7 +286,7 @@ class _SectionCheck:
 
     def _check_errors(self, n: int) -> None:
         path = f"{self.sec.path}/error"
-        chunk = self.backend.chunks(path)[0]
+        chunk = self.backend.info(path).chunks[0]
         raw = self.reader.raw_chunks(path)
         if raw is not None:
             for index, problem in raw:
@@ -298,7 +300,7 @@ class _SectionCheck:
 
     def data(self, name: str, status: np.ndarray, deep: bool) -> None:
         path = f"{self.sec.path}/{name}"
-        if not self.backend.checksummed(path):
+        if not self.backend.info(path).checksummed:
             self.report.findings.append(Finding(path, "chunks carry no checksum (written by "
                                                       "format 1)", damage=False))
         # the recorded digests are read (and so checked) always: they are small
@@ -317,7 +319,7 @@ class _SectionCheck:
         dpath = content_digest.digest_path(self.sec.path, name)
         if not self.backend.exists(dpath):
             return None
-        chunk = self.backend.chunks(f"{self.sec.path}/{name}")[0]
+        chunk = self.backend.info(f"{self.sec.path}/{name}").chunks[0]
         out: list[bytes | None] = []
         for lo, hi, data, reason in self.reader.chunks(dpath):
             if data is None:
@@ -333,7 +335,7 @@ class _SectionCheck:
 
     def _check_raw(self, path: str, raw: Iterator[tuple[int, str]], status: np.ndarray) -> None:
         """Checksums on the raw bytes; chunks absent where rows are done (by listing)."""
-        chunk = self.backend.chunks(path)[0]
+        chunk = self.backend.info(path).chunks[0]
         present = set()
         for index, problem in raw:
             present.add(index)
@@ -353,8 +355,9 @@ class _SectionCheck:
                        recorded: list[bytes | None] | None = None) -> None:
         """Every chunk decoded and hashed (against its ``recorded`` content digest); NaN-fill
         rows or (format 1) absent chunks where rows are done."""
-        chunk = self.backend.chunks(path)[0]
-        nan_fill = is_nan_fill(self.backend.dtype(path), self.backend.fill_value(path))
+        info = self.backend.info(path)
+        chunk = info.chunks[0]
+        nan_fill = is_nan_fill(info.dtype, info.fill_value)
         leaves: list[bytes | None] = [None] * -(-len(status) // chunk)
         reported = len(self.reset)
         stored = None if nan_fill else self.backend.stored_chunks(path)
@@ -404,8 +407,8 @@ class _SectionCheck:
                     self.report.findings.append(Finding(
                         path, f"{reason}; the fitted parameters are lost: repair marks the "
                               "whole section pending (compress fits again)", repairable=True))
-                    self.pending_rows.update(range(self.backend.shape(
-                        f"{self.sec.path}/status")[0]))
+                    status = self.backend.info(f"{self.sec.path}/status")
+                    self.pending_rows.update(range(status.shape[0]))
 
 
 def _sha(obj: Any) -> str:

@@ -162,7 +162,7 @@ def test_half_created_store_is_refused_then_taken_over(demo_manifest: Path, tmp_
     (its creator died) is not a store to readers and is taken over by the next extract."""
     import zarr
 
-    from eastkd.store.location import fsspec_store
+    from eastkd.store.backends.zarr_url import fsspec_store
 
     url = s3.url("half.zarr")
     configure_access({"endpoint_url": s3.endpoint})

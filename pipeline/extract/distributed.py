@@ -42,7 +42,7 @@ from eastkd.store import (
     AccessOptions,
     EastkdError,
     access_options,
-    backend_name,
+    concurrent_writers,
     configure_access,
     open_store,
     store_location,
@@ -137,7 +137,7 @@ def extract_distributed(dataset: str | DatasetSpec, store_path: str, opts: Extra
                         cluster: Any, retries: int = RETRIES) -> ExtractSummary:
     """:func:`eastkd.pipeline.extract.extract` with its units run as tasks on ``cluster``
     (``local:N``, a scheduler address, a :class:`Cluster` or a connected Client)."""
-    if backend_name(store_path) != "zarr":
+    if not concurrent_writers(store_path):
         raise EastkdError("--dask needs a Zarr store (HDF5 has no safe concurrent writers)")
     if opts.shard != (0, 1):
         raise EastkdError("--dask and --shard are two ways to split the work: use one")

@@ -51,7 +51,7 @@ from eastkd.store import (
     Section,
     StoreMismatchError,
     Store,
-    backend_name,
+    concurrent_writers,
     create_store,
     eastkd_version,
     open_for_dataset,
@@ -101,7 +101,7 @@ def _check_options(opts: ExtractOptions, store_path: str) -> None:
     if ck is not None and (ck < 1 or ck & (ck - 1)):
         raise EastkdError(f"--chunk-items {ck}: must be a power of two (1, 2, 4, ...)")
     opts.view_spec.check()
-    if opts.shard[1] > 1 and backend_name(store_path) != "zarr":
+    if opts.shard[1] > 1 and not concurrent_writers(store_path):
         raise EastkdError("--shard needs a Zarr store (HDF5 has no safe concurrent writers)")
 
 

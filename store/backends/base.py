@@ -3,28 +3,64 @@
 A backend stores named N-d arrays in nested groups, each array and group with JSON-able
 attributes. Paths are ``/``-separated and relative to the store root (``"embeddings/crepe/clip"``).
 Strings are variable-length UTF-8 in both backends.
+
+A backend implements the twelve abstract members of :class:`Backend` (create a group or an
+array, ``kind``, ``children``, ``info``, ``read``, ``write``, attributes, ``delete``, and the
+chunk-level ``stored_chunks``/``reset_chunk``); existence tests, pending rows, write-failure
+messages and bytes on disk are written once here. Capabilities (``concurrent_writers``,
+``abandoned_files``) are asked instead of naming a backend.
 """
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Literal, NamedTuple
 
 import numpy as np
 
+from eastkd.store import location
 from eastkd.store.damage import write_failure
 
 # the status of a section's rows (docs/store-format.md, "Sections")
 PENDING, OK, SKIPPED = 0, 1, 2
 
 
+class ArrayInfo(NamedTuple):
+    """What a backend knows of one stored array (fixed at creation)."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype  # ``object`` for strings
+    chunks: tuple[int, ...]
+    fill_value: Any
+    checksummed: bool  # every chunk carries a checksum (format 2 numeric arrays)
+
+
 class Backend(ABC):
-    """One open store file or directory."""
+    """One open store file or directory.
+
+    The abstract members are the raw operations a backend must provide; what can be said
+    once for every backend (existence, pending rows, write failures, bytes on disk) is
+    written here above them.
+    """
 
     name: str
     path: str
     read_only: bool
+    # capabilities, asked instead of naming a backend:
+    concurrent_writers: bool = False  # processes that own whole chunks may write at once
+
+    @classmethod
+    def abandoned_files(cls) -> bool:
+        """Whether a failed write (a full disk) left file handles that would crash the
+        process if flushed at exit (see :func:`eastkd.store.backends.must_exit_without_flush`)."""
+        return False
+
+    @classmethod
+    def create(cls, path: str) -> "Backend":
+        """A new, empty store at ``path`` (nothing there yet), open for writing."""
+        return cls(path, "a")  # type: ignore[call-arg]
 
     @abstractmethod
     def create_array(
@@ -45,23 +81,22 @@ class Backend(ABC):
         """Create a group (and its parents) with the given attributes."""
 
     @abstractmethod
-    def exists(self, path: str) -> bool: ...
+    def kind(self, path: str) -> Literal["array", "group"] | None:
+        """What is at ``path``: an array, a group, or nothing (None)."""
 
-    @abstractmethod
-    def is_array(self, path: str) -> bool: ...
+    def exists(self, path: str) -> bool:
+        return self.kind(path) is not None
+
+    def is_array(self, path: str) -> bool:
+        return self.kind(path) == "array"
 
     @abstractmethod
     def children(self, path: str) -> list[str]:
         """Names of the direct children (groups and arrays) of a group; [] if it does not exist."""
 
     @abstractmethod
-    def shape(self, path: str) -> tuple[int, ...]: ...
-
-    @abstractmethod
-    def dtype(self, path: str) -> np.dtype: ...
-
-    @abstractmethod
-    def chunks(self, path: str) -> tuple[int, ...]: ...
+    def info(self, path: str) -> ArrayInfo:
+        """Shape, dtype, chunks, fill value and checksumming of the array at ``path``."""
 
     @abstractmethod
     def read(self, path: str, selection: Any = slice(None), allow_missing: bool = False
@@ -85,16 +120,13 @@ class Backend(ABC):
     def delete(self, path: str) -> None:
         """Delete an array or a group with everything under it."""
 
-    @abstractmethod
     def nbytes_stored(self) -> int:
-        """Bytes the store occupies on disk."""
-
-    @abstractmethod
-    def fill_value(self, path: str) -> Any: ...
-
-    @abstractmethod
-    def checksummed(self, path: str) -> bool:
-        """Whether every chunk of the array carries a checksum (format 2 numeric arrays)."""
+        """Bytes the store occupies: under its URL, in its folder, or its file's size."""
+        if location.is_url(self.path):
+            return location.url_nbytes(self.path)
+        if os.path.isdir(self.path):
+            return _du(self.path)
+        return os.path.getsize(self.path)
 
     @abstractmethod
     def stored_chunks(self, path: str) -> set[int] | None:
@@ -165,3 +197,15 @@ class Backend(ABC):
 
 def is_string_dtype(dtype: Any) -> bool:
     return dtype is str or np.dtype(dtype).kind in "OUT"
+
+
+def _du(path: str) -> int:
+    """Bytes of the files under the folder ``path``."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.path.getsize(os.path.join(root, f))
+            except OSError:
+                pass
+    return total

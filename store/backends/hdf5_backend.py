@@ -27,12 +27,12 @@ import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, NamedTuple, Union
+from typing import Any, Callable, Iterator, Literal, NamedTuple, Union
 
 import h5py
 import numpy as np
 
-from eastkd.store.backends.base import Backend, is_string_dtype
+from eastkd.store.backends.base import ArrayInfo, Backend, is_string_dtype
 from eastkd.store.damage import (
     check_not_missing,
     chunk_ranges,
@@ -267,6 +267,11 @@ def _spans(chunks: list[_RawChunk]) -> Iterator[list[_RawChunk]]:
 
 class HDF5Backend(Backend):
     name = "hdf5"
+    concurrent_writers = False  # one file, one writer: HDF5 has no safe concurrent writers
+
+    @classmethod
+    def abandoned_files(cls) -> bool:
+        return has_abandoned_files()
 
     def __init__(self, path: str, mode: str = "r") -> None:
         self.path = path
@@ -428,11 +433,9 @@ class HDF5Backend(Backend):
                 f"{self.path}: {path} cannot be read (HDF5: {first}); the file is damaged: "
                 "restore it from a copy, or extract again into a new store") from None
 
-    def exists(self, path: str) -> bool:
-        return self._get(path) is not None
-
-    def is_array(self, path: str) -> bool:
-        return isinstance(self._get(path), h5py.Dataset)
+    def kind(self, path: str) -> Literal["array", "group"] | None:
+        node = self._get(path)
+        return None if node is None else "array" if isinstance(node, h5py.Dataset) else "group"
 
     def children(self, path: str) -> list[str]:
         node = self._get(path)
@@ -444,15 +447,11 @@ class HDF5Backend(Backend):
             raise EastkdError(f"{self.path}: no array {path!r} in this store")
         return node
 
-    def shape(self, path):
-        return tuple(self._ds(path).shape)
-
-    def dtype(self, path):
+    def info(self, path: str) -> ArrayInfo:
         ds = self._ds(path)
-        return np.dtype(object) if h5py.check_string_dtype(ds.dtype) else ds.dtype
-
-    def chunks(self, path):
-        return tuple(self._ds(path).chunks or self._ds(path).shape)
+        string = h5py.check_string_dtype(ds.dtype)
+        return ArrayInfo(tuple(ds.shape), np.dtype(object) if string else ds.dtype,
+                         tuple(ds.chunks or ds.shape), ds.fillvalue, bool(ds.fletcher32))
 
     def read(self, path, selection=slice(None), allow_missing=False):
         ds = self._ds(path)
@@ -498,12 +497,6 @@ class HDF5Backend(Backend):
                 ds.id.read_direct_chunk(offset)
             except (OSError, RuntimeError) as e:
                 raise damage_error(self.path, path, lo, hi, reason_of(e)) from None
-
-    def fill_value(self, path: str) -> Any:
-        return self._ds(path).fillvalue
-
-    def checksummed(self, path: str) -> bool:
-        return bool(self._ds(path).fletcher32)
 
     def stored_chunks(self, path: str) -> set[int] | None:
         ds = self._ds(path)
@@ -619,7 +612,7 @@ class HDF5Backend(Backend):
                 del self._fw()[path]
 
     def nbytes_stored(self) -> int:
-        return os.path.getsize(self._file_path)
+        return os.path.getsize(self._file_path)  # the working copy inside replacing()
 
     def flush(self) -> None:
         if self._file is not None and self._mode != "r":

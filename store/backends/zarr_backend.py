@@ -13,7 +13,7 @@ import asyncio
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Literal
 
 import google_crc32c
 import numpy as np
@@ -24,24 +24,15 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 from zarr.storage import LocalStore, ZipStore
 
-from eastkd.store.backends.base import Backend, is_string_dtype
+from eastkd.store import location
+from eastkd.store.backends.base import ArrayInfo, Backend, is_string_dtype
+from eastkd.store.backends.zarr_url import fsspec_store
 from eastkd.store.damage import check_not_missing, is_nan_fill, metadata_error, read_failure
 from eastkd.errors import EastkdError, StoreNotFoundError
 
 COMPRESSORS = (ZstdCodec(), Crc32cCodec())
 _CHECK_BATCH = 32  # chunks fetched concurrently while checking checksums
 _READ_AHEAD = 4  # local chunk files read and checksummed at once by verify
-
-
-def _du(path: str) -> int:
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for f in files:
-            try:
-                total += os.path.getsize(os.path.join(root, f))
-            except OSError:
-                pass
-    return total
 
 
 def _read_file(path: str) -> np.ndarray:
@@ -83,13 +74,15 @@ def _metadata_problem(raw: bytes | None) -> str | None:
 
 class ZarrBackend(Backend):
     name = "zarr"
+    concurrent_writers = True  # each chunk is its own object, written atomically
 
     def __init__(self, path: str, mode: str = "r", store: Any = None) -> None:
-        """Open the store at ``path``; ``store`` is a zarr Store to use instead of a local
-        folder or zip (a URL store, made by :mod:`eastkd.store.location`)."""
+        """Open the store at ``path`` (a local folder or zip, or a URL); ``store`` is a zarr
+        Store to use instead of the one ``path`` names."""
         self.path = path
         self.read_only = mode == "r"
-        self._remote = store is not None
+        if store is None and location.is_url(path):
+            store = fsspec_store(path, read_only=self.read_only)
         self._arrays: dict[str, zarr.Array] = {}
         if store is not None:
             self._store: Any = store
@@ -112,6 +105,13 @@ class ZarrBackend(Backend):
                 "`eastkd extract`") from e
         except Exception as e:  # noqa: BLE001 - an unparseable root zarr.json
             raise self._metadata_failure("", e) from None
+
+    @classmethod
+    def create(cls, path: str) -> "ZarrBackend":
+        """An empty Zarr v3 store (its root group) at ``path``, open for writing."""
+        store = fsspec_store(path, read_only=False) if location.is_url(path) else path
+        zarr.open_group(store, mode="w", zarr_format=3)
+        return cls(path, "a")
 
     # -- metadata ----------------------------------------------------------------------------
     def _raw(self, key: str) -> bytes | None:
@@ -195,11 +195,11 @@ class ZarrBackend(Backend):
             if data is not None:
                 arr[...] = data
 
-    def exists(self, path: str) -> bool:
-        return path in self._arrays or self._node(path) is not None
-
-    def is_array(self, path: str) -> bool:
-        return isinstance(self._node(path), zarr.Array)
+    def kind(self, path: str) -> Literal["array", "group"] | None:
+        if path in self._arrays:
+            return "array"
+        node = self._node(path)
+        return None if node is None else "array" if isinstance(node, zarr.Array) else "group"
 
     def children(self, path: str) -> list[str]:
         node = self._node(path)
@@ -227,15 +227,12 @@ class ZarrBackend(Backend):
             raise EastkdError(f"{self.path}: no array {path!r} in this store")
         return node
 
-    def shape(self, path):
-        return tuple(self._arr(path).shape)
-
-    def dtype(self, path):
-        dt = self._arr(path).dtype
-        return np.dtype(object) if dt.kind == "T" else np.dtype(dt)
-
-    def chunks(self, path):
-        return tuple(self._arr(path).chunks)
+    def info(self, path: str) -> ArrayInfo:
+        arr = self._arr(path)
+        dt = arr.dtype
+        return ArrayInfo(tuple(arr.shape), np.dtype(object) if dt.kind == "T" else np.dtype(dt),
+                         tuple(arr.chunks), arr.fill_value,
+                         any(isinstance(c, Crc32cCodec) for c in arr.compressors))
 
     def read(self, path, selection=slice(None), allow_missing=False):
         arr = self._arr(path)
@@ -255,12 +252,6 @@ class ZarrBackend(Backend):
     def write(self, path, selection, value) -> None:
         with self.writing(path):
             self._arr(path)[selection] = value
-
-    def fill_value(self, path: str) -> Any:
-        return self._arr(path).fill_value
-
-    def checksummed(self, path: str) -> bool:
-        return any(isinstance(c, Crc32cCodec) for c in self._arr(path).compressors)
 
     def stored_chunks(self, path: str) -> set[int] | None:
         prefix = f"{path}/c/"
@@ -344,15 +335,6 @@ class ZarrBackend(Backend):
         if self._node(path) is not None:
             with self.writing(path):
                 del self.root[path]
-
-    def nbytes_stored(self) -> int:
-        if self._remote:
-            from eastkd.store.location import url_nbytes
-
-            return url_nbytes(self.path)
-        if self.path.endswith(".zip"):
-            return os.path.getsize(self.path)
-        return _du(self.path)
 
     def close(self) -> None:
         if isinstance(self._store, ZipStore):
