@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import multiprocessing
 import os
 import platform
@@ -139,6 +140,18 @@ def _run_kwargs(row: str) -> tuple[str, dict[str, Any]]:
     return ("-views" if row == "kl-all-views" else ""), kw
 
 
+def row_epochs(row: str, k: int, args: argparse.Namespace) -> int:
+    """Epochs of a row at K labels per class: ``--epochs`` for the rows on all train rows; the
+    rows on labelled rows only get as many more epochs as give them the same optimiser steps
+    (an epoch is one pass over the KD pool, so at ratio 1 it has max(labelled, unlabelled)
+    rows' worth of labelled batches, against labelled rows' worth without the pool)."""
+    if row in ("kl-all", "kl-all-views"):
+        return args.epochs
+    n_train = args.clips_per_class - args.valid - args.test
+    labelled = min(k, n_train)
+    return math.ceil(args.epochs * max(labelled, n_train - labelled) / labelled)
+
+
 def _train_one(store: str, run_dir: str, kw: dict[str, Any]) -> dict[str, Any]:
     """One distill run (in a worker process); a finished run is read back, not retrained."""
     from eastkd.pipeline.distill.train import distill
@@ -159,16 +172,20 @@ def train_all(args: argparse.Namespace, root: Path, stores: dict[str, Any],
               save: Any) -> list[dict[str, Any]]:
     """Every (seed, K, row) run on ``--jobs`` worker processes, seed-major so that a partial
     table stays paired; ``save`` is called after each run."""
-    setting = f"{args.student}-w{args.width}-e{args.epochs}"
+    setting = f"{args.student}-w{args.width}-e{args.epochs}-steps"
     tasks = []
     for seed in args.seeds:
         for k in args.labels:
             for row in ROWS:
                 suffix, kw = _run_kwargs(row)
-                kw.update(student=args.student, width=args.width, epochs=args.epochs, seed=seed)
+                kw.update(student=args.student, width=args.width, seed=seed, patience=0,
+                          epochs=row_epochs(row, k, args))
                 run_dir = root / "runs" / setting / f"k{k}" / row / f"s{seed}"
                 tasks.append(({"k": k, "row": row, "seed": seed, "run_dir": str(run_dir)},
                               (stores[f"k{k}{suffix}"]["path"], str(run_dir), kw)))
+    if args.finished_only:  # a partial table of the runs already finished
+        from eastkd.pipeline.runs.rundir import is_finished
+        tasks = [t for t in tasks if is_finished(t[0]["run_dir"])]
     runs: list[dict[str, Any]] = []
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
@@ -265,6 +282,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--width", type=int, default=4)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--jobs", type=int, default=2, help="distill runs at once (processes)")
+    ap.add_argument("--finished-only", action="store_true",
+                    help="train nothing: tabulate the runs already finished in --dir")
     ap.add_argument("--build-only", action="store_true", help="render and extract, no training")
     ap.add_argument("--out", default=None, help="results JSON (default: print only)")
     return ap
@@ -284,9 +303,14 @@ def main() -> None:
         report = {"benchmark": "label_scarce", "teacher": TEACHER, "machine": machine_start,
                   "machine_end": _machine(), "settings": {
                       k: v for k, v in vars(args).items() if k not in ("out", "build_only")},
+                  "complete": len(runs) == len(args.seeds) * len(args.labels) * len(ROWS),
                   "distill": {"student": args.student, "width": args.width,
-                              "epochs": args.epochs, "threads": 1, "kd": "kl on targets/soft",
-                              "lambda": 0.6, "temperature": 1.0, "patience": 10},
+                              "epochs": {f"k{k}/{row}": row_epochs(row, k, args)
+                                         for k in args.labels for row in ROWS},
+                              "epochs_rule": "kl-all rows: --epochs; labelled-only rows: the "
+                                             "same optimiser steps (row_epochs)",
+                              "threads": 1, "kd": "kl on targets/soft", "lambda": 0.6,
+                              "temperature": 1.0, "patience": 0, "batch_size": 16},
                   "stores": stores, "runs": runs,
                   "table": summarise(runs, args.labels),
                   "total_seconds": round(time.perf_counter() - t0, 1)}
