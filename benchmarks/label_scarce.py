@@ -9,7 +9,10 @@ every other train clip unlabelled (an empty label in the manifest). Per K one st
 views and one with ``--views V --view-seconds S`` (aisfx teacher: one 512-d embedding per
 2.276 s block); on each, ``compress --method probe --name soft`` (fitted on the labelled train
 rows) and ``eastkd probe`` (the teacher's own linear probe: the headroom). Rows, each over
-``--seeds`` with the same student and epochs:
+``--seeds`` with the same student (``--student``, ``--width``, batch 16, ``--patience 0``:
+the best-validation epoch is kept) and the same optimiser steps: the rows on all train rows
+run ``--epochs`` passes over the KD pool, the rows on labelled rows only as many epochs as give
+the same steps (``row_epochs``); ``--jobs`` runs at once, each on one thread:
 
 * ``baseline``: ``--kd none`` (labelled rows only);
 * ``kl-labelled``: ``--targets soft --kd kl --unlabelled-ratio 0`` (KD on labelled rows only);
@@ -125,8 +128,8 @@ def render_and_build(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             probe = json.loads(_eastkd("probe", str(path), "--embeddings", TEACHER, "--json"))
             stores[name] = {"path": str(path), "extract_seconds": secs,
                             "probe": probe}
-            print(f"{name}: first extract {secs:.0f} s; probe test accuracy {_probe_test(probe):.3f}",
-                  flush=True)
+            print(f"{name}: first extract {secs:.0f} s; probe test accuracy "
+                  f"{_probe_test(probe):.3f}", flush=True)
     return stores
 
 
