@@ -268,67 +268,20 @@ def render_demo_dataset(
     non-empty folder that is not a demo render is refused rather than overwritten.
     """
     fams = list(DEFAULT_FAMILIES if families is None else families)
-    unknown = [f for f in fams if f not in FAMILIES]
-    if unknown or not fams or len(set(fams)) != len(fams):
-        raise EastkdError(
-            f"demo families {fams} must be distinct names from: {', '.join(FAMILIES)}"
-        )
-    if clips_per_class < 1 or seconds <= 0 or sample_rate < 1000:
-        raise EastkdError(
-            "demo needs clips_per_class >= 1, seconds > 0 and sample_rate >= 1000, "
-            f"got {clips_per_class}, {seconds}, {sample_rate}"
-        )
+    _check_render_options(fams, clips_per_class, seconds, sample_rate)
     out = Path(out_dir)
     manifest = out / "manifest.csv"
     record = out / "demo.json"
     params = _params(clips_per_class, float(seconds), sample_rate, seed, fams)
-    if record.is_file():
-        try:
-            previous = json.loads(record.read_text())
-        except (OSError, ValueError):
-            previous = None
-        if (
-            isinstance(previous, dict)
-            and previous.get("complete") is True
-            and previous.get("params") == params
-            and manifest.is_file()
-        ):
-            return manifest
-        record.unlink()  # an older or unfinished render: start over
-        shutil.rmtree(out / "audio", ignore_errors=True)
-        manifest.unlink(missing_ok=True)
-    elif out.exists() and any(out.iterdir()):
-        raise EastkdError(
-            f"{out} is not empty and holds no demo.json; render the demo into a new or empty folder"
-        )
+    if _finished_render(out, record, manifest, params):
+        return manifest
     out.mkdir(parents=True, exist_ok=True)
     # Claims the folder, so that an interrupted render is cleaned up by the next call.
     record.write_text(json.dumps({"params": params, "complete": False}, indent=2) + "\n")
 
-    sf2 = soundfont_path().read_bytes()
     started = time.perf_counter()
-    rows: list[tuple[str, str, str, str]] = []
-    jobs = [(f, i) for f in fams for i in range(clips_per_class)]
-    jobs = progress_bar(jobs, desc="rendering demo clips", unit="clip", progress=progress)
-    splits: dict[str, list[str]] = {}
-    for family in fams:
-        order = np.random.default_rng([seed, _stable_int(family), 1 << 30]).permutation(
-            clips_per_class
-        )
-        n_train, n_valid, _ = _split_counts(clips_per_class)
-        labels = ["train"] * n_train + ["valid"] * n_valid
-        labels += ["test"] * (clips_per_class - len(labels))
-        splits[family] = [""] * clips_per_class
-        for rank, idx in enumerate(order):
-            splits[family][int(idx)] = labels[rank]
-    for family, index in jobs:
-        clip_id = f"{family}_{index:04d}"
-        rel = f"audio/{family}/{clip_id}.wav"
-        (out / "audio" / family).mkdir(parents=True, exist_ok=True)
-        pcm = _render_one(sf2, family, index, seed, float(seconds), sample_rate)
-        sf.write(out / rel, pcm, sample_rate, subtype="PCM_16", format="WAV")
-        rows.append((clip_id, rel, family, splits[family][index]))
-
+    rows = _render_clips(out, fams, clips_per_class, float(seconds), sample_rate, seed,
+                         progress)
     tmp = manifest.with_suffix(".csv.partial")
     with tmp.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh, lineterminator="\n")
@@ -354,6 +307,76 @@ def render_demo_dataset(
         + "\n"
     )
     return manifest
+
+
+def _check_render_options(fams: list[str], clips_per_class: int, seconds: float,
+                          sample_rate: int) -> None:
+    """One line for families that are unknown or repeated, or sizes the render cannot use."""
+    unknown = [f for f in fams if f not in FAMILIES]
+    if unknown or not fams or len(set(fams)) != len(fams):
+        raise EastkdError(
+            f"demo families {fams} must be distinct names from: {', '.join(FAMILIES)}"
+        )
+    if clips_per_class < 1 or seconds <= 0 or sample_rate < 1000:
+        raise EastkdError(
+            "demo needs clips_per_class >= 1, seconds > 0 and sample_rate >= 1000, "
+            f"got {clips_per_class}, {seconds}, {sample_rate}"
+        )
+
+
+def _finished_render(out: Path, record: Path, manifest: Path, params: dict) -> bool:
+    """Whether ``out`` holds a complete render with ``params``; an older or unfinished render
+    is removed (to start over), and a non-empty folder that is no render is refused."""
+    if record.is_file():
+        try:
+            previous = json.loads(record.read_text())
+        except (OSError, ValueError):
+            previous = None
+        if (
+            isinstance(previous, dict)
+            and previous.get("complete") is True
+            and previous.get("params") == params
+            and manifest.is_file()
+        ):
+            return True
+        record.unlink()  # an older or unfinished render: start over
+        shutil.rmtree(out / "audio", ignore_errors=True)
+        manifest.unlink(missing_ok=True)
+    elif out.exists() and any(out.iterdir()):
+        raise EastkdError(
+            f"{out} is not empty and holds no demo.json; render the demo into a new or empty folder"
+        )
+    return False
+
+
+def _render_clips(out: Path, fams: list[str], clips_per_class: int, seconds: float,
+                  sample_rate: int, seed: int, progress: Progress
+                  ) -> list[tuple[str, str, str, str]]:
+    """Render every clip as a WAV under ``out/audio``; the manifest rows (id, path, label,
+    split), each family's clips split by a permutation seeded by (seed, family)."""
+    sf2 = soundfont_path().read_bytes()
+    rows: list[tuple[str, str, str, str]] = []
+    jobs = [(f, i) for f in fams for i in range(clips_per_class)]
+    jobs = progress_bar(jobs, desc="rendering demo clips", unit="clip", progress=progress)
+    splits: dict[str, list[str]] = {}
+    for family in fams:
+        order = np.random.default_rng([seed, _stable_int(family), 1 << 30]).permutation(
+            clips_per_class
+        )
+        n_train, n_valid, _ = _split_counts(clips_per_class)
+        labels = ["train"] * n_train + ["valid"] * n_valid
+        labels += ["test"] * (clips_per_class - len(labels))
+        splits[family] = [""] * clips_per_class
+        for rank, idx in enumerate(order):
+            splits[family][int(idx)] = labels[rank]
+    for family, index in jobs:
+        clip_id = f"{family}_{index:04d}"
+        rel = f"audio/{family}/{clip_id}.wav"
+        (out / "audio" / family).mkdir(parents=True, exist_ok=True)
+        pcm = _render_one(sf2, family, index, seed, seconds, sample_rate)
+        sf.write(out / rel, pcm, sample_rate, subtype="PCM_16", format="WAV")
+        rows.append((clip_id, rel, family, splits[family][index]))
+    return rows
 
 
 def _scarce_name(labels_per_class: int, seed: int, unlabelled: bool) -> str:
