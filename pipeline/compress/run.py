@@ -327,20 +327,18 @@ def _fit(store: Store, store_path: str, emb: Section, comp: Any, rows: np.ndarra
     early-stop on (None when fitting on the valid split itself)."""
     valid_rows = fit_rows(store, status, "valid", opts.fold) if opts.fit_split != "valid" \
         else None
+    views = n_views(emb)
     if opts.dask is not None:
         from eastkd.pipeline.compress.pca_dask import fit_on_cluster
 
-        fit_on_cluster(comp, store_path, emb.path, "clip", rows, opts.dask,
-                       views=bool(n_views(emb)))
-    elif n_views(emb) and getattr(comp, "pools_views", False):  # probe: the mean of the views
-        comp.fit(emb.array("clip"), rows, store.items, valid_rows, opts.progress)
-    elif n_views(emb) and opts.method == "learned":
+        fit_on_cluster(comp, store_path, emb.path, "clip", rows, opts.dask, views=bool(views))
+    elif views and opts.method == "learned":
         _fit_learned_views(comp, ViewRows(emb.array("clip")), rows, store.items, valid_rows,
                            opts.progress)
-    elif n_views(emb):  # every view of every fit item is one fit row
+    elif views and not getattr(comp, "pools_views", False):  # every view of a fit item: a row
         flat = ViewRows(emb.array("clip"))
         comp.fit(flat, flat.rows(rows), store.items, valid_rows, opts.progress)
-    else:
+    else:  # no views, or a compressor that reads each item's mean over its views (probe)
         comp.fit(emb.array("clip"), rows, store.items, valid_rows, opts.progress)
     return valid_rows
 
@@ -377,6 +375,7 @@ def _targets_attrs(store: Store, emb: Section, key: str, comp: Any, identity: di
     rows fitted and early-stopped on (fingerprints), sizes and the compressor's summary."""
     src_attrs = emb.attrs
     summary = comp.summary()
+    views = n_views(emb)
     if hasattr(comp, "held_out_scores"):  # scored on rows it never fitted on
         status = emb.status()
         summary.update(comp.held_out_scores(emb.array("clip"), {
@@ -402,9 +401,8 @@ def _targets_attrs(store: Store, emb: Section, key: str, comp: Any, identity: di
         "input_dim": int(emb.array("clip").shape[-1]),
         "dim": comp.out_dim,
         "whiten": bool(opts.whiten),
-        "layout": "items x views x dims" if n_views(emb) else "items x dims",
-        **({"views": {"k": n_views(emb), "source": f"{emb.path}/views"}} if n_views(emb)
-           else {}),
+        "layout": "items x views x dims" if views else "items x dims",
+        **({"views": {"k": views, "source": f"{emb.path}/views"}} if views else {}),
         "params": sorted(comp.params()),
         "seconds": round(fit_seconds, 3),
         "eastkd_version": eastkd_version(),
