@@ -249,13 +249,13 @@ class _SectionCheck:
     """One section's chunks against its status; collects the rows a repair marks pending."""
 
     def __init__(self, sec: Section, reader: _Reader, report: VerifyReport,
-                 leaves: dict[str, content_digest.Leaves], content: bool = False,
-                 digests: bool = True) -> None:
+                 leaves: dict[str, content_digest.Leaves], content: bool = False) -> None:
         self.sec, self.reader, self.report = sec, reader, report
         self.backend = sec.backend
         self.leaves = leaves  # array path -> hashes of its chunks as read (for the digest)
-        self.content = content  # hash every data array, also those without recorded digests
-        self.digests = digests  # check the recorded content digests (False: checksums only)
+        # decode and hash every data array (checked against the recorded content digests);
+        # False: checksums on raw bytes where the backend can
+        self.content = content
         self.pending_rows: set[int] = set()
         self.reset: list[tuple[str, int]] = []  # (array path, chunk index) to replace by fill
 
@@ -305,13 +305,11 @@ class _SectionCheck:
                                                       "format 1)", damage=False))
         # the recorded digests are read (and so checked) always: they are small
         recorded = self._recorded(name, len(status))
-        recorded = recorded if self.digests else None
-        raw = None if deep or self.content or recorded is not None \
-            else self.reader.raw_chunks(path)
+        raw = None if deep or self.content else self.reader.raw_chunks(path)
         if raw is not None:
             self._check_raw(path, raw, status)
         else:
-            self._check_decoded(path, status, recorded)
+            self._check_decoded(path, status, recorded if self.content else None)
 
     def _recorded(self, name: str, n: int) -> list[bytes | None] | None:
         """The content digests recorded for array ``name`` (b"" where none was, None for a
@@ -649,13 +647,13 @@ def _array_paths(store: Store, sections: list[Section]) -> list[str]:
 
 
 def _check_section(store: Store, sec: Section, reader: _Reader, report: VerifyReport,
-                   leaves: dict[str, content_digest.Leaves], content: bool, digests: bool
+                   leaves: dict[str, content_digest.Leaves], content: bool
                    ) -> tuple[_SectionCheck, np.ndarray] | None:
     """Everything of a section but its data arrays: shapes, status, parameters, provenance
     (done while the data chunks' checksums are still being computed in the background)."""
     if not _check_shapes(sec, report.items, report):
         return None
-    check = _SectionCheck(sec, reader, report, leaves, content, digests)
+    check = _SectionCheck(sec, reader, report, leaves, content)
     status = check.status(report.items)
     check.params()
     _check_provenance(store, sec, status, report)
@@ -703,16 +701,15 @@ def verify(path: str, repair: bool = False, progress: Progress = False,
         sections, broken = _sections(store, report)
         total = _chunk_count(store.backend, _array_paths(store, sections))
         reader = _Reader(report, store.backend, total, progress)
-        content = digests = deep or expected_digest is not None
+        content = deep or expected_digest is not None
         if not content:
-            reader.start_raw([f"{sec.path}/{a}" for sec in sections for a in sec.array_names()
-                              if not (digests and sec.records_digest(a))])
+            reader.start_raw([f"{sec.path}/{a}" for sec in sections for a in sec.array_names()])
         leaves: dict[str, content_digest.Leaves] = {}
         try:
             items = _check_items(store, reader, report)
             report.items = len(items) if items is not None else \
                 int(attrs.get("dataset", {}).get("n_items", 0))
-            checks = [_check_section(store, sec, reader, report, leaves, content, digests)
+            checks = [_check_section(store, sec, reader, report, leaves, content)
                       for sec in sections]
             for check in checks:
                 if check is not None:
