@@ -33,7 +33,8 @@ _D = DemoOptions()
                    "and test keep theirs.")
 @click.option("--unlabelled/--labelled-only", default=_D.unlabelled,
               help="Keep the other training clips as unlabelled rows (the KD losses use them, "
-                   "the task loss does not), or leave them out.")
+                   "the task loss does not), or leave them out (faster: KD then learns from "
+                   "the labelled clips only).")
 @click.option("--dim", type=click.IntRange(min=1), default=_D.dim,
               help="PCA target size.")
 @click.option("--epochs", type=click.IntRange(min=1), default=_D.epochs,
@@ -51,10 +52,11 @@ def command(out_dir: str, teacher: str, teacher_opts: tuple[str, ...],
             labels_per_class: int, unlabelled: bool, dim: int, epochs: int, student: str,
             seed: int, device: str, backend: str, progress: bool | None) -> None:
     """Render a real instrument-family dataset (GM SoundFont bundled with pretty_midi) into
-    OUT_DIR, keep a few labels per class, and run extract -> probe (the teacher's linear
-    classifier on those labels) -> compress (the probe's soft labels, PCA) -> distill (task-only
-    baseline, KL on the soft labels, FitNet on PCA, all on the same labels) -> evaluate on the
-    test split. Rerunning skips finished work.
+    OUT_DIR, keep a few labels per class (the other training clips stay as unlabelled rows), and
+    run extract -> probe (the teacher's linear classifier on those labels) -> compress (the
+    probe's soft labels, PCA) -> distill (the task-only baseline on the labelled clips; KL on the
+    soft labels and FitNet on PCA, each also learning from the unlabelled clips) -> evaluate on
+    the test split. Rerunning skips finished work.
     """
     from eastkd.pipeline.demo.run import run_demo
 
