@@ -61,8 +61,8 @@ class Backend(ABC):
     """One open store file or directory.
 
     The abstract members are the raw operations a backend must provide; what can be said
-    once for every backend (existence, pending rows, write failures, bytes on disk) is
-    written here above them.
+    once for every backend (checksummed reads, the checksum pass, deletes and chunk resets,
+    existence, pending rows, write failures, bytes on disk) is written here above them.
     """
 
     name: str

@@ -30,7 +30,8 @@ from eastkd.store.damage import metadata_error
 from eastkd.errors import EastkdError, StoreNotFoundError
 
 COMPRESSORS = (ZstdCodec(), Crc32cCodec())
-_FETCH_BATCH = 32  # chunks of object storage fetched concurrently (one batch) by verify
+_READ_AHEAD = 4  # local chunk files read and checksummed at once by verify, one a thread
+_FETCH_BATCH = 32  # chunks of object storage fetched concurrently by verify, a batch at a time
 
 
 def _read_file(path: str) -> np.ndarray:
@@ -74,7 +75,6 @@ class ZarrBackend(Backend):
     name = "zarr"
     concurrent_writers = True  # each chunk is its own object, written atomically
     decode_errors = (Exception,)  # checksum or codec failure: zarr raises many types
-    check_threads = 4  # local chunk files (or batches of gets) read and checksummed at once
 
     def __init__(self, path: str, mode: str = "r", store: Any = None) -> None:
         """Open the store at ``path`` (a local folder or zip, or a URL); ``store`` is a zarr
@@ -94,7 +94,8 @@ class ZarrBackend(Backend):
             self._store = ZipStore(path, mode="r")
         else:
             self._store = LocalStore(path, read_only=self.read_only)
-        self.check_batch = 1 if isinstance(self._store, LocalStore) else _FETCH_BATCH
+        local = isinstance(self._store, LocalStore)
+        self.check_threads, self.check_batch = (_READ_AHEAD, 1) if local else (1, _FETCH_BATCH)
         try:
             # "r+", not "a": opening a folder that holds no store must not write a zarr.json
             # into it (stores are created by create_store, which makes the group first)
