@@ -25,7 +25,6 @@ from typing import Any, Callable, Iterator, Literal, NamedTuple
 
 import numpy as np
 
-from eastkd.errors import EastkdError
 from eastkd.store import location
 from eastkd.store.damage import check_not_missing, is_nan_fill, read_failure, write_failure
 
@@ -139,8 +138,6 @@ class Backend(ABC):
         n, chunk = info.shape[0], info.chunks[0]
         try:
             out = self._read_raw(path, selection)
-        except EastkdError:
-            raise
         except self.decode_errors as e:  # zarr raises many types, per codec
             raise read_failure(self.path, path, n, chunk, selection, e,
                                lambda s: self._read_raw(path, s)) from None
