@@ -4,24 +4,29 @@ A backend stores named N-d arrays in nested groups, each array and group with JS
 attributes. Paths are ``/``-separated and relative to the store root (``"embeddings/crepe/clip"``).
 Strings are variable-length UTF-8 in both backends.
 
-A backend implements the twelve abstract members of :class:`Backend` (create a group or an
-array, ``kind``, ``children``, ``info``, ``read``, ``write``, attributes, ``delete``, and the
-chunk-level ``stored_chunks``/``reset_chunk``); existence tests, pending rows, write-failure
-messages and bytes on disk are written once here. Capabilities (``concurrent_writers``,
-``abandoned_files``) are asked instead of naming a backend.
+A backend implements the twelve abstract members of :class:`Backend`, its raw operations:
+create a group or an array, ``kind``, ``children``, ``info``, ``_read_raw`` (a decoded read),
+``write``, the two attribute calls, ``_delete`` (a node, or one chunk of an array), and at the
+chunk level ``_stored_chunk_refs`` (the chunks on disk) and ``_check_chunk_batch`` (a batch of
+chunks' raw bytes fetched and their checksums checked). Written once here, above them: checksummed
+reads that name the damaged rows (``read``), the checksum pass of ``verify`` (``chunk_checks``:
+threads, order, progress), ``stored_chunks``, ``delete`` and ``reset_chunk`` (repair), existence
+tests, pending rows, write-failure messages and bytes on disk. Capabilities
+(``concurrent_writers``, ``abandoned_files``) are asked instead of naming a backend.
 """
 
 from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Literal, NamedTuple
 
 import numpy as np
 
 from eastkd.store import location
-from eastkd.store.damage import write_failure
+from eastkd.store.damage import check_not_missing, is_nan_fill, read_failure, write_failure
 
 # the status of a section's rows (docs/store-format.md, "Sections")
 PENDING, OK, SKIPPED = 0, 1, 2
@@ -37,12 +42,26 @@ class ArrayInfo(NamedTuple):
     checksummed: bool  # every chunk carries a checksum (format 2 numeric arrays)
 
 
+class ChunkRef(NamedTuple):
+    """A chunk stored on disk, as :meth:`Backend._stored_chunk_refs` lists it."""
+
+    path: str  # of its array
+    index: int  # along items
+    order: Any  # chunks are checked in this order (HDF5: the file offset, so a pass reads forward)
+    where: Any  # what the backend fetches its raw bytes by (Zarr: its key; HDF5: its place)
+
+
+# (bytes read, problem) of one chunk's raw bytes: problem "" for none, None for a chunk a repair
+# replaced by the fill value (so absent, not reported)
+ChunkCheck = tuple[int, "str | None"]
+
+
 class Backend(ABC):
     """One open store file or directory.
 
     The abstract members are the raw operations a backend must provide; what can be said
-    once for every backend (existence, pending rows, write failures, bytes on disk) is
-    written here above them.
+    once for every backend (checksummed reads, the checksum pass, deletes and chunk resets,
+    existence, pending rows, write failures, bytes on disk) is written here above them.
     """
 
     name: str
@@ -50,6 +69,10 @@ class Backend(ABC):
     read_only: bool
     # capabilities, asked instead of naming a backend:
     concurrent_writers: bool = False  # processes that own whole chunks may write at once
+    # what _read_raw raises for a chunk that fails its checksum or does not decode
+    decode_errors: tuple[type[BaseException], ...] = (Exception,)
+    check_threads: int = 4  # batches of chunks fetched and checked at once by chunk_checks
+    check_batch: int = 1  # chunks a batch holds (see _chunk_batches)
 
     @classmethod
     def abandoned_files(cls) -> bool:
@@ -99,6 +122,11 @@ class Backend(ABC):
         """Shape, dtype, chunks, fill value and checksumming of the array at ``path``."""
 
     @abstractmethod
+    def _read_raw(self, path: str, selection: Any) -> np.ndarray:
+        """A basic selection of the array at ``path`` as the library decodes it, strings as a
+        numpy array of ``str`` objects; a chunk that fails its checksum or does not decode
+        raises one of :attr:`decode_errors`."""
+
     def read(self, path: str, selection: Any = slice(None), allow_missing: bool = False
              ) -> np.ndarray:
         """Read a basic selection; strings come back as a numpy array of ``str`` objects.
@@ -106,6 +134,17 @@ class Backend(ABC):
         A chunk that fails its checksum or does not decode raises
         :class:`~eastkd.errors.StoreDamageError` naming its rows; so do rows of a
         NaN-fill array that read as fill (a missing chunk) unless ``allow_missing``."""
+        info = self.info(path)  # damaged metadata: its own line, raised here
+        n, chunk = info.shape[0], info.chunks[0]
+        try:
+            out = self._read_raw(path, selection)
+        except self.decode_errors as e:  # zarr raises many types, per codec
+            raise read_failure(self.path, path, n, chunk, selection, e,
+                               lambda s: self._read_raw(path, s)) from None
+        if not allow_missing and is_nan_fill(info.dtype, info.fill_value):
+            check_not_missing(self.path, path, n, chunk, selection, out,
+                              lambda rows: self.pending_rows(path, rows))
+        return out
 
     @abstractmethod
     def write(self, path: str, selection: Any, value: np.ndarray) -> None: ...
@@ -117,8 +156,21 @@ class Backend(ABC):
     def update_attrs(self, path: str, attrs: dict[str, Any]) -> None: ...
 
     @abstractmethod
+    def _delete(self, path: str, chunk: int | None = None) -> None:
+        """Delete the array or group at ``path`` (it exists) with everything under it; or, with
+        ``chunk``, item-chunk ``chunk`` of the array at ``path``, without reading it, so that
+        its rows read as the fill value. Called inside :meth:`writing`."""
+
     def delete(self, path: str) -> None:
-        """Delete an array or a group with everything under it."""
+        """Delete an array or a group with everything under it (nothing if there is none)."""
+        if self.exists(path):
+            with self.writing(path, need=0):
+                self._delete(path)
+
+    def reset_chunk(self, path: str, index: int) -> None:
+        """Replace item-chunk ``index`` by the fill value without reading it (repair)."""
+        with self.writing(path, need=0):
+            self._delete(path, chunk=index)
 
     def nbytes_stored(self) -> int:
         """Bytes the store occupies: under its URL, in its folder, or its file's size."""
@@ -129,20 +181,53 @@ class Backend(ABC):
         return os.path.getsize(self.path)
 
     @abstractmethod
+    def _stored_chunk_refs(self, path: str) -> list[ChunkRef] | None:
+        """The chunks of the array at ``path`` present on disk; None where it cannot tell."""
+
     def stored_chunks(self, path: str) -> set[int] | None:
         """Indices (along items) of the chunks present on disk; None where it cannot tell."""
+        refs = self._stored_chunk_refs(path)
+        return None if refs is None else {ref.index for ref in refs}
 
     @abstractmethod
-    def reset_chunk(self, path: str, index: int) -> None:
-        """Replace item-chunk ``index`` by the fill value without reading it (repair)."""
+    def _check_chunk_batch(self, batch: list[ChunkRef]) -> list[ChunkCheck]:
+        """Fetch the raw (still encoded) bytes of a batch of stored chunks and check each one's
+        checksum: ``(bytes read, problem)`` per chunk, in order (see :data:`ChunkCheck`).
+        Called in :attr:`check_threads` threads at once."""
+
+    def _chunk_batches(self, refs: list[ChunkRef]) -> list[list[ChunkRef]]:
+        """``refs`` (in check order) in batches, each fetched and checked by one thread:
+        :attr:`check_batch` chunks each."""
+        return [refs[i:i + self.check_batch] for i in range(0, len(refs), self.check_batch)]
 
     def chunk_checks(self, paths: list[str], progress: Callable[[int], Any] = lambda n: None
                      ) -> dict[str, list[tuple[int, int, str]]]:
         """Check every stored chunk's checksum of the arrays at ``paths`` on its raw bytes,
-        without decoding: for each array this backend can check so, ``(item-chunk index,
-        bytes on disk, problem or "")`` per stored chunk; arrays it cannot check so (strings,
-        format 1) are left out, and verify decodes them instead. ``progress(1)`` per chunk."""
-        return {}
+        without decoding: for each checksummed array, ``(item-chunk index, bytes on disk,
+        problem or "")`` per stored chunk; arrays without checksums (strings in HDF5, format
+        1) are left out, and verify decodes them instead. ``progress(1)`` per chunk.
+
+        The chunks of all ``paths`` are checked in one pass, in their backend's order, in
+        batches fetched and checked in threads (file reads and checksums run outside the GIL),
+        all submitted at once: results are small, and no thread waits for another to hand
+        out work."""
+        self.flush()  # everything written so far is on disk before its raw bytes are read
+        out: dict[str, list[tuple[int, int, str]]] = {}
+        refs: list[ChunkRef] = []
+        for path in paths:
+            if not self.info(path).checksummed:
+                continue
+            out[path] = []
+            refs += self._stored_chunk_refs(path) or []
+        refs.sort(key=lambda ref: ref.order)
+        batches = self._chunk_batches(refs)
+        with ThreadPoolExecutor(self.check_threads) as pool:
+            for batch, checks in zip(batches, pool.map(self._check_chunk_batch, batches)):
+                for ref, (nbytes, problem) in zip(batch, checks):
+                    progress(1)
+                    if problem is not None:
+                        out[ref.path].append((ref.index, nbytes, problem))
+        return out
 
     def pending_rows(self, path: str, rows: np.ndarray) -> np.ndarray:
         """Which of ``rows`` of the array at ``path`` its section's ``status`` marks pending
@@ -157,8 +242,10 @@ class Backend(ABC):
         return self.read(status)[rows] == PENDING
 
     @contextmanager
-    def writing(self, what: str) -> Iterator[None]:
-        """Turn a full disk or a permission error while writing ``what`` into one line."""
+    def writing(self, what: str, need: int | None = None) -> Iterator[None]:
+        """Turn a full disk or a permission error while writing ``what`` into one line.
+        ``need``: the bytes the write adds (None for a flush), for a backend that checks for
+        room before writing."""
         try:
             yield
         except OSError as e:

@@ -25,20 +25,16 @@ import struct
 import sys
 import threading
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Literal, NamedTuple, Union
 
 import h5py
 import numpy as np
 
-from eastkd.store.backends.base import ArrayInfo, Backend, is_string_dtype
+from eastkd.store.backends.base import ArrayInfo, Backend, ChunkCheck, ChunkRef, is_string_dtype
 from eastkd.store.damage import (
-    check_not_missing,
     chunk_ranges,
     damage_error,
-    is_nan_fill,
-    read_failure,
     reason_of,
     repair_hint,
     selection_rows,
@@ -159,10 +155,10 @@ def _decode(v: Any) -> Any:
 
 
 Buffer = Union[bytes, bytearray, memoryview]  # a chunk's raw bytes (writable unless bytes)
-_CHECK_THREADS = min(4, os.cpu_count() or 1)  # spans of chunks read and checksummed at once
 _SPAN_BYTES = 8 << 20  # neighbouring chunks read at once, up to this long
 _SPAN_GAP = 64 << 10  # bytes between chunks read through (other arrays' small chunks)
 _SIGNATURE = b"\x89HDF\r\n\x1a\n"
+_BUFFERS = threading.local()  # each checking thread's read buffer (see _span_buffer)
 
 
 def end_of_allocation(path: str) -> int | None:
@@ -229,11 +225,17 @@ def _checksum_ok(raw: Buffer) -> bool:
     return stored in (value, swapped)
 
 
-def _chunk_problem(raw: Buffer, mask: int, fill: bytes) -> str | None:
+def _fill_bytes(ds: h5py.Dataset) -> bytes:
+    """A whole chunk of the fill value, unfiltered: what a repair stores for a damaged chunk."""
+    return np.full(ds.chunks, ds.fillvalue, dtype=ds.dtype).tobytes()
+
+
+def _chunk_problem(raw: Buffer, place: "_Place") -> str | None:
     """What is wrong with a stored chunk's raw bytes: "" for nothing, None for a chunk a repair
     replaced by the fill value with every filter skipped (so absent)."""
-    if mask:
-        return None if raw == fill else "chunk damaged (stored without its filters)"
+    if place.mask:
+        return None if raw == _fill_bytes(place.ds) else \
+            "chunk damaged (stored without its filters)"
     if not any(raw[-4:]) and not np.frombuffer(raw, dtype=np.uint8).any():
         # zeroed bytes (a hole from a partial copy) carry a matching zero checksum, but a
         # gzip stream is never all zeros
@@ -241,33 +243,44 @@ def _chunk_problem(raw: Buffer, mask: int, fill: bytes) -> str | None:
     return "" if _checksum_ok(raw) else "chunk damaged (checksum mismatch)"
 
 
-class _RawChunk(NamedTuple):
+class _Place(NamedTuple):
+    """Where a stored chunk's raw bytes are (the ``where`` of its :class:`ChunkRef`)."""
+
     offset: int  # in the file
     size: int
     mask: int  # filters skipped
     position: tuple[int, ...]  # of its first element in the array
-    path: str
     ds: h5py.Dataset
-    fill: bytes  # the chunk's bytes when a repair replaced it by the fill value
 
 
-def _spans(chunks: list[_RawChunk]) -> Iterator[list[_RawChunk]]:
+def _spans(refs: list[ChunkRef]) -> Iterator[list[ChunkRef]]:
     """Chunks (in file order) grouped into runs of neighbours up to ``_SPAN_BYTES`` long, each
     read at once: fewer reads, and fewer hand-overs of the GIL between threads."""
-    span: list[_RawChunk] = []
-    for chunk in chunks:
-        if span and (chunk.offset - (span[-1].offset + span[-1].size) > _SPAN_GAP
-                     or chunk.offset + chunk.size - span[0].offset > _SPAN_BYTES):
+    span: list[ChunkRef] = []
+    for ref in refs:
+        offset, end = ref.where.offset, ref.where.offset + ref.where.size
+        if span and (offset - (span[-1].where.offset + span[-1].where.size) > _SPAN_GAP
+                     or end - span[0].where.offset > _SPAN_BYTES):
             yield span
             span = []
-        span.append(chunk)
+        span.append(ref)
     if span:
         yield span
+
+
+def _span_buffer(size: int) -> bytearray:
+    """This thread's reused read buffer, at least ``size`` long: a fresh one per read would be
+    zero-filled, a page fault per 4 KB, while holding the GIL."""
+    if len(getattr(_BUFFERS, "buf", b"")) < size:
+        _BUFFERS.buf = bytearray(max(size, _SPAN_BYTES))
+    return _BUFFERS.buf
 
 
 class HDF5Backend(Backend):
     name = "hdf5"
     concurrent_writers = False  # one file, one writer: HDF5 has no safe concurrent writers
+    decode_errors = (OSError, RuntimeError, ValueError)  # h5py's, for a chunk that fails
+    check_threads = min(4, os.cpu_count() or 1)  # spans of chunks read and checksummed at once
 
     @classmethod
     def abandoned_files(cls) -> bool:
@@ -453,20 +466,11 @@ class HDF5Backend(Backend):
         return ArrayInfo(tuple(ds.shape), np.dtype(object) if string else ds.dtype,
                          tuple(ds.chunks or ds.shape), ds.fillvalue, bool(ds.fletcher32))
 
-    def read(self, path, selection=slice(None), allow_missing=False):
+    def _read_raw(self, path: str, selection: Any) -> np.ndarray:
         ds = self._ds(path)
-        n, chunk = ds.shape[0], (ds.chunks or ds.shape)[0]
-        string = h5py.check_string_dtype(ds.dtype)
-        view = ds.asstr() if string else ds
-        try:
-            out = np.asarray(view[selection], dtype=object) if string else ds[selection]
-        except (OSError, RuntimeError, ValueError) as e:
-            raise read_failure(self.path, path, n, chunk, selection, e,
-                               lambda s: view[s]) from None
-        if not allow_missing and not string and is_nan_fill(ds.dtype, ds.fillvalue):
-            check_not_missing(self.path, path, n, chunk, selection, out,
-                              lambda rows: self.pending_rows(path, rows))
-        return out
+        if h5py.check_string_dtype(ds.dtype):
+            return np.asarray(ds.asstr()[selection], dtype=object)
+        return ds[selection]
 
     def write(self, path, selection, value) -> None:
         with self.writing(path, need=_nbytes(value)):
@@ -498,99 +502,54 @@ class HDF5Backend(Backend):
             except (OSError, RuntimeError) as e:
                 raise damage_error(self.path, path, lo, hi, reason_of(e)) from None
 
-    def stored_chunks(self, path: str) -> set[int] | None:
+    def _stored_chunk_refs(self, path: str) -> list[ChunkRef] | None:
+        """The chunks of ``path`` as HDF5's chunk index names them, checked in file order
+        (arrays interleave as extract wrote them)."""
         ds = self._ds(path)
         if ds.chunks is None:
             return None
-        return {ds.id.get_chunk_info(i).chunk_offset[0] // ds.chunks[0]
-                for i in range(ds.id.get_num_chunks())}
+        step, refs = ds.chunks[0], []
+        ds.id.chunk_iter(lambda c: refs.append(ChunkRef(
+            path, c.chunk_offset[0] // step, c.byte_offset,
+            _Place(c.byte_offset, c.size, c.filter_mask, c.chunk_offset, ds))))
+        return refs
 
-    def chunk_checks(self, paths: list[str], progress: Callable[[int], Any] = lambda n: None
-                     ) -> dict[str, list[tuple[int, int, str]]]:
-        """Each stored chunk's fletcher32 checksum checked on its raw (still compressed)
-        bytes, as HDF5's filter pipeline wrote them, without gzip decoding. The chunks of all
-        ``paths`` are read in one pass in file order (arrays interleave as extract wrote them),
-        with plain file reads wherever the file's end of allocation is known (so that a chunk
-        HDF5 would refuse to read is refused too), and checked in threads."""
-        self.flush()
-        chunks: list[_RawChunk] = []
-        out: dict[str, list[tuple[int, int, str]]] = {}
-        for path in paths:
-            ds = self._ds(path)
-            if ds.chunks is None or not ds.fletcher32:
-                continue  # strings (no filters) or a store without checksums: decode instead
-            out[path] = []
-            fill = np.full(ds.chunks, ds.fillvalue, dtype=ds.dtype).tobytes()
-            ds.id.chunk_iter(lambda c, p=path, ds=ds, fill=fill: chunks.append(_RawChunk(
-                c.byte_offset, c.size, c.filter_mask, c.chunk_offset, p, ds, fill)))
-        chunks.sort(key=lambda c: c.offset)
-        for chunk, (nbytes, problem) in zip(chunks, self._check_chunks(chunks)):
-            progress(1)
-            if problem is not None:
-                index = chunk.position[0] // chunk.ds.chunks[0]
-                out[chunk.path].append((index, nbytes, problem))
-        return out
+    def _chunk_batches(self, refs: list[ChunkRef]) -> list[list[ChunkRef]]:
+        return list(_spans(refs))
 
-    def _check_chunks(self, chunks: list[_RawChunk]) -> Iterator[tuple[int, str | None]]:
-        """``(bytes read, problem)`` per chunk, in order; the problem None for a chunk a repair
-        replaced by the fill value (absent)."""
+    def _check_chunk_batch(self, batch: list[ChunkRef]) -> list[ChunkCheck]:
+        """Each chunk's fletcher32 checksum checked on its raw (still compressed) bytes, as
+        HDF5's filter pipeline wrote them, without gzip decoding: one plain read for the span
+        of neighbouring chunks wherever the file's end of allocation is known (so that a chunk
+        HDF5 would refuse to read is refused too), else each chunk read through HDF5."""
         eoa = end_of_allocation(self._file_path)
-        local = threading.local()  # one reused buffer per thread: a fresh one per read would
-        # be zero-filled, a page fault per 4 KB, while holding the GIL
+        if eoa is None:
+            return [self._check_direct(ref.where) for ref in batch]
+        lo, hi = batch[0].where.offset, batch[-1].where.offset + batch[-1].where.size
+        buf = _span_buffer(hi - lo)
         fd = os.open(self._file_path, os.O_RDONLY)
         try:
-
-            def direct(chunk: _RawChunk) -> tuple[int, str | None]:
-                """Read through HDF5 (which refuses what lies past its end of allocation)."""
-                try:
-                    raw = chunk.ds.id.read_direct_chunk(chunk.position)[1]
-                except (OSError, RuntimeError) as e:
-                    return 0, reason_of(e)
-                return len(raw), _chunk_problem(raw, chunk.mask, chunk.fill)
-
-            def check(span: list[_RawChunk]) -> list[tuple[int, str | None]]:
-                """One read for a span of neighbouring chunks, then each one's checksum."""
-                if eoa is None:
-                    return [direct(chunk) for chunk in span]
-                lo, hi = span[0].offset, span[-1].offset + span[-1].size
-                if len(getattr(local, "buf", b"")) < hi - lo:
-                    local.buf = bytearray(max(hi - lo, _SPAN_BYTES))
-                got = os.preadv(fd, [memoryview(local.buf)[:hi - lo]], lo)
-                out: list[tuple[int, str | None]] = []
-                for chunk in span:
-                    start, end = chunk.offset - lo, chunk.offset - lo + chunk.size
-                    if chunk.offset + chunk.size > eoa:
-                        out.append((0, "chunk damaged (beyond the file's end)"))
-                    elif end > got:
-                        out.append((0, "chunk damaged (file cut short)"))
-                    else:
-                        raw = memoryview(local.buf)[start:end]
-                        out.append((chunk.size, _chunk_problem(raw, chunk.mask, chunk.fill)))
-                return out
-
-            # spans read and checked in threads (file reads and HDF5's checksum run outside
-            # the GIL), all submitted at once: results are small, and no thread waits for
-            # another to hand out work
-            with ThreadPoolExecutor(_CHECK_THREADS) as pool:
-                for results in pool.map(check, _spans(chunks)):
-                    yield from results
+            got = os.preadv(fd, [memoryview(buf)[:hi - lo]], lo)
         finally:
             os.close(fd)
+        out: list[ChunkCheck] = []
+        for place in (ref.where for ref in batch):
+            start, end = place.offset - lo, place.offset - lo + place.size
+            if place.offset + place.size > eoa:
+                out.append((0, "chunk damaged (beyond the file's end)"))
+            elif end > got:
+                out.append((0, "chunk damaged (file cut short)"))
+            else:
+                out.append((place.size, _chunk_problem(memoryview(buf)[start:end], place)))
+        return out
 
-    def reset_chunk(self, path: str, index: int) -> None:
-        self._fw()
-        ds = self._ds(path)
-        chunks = ds.chunks or ds.shape
-        lo = index * chunks[0]
-        with self.writing(path, need=0):
-            if h5py.check_string_dtype(ds.dtype):
-                ds[lo:lo + chunks[0]] = np.full(min(chunks[0], ds.shape[0] - lo), "", object)
-                return
-            # HDF5 reads a chunk before overwriting it, so a damaged one is replaced raw, with
-            # every filter marked as skipped for this chunk
-            fill = np.full(chunks, ds.fillvalue, dtype=ds.dtype)
-            ds.id.write_direct_chunk((lo,) + (0,) * (ds.ndim - 1), fill.tobytes(),
-                                     filter_mask=0xFFFFFFFF)
+    def _check_direct(self, place: _Place) -> ChunkCheck:
+        """A chunk read through HDF5 (which refuses what lies past its end of allocation)."""
+        try:
+            raw = place.ds.id.read_direct_chunk(place.position)[1]
+        except (OSError, RuntimeError) as e:
+            return 0, reason_of(e)
+        return len(raw), _chunk_problem(raw, place)
 
     def get_attrs(self, path: str = "") -> dict[str, Any]:
         node = self._get(path)
@@ -606,10 +565,21 @@ class HDF5Backend(Backend):
             for k, v in attrs.items():
                 node.attrs[k] = _encode(v)
 
-    def delete(self, path: str) -> None:
-        if self._get(path) is not None:
-            with self.writing(path, need=0):
-                del self._fw()[path]
+    def _delete(self, path: str, chunk: int | None = None) -> None:
+        f = self._fw()
+        if chunk is None:
+            del f[path]
+            return
+        ds = self._ds(path)  # HDF5 cannot delete a chunk: it is overwritten by the fill value
+        chunks = ds.chunks or ds.shape
+        lo = chunk * chunks[0]
+        if h5py.check_string_dtype(ds.dtype):
+            ds[lo:lo + chunks[0]] = np.full(min(chunks[0], ds.shape[0] - lo), "", object)
+            return
+        # HDF5 reads a chunk before overwriting it, so a damaged one is replaced raw, with
+        # every filter marked as skipped for this chunk
+        ds.id.write_direct_chunk((lo,) + (0,) * (ds.ndim - 1), _fill_bytes(ds),
+                                 filter_mask=0xFFFFFFFF)
 
     def nbytes_stored(self) -> int:
         return os.path.getsize(self._file_path)  # the working copy inside replacing()

@@ -12,8 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Literal
 
 import google_crc32c
 import numpy as np
@@ -25,14 +24,14 @@ from zarr.core.sync import sync
 from zarr.storage import LocalStore, ZipStore
 
 from eastkd.store import location
-from eastkd.store.backends.base import ArrayInfo, Backend, is_string_dtype
+from eastkd.store.backends.base import ArrayInfo, Backend, ChunkCheck, ChunkRef, is_string_dtype
 from eastkd.store.backends.zarr_url import fsspec_store
-from eastkd.store.damage import check_not_missing, is_nan_fill, metadata_error, read_failure
+from eastkd.store.damage import metadata_error
 from eastkd.errors import EastkdError, StoreNotFoundError
 
 COMPRESSORS = (ZstdCodec(), Crc32cCodec())
-_CHECK_BATCH = 32  # chunks fetched concurrently while checking checksums
-_READ_AHEAD = 4  # local chunk files read and checksummed at once by verify
+_READ_AHEAD = 4  # local chunk files read and checksummed at once by verify, one a thread
+_FETCH_BATCH = 32  # chunks of object storage fetched concurrently by verify, a batch at a time
 
 
 def _read_file(path: str) -> np.ndarray:
@@ -75,6 +74,7 @@ def _metadata_problem(raw: bytes | None) -> str | None:
 class ZarrBackend(Backend):
     name = "zarr"
     concurrent_writers = True  # each chunk is its own object, written atomically
+    decode_errors = (Exception,)  # checksum or codec failure: zarr raises many types
 
     def __init__(self, path: str, mode: str = "r", store: Any = None) -> None:
         """Open the store at ``path`` (a local folder or zip, or a URL); ``store`` is a zarr
@@ -94,6 +94,8 @@ class ZarrBackend(Backend):
             self._store = ZipStore(path, mode="r")
         else:
             self._store = LocalStore(path, read_only=self.read_only)
+        local = isinstance(self._store, LocalStore)
+        self.check_threads, self.check_batch = (_READ_AHEAD, 1) if local else (1, _FETCH_BATCH)
         try:
             # "r+", not "a": opening a folder that holds no store must not write a zarr.json
             # into it (stores are created by create_store, which makes the group first)
@@ -230,94 +232,46 @@ class ZarrBackend(Backend):
     def info(self, path: str) -> ArrayInfo:
         arr = self._arr(path)
         dt = arr.dtype
+        # checksummed: each chunk's last 4 bytes are a crc32c of the rest (the last codec)
+        crc = bool(arr.compressors) and isinstance(arr.compressors[-1], Crc32cCodec)
         return ArrayInfo(tuple(arr.shape), np.dtype(object) if dt.kind == "T" else np.dtype(dt),
-                         tuple(arr.chunks), arr.fill_value,
-                         any(isinstance(c, Crc32cCodec) for c in arr.compressors))
+                         tuple(arr.chunks), arr.fill_value, crc)
 
-    def read(self, path, selection=slice(None), allow_missing=False):
-        arr = self._arr(path)
-        n, chunk = arr.shape[0], arr.chunks[0]
-        try:
-            out = arr[selection]
-        except Exception as e:  # checksum or codec failure; zarr raises many types
-            raise read_failure(self.path, path, n, chunk, selection, e,
-                               lambda s: arr[s]) from None
+    def _read_raw(self, path: str, selection: Any) -> np.ndarray:
+        out = self._arr(path)[selection]
         if isinstance(out, np.ndarray) and out.dtype.kind == "T":
-            out = out.astype(object)
-        if not allow_missing and is_nan_fill(arr.dtype, arr.fill_value):
-            check_not_missing(self.path, path, n, chunk, selection, out,
-                              lambda rows: self.pending_rows(path, rows))
+            return out.astype(object)
         return out
 
     def write(self, path, selection, value) -> None:
         with self.writing(path):
             self._arr(path)[selection] = value
 
-    def stored_chunks(self, path: str) -> set[int] | None:
+    def _stored_chunk_refs(self, path: str) -> list[ChunkRef]:
+        """Each chunk key under ``path``, checked in the order of the keys."""
         prefix = f"{path}/c/"
 
         async def keys() -> list[str]:  # zips may list their folders too ("a/c/1/")
             return [k async for k in self._store.list_prefix(prefix) if not k.endswith("/")]
 
-        return {int(k[len(prefix):].split("/")[0]) for k in sync(keys())}
+        return [ChunkRef(path, int(k[len(prefix):].split("/")[0]), k, k) for k in sync(keys())]
 
-    def chunk_checks(self, paths: list[str], progress: Callable[[int], Any] = lambda n: None
-                     ) -> dict[str, list[tuple[int, int, str]]]:
-        out = {}
-        for path in paths:
-            arr = self._arr(path)
-            if not arr.compressors or not isinstance(arr.compressors[-1], Crc32cCodec):
-                continue  # format 1: no checksum to check without decoding
-            prefix = f"{path}/c/"
-
-            async def keys() -> list[str]:  # zips may list their folders too ("a/c/1/")
-                return sorted([k async for k in self._store.list_prefix(prefix)
-                               if not k.endswith("/")])
-
-            out[path] = []
-            for check in self._check_keys(sync(keys()), prefix):
-                out[path].append(check)
-                progress(1)
-        return out
-
-    def _check_keys(self, keys: list[str], prefix: str) -> Iterator[tuple[int, int, str]]:
-        """``(index, bytes, problem)`` per chunk key: for a local folder each chunk file is read
-        and checksummed in reading threads (plain reads and crc32c run outside the GIL, as fast
-        as the disk), all submitted at once; otherwise concurrent gets through the zarr store."""
-        def index(key: str) -> int:
-            return int(key[len(prefix):].split("/")[0])
-
+    def _check_chunk_batch(self, batch: list[ChunkRef]) -> list[ChunkCheck]:
+        """Local chunk files read plainly (plain reads and crc32c run outside the GIL, as fast
+        as the disk), one a batch; otherwise concurrent gets through the zarr store."""
         if isinstance(self._store, LocalStore):
             root = str(self._store.root)
+            data = [_read_file(os.path.join(root, ref.where)) for ref in batch]
+        else:
+            proto = default_buffer_prototype()
 
-            def check(key: str) -> tuple[int, str]:
-                data = _read_file(os.path.join(root, key))
-                return data.size, _crc_problem(data)
+            async def fetch() -> list[Any]:
+                return await asyncio.gather(*(self._store.get(ref.where, prototype=proto)
+                                              for ref in batch))
 
-            with ThreadPoolExecutor(_READ_AHEAD) as pool:
-                for key, (size, problem) in zip(keys, pool.map(check, keys)):
-                    yield index(key), size, problem
-            return
-        for key, data in self._fetched(keys):
-            yield index(key), data.size, _crc_problem(data)
-
-    def _fetched(self, keys: list[str]) -> Iterator[tuple[str, np.ndarray]]:
-        """The stored bytes of ``keys``, a batch of concurrent gets at a time."""
-        proto = default_buffer_prototype()
-
-        async def fetch(batch: list[str]) -> list[Any]:
-            return await asyncio.gather(*(self._store.get(k, prototype=proto) for k in batch))
-
-        for i in range(0, len(keys), _CHECK_BATCH):
-            batch = keys[i:i + _CHECK_BATCH]
-            for key, buf in zip(batch, sync(fetch(batch))):
-                yield key, buf.as_numpy_array() if buf is not None else np.empty(0, np.uint8)
-
-    def reset_chunk(self, path: str, index: int) -> None:
-        arr = self._arr(path)
-        key = f"{path}/" + arr.metadata.encode_chunk_key((index,) + (0,) * (arr.ndim - 1))
-        with self.writing(path):
-            sync(self._store.delete(key))
+            data = [np.empty(0, np.uint8) if buf is None else buf.as_numpy_array()
+                    for buf in sync(fetch())]
+        return [(d.size, _crc_problem(d)) for d in data]
 
     def get_attrs(self, path: str = "") -> dict[str, Any]:
         node = self._node(path)
@@ -330,11 +284,15 @@ class ZarrBackend(Backend):
         with self.writing(f"{path or 'root'} attributes"):
             node.attrs.update(attrs)
 
-    def delete(self, path: str) -> None:
+    def _delete(self, path: str, chunk: int | None = None) -> None:
+        if chunk is not None:  # absent, a chunk reads as the fill value
+            arr = self._arr(path)
+            sync(self._store.delete(
+                f"{path}/" + arr.metadata.encode_chunk_key((chunk,) + (0,) * (arr.ndim - 1))))
+            return
         self._arrays.clear()
         if self._node(path) is not None:
-            with self.writing(path):
-                del self.root[path]
+            del self.root[path]
 
     def close(self) -> None:
         if isinstance(self._store, ZipStore):
