@@ -233,7 +233,8 @@ def test_sigkill_with_queued_batches_resumes_bit_identical(
     computed batches still queued and chunks of unfinished units half written."""
     manifest = write_manifest(tmp_path / "m.csv", pick(demo_manifest, 8))  # 40 clips
     store = tmp_path / "killed.zarr"
-    monkeypatch.setenv("PYTHONPATH", str(teacher_dir))
+    monkeypatch.setenv("PYTHONPATH", str(teacher_dir))  # the killed CLI's
+    monkeypatch.syspath_prepend(str(teacher_dir))  # the in-process reference run's
     args = ["extract", str(manifest), str(store), "-t", PY_TEACHER, "--frames",
             "--chunk-items", "1", "--batch-size", "1", "--no-progress"]
     _kill_when(args, lambda: _ok_rows(store, PY_KEY), 6)
