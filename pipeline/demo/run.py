@@ -196,7 +196,10 @@ def run_demo(out_dir: str | Path, opts: DemoOptions, say: Say = _say_now) -> dic
         f"{probe['valid']:.3f}, test accuracy {probe['test']:.3f}")
     targets = _compress(store, key, opts, say)
 
-    say(f"[4/5] distilling {opts.student} students ({opts.epochs} epochs each)")
+    kd_pool = ("; a KD student's epoch also passes over the unlabelled clips, so it takes "
+               "several times the baseline's" if opts.unlabelled and opts.labels_per_class
+               else "")
+    say(f"[4/5] distilling {opts.student} students ({opts.epochs} epochs each{kd_pool})")
     results = _students(store, student_runs(targets), out, opts, say)
     report = {"store": store, "teacher": opts.teacher, "families": list(opts.families),
               "labels_per_class": opts.labels_per_class, "unlabelled": opts.unlabelled,
