@@ -229,6 +229,29 @@ def test_damaged_zarr_metadata_is_one_line_everywhere_then_repaired(
     assert_same_store(store, built)
 
 
+def test_an_array_a_concurrent_shard_creates_is_not_taken_for_an_orphan(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two shards create the same array: ours finds no metadata, the other shard then writes
+    the array's zarr.json and chunks, and ours lists them. Not an orphan (was: "zarr.json is
+    damaged ()" from a two-shard extract); chunks whose zarr.json is really gone still are."""
+    from eastkd.store.backends.zarr_backend import ZarrBackend
+
+    path = str(tmp_path / "s.zarr")
+    ZarrBackend.create(path).create_group("embeddings/k")
+    ours, theirs = ZarrBackend(path, "a"), ZarrBackend(path, "a")
+    listed = ours._listed
+
+    def listed_after_the_other_shard_created_it(node: str) -> list[str]:
+        theirs.create_array(node, (8,), (4,), "uint8", data=np.ones(8, np.uint8))
+        return listed(node)
+
+    monkeypatch.setattr(ours, "_listed", listed_after_the_other_shard_created_it)
+    assert not ours.orphaned("embeddings/k/error")
+    monkeypatch.undo()
+    (tmp_path / "s.zarr" / "embeddings" / "k" / "error" / "zarr.json").unlink()
+    assert ours.orphaned("embeddings/k/error")
+
+
 # -- 3. invalid status values and stale targets ----------------------------------------------
 
 

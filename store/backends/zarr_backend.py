@@ -154,7 +154,14 @@ class ZarrBackend(Backend):
             self.path, path, f"unreadable ({type(exc).__name__})")
 
     def orphaned(self, path: str) -> bool:
-        return self.metadata_problem(path) is not None and bool(self._listed(path))
+        """Data under ``path`` without readable metadata. The metadata is read again after the
+        listing: another writer creating the same array (concurrent shards) writes its
+        ``zarr.json`` first, so a node that was missing a moment ago and now lists that file
+        and chunks is being created, not orphaned."""
+        if self.metadata_problem(path) is None:
+            return False
+        stored = [name for name in self._listed(path) if name != "zarr.json"]
+        return bool(stored) and self.metadata_problem(path) is not None
 
     def delete_orphan(self, path: str) -> None:
         self._arrays.pop(path, None)
