@@ -2,13 +2,13 @@
 
 ``eastkd demo DIR`` renders General MIDI instrument families from the SoundFont inside
 ``pretty_midi`` (44.1 kHz, the rate of the default teacher), keeps the labels of only a few
-training clips per class (the other training clips stay as unlabelled rows; left out with
-``unlabelled=False``),
-extracts the teacher that knows the task (``aisfx``, a general sound-effects model whose weights
-ship in the ``aisfx`` wheel), prints the teacher's linear probe on those labels (the reference
-any distilled student is measured against), compresses the embeddings (the probe's soft labels,
-PCA) and trains students from the store alone: the task-only baseline on the same labels and
-the distilled students, each evaluated on the test split. Every stage skips work already done,
+training clips per class (the other training clips stay as unlabelled rows; they are left out
+with ``unlabelled=False``), extracts the teacher that knows the task (``aisfx``, a general
+sound-effects model whose weights ship in the ``aisfx`` wheel), prints the teacher's linear
+probe on those labels (the reference any distilled student is measured against), compresses
+the embeddings (the probe's soft labels, PCA) and trains students from the store alone: the
+task-only baseline on the labelled clips, and the distilled students, whose KD loss also covers
+the unlabelled clips; each is evaluated on the test split. Every stage skips work already done,
 so rerunning is cheap.
 """
 
