@@ -534,8 +534,10 @@ class Store:
                 digest.create_digest_array(self.backend, path, aname, n,
                                            self.backend.info(f"{path}/{aname}").chunks[0])
         unit = max(units) if units else chunk_items(1, n, max_items=max_chunk_items)
-        self._create_if_missing(f"{path}/status", (n,), (unit,), np.uint8, (ITEM_DIM,))
+        # status last: the section exists (has_section) only once every array of it does, so a
+        # writer stopped in between (a full disk) leaves an unfinished section, not a damaged one
         self._create_if_missing(f"{path}/error", (n,), (unit,), object, (ITEM_DIM,))
+        self._create_if_missing(f"{path}/status", (n,), (unit,), np.uint8, (ITEM_DIM,))
         self.backend.flush()
         return Section(self, kind, name)
 
