@@ -9,6 +9,10 @@ from typing import Iterator
 
 import pytest
 
+# the tiny real stores (``built``, ``store``, ``tiny_manifest``) of the integrity, digest and
+# faults tests: fixtures for every module that asks for them by name
+pytest_plugins = ["fixtures_tiny"]
+
 # 5 families x 16 clips of 1 s: big enough that a student clearly beats chance in seconds
 DEMO_CLIPS_PER_CLASS = 16
 DEMO_SECONDS = 1.0

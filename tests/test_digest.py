@@ -10,15 +10,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from fixtures_tiny import (  # noqa: F401 - fixtures
-    KEY,
-    built,
-    compress_tiny,
-    extract_tiny,
-    run,
-    store,
-    tiny_manifest,
-)
+from fixtures_tiny import KEY, compress_tiny, extract_tiny, run
 
 from eastkd.store import open_store
 

@@ -16,15 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures_tiny import (  # noqa: F401 - fixtures
-    KEY,
-    SUFFIX,
-    TARGETS,
-    built,
-    run,
-    store,
-    tiny_manifest,
-)
+from fixtures_tiny import KEY, SUFFIX, TARGETS, run
 from test_integrity import (
     EXTRACT_ARGS,
     _cli,

@@ -18,17 +18,7 @@ from typing import Iterator
 
 import numpy as np
 import pytest
-from fixtures_tiny import (  # noqa: F401 - fixtures
-    KEY,
-    SUFFIX,
-    TARGETS,
-    built,
-    compress_tiny,
-    extract_tiny,
-    run,
-    store,
-    tiny_manifest,
-)
+from fixtures_tiny import KEY, SUFFIX, TARGETS, compress_tiny, extract_tiny, run
 
 from eastkd.errors import StoreDamageError
 from eastkd.store import FORMAT_VERSION, open_store
