@@ -49,7 +49,9 @@ def _say(line: str) -> None:
 
 def _train_seconds(run_dir: Path) -> float:
     """Sum of the epochs' wall seconds in the run's ``history.csv``."""
-    with open(run_dir / "history.csv", encoding="utf-8") as f:
+    from eastkd.pipeline.runs.rundir import HISTORY, run_file
+
+    with open(run_file(str(run_dir), HISTORY), encoding="utf-8") as f:
         return round(sum(float(r["seconds"]) for r in csv.DictReader(f)), 1)
 
 
@@ -69,9 +71,10 @@ def _steps_matched_baseline(report: dict[str, Any], root: Path, progress: bool |
     from eastkd.pipeline.distill.evaluate import evaluate
     from eastkd.pipeline.distill.streams import steps_per_epoch
     from eastkd.pipeline.distill.train import distill
-    from eastkd.pipeline.runs.rundir import is_finished
+    from eastkd.pipeline.runs.rundir import is_finished, read_config
 
-    kd_config = json.loads((root / report["setting"] / "kl-probe" / "config.json").read_text())
+    kd_run = next(name for name, r in report["results"].items() if r["kd"] != "none")
+    kd_config = read_config(str(root / report["setting"] / kd_run))
     pool = kd_config.get("unlabelled")
     if not pool:
         return None
