@@ -143,12 +143,15 @@ def _markdown(rows: dict[str, dict[str, Any]], probe: dict[str, float], n: int) 
 def main() -> None:
     from eastkd.pipeline.demo.run import DemoOptions, run_demo
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--dir", default="demo", help="demo folder (rendered and extracted once)")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--epochs", type=int, default=DemoOptions.epochs)
-    ap.add_argument("--student", default=DemoOptions.student)
-    ap.add_argument("--dim", type=int, default=DemoOptions.dim)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                    help="training seeds, one demo run each")
+    ap.add_argument("--epochs", type=int, default=DemoOptions.epochs,
+                    help="student epochs per run (the demo's)")
+    ap.add_argument("--student", default=DemoOptions.student, help="student architecture")
+    ap.add_argument("--dim", type=int, default=DemoOptions.dim, help="PCA target size")
     ap.add_argument("--labels-per-class", type=int, default=DemoOptions.labels_per_class,
                     help="labels kept per class in train (0: every label)")
     ap.add_argument("--unlabelled", action=argparse.BooleanOptionalAction,
@@ -158,9 +161,10 @@ def main() -> None:
                     help="with unlabelled rows, add baseline-steps: the task-only student "
                          "trained as many steps as a KD student, without early stopping")
     ap.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                    help="tqdm bars (--progress), none (--no-progress); default: bars on a "
+                    help="tqdm bars (--progress), none (--no-progress); unset (None): bars on a "
                          "terminal, else a plain line every 10 %% or 30 s")
-    ap.add_argument("--out", default="benchmarks/results/demo_table.json")
+    ap.add_argument("--out", default="benchmarks/results/demo_table.json",
+                    help="where the JSON figures are written")
     args = ap.parse_args()
 
     started, load_before = time.perf_counter(), os.getloadavg()
